@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: installs the pinned tools (scripts/tools.sh), then runs every test target
+# (unit tests and the integration tests in tests/, which spawn nats-server and the binary).
+#
+#   bash scripts/test.sh                      # everything
+#   bash scripts/test.sh --test replication   # extra arguments go to `cargo test`
+#
+# HL_KEEP_TMP=1 keeps each integration test's temp dir (DBs, configs, node logs) and prints it.
+# Exit code: cargo's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/tools.sh
+echo "test: NATS_SERVER=$NATS_SERVER" >&2
+# Two test threads: every integration test runs its own nats-server and 1-3 nodes, and the
+# machines this runs on have two cores.
+if [ "$#" -eq 0 ]; then
+    set -- --all-targets
+fi
+for a in "$@"; do
+    if [ "$a" = "--" ]; then
+        exec cargo test "$@" --test-threads=2
+    fi
+done
+exec cargo test "$@" -- --test-threads=2

@@ -1,0 +1,293 @@
+//! Applying other nodes' frames: row-level last-writer-wins on (HLC version, node id), with
+//! tombstones, in one transaction per batch together with the stream cursor.
+//!
+//! Invariants held here:
+//! - capture before apply: pending local log rows are stamped first, in the same transaction;
+//! - no echo: log rows our own writes produce are discarded before commit;
+//! - exactly once: the cursor advances with the data; a frame at or below it is passed over;
+//! - nothing dropped: a change that cannot be applied (unknown table or column, a constraint the
+//!   local schema adds) is parked in `__hl_parked` and retried when the schema changes.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::capture::{self, Schema, Table};
+use crate::db::{self, quote, Context, DbError};
+use crate::frame::{self, Change, Changes, Frame, Op, TableHeader, Value};
+use crate::hlc::Hlc;
+
+pub const PARKED_TABLE: &str = "__hl_parked";
+pub const FRAGMENT_TABLE: &str = "__hl_frag";
+pub const CURSOR_KEY: &str = "cursor";
+pub const HLC_KEY: &str = "hlc";
+
+/// A message taken from the stream.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub seq: u64,
+    pub subject: String,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Local changes stamped first (capture before apply).
+    pub stamped: u64,
+    pub frames: u64,
+    pub applied: u64,
+    pub stale: u64,
+    pub parked: u64,
+    pub undecodable: u64,
+    pub own: u64,
+}
+
+/// Creates the tables this module owns.
+pub fn prepare(conn: &Connection) -> Result<(), DbError> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {PARKED_TABLE}(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, reason TEXT NOT NULL, frame BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS {FRAGMENT_TABLE}(origin INTEGER NOT NULL, id INTEGER NOT NULL, idx INTEGER NOT NULL,
+             count INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY(origin, id, idx)) WITHOUT ROWID;"
+    ))
+    .ctx("create apply tables")
+}
+
+/// Applies a batch of stream messages in one transaction.
+pub fn apply_batch(
+    conn: &mut Connection,
+    schema: &Schema,
+    hlc: &mut Hlc,
+    node: u64,
+    msgs: &[Incoming],
+) -> Result<ApplyStats, DbError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin apply")?;
+    let mut stats = ApplyStats { stamped: capture::stamp(&tx, schema, hlc, node)?, ..Default::default() };
+    let mut cursor = db::get_meta(&tx, CURSOR_KEY)?.unwrap_or(0) as u64;
+    let own_suffix = format!(".{node}");
+    for m in msgs {
+        if m.seq <= cursor {
+            continue;
+        }
+        cursor = m.seq;
+        stats.frames += 1;
+        if m.subject.ends_with(&own_suffix) {
+            stats.own += 1;
+            continue;
+        }
+        match frame::decode(&m.data) {
+            Ok(Frame::Changes(c)) if c.origin == node => stats.own += 1,
+            Ok(Frame::Changes(c)) => apply_changes(&tx, schema, hlc, &c, &mut stats)?,
+            Ok(Frame::Fragment(f)) => {
+                tx.prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO {FRAGMENT_TABLE}(origin, id, idx, count, data) VALUES (?1, ?2, ?3, ?4, ?5)"
+                ))
+                .and_then(|mut s| s.execute(params![f.origin as i64, f.id as i64, f.index, f.count, f.data]))
+                .ctx("store fragment")?;
+                if let Some(whole) = take_complete(&tx, f.origin, f.id, f.count)? {
+                    match frame::decode(&whole) {
+                        Ok(Frame::Changes(c)) => apply_changes(&tx, schema, hlc, &c, &mut stats)?,
+                        Ok(Frame::Fragment(_)) | Err(_) => {
+                            stats.undecodable += 1;
+                            log::warn!("skipping undecodable frame seq={} subject={}: reassembled fragments do not form a frame", m.seq, m.subject);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                stats.undecodable += 1;
+                log::warn!("skipping undecodable frame seq={} subject={} bytes={}: {e}", m.seq, m.subject, m.data.len());
+            }
+        }
+    }
+    capture::discard_echoes(&tx, schema)?;
+    db::set_meta(&tx, CURSOR_KEY, cursor as i64)?;
+    db::set_meta(&tx, HLC_KEY, hlc.last() as i64)?;
+    tx.commit().ctx("commit apply")?;
+    Ok(stats)
+}
+
+/// Returns the reassembled bytes once every fragment of (origin, id) is stored, and removes them.
+fn take_complete(conn: &Connection, origin: u64, id: u64, count: u32) -> Result<Option<Vec<u8>>, DbError> {
+    let have: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2 AND count = ?3"))
+        .and_then(|mut s| s.query_row(params![origin as i64, id as i64, count], |r| r.get(0)))
+        .ctx("count fragments")?;
+    if have < count as i64 {
+        return Ok(None);
+    }
+    let mut whole = Vec::new();
+    {
+        let mut s = conn
+            .prepare_cached(&format!("SELECT data FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2 ORDER BY idx"))
+            .ctx("read fragments")?;
+        let mut rows = s.query(params![origin as i64, id as i64]).ctx("read fragments")?;
+        while let Some(r) = rows.next().ctx("read fragments")? {
+            whole.extend_from_slice(r.get_ref(0).ctx("read fragments")?.as_bytes().unwrap_or_default());
+        }
+    }
+    conn.prepare_cached(&format!("DELETE FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2"))
+        .and_then(|mut s| s.execute(params![origin as i64, id as i64]))
+        .ctx("delete fragments")?;
+    Ok(Some(whole))
+}
+
+/// How one sender's table maps onto ours.
+struct Target<'a> {
+    table: &'a Table,
+    upsert: String,
+    delete: String,
+    get_version: String,
+    set_version: String,
+}
+
+fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String> {
+    let table = schema.get(&h.name).ok_or_else(|| format!("table {} is not replicated here (missing, or no primary key)", h.name))?;
+    if let Some(c) = h.columns.iter().find(|c| !table.header.columns.contains(c)) {
+        return Err(format!("column {c} of table {} does not exist here yet", h.name));
+    }
+    let their_pk: Vec<&String> = h.pk.iter().map(|&i| &h.columns[i as usize]).collect();
+    let our_pk: Vec<&String> = table.header.pk.iter().map(|&i| &table.header.columns[i as usize]).collect();
+    if their_pk != our_pk {
+        return Err(format!("primary key of table {} differs: sender has {their_pk:?}, here {our_pk:?}", h.name));
+    }
+    let n = our_pk.len();
+    let t = quote(&h.name);
+    let cols: Vec<String> = h.columns.iter().map(|c| quote(c)).collect();
+    let pk_cols: Vec<String> = our_pk.iter().map(|c| quote(c)).collect();
+    let placeholders = (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let set: Vec<String> = cols.iter().filter(|c| !pk_cols.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+    let on_conflict = if set.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", set.join(", ")) };
+    let key_match = |prefix: &str, names: &[String]| {
+        names.iter().enumerate().map(|(i, c)| format!("{prefix}{c} IS ?{}", i + 1)).collect::<Vec<_>>().join(" AND ")
+    };
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let ver = &table.ver;
+    Ok(Target {
+        table,
+        upsert: format!("INSERT INTO {t}({}) VALUES ({placeholders}) ON CONFLICT({}) {on_conflict}", cols.join(", "), pk_cols.join(", ")),
+        delete: format!("DELETE FROM {t} WHERE {}", key_match("", &pk_cols)),
+        get_version: format!("SELECT ver, node FROM {ver} WHERE {}", key_match("", &keys)),
+        set_version: format!(
+            "INSERT INTO {ver}({k}, ver, node, del, pending) VALUES ({}, ?{}, ?{}, ?{}, 0) \
+             ON CONFLICT({k}) DO UPDATE SET ver = excluded.ver, node = excluded.node, del = excluded.del, pending = 0",
+            (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", "),
+            n + 1,
+            n + 2,
+            n + 3,
+            k = keys.join(", ")
+        ),
+    })
+}
+
+fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes, stats: &mut ApplyStats) -> Result<(), DbError> {
+    let targets: Vec<Result<Target, String>> = c.tables.iter().map(|h| target(schema, h)).collect();
+    let mut warned: HashMap<usize, ()> = HashMap::new();
+    for ch in &c.changes {
+        let idx = ch.table as usize;
+        let header = &c.tables[idx];
+        hlc.observe(ch.version);
+        let outcome = match &targets[idx] {
+            Ok(t) => apply_one(conn, t, header, c.origin, ch)?,
+            Err(reason) => Outcome::Park(reason.clone()),
+        };
+        match outcome {
+            Outcome::Applied => stats.applied += 1,
+            Outcome::Stale => stats.stale += 1,
+            Outcome::Park(reason) => {
+                if warned.insert(idx, ()).is_none() {
+                    log::warn!("parking changes for table {}: {reason}; they are kept and retried after the next schema change", header.name);
+                }
+                park(conn, &header.name, &reason, c.origin, header, ch)?;
+                stats.parked += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+enum Outcome {
+    Applied,
+    Stale,
+    Park(String),
+}
+
+fn apply_one(conn: &Connection, t: &Target, header: &TableHeader, origin: u64, ch: &Change) -> Result<Outcome, DbError> {
+    let keys: Vec<&Value> = match &ch.op {
+        Op::Upsert(values) => header.pk.iter().map(|&i| &values[i as usize]).collect(),
+        Op::Delete(keys) => keys.iter().collect(),
+    };
+    if keys.iter().any(|k| matches!(k, Value::Null)) {
+        return Ok(Outcome::Park("a primary-key value is NULL".into()));
+    }
+    let current: Option<(i64, i64)> = conn
+        .prepare_cached(&t.get_version)
+        .and_then(|mut s| s.query_row(rusqlite::params_from_iter(keys.iter()), |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .ctx("read row version")?;
+    if let Some((ver, node)) = current {
+        if (ch.version, origin) <= (ver as u64, node as u64) {
+            return Ok(Outcome::Stale);
+        }
+    }
+    let result = match &ch.op {
+        Op::Upsert(values) => conn.prepare_cached(&t.upsert).and_then(|mut s| s.execute(rusqlite::params_from_iter(values.iter()))),
+        Op::Delete(keys) => conn.prepare_cached(&t.delete).and_then(|mut s| s.execute(rusqlite::params_from_iter(keys.iter()))),
+    };
+    if let Err(e) = result {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
+            return Ok(Outcome::Park(format!("table {}: {e}", t.table.name())));
+        }
+        return Err(DbError::Sql { op: "apply change", source: e });
+    }
+    let deleted = matches!(ch.op, Op::Delete(_));
+    let mut stmt = conn.prepare_cached(&t.set_version).ctx("write row version")?;
+    let n = keys.len();
+    for (i, k) in keys.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, *k).ctx("write row version")?;
+    }
+    stmt.raw_bind_parameter(n + 1, ch.version as i64).ctx("write row version")?;
+    stmt.raw_bind_parameter(n + 2, origin as i64).ctx("write row version")?;
+    stmt.raw_bind_parameter(n + 3, deleted as i64).ctx("write row version")?;
+    stmt.raw_execute().ctx("write row version")?;
+    Ok(Outcome::Applied)
+}
+
+fn park(conn: &Connection, table: &str, reason: &str, origin: u64, header: &TableHeader, ch: &Change) -> Result<(), DbError> {
+    let bytes = frame::encode_single(origin, header, ch.version, ch.op.clone());
+    conn.prepare_cached(&format!("INSERT INTO {PARKED_TABLE}(tbl, reason, frame) VALUES (?1, ?2, ?3)"))
+        .and_then(|mut s| s.execute(params![table, reason, bytes]))
+        .ctx("park change")?;
+    Ok(())
+}
+
+/// Retries parked changes (after a schema change). Returns (applied or stale, still parked).
+pub fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Result<(u64, u64), DbError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin retry parked")?;
+    capture::stamp(&tx, schema, hlc, node)?;
+    let parked: Vec<(i64, Vec<u8>)> = tx
+        .prepare(&format!("SELECT id, frame FROM {PARKED_TABLE} ORDER BY id"))
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .ctx("read parked changes")?;
+    if parked.is_empty() {
+        return Ok((0, 0));
+    }
+    let (mut done, mut left) = (0, 0);
+    for (id, bytes) in parked {
+        tx.execute(&format!("DELETE FROM {PARKED_TABLE} WHERE id = ?1"), [id]).ctx("unpark")?;
+        let Ok(Frame::Changes(c)) = frame::decode(&bytes) else { continue };
+        let mut stats = ApplyStats::default();
+        apply_changes(&tx, schema, hlc, &c, &mut stats)?;
+        done += stats.applied + stats.stale;
+        left += stats.parked;
+    }
+    capture::discard_echoes(&tx, schema)?;
+    db::set_meta(&tx, HLC_KEY, hlc.last() as i64)?;
+    tx.commit().ctx("commit retry parked")?;
+    Ok((done, left))
+}
+
+/// Number of parked changes.
+pub fn parked_len(conn: &Connection) -> Result<u64, DbError> {
+    conn.query_row(&format!("SELECT count(*) FROM {PARKED_TABLE}"), [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+        .ctx("count parked changes")
+}

@@ -1,0 +1,396 @@
+//! Change capture: the triggers that record the application's writes, and the stamping that
+//! turns those records into versioned changes waiting to be published.
+//!
+//! For each replicated table `t` we own three objects in the same file:
+//! - `__hl_log_t(seq, op, ts, k0..kn)`: written by AFTER triggers, one small row per changed
+//!   primary key (op 1 = upsert, 2 = delete; `ts` = the application's wall-clock ms). It holds only
+//!   keys: the row image is read from the table itself when the change is published, so a row
+//!   changed many times between two polls travels once, with its latest content.
+//! - `__hl_ver_t(k0..kn, ver, node, del, pending)`: the last-writer-wins state of every row this
+//!   node has seen: HLC version, origin node, tombstone flag, and `pending = 1` while a local change
+//!   waits for JetStream's ack (the outbox).
+//! - triggers `__hl_i_t`, `__hl_u_t`, `__hl_d_t`. They use only plain SQL any SQLite since 3.8
+//!   understands, so an application linked against an old SQLite never fails a write because of us.
+//!
+//! Stamping moves log rows into the version table with fresh HLC stamps and empties the log, so at
+//! the start of our own write transaction the log is empty and anything that appears in it during
+//! an apply is an echo of that apply.
+
+use std::collections::HashMap;
+
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
+use rusqlite::Connection;
+
+use crate::config::Config;
+use crate::db::{quote, Context, DbError};
+use crate::frame::{TableHeader, Value};
+use crate::hlc::Hlc;
+
+pub const OP_UPSERT: i64 = 1;
+pub const OP_DELETE: i64 = 2;
+
+/// The application's write time as Unix ms, in SQL any SQLite version can run.
+const TS_SQL: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+/// A replicated table and the SQL we run against it.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub header: TableHeader,
+    pub without_rowid: bool,
+    pub log: String,
+    pub ver: String,
+    /// `k0, k1, ...`
+    keys: String,
+    sql: TableSql,
+}
+
+#[derive(Debug, Clone)]
+struct TableSql {
+    read_log: String,
+    upsert_local_version: String,
+    clear_log: String,
+    read_pending: String,
+    mark_published: String,
+}
+
+impl Table {
+    pub fn name(&self) -> &str {
+        &self.header.name
+    }
+
+    pub fn pk_len(&self) -> usize {
+        self.header.pk.len()
+    }
+
+    fn new(name: &str, columns: Vec<String>, pk: Vec<u16>, without_rowid: bool) -> Table {
+        let header = TableHeader { name: name.to_string(), columns, pk };
+        let log = quote(&format!("__hl_log_{name}"));
+        let ver = quote(&format!("__hl_ver_{name}"));
+        let n = header.pk.len();
+        let keys = (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>().join(", ");
+        let params = |from: usize| (from..from + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let t = quote(name);
+        let join = header
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| format!("t.{} IS v.k{i}", quote(&header.columns[c as usize])))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let exists = if without_rowid {
+            format!("t.{} IS NOT NULL", quote(&header.columns[header.pk[0] as usize]))
+        } else {
+            "t.rowid IS NOT NULL".to_string()
+        };
+        let cols = header.columns.iter().map(|c| format!("t.{}", quote(c))).collect::<Vec<_>>().join(", ");
+        let vkeys = (0..n).map(|i| format!("v.k{i}")).collect::<Vec<_>>().join(", ");
+        let sql = TableSql {
+            read_log: format!("SELECT seq, op, ts, {keys} FROM {log} ORDER BY seq"),
+            upsert_local_version: format!(
+                "INSERT INTO {ver}({keys}, ver, node, del, pending) VALUES ({}, ?{}, ?{}, ?{}, 1) \
+                 ON CONFLICT({keys}) DO UPDATE SET ver = excluded.ver, node = excluded.node, del = excluded.del, pending = 1",
+                params(1),
+                n + 1,
+                n + 2,
+                n + 3
+            ),
+            clear_log: format!("DELETE FROM {log}"),
+            read_pending: format!(
+                "SELECT v.ver, v.del, {exists}, {vkeys}, {cols} FROM {ver} v LEFT JOIN {t} t ON {join} \
+                 WHERE v.pending = 1 ORDER BY v.ver"
+            ),
+            mark_published: format!("UPDATE {ver} SET pending = 0 WHERE pending = 1 AND ver <= ?1"),
+        };
+        Table { header, without_rowid, log, ver, keys, sql }
+    }
+
+    /// Quoted primary-key column names, in key order.
+    pub fn pk_columns(&self) -> Vec<String> {
+        self.header.pk.iter().map(|&c| quote(&self.header.columns[c as usize])).collect()
+    }
+
+    fn trigger_sql(&self) -> [(String, String); 3] {
+        let t = quote(&self.header.name);
+        let name = |kind: &str| format!("__hl_{kind}_{}", self.header.name);
+        let row = |which: &str| {
+            self.pk_columns().iter().map(|c| format!("{which}.{c}")).collect::<Vec<_>>().join(", ")
+        };
+        let (log, keys) = (&self.log, &self.keys);
+        let changed = self
+            .pk_columns()
+            .iter()
+            .map(|c| format!("OLD.{c} IS NOT NEW.{c}"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let ins = name("i");
+        let upd = name("u");
+        let del = name("d");
+        [
+            (
+                ins.clone(),
+                format!(
+                    "CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN INSERT INTO {log}(op, ts, {keys}) VALUES ({OP_UPSERT}, {TS_SQL}, {}); END",
+                    quote(&ins),
+                    row("NEW")
+                ),
+            ),
+            (
+                upd.clone(),
+                format!(
+                    "CREATE TRIGGER {} AFTER UPDATE ON {t} BEGIN \
+                     INSERT INTO {log}(op, ts, {keys}) SELECT {OP_DELETE}, {TS_SQL}, {} WHERE {changed}; \
+                     INSERT INTO {log}(op, ts, {keys}) VALUES ({OP_UPSERT}, {TS_SQL}, {}); END",
+                    quote(&upd),
+                    row("OLD"),
+                    row("NEW")
+                ),
+            ),
+            (
+                del.clone(),
+                format!(
+                    "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN INSERT INTO {log}(op, ts, {keys}) VALUES ({OP_DELETE}, {TS_SQL}, {}); END",
+                    quote(&del),
+                    row("OLD")
+                ),
+            ),
+        ]
+    }
+}
+
+/// The replicated tables, found by [`scan`].
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    pub tables: Vec<Table>,
+    by_name: HashMap<String, usize>,
+    /// Tables present but not replicated, with the reason (logged once per scan that changes them).
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Schema {
+    pub fn get(&self, name: &str) -> Option<&Table> {
+        self.by_name.get(name).map(|&i| &self.tables[i])
+    }
+}
+
+/// Reads the application's tables and decides which ones we replicate.
+pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
+    let mut list = conn.prepare("PRAGMA main.table_list").ctx("list tables")?;
+    let entries: Vec<(String, String, bool)> = list
+        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(4)? != 0)))
+        .and_then(|rows| rows.collect())
+        .ctx("list tables")?;
+    let mut schema = Schema::default();
+    for (name, kind, without_rowid) in entries {
+        if name.starts_with("sqlite_") || name.starts_with("__hl_") || !cfg.wants_table(&name) {
+            continue;
+        }
+        match kind.as_str() {
+            "table" => {}
+            "virtual" => {
+                schema.skipped.push((name, "a virtual table; its content cannot be captured by triggers".into()));
+                continue;
+            }
+            _ => continue, // views, shadow tables of virtual tables
+        }
+        let mut info = conn.prepare(&format!("PRAGMA main.table_info({})", quote(&name))).ctx("read table columns")?;
+        let cols: Vec<(String, i64)> = info
+            .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)?)))
+            .and_then(|rows| rows.collect())
+            .ctx("read table columns")?;
+        let mut pk: Vec<(i64, u16)> = cols.iter().enumerate().filter(|(_, c)| c.1 > 0).map(|(i, c)| (c.1, i as u16)).collect();
+        if pk.is_empty() {
+            schema.skipped.push((name, "it has no PRIMARY KEY; add one to replicate it".into()));
+            continue;
+        }
+        pk.sort();
+        let columns = cols.into_iter().map(|c| c.0).collect();
+        let table = Table::new(&name, columns, pk.into_iter().map(|p| p.1).collect(), without_rowid);
+        schema.by_name.insert(name, schema.tables.len());
+        schema.tables.push(table);
+    }
+    for t in &cfg.tables {
+        if schema.get(t).is_none() && !schema.skipped.iter().any(|s| &s.0 == t) {
+            schema.skipped.push((t.clone(), "listed in `tables` but not in the database".into()));
+        }
+    }
+    Ok(schema)
+}
+
+/// Creates our tables and triggers for every replicated table, in one transaction. A table whose
+/// triggers were missing (first start, or the application rebuilt it) gets every existing row
+/// queued, so rows written before capture existed still replicate. Returns the backfilled rows.
+pub fn install(conn: &mut Connection, schema: &Schema) -> Result<u64, DbError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin install")?;
+    let mut backfilled = 0;
+    for t in &schema.tables {
+        let (log, ver, keys) = (&t.log, &t.ver, &t.keys);
+        let n = t.pk_len();
+        // A table whose key changed shape needs new bookkeeping tables.
+        let old_keys: Option<i64> = tx
+            .query_row(&format!("SELECT count(*) FROM pragma_table_info('__hl_log_' || ?1) WHERE name GLOB 'k[0-9]*'"), [t.name()], |r| r.get(0))
+            .ctx("inspect change log")
+            .ok()
+            .filter(|&c| c > 0);
+        if old_keys.is_some_and(|k| k as usize != n) {
+            log::warn!("table {} changed its primary key: resetting its replication state", t.name());
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS {log}; DROP TABLE IF EXISTS {ver};")).ctx("reset bookkeeping")?;
+        }
+        let pend = quote(&format!("__hl_pend_{}", t.name()));
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {log}(seq INTEGER PRIMARY KEY, op INTEGER NOT NULL, ts INTEGER NOT NULL, {keys});
+             CREATE TABLE IF NOT EXISTS {ver}({keys}, ver INTEGER NOT NULL, node INTEGER NOT NULL, del INTEGER NOT NULL,
+                 pending INTEGER NOT NULL, PRIMARY KEY({keys})) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS {pend} ON {ver}(ver) WHERE pending = 1;"
+        ))
+        .ctx("create change log")?;
+        let mut missing = false;
+        for (name, sql) in t.trigger_sql() {
+            let current: Option<String> = tx
+                .query_row("SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?1", [&name], |r| r.get(0))
+                .map(Some)
+                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+                .ctx("read triggers")?;
+            if current.as_deref() != Some(sql.as_str()) {
+                missing |= current.is_none();
+                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}; {sql};", quote(&name))).ctx("install trigger")?;
+            }
+        }
+        if missing {
+            let cols = t.pk_columns().join(", ");
+            backfilled += tx
+                .execute(&format!("INSERT INTO {log}(op, ts, {keys}) SELECT {OP_UPSERT}, {TS_SQL}, {cols} FROM {}", quote(t.name())), [])
+                .ctx("queue existing rows")? as u64;
+        }
+    }
+    tx.commit().ctx("commit install")?;
+    Ok(backfilled)
+}
+
+/// Turns captured log rows into versioned local changes (pending publication) and empties the
+/// logs. Must run inside the caller's write transaction; persists nothing else (the caller
+/// saves the clock in the same transaction). Returns the number of changes stamped.
+pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Result<u64, DbError> {
+    let mut stamped = 0;
+    for t in &schema.tables {
+        let n = t.pk_len();
+        let mut read = conn.prepare_cached(&t.sql.read_log).ctx("read change log")?;
+        let mut write = conn.prepare_cached(&t.sql.upsert_local_version).ctx("stamp change")?;
+        let mut rows = read.query([]).ctx("read change log")?;
+        let mut any = false;
+        while let Some(r) = rows.next().ctx("read change log")? {
+            let op: i64 = r.get(1).ctx("read change log")?;
+            let ts: i64 = r.get(2).ctx("read change log")?;
+            let mut has_null = false;
+            for i in 0..n {
+                let k = r.get_ref(3 + i).ctx("read change log")?;
+                has_null |= k == ValueRef::Null;
+                write.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(k)).ctx("stamp change")?;
+            }
+            if has_null {
+                log::warn!("table {}: a row with a NULL primary-key value cannot be replicated; declare the key NOT NULL", t.name());
+                continue;
+            }
+            let version = hlc.stamp(ts.max(0) as u64);
+            write.raw_bind_parameter(n + 1, version as i64).ctx("stamp change")?;
+            write.raw_bind_parameter(n + 2, node as i64).ctx("stamp change")?;
+            write.raw_bind_parameter(n + 3, (op == OP_DELETE) as i64).ctx("stamp change")?;
+            write.raw_execute().ctx("stamp change")?;
+            stamped += 1;
+            any = true;
+        }
+        drop(rows);
+        if any {
+            conn.prepare_cached(&t.sql.clear_log).and_then(|mut s| s.execute([])).ctx("clear change log")?;
+        }
+    }
+    Ok(stamped)
+}
+
+/// Deletes log rows written inside our own apply transaction: they are echoes of the apply.
+pub fn discard_echoes(conn: &Connection, schema: &Schema) -> Result<(), DbError> {
+    for t in &schema.tables {
+        conn.prepare_cached(&t.sql.clear_log).and_then(|mut s| s.execute([])).ctx("discard echoes")?;
+    }
+    Ok(())
+}
+
+/// One pending local change as read for publication.
+pub enum Pending {
+    Upsert(Vec<Value>),
+    Delete(Vec<Value>),
+}
+
+/// Visits the pending local changes of `t` in version order. `visit` returns false to stop.
+/// A change whose row no longer exists (deleted after the stamp; its delete is still in the log)
+/// is passed over. Returns the highest version visited, for [`mark_published`].
+pub fn read_pending(
+    conn: &Connection,
+    t: &Table,
+    mut visit: impl FnMut(u64, Pending) -> bool,
+) -> Result<Option<u64>, DbError> {
+    let n = t.pk_len();
+    let ncols = t.header.columns.len();
+    let mut stmt = conn.prepare_cached(&t.sql.read_pending).ctx("read outbox")?;
+    let mut rows = stmt.query([]).ctx("read outbox")?;
+    let mut last = None;
+    while let Some(r) = rows.next().ctx("read outbox")? {
+        let version: i64 = r.get(0).ctx("read outbox")?;
+        let deleted: bool = r.get(1).ctx("read outbox")?;
+        let exists: bool = r.get(2).ctx("read outbox")?;
+        let change = if deleted {
+            Pending::Delete((0..n).map(|i| r.get_ref(3 + i).map(value_of)).collect::<Result<_, _>>().ctx("read outbox")?)
+        } else if exists {
+            Pending::Upsert((0..ncols).map(|i| r.get_ref(3 + n + i).map(value_of)).collect::<Result<_, _>>().ctx("read outbox")?)
+        } else {
+            last = Some(version as u64);
+            continue;
+        };
+        if !visit(version as u64, change) {
+            break;
+        }
+        last = Some(version as u64);
+    }
+    Ok(last)
+}
+
+/// JetStream acknowledged every pending change of `t` up to `version`: they leave the outbox.
+pub fn mark_published(conn: &Connection, t: &Table, version: u64) -> Result<usize, DbError> {
+    conn.prepare_cached(&t.sql.mark_published)
+        .and_then(|mut s| s.execute([version as i64]))
+        .ctx("mark published")
+}
+
+/// Number of local changes waiting for publication.
+pub fn outbox_len(conn: &Connection, schema: &Schema) -> Result<u64, DbError> {
+    let mut total = 0u64;
+    for t in &schema.tables {
+        let n: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {} WHERE pending = 1", t.ver), [], |r| r.get(0))
+            .ctx("count outbox")?;
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+/// An owned copy of a SQLite value.
+pub fn value_of(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(t.to_vec()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}

@@ -1,0 +1,412 @@
+//! Configuration: the TOML file, its defaults and its validation.
+//!
+//! Key names follow HarmonyLite-Go where the meaning is the same, so its users can bring their
+//! files. Unknown keys are an error that names the key; every default is a named constant.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default poll interval of the change log, in milliseconds.
+pub const DEFAULT_POLLING_INTERVAL_MS: u64 = 100;
+/// Default upper bound of one frame on the wire, in bytes (NATS' default max payload is 1 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 256 * 1024;
+/// Smallest frame bound we accept; below it the per-frame overhead dominates.
+pub const MIN_FRAME_BYTES: usize = 1024;
+/// Default stream message limit.
+pub const DEFAULT_MAX_ENTRIES: i64 = 100_000;
+pub const DEFAULT_SUBJECT_PREFIX: &str = "hlrs.changes";
+pub const DEFAULT_STREAM_PREFIX: &str = "HLRS";
+pub const DEFAULT_SERVER_BIN: &str = "nats-server";
+pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:4222";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The application's SQLite file.
+    pub db_path: PathBuf,
+    /// Node id; derived from the machine id and persisted in the DB when absent.
+    pub node_id: Option<u64>,
+    #[serde(default = "yes")]
+    pub publish: bool,
+    #[serde(default = "yes")]
+    pub replicate: bool,
+    /// Poll interval of the change log, milliseconds.
+    #[serde(default = "default_polling_interval")]
+    pub polling_interval: u64,
+    /// Upper bound of one frame on the wire, bytes. Larger rows are split into fragments.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Tables to replicate; empty means every table with a primary key.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Tables never replicated.
+    #[serde(default)]
+    pub exclude_tables: Vec<String>,
+    /// HarmonyLite-Go's sequence map file; accepted for compatibility, not used (our cursor
+    /// lives in the database).
+    #[serde(default)]
+    pub seq_map_path: Option<String>,
+    #[serde(default)]
+    pub replication_log: ReplicationLog,
+    #[serde(default)]
+    pub snapshot: Snapshot,
+    #[serde(default)]
+    pub nats: Nats,
+    #[serde(default)]
+    pub logging: Logging,
+    #[serde(default)]
+    pub prometheus: Endpoint,
+    #[serde(default)]
+    pub health_check: Endpoint,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationLog {
+    /// Stream message limit (oldest messages are discarded beyond it).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: i64,
+    /// Stream replicas in a clustered NATS.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Frame compression (not implemented yet; accepted and ignored).
+    #[serde(default)]
+    pub compress: bool,
+    /// HarmonyLite-Go's shard count; only 1 is supported.
+    #[serde(default = "one")]
+    pub shards: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Interval between snapshots, milliseconds.
+    #[serde(default)]
+    pub interval: u64,
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nats {
+    /// Servers to connect to; empty means: start an embedded nats-server.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    #[serde(default = "default_stream_prefix")]
+    pub stream_prefix: String,
+    pub user_name: Option<String>,
+    pub user_password: Option<String>,
+    pub seed_file: Option<PathBuf>,
+    pub creds_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The nats-server binary for the embedded mode.
+    #[serde(default = "default_server_bin")]
+    pub server_bin: PathBuf,
+    /// Listen address of the embedded nats-server.
+    #[serde(default = "default_embedded_listen")]
+    pub embedded_listen: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    #[serde(default)]
+    pub verbose: bool,
+    /// "text" (default) or "json" (not implemented yet).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    #[serde(default)]
+    pub enable: bool,
+    #[serde(default)]
+    pub bind: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+fn default_polling_interval() -> u64 {
+    DEFAULT_POLLING_INTERVAL_MS
+}
+fn default_max_frame_bytes() -> usize {
+    DEFAULT_MAX_FRAME_BYTES
+}
+fn default_max_entries() -> i64 {
+    DEFAULT_MAX_ENTRIES
+}
+fn default_subject_prefix() -> String {
+    DEFAULT_SUBJECT_PREFIX.into()
+}
+fn default_stream_prefix() -> String {
+    DEFAULT_STREAM_PREFIX.into()
+}
+fn default_server_bin() -> PathBuf {
+    DEFAULT_SERVER_BIN.into()
+}
+fn default_embedded_listen() -> String {
+    DEFAULT_EMBEDDED_LISTEN.into()
+}
+
+impl Default for ReplicationLog {
+    fn default() -> Self {
+        ReplicationLog {
+            max_entries: DEFAULT_MAX_ENTRIES,
+            replicas: 1,
+            compress: false,
+            shards: 1,
+        }
+    }
+}
+
+impl Default for Nats {
+    fn default() -> Self {
+        Nats {
+            urls: Vec::new(),
+            subject_prefix: default_subject_prefix(),
+            stream_prefix: default_stream_prefix(),
+            user_name: None,
+            user_password: None,
+            seed_file: None,
+            creds_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_bin: default_server_bin(),
+            embedded_listen: default_embedded_listen(),
+        }
+    }
+}
+
+/// A config that could not be read or is not valid. Its message names the file and the key.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config {}: {}", self.path.display(), self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates the file. Relative `db_path`s are taken from the config's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError { path: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read the file: {e}")))?;
+        let mut cfg = Config::parse(&text).map_err(err)?;
+        if cfg.db_path.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            cfg.db_path = base.join(&cfg.db_path);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text; the error names the offending key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.db_path.as_os_str().is_empty() {
+            return Err("db_path: must name the application's SQLite file".into());
+        }
+        if self.node_id == Some(0) {
+            return Err("node_id: must be a positive integer (or absent to derive one)".into());
+        }
+        if self.polling_interval == 0 || self.polling_interval > 3_600_000 {
+            return Err("polling_interval: expected milliseconds between 1 and 3600000".into());
+        }
+        if self.max_frame_bytes < MIN_FRAME_BYTES || self.max_frame_bytes > 64 * 1024 * 1024 {
+            return Err(format!(
+                "max_frame_bytes: expected between {MIN_FRAME_BYTES} and 67108864 bytes"
+            ));
+        }
+        if self.replication_log.max_entries < 1 {
+            return Err("[replication_log] max_entries: must be at least 1".into());
+        }
+        if self.replication_log.replicas < 1 || self.replication_log.replicas > 5 {
+            return Err("[replication_log] replicas: expected 1 to 5".into());
+        }
+        if self.replication_log.shards != 1 {
+            return Err("[replication_log] shards: only 1 is supported".into());
+        }
+        let subject_ok = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|t| {
+                    !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                })
+        };
+        if !subject_ok(&self.nats.subject_prefix) {
+            return Err(format!(
+                "[nats] subject_prefix: {:?} is not a NATS subject (dot-separated tokens of letters, digits, - and _)",
+                self.nats.subject_prefix
+            ));
+        }
+        let s = &self.nats.stream_prefix;
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+            return Err(format!(
+                "[nats] stream_prefix: {s:?} is not a valid stream name (letters, digits, - and _)"
+            ));
+        }
+        for url in &self.nats.urls {
+            check_url(url).map_err(|why| format!("[nats] urls: {url:?}: {why}"))?;
+        }
+        if self.nats.urls.is_empty() && self.nats.embedded_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "[nats] embedded_listen: {:?} is not an address like 127.0.0.1:4222",
+                self.nats.embedded_listen
+            ));
+        }
+        if self.nats.user_name.is_some() != self.nats.user_password.is_some() {
+            return Err("[nats] user_name and user_password: set both or neither".into());
+        }
+        if self.nats.cert_file.is_some() != self.nats.key_file.is_some() {
+            return Err("[nats] cert_file and key_file: set both or neither".into());
+        }
+        if let Some(f) = &self.logging.format {
+            if f != "text" && f != "json" {
+                return Err(format!("[logging] format: expected \"text\" or \"json\", got {f:?}"));
+            }
+        }
+        for t in self.tables.iter().chain(&self.exclude_tables) {
+            if t.is_empty() {
+                return Err("tables/exclude_tables: empty table name".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `table` is selected by the include and exclude lists.
+    pub fn wants_table(&self, table: &str) -> bool {
+        (self.tables.is_empty() || self.tables.iter().any(|t| t == table))
+            && !self.exclude_tables.iter().any(|t| t == table)
+    }
+
+    /// The subject this node publishes to.
+    pub fn own_subject(&self, node_id: u64) -> String {
+        format!("{}.{}", self.nats.subject_prefix, node_id)
+    }
+}
+
+/// A NATS URL: `nats://`, `tls://` or `ws(s)://` scheme (or none), a host and an optional port.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            if !matches!(scheme, "nats" | "tls" | "ws" | "wss") {
+                return Err("expected a nats:// or tls:// URL");
+            }
+            rest
+        }
+        None => url,
+    };
+    let hostport = rest.rsplit('@').next().unwrap_or(rest);
+    let hostport = hostport.trim_end_matches('/');
+    if hostport.is_empty() {
+        return Err("missing host");
+    }
+    if let Some((host, port)) = hostport.rsplit_once(':') {
+        if !host.ends_with(']') && host.contains(':') {
+            return Ok(()); // bare IPv6 without port
+        }
+        if host.is_empty() {
+            return Err("missing host");
+        }
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err("port must be a number from 1 to 65535");
+        }
+    }
+    if hostport.contains(char::is_whitespace) {
+        return Err("contains white space");
+    }
+    Ok(())
+}
+
+/// toml's message names the key ("unknown field `ulrs`"); add the line it stands on.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let src = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} `{src}`: {msg}")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse("db_path = \"a.db\"").unwrap();
+        assert_eq!(c.polling_interval, DEFAULT_POLLING_INTERVAL_MS);
+        assert!(c.publish && c.replicate);
+        assert_eq!(c.nats.subject_prefix, "hlrs.changes");
+        assert!(c.nats.urls.is_empty());
+        assert_eq!(c.replication_log.max_entries, DEFAULT_MAX_ENTRIES);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("db_path = \"a.db\"\n[nats]\nulrs = []\n").unwrap_err();
+        assert!(e.contains("ulrs"), "{e}");
+    }
+
+    #[test]
+    fn ill_typed_key_is_named() {
+        let e = Config::parse("db_path = \"a.db\"\npolling_interval = \"fast\"\n").unwrap_err();
+        assert!(e.contains("polling_interval"), "{e}");
+    }
+
+    #[test]
+    fn missing_db_path_is_named() {
+        let e = Config::parse("publish = true\n").unwrap_err();
+        assert!(e.contains("db_path"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_is_named() {
+        let e = Config::parse("db_path = \"a\"\n[nats]\nurls = [\"http://x:1\"]\n").unwrap_err();
+        assert!(e.contains("[nats] urls"), "{e}");
+        let e = Config::parse("db_path = \"a\"\n[nats]\nurls = [\"nats://x:99999\"]\n").unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        Config::parse("db_path = \"a\"\n[nats]\nurls = [\"nats://u:p@x:4222\", \"127.0.0.1:4222\"]\n")
+            .unwrap();
+    }
+
+    #[test]
+    fn table_selection() {
+        let c = Config::parse("db_path = \"a\"\ntables = [\"a\", \"b\"]\nexclude_tables = [\"b\"]\n")
+            .unwrap();
+        assert!(c.wants_table("a"));
+        assert!(!c.wants_table("b"));
+        assert!(!c.wants_table("c"));
+    }
+}

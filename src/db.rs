@@ -1,0 +1,159 @@
+//! The sidecar's connection to the application's database and its own small state table.
+//!
+//! Everything HarmonyLite keeps lives in the same file as the application's data, in tables
+//! named `__hl_*`, so one SQLite transaction can move data and bookkeeping together.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+/// How long a statement waits for the application's write lock before reporting "locked".
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 256;
+
+pub const META_TABLE: &str = "__hl_meta";
+
+#[derive(Debug)]
+pub enum DbError {
+    /// The database file does not exist.
+    Missing(PathBuf),
+    Open { path: PathBuf, source: rusqlite::Error },
+    /// A statement failed; `op` names what we were doing.
+    Sql { op: &'static str, source: rusqlite::Error },
+}
+
+impl DbError {
+    /// Locked or busy: retrying later will likely work.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Sql { source, .. } | DbError::Open { source, .. } => is_busy(source),
+            DbError::Missing(_) => false,
+        }
+    }
+}
+
+pub fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbError::Missing(p) => write!(
+                f,
+                "database {} does not exist: start the application first so it creates its tables, or fix db_path",
+                p.display()
+            ),
+            DbError::Open { path, source } => write!(f, "cannot open database {}: {source}", path.display()),
+            DbError::Sql { op, source } if is_busy(source) => write!(
+                f,
+                "{op}: the database stayed locked for {}s (another process holds a write transaction); will retry",
+                BUSY_TIMEOUT.as_secs()
+            ),
+            DbError::Sql { op, source } => write!(f, "{op}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for DbError {}
+
+/// Attaches what we were doing to a rusqlite error.
+pub trait Context<T> {
+    fn ctx(self, op: &'static str) -> Result<T, DbError>;
+}
+
+impl<T> Context<T> for Result<T, rusqlite::Error> {
+    fn ctx(self, op: &'static str) -> Result<T, DbError> {
+        self.map_err(|source| DbError::Sql { op, source })
+    }
+}
+
+/// Opens the application's existing database for the sidecar. WAL mode is switched on (it
+/// persists in the file and lets the application read while we write).
+pub fn open(path: &Path) -> Result<Connection, DbError> {
+    if !path.exists() {
+        return Err(DbError::Missing(path.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
+    conn.busy_timeout(BUSY_TIMEOUT).ctx("set busy timeout")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("journal mode is {mode}, not wal: the application may see more lock waits");
+    }
+    // Foreign keys stay off on our connection: the origin already captured every cascaded
+    // change, so the replica receives them as explicit changes and must not cascade again.
+    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA recursive_triggers=OFF;")
+        .ctx("set connection pragmas")?;
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {META_TABLE}(key TEXT PRIMARY KEY, value) WITHOUT ROWID"
+    ))
+    .ctx("create the state table")?;
+    Ok(conn)
+}
+
+pub fn get_meta(conn: &Connection, key: &str) -> Result<Option<i64>, DbError> {
+    conn.prepare_cached(&format!("SELECT value FROM {META_TABLE} WHERE key = ?1"))
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .ctx("read state")
+}
+
+pub fn set_meta(conn: &Connection, key: &str, value: i64) -> Result<(), DbError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO {META_TABLE}(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+    ))
+    .and_then(|mut s| s.execute(rusqlite::params![key, value]))
+    .ctx("write state")?;
+    Ok(())
+}
+
+/// Quotes an SQL identifier.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `PRAGMA data_version`: changes when another connection commits.
+pub fn data_version(conn: &Connection) -> Result<i64, DbError> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0)).ctx("read data_version")
+}
+
+/// `PRAGMA schema_version`: changes with every schema change.
+pub fn schema_version(conn: &Connection) -> Result<i64, DbError> {
+    conn.query_row("PRAGMA schema_version", [], |r| r.get(0)).ctx("read schema_version")
+}
+
+/// The node id: configured, else persisted, else derived from the machine id and the database
+/// path (so several nodes on one machine differ) and persisted.
+pub fn node_id(conn: &Connection, configured: Option<u64>, db_path: &Path) -> Result<u64, DbError> {
+    if let Some(id) = configured {
+        set_meta(conn, "node_id", id as i64)?;
+        return Ok(id);
+    }
+    if let Some(id) = get_meta(conn, "node_id")? {
+        return Ok(id as u64);
+    }
+    let machine = std::fs::read_to_string("/etc/machine-id")
+        .or_else(|_| std::fs::read_to_string("/var/lib/dbus/machine-id"))
+        .unwrap_or_default();
+    let salt = if machine.trim().is_empty() {
+        // no machine id: fall back to randomness from the clock and the process
+        format!("{}-{}", crate::hlc::now_ms(), std::process::id())
+    } else {
+        machine.trim().to_string()
+    };
+    let canonical = db_path.canonicalize().unwrap_or_else(|_| db_path.to_path_buf());
+    let seed = format!("{salt}\0{}", canonical.display());
+    // 53 bits: readable, positive as i64 and exact in JSON.
+    let id = (crate::frame::fnv64(seed.as_bytes()) & ((1 << 53) - 1)).max(1);
+    set_meta(conn, "node_id", id as i64)?;
+    Ok(id)
+}

@@ -1,0 +1,121 @@
+//! The embedded default: with no `[nats] urls`, the node starts and supervises a local
+//! `nats-server` with JetStream stored next to the database, and stops it on shutdown.
+
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a starting nats-server may take to accept connections.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct EmbeddedServer {
+    child: Child,
+    bin: PathBuf,
+    addr: SocketAddr,
+    store: PathBuf,
+}
+
+impl EmbeddedServer {
+    /// Starts `bin` on `listen` with its store in `<db folder>/<db name>-nats/`.
+    pub fn start(bin: &Path, listen: &str, db_path: &Path) -> Result<EmbeddedServer, String> {
+        let addr: SocketAddr = listen.parse().map_err(|_| format!("[nats] embedded_listen: {listen:?} is not an address"))?;
+        let stem = db_path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "db".into());
+        let store = db_path.parent().unwrap_or(Path::new(".")).join(format!("{stem}-nats"));
+        fs::create_dir_all(&store).map_err(|e| format!("cannot create {}: {e}", store.display()))?;
+        let child = spawn(bin, addr, &store)?;
+        let mut server = EmbeddedServer { child, bin: bin.to_path_buf(), addr, store };
+        server.wait_ready()?;
+        log::info!("embedded nats-server started addr={} store={}", server.addr, server.store.display());
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "embedded nats-server exited at start ({status}); see {}",
+                    self.store.join("nats-server.log").display()
+                ));
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("embedded nats-server did not accept connections on {} within {}s", self.addr, START_TIMEOUT.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Restarts the server if it died. Called from the node loop.
+    pub fn supervise(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            log::warn!("embedded nats-server exited ({status}); restarting it");
+            match spawn(&self.bin, self.addr, &self.store) {
+                Ok(child) => {
+                    self.child = child;
+                    if let Err(e) = self.wait_ready() {
+                        log::error!("{e}");
+                    }
+                }
+                Err(e) => log::error!("{e}"),
+            }
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                log::info!("embedded nats-server stopped");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EmbeddedServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn spawn(bin: &Path, addr: SocketAddr, store: &Path) -> Result<Child, String> {
+    // Refuse a port in use: we would silently talk to someone else's server.
+    TcpListener::bind(addr).map_err(|e| {
+        format!("embedded nats-server: {addr} is not free ({e}); point [nats] urls at the server there, or set [nats] embedded_listen to a free address")
+    })?;
+    let log = File::create(store.join("nats-server.log")).map_err(|e| format!("cannot create the server log in {}: {e}", store.display()))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    Command::new(bin)
+        .arg("-a")
+        .arg(addr.ip().to_string())
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .arg("-js")
+        .arg("-sd")
+        .arg(store)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start the embedded nats-server {:?}: {e}; install nats-server, set [nats] server_bin, or set [nats] urls",
+                bin
+            )
+        })
+}

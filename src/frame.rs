@@ -1,0 +1,497 @@
+//! Frames: the postcard-encoded unit on the wire. No I/O here, and no panic on any input.
+//!
+//! Wire layout: `b"HL"`, a version byte, the postcard encoding of [`Frame`], then a CRC-32 (IEEE,
+//! little endian) of everything before it. A frame holds many row changes, bounded in bytes by
+//! [`FrameBuilder`]; a change too large for one frame is encoded alone and cut into
+//! [`Fragment`]s that the receiver reassembles.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: &[u8; 2] = b"HL";
+pub const VERSION: u8 = 1;
+/// Magic, version and checksum.
+const ENVELOPE: usize = 2 + 1 + 4;
+/// Upper bound of what a Changes frame adds around its tables and changes: variant tag,
+/// origin varint, two sequence lengths.
+const CHANGES_OVERHEAD: usize = 1 + 10 + 5 + 5;
+/// Upper bound of what a Fragment frame adds around its data.
+const FRAGMENT_OVERHEAD: usize = 1 + 10 + 10 + 5 + 5 + 5;
+
+/// One SQLite value, storage class and bits preserved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    /// Text as SQLite stored it (not necessarily valid UTF-8).
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Integer(a), Value::Integer(b)) => a == b,
+            (Value::Real(a), Value::Real(b)) => a.to_bits() == b.to_bits(),
+            (Value::Text(a), Value::Text(b)) | (Value::Blob(a), Value::Blob(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Value {
+    /// Bytes held, for batching decisions.
+    pub fn weight(&self) -> usize {
+        match self {
+            Value::Text(b) | Value::Blob(b) => b.len() + 5,
+            _ => 9,
+        }
+    }
+}
+
+/// A table as the sender sees it: its name, its columns and which of them form the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableHeader {
+    pub name: String,
+    pub columns: Vec<String>,
+    /// Indices into `columns` of the primary key, in key order.
+    pub pk: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// Values of every header column, in header order.
+    Upsert(Vec<Value>),
+    /// Primary-key values, in key order.
+    Delete(Vec<Value>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Index into the frame's tables.
+    pub table: u16,
+    /// HLC stamp given by the origin node.
+    pub version: u64,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    pub origin: u64,
+    pub tables: Vec<TableHeader>,
+    pub changes: Vec<Change>,
+}
+
+/// A piece of one encoded frame too large to travel whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fragment {
+    pub origin: u64,
+    /// Unique per origin: the version of the change it carries.
+    pub id: u64,
+    pub index: u32,
+    pub count: u32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    Changes(Changes),
+    Fragment(Fragment),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FrameError {
+    TooShort(usize),
+    BadMagic,
+    UnknownVersion(u8),
+    Checksum,
+    Decode(String),
+    TrailingBytes(usize),
+    Invalid(&'static str),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooShort(n) => write!(f, "too short ({n} bytes)"),
+            FrameError::BadMagic => write!(f, "not a HarmonyLite frame (bad magic)"),
+            FrameError::UnknownVersion(v) => write!(f, "unknown frame version {v} (this build reads {VERSION}): upgrade this node"),
+            FrameError::Checksum => write!(f, "checksum mismatch"),
+            FrameError::Decode(e) => write!(f, "does not decode: {e}"),
+            FrameError::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the frame"),
+            FrameError::Invalid(why) => write!(f, "invalid: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Wraps a postcard body in the envelope.
+fn seal(mut out: Vec<u8>) -> Vec<u8> {
+    let crc = crc32(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn envelope_start(capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity + ENVELOPE);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out
+}
+
+/// Encodes a whole frame (used for fragments and tests; batches go through [`FrameBuilder`]).
+pub fn encode(frame: &Frame) -> Vec<u8> {
+    let out = envelope_start(64);
+    seal(postcard::to_extend(frame, out).expect("encoding into a Vec cannot fail"))
+}
+
+/// Decodes and checks a frame. Never panics, whatever the input.
+pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+    if bytes.len() < ENVELOPE {
+        return Err(FrameError::TooShort(bytes.len()));
+    }
+    if &bytes[..2] != MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    if bytes[2] != VERSION {
+        return Err(FrameError::UnknownVersion(bytes[2]));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32(body).to_le_bytes() != crc {
+        return Err(FrameError::Checksum);
+    }
+    let (frame, rest) = postcard::take_from_bytes::<Frame>(&body[3..])
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes(rest.len()));
+    }
+    validate(&frame)?;
+    Ok(frame)
+}
+
+/// Structural checks so that the apply code can index without panicking.
+fn validate(frame: &Frame) -> Result<(), FrameError> {
+    match frame {
+        Frame::Changes(c) => {
+            for t in &c.tables {
+                if t.pk.is_empty() {
+                    return Err(FrameError::Invalid("table without a primary key"));
+                }
+                if t.pk.iter().any(|&i| i as usize >= t.columns.len()) {
+                    return Err(FrameError::Invalid("primary key index out of range"));
+                }
+            }
+            for ch in &c.changes {
+                let t = c.tables.get(ch.table as usize).ok_or(FrameError::Invalid("table index out of range"))?;
+                let ok = match &ch.op {
+                    Op::Upsert(v) => v.len() == t.columns.len(),
+                    Op::Delete(k) => k.len() == t.pk.len(),
+                };
+                if !ok {
+                    return Err(FrameError::Invalid("value count does not match the table header"));
+                }
+            }
+        }
+        Frame::Fragment(f) => {
+            if f.count == 0 || f.index >= f.count {
+                return Err(FrameError::Invalid("fragment index out of range"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits an encoded frame into fragment frames, each at most `max_frame` bytes.
+pub fn fragment(origin: u64, id: u64, encoded: &[u8], max_frame: usize) -> Vec<Vec<u8>> {
+    let chunk = max_frame.saturating_sub(ENVELOPE + FRAGMENT_OVERHEAD).max(1);
+    let count = encoded.len().div_ceil(chunk) as u32;
+    encoded
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, data)| {
+            encode(&Frame::Fragment(Fragment { origin, id, index: i as u32, count, data: data.to_vec() }))
+        })
+        .collect()
+}
+
+/// Accumulates changes into one frame without passing `max_frame` bytes.
+pub struct FrameBuilder {
+    origin: u64,
+    max_frame: usize,
+    tables: Vec<TableHeader>,
+    table_index: HashMap<String, u16>,
+    table_lens: Vec<usize>,
+    tables_bytes: usize,
+    body: Vec<u8>,
+    count: usize,
+}
+
+/// What [`FrameBuilder::push`] did with a change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Added,
+    /// The frame is full: finish it and push again into a new one.
+    Full,
+    /// The change alone is larger than a frame: send it as fragments.
+    TooLarge,
+}
+
+impl FrameBuilder {
+    pub fn new(origin: u64, max_frame: usize) -> FrameBuilder {
+        FrameBuilder {
+            origin,
+            max_frame,
+            tables: Vec::new(),
+            table_index: HashMap::new(),
+            table_lens: Vec::new(),
+            tables_bytes: 0,
+            body: Vec::new(),
+            count: 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Adds one change of `table` if it fits.
+    pub fn push(&mut self, table: &TableHeader, version: u64, op: Op) -> Pushed {
+        let (index, header_len, is_new) = match self.table_index.get(&table.name) {
+            Some(&i) => (i, self.table_lens[i as usize], false),
+            None => (self.tables.len() as u16, encoded_len(table), true),
+        };
+        let new_table_bytes = if is_new { header_len } else { 0 };
+        let start = self.body.len();
+        let change = Change { table: index, version, op };
+        self.body = postcard::to_extend(&change, std::mem::take(&mut self.body)).expect("Vec");
+        let change_len = self.body.len() - start;
+        if ENVELOPE + CHANGES_OVERHEAD + header_len + change_len > self.max_frame {
+            self.body.truncate(start);
+            return Pushed::TooLarge;
+        }
+        if ENVELOPE + CHANGES_OVERHEAD + self.tables_bytes + new_table_bytes + self.body.len() > self.max_frame {
+            self.body.truncate(start);
+            return Pushed::Full;
+        }
+        if is_new {
+            self.table_index.insert(table.name.clone(), index);
+            self.table_lens.push(header_len);
+            self.tables.push(table.clone());
+            self.tables_bytes += new_table_bytes;
+        }
+        self.count += 1;
+        Pushed::Added
+    }
+
+    /// The sealed frame; the builder is empty again.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = envelope_start(self.tables_bytes + self.body.len() + CHANGES_OVERHEAD);
+        out.push(0); // Frame::Changes
+        out = postcard::to_extend(&self.origin, out).expect("Vec");
+        out = postcard::to_extend(&self.tables, out).expect("Vec");
+        out = postcard::to_extend(&(self.count as u64), out).expect("Vec");
+        out.extend_from_slice(&self.body);
+        self.tables.clear();
+        self.table_index.clear();
+        self.table_lens.clear();
+        self.tables_bytes = 0;
+        self.body.clear();
+        self.count = 0;
+        seal(out)
+    }
+}
+
+/// Encodes one change alone in a frame, for fragmenting.
+pub fn encode_single(origin: u64, table: &TableHeader, version: u64, op: Op) -> Vec<u8> {
+    encode(&Frame::Changes(Changes {
+        origin,
+        tables: vec![table.clone()],
+        changes: vec![Change { table: 0, version, op }],
+    }))
+}
+
+fn encoded_len<T: Serialize>(value: &T) -> usize {
+    postcard::to_stdvec(value).map_or(usize::MAX / 4, |v| v.len())
+}
+
+/// CRC-32 (IEEE 802.3), table-driven.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc = TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// 64-bit FNV-1a, for deterministic message ids.
+pub fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> TableHeader {
+        TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into()], pk: vec![0] }
+    }
+
+    fn all_values() -> Vec<Value> {
+        vec![
+            Value::Null,
+            Value::Integer(i64::MIN),
+            Value::Integer(i64::MAX),
+            Value::Real(-0.0),
+            Value::Real(f64::MIN_POSITIVE / 2.0),
+            Value::Real(f64::NAN),
+            Value::Text("héllo ✓ 🚀".as_bytes().to_vec()),
+            Value::Text(vec![0xff, 0x00]),
+            Value::Blob(vec![]),
+            Value::Blob(vec![0, 1, 2, 255]),
+        ]
+    }
+
+    #[test]
+    fn round_trip_keeps_every_value_exactly() {
+        let mut b = FrameBuilder::new(7, 1 << 20);
+        for (i, v) in all_values().into_iter().enumerate() {
+            assert_eq!(b.push(&header(), 100 + i as u64, Op::Upsert(vec![Value::Integer(i as i64), v])), Pushed::Added);
+        }
+        b.push(&header(), 200, Op::Delete(vec![Value::Integer(3)]));
+        let bytes = b.finish();
+        let Frame::Changes(c) = decode(&bytes).unwrap() else { panic!("not changes") };
+        assert_eq!(c.origin, 7);
+        assert_eq!(c.tables, vec![header()]);
+        assert_eq!(c.changes.len(), 11);
+        for (i, v) in all_values().into_iter().enumerate() {
+            assert_eq!(c.changes[i].version, 100 + i as u64);
+            assert_eq!(c.changes[i].op, Op::Upsert(vec![Value::Integer(i as i64), v]));
+        }
+        assert_eq!(c.changes[10].op, Op::Delete(vec![Value::Integer(3)]));
+        // the hand-assembled frame is exactly postcard's encoding of the same struct
+        assert_eq!(encode(&Frame::Changes(c)), bytes);
+    }
+
+    #[test]
+    fn real_bits_are_kept() {
+        assert_ne!(Value::Real(0.0), Value::Real(-0.0));
+        assert_eq!(Value::Real(f64::NAN), Value::Real(f64::NAN));
+    }
+
+    #[test]
+    fn frames_stay_within_the_bound() {
+        let max = 4096;
+        let mut b = FrameBuilder::new(1, max);
+        let mut frames = Vec::new();
+        let mut n = 0;
+        for i in 0..1000i64 {
+            let op = || Op::Upsert(vec![Value::Integer(i), Value::Text(vec![b'x'; (i % 97) as usize])]);
+            match b.push(&header(), i as u64, op()) {
+                Pushed::Added => {}
+                Pushed::Full => {
+                    frames.push(b.finish());
+                    assert_eq!(b.push(&header(), i as u64, op()), Pushed::Added);
+                }
+                Pushed::TooLarge => panic!("small row reported too large"),
+            }
+        }
+        frames.push(b.finish());
+        for f in &frames {
+            assert!(f.len() <= max, "frame of {} bytes over {max}", f.len());
+            let Frame::Changes(c) = decode(f).unwrap() else { panic!() };
+            n += c.changes.len();
+        }
+        assert_eq!(n, 1000);
+        assert!(frames.len() > 5);
+        // frames are not mostly empty: the bound is used
+        assert!(frames[0].len() > max - 200, "{}", frames[0].len());
+    }
+
+    #[test]
+    fn oversized_row_is_reported_then_fragmented_and_reassembled() {
+        let max = 2048;
+        let big = Op::Upsert(vec![Value::Integer(1), Value::Blob((0..10_000u32).map(|i| i as u8).collect())]);
+        let mut b = FrameBuilder::new(1, max);
+        assert_eq!(b.push(&header(), 5, big.clone()), Pushed::TooLarge);
+        assert!(b.is_empty());
+        let whole = encode_single(1, &header(), 5, big.clone());
+        let parts = fragment(1, 5, &whole, max);
+        assert!(parts.len() >= 5);
+        let mut joined = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.len() <= max);
+            let Frame::Fragment(f) = decode(p).unwrap() else { panic!() };
+            assert_eq!((f.index as usize, f.count as usize, f.id), (i, parts.len(), 5));
+            joined.extend_from_slice(&f.data);
+        }
+        let Frame::Changes(c) = decode(&joined).unwrap() else { panic!() };
+        assert_eq!(c.changes[0].op, big);
+    }
+
+    #[test]
+    fn corrupt_input_is_an_error_not_a_panic() {
+        let mut b = FrameBuilder::new(1, 4096);
+        b.push(&header(), 1, Op::Upsert(vec![Value::Integer(1), Value::Null]));
+        let good = b.finish();
+        assert_eq!(decode(b"garbage"), Err(FrameError::BadMagic));
+        assert_eq!(decode(b"HL"), Err(FrameError::TooShort(2)));
+        let mut v2 = good.clone();
+        v2[2] = 9;
+        assert_eq!(decode(&v2), Err(FrameError::UnknownVersion(9)));
+        let mut flipped = good.clone();
+        flipped[5] ^= 0x40;
+        assert_eq!(decode(&flipped), Err(FrameError::Checksum));
+        // truncated at every length: never a panic, always an error
+        for n in 0..good.len() {
+            assert!(decode(&good[..n]).is_err());
+        }
+        // a body that passes the checksum but claims a huge sequence
+        let forged = seal({
+            let mut o = envelope_start(16);
+            o.extend_from_slice(&[0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+            o
+        });
+        assert!(matches!(decode(&forged), Err(FrameError::Decode(_))));
+        // a structurally wrong frame: change refers to a missing table
+        let bad = encode(&Frame::Changes(Changes {
+            origin: 1,
+            tables: vec![],
+            changes: vec![Change { table: 3, version: 1, op: Op::Delete(vec![]) }],
+        }));
+        assert!(matches!(decode(&bad), Err(FrameError::Invalid(_))));
+    }
+
+    #[test]
+    fn crc_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+}

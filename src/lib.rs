@@ -1,0 +1,31 @@
+//! HarmonyLite: a leaderless replication sidecar for SQLite over NATS JetStream.
+//!
+//! The application keeps writing its SQLite file as before; triggers capture each change into
+//! tables inside the same file, the node stamps them with a hybrid logical clock, ships them in
+//! postcard frames through a JetStream stream, and applies the other nodes' frames with
+//! row-level last-writer-wins. All nodes converge to the same content.
+//!
+//! The runtime is synchronous: one thread runs the loop, every blocking call has a deadline.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, defaults, validation with errors that name the key.
+//! - [`db`]: opening the application's database, our state table, node id.
+//! - [`hlc`]: the hybrid logical clock.
+//! - [`capture`]: change-log tables and triggers, stamping, reading the outbox.
+//! - [`frame`]: the wire format (postcard, byte-bounded batches, fragments, checksum).
+//! - [`apply`]: applying remote frames with last-writer-wins, tombstones, no echo, the cursor.
+//! - [`transport`]: the only user of the `nats` crate: stream, consumer, publish, fetch.
+//! - [`embedded`]: the local nats-server started when no server is configured.
+//! - [`node`]: the loop that joins them.
+#![forbid(unsafe_code)]
+#![allow(deprecated)] // the sync `nats` crate is deprecated upstream; it is confined to transport
+
+pub mod apply;
+pub mod capture;
+pub mod config;
+pub mod db;
+pub mod embedded;
+pub mod frame;
+pub mod hlc;
+pub mod node;
+pub mod transport;

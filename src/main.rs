@@ -1,0 +1,109 @@
+//! `harmonylite`: parse arguments, set up logging and signals, run one command, exit.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use harmonylite::config::Config;
+use harmonylite::node::{Node, NodeError, Stop};
+
+const USAGE: &str = "\
+harmonylite: leaderless SQLite replication over NATS JetStream
+
+Usage:
+  harmonylite --config PATH     run a node in the foreground until SIGTERM/SIGINT
+  harmonylite --help            show this help
+  harmonylite --version         show the version
+
+Options:
+  -c, --config PATH   the node's TOML configuration (see README: config reference)
+
+Exit codes: 0 stopped cleanly, 1 runtime error (e.g. database missing), 2 bad usage or config.
+A first SIGTERM/SIGINT flushes the outbox (up to 5 s) and exits 0; a second exits at once.
+";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut config: Option<PathBuf> = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "-V" | "--version" => {
+                println!("harmonylite {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "-c" | "--config" => match args.next() {
+                Some(p) => config = Some(p.into()),
+                None => return usage_error("--config needs a path"),
+            },
+            s if s.starts_with("--config=") => config = Some(s["--config=".len()..].into()),
+            other => return usage_error(&format!("unknown argument {other:?}")),
+        }
+    }
+    let Some(path) = config else {
+        return usage_error("missing --config PATH");
+    };
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = if cfg.logging.verbose { log::LevelFilter::Debug } else { log::LevelFilter::Info };
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(log::LevelFilter::Warn)
+        .with_module_level("harmonylite", level)
+        // the nats crate logs handled API answers ("stream not found") as errors
+        .with_module_level("nats::jetstream", log::LevelFilter::Off)
+        .with_utc_timestamps()
+        .init();
+    if cfg.logging.format.as_deref() == Some("json") {
+        log::warn!("[logging] format = \"json\" is not implemented yet; logging text");
+    }
+
+    let stop = Arc::new(Stop::default());
+    if let Err(e) = watch_signals(stop.clone()) {
+        eprintln!("error: cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    let mut node = match Node::open(cfg) {
+        Ok(n) => n,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(match e {
+                NodeError::Db(_) | NodeError::Embedded(_) => 1,
+            });
+        }
+    };
+    node.run(&stop);
+    ExitCode::SUCCESS
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}\n\n{USAGE}");
+    ExitCode::from(2)
+}
+
+/// First SIGTERM/SIGINT: set the stop flag (the loop flushes and exits 0). Second: exit now.
+fn watch_signals(stop: Arc<Stop>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut seen = false;
+        for sig in signals.forever() {
+            if seen {
+                eprintln!("second signal: exiting now");
+                std::process::exit(128 + sig);
+            }
+            seen = true;
+            log::info!("stopping: flushing the outbox (send the signal again to exit at once)");
+            stop.set();
+        }
+    })?;
+    Ok(())
+}

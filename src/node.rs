@@ -1,0 +1,497 @@
+//! A node: the database side (capture, stamp, apply) joined to the NATS side (publish, fetch).
+//!
+//! The loop in [`Node::run`] only schedules; the work is in [`Node::tick`] (capture and publish)
+//! and [`Node::receive`] (fetch and apply), which tests can call step by step.
+
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::apply::{self, Incoming};
+use crate::capture::{self, Pending, Schema};
+use crate::config::Config;
+use crate::db::{self, DbError};
+use crate::embedded::EmbeddedServer;
+use crate::frame::{self, FrameBuilder, Op, Pushed};
+use crate::hlc::Hlc;
+use crate::transport::{Outgoing, Transport, TransportError};
+
+/// Bytes of frames published before their acks are awaited (one publish round).
+pub const ROUND_BYTES: usize = 8 * 1024 * 1024;
+/// How long shutdown may spend flushing the outbox.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+/// Reconnect backoff bounds.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub enum NodeError {
+    Db(DbError),
+    Embedded(String),
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Db(e) => e.fmt(f),
+            NodeError::Embedded(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+impl From<DbError> for NodeError {
+    fn from(e: DbError) -> Self {
+        NodeError::Db(e)
+    }
+}
+
+/// The stop signal: set once by SIGTERM/SIGINT (or a test); waits end as soon as it is set.
+#[derive(Default)]
+pub struct Stop {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Stop {
+    pub fn set(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    pub fn is_set(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `d`; returns true if stopped.
+    pub fn wait(&self, d: Duration) -> bool {
+        let guard = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self.cv.wait_timeout_while(guard, d, |s| !*s).unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+}
+
+/// Capped exponential backoff with jitter; resets on success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { next: min, min, max, seed: crate::hlc::now_ms() | 1 }
+    }
+
+    /// The delay before the next attempt: the current step plus up to 25% jitter, then doubled.
+    pub fn fail(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        let jitter = base.mul_f64((self.seed % 1000) as f64 / 4000.0);
+        self.next = (self.next * 2).min(self.max);
+        (base + jitter).min(self.max)
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+pub struct Node {
+    cfg: Config,
+    conn: Connection,
+    schema: Schema,
+    pub node_id: u64,
+    hlc: Hlc,
+    urls: String,
+    embedded: Option<EmbeddedServer>,
+    transport: Option<Transport>,
+    backoff: Backoff,
+    next_connect: Instant,
+    last_connect_error: Option<String>,
+    data_version: Option<i64>,
+    schema_version: i64,
+    /// The outbox may hold changes (set by stamping, cleared when a read finds none).
+    outbox_dirty: bool,
+    /// Fetched messages not yet applied (the apply failed and will be retried).
+    unapplied: Vec<Incoming>,
+    max_frame: usize,
+}
+
+impl Node {
+    /// Opens the database, installs capture and (in the embedded mode) starts nats-server.
+    /// Does not connect yet: a node starts even when NATS is unreachable.
+    pub fn open(cfg: Config) -> Result<Node, NodeError> {
+        let mut conn = db::open(&cfg.db_path)?;
+        apply::prepare(&conn)?;
+        let node_id = db::node_id(&conn, cfg.node_id, &cfg.db_path)?;
+        let hlc = Hlc::new(db::get_meta(&conn, apply::HLC_KEY)?.unwrap_or(0) as u64);
+        let schema = capture::scan(&conn, &cfg)?;
+        report_skipped(&schema, None);
+        let backfilled = capture::install(&mut conn, &schema)?;
+        if backfilled > 0 {
+            log::info!("queued existing rows for replication rows={backfilled}");
+        }
+        let schema_version = db::schema_version(&conn)?;
+        let (embedded, urls) = if cfg.nats.urls.is_empty() {
+            let server = EmbeddedServer::start(&cfg.nats.server_bin, &cfg.nats.embedded_listen, &cfg.db_path)
+                .map_err(NodeError::Embedded)?;
+            let url = server.url();
+            (Some(server), url)
+        } else {
+            (None, cfg.nats.urls.join(","))
+        };
+        if cfg.replication_log.compress {
+            log::info!("[replication_log] compress = true is accepted but not implemented yet; frames go uncompressed");
+        }
+        if cfg.snapshot.enabled {
+            log::warn!("[snapshot] enabled = true: snapshots are not implemented yet; a node that falls behind the stream's retention cannot catch up");
+        }
+        let max_frame = cfg.max_frame_bytes;
+        let tables: Vec<&str> = schema.tables.iter().map(|t| t.name()).collect();
+        log::info!(
+            "node ready node_id={node_id} db={} tables={} publish={} replicate={}",
+            cfg.db_path.display(),
+            tables.join(","),
+            cfg.publish,
+            cfg.replicate
+        );
+        Ok(Node {
+            cfg,
+            conn,
+            schema,
+            node_id,
+            hlc,
+            urls,
+            embedded,
+            transport: None,
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+            next_connect: Instant::now(),
+            last_connect_error: None,
+            data_version: None,
+            schema_version,
+            outbox_dirty: true,
+            unapplied: Vec::new(),
+            max_frame,
+        })
+    }
+
+    /// Runs until `stop` is set, then flushes what it can and returns.
+    pub fn run(&mut self, stop: &Stop) {
+        let poll = Duration::from_millis(self.cfg.polling_interval);
+        let mut db_backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        while !stop.is_set() {
+            if let Some(e) = self.embedded.as_mut() {
+                e.supervise();
+            }
+            self.ensure_connected();
+            if let Err(e) = self.tick() {
+                log::warn!("{e}");
+                if stop.wait(db_backoff.fail()) {
+                    break;
+                }
+                continue;
+            }
+            db_backoff.reset();
+            match self.receive(poll) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if stop.wait(poll) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    log::warn!("{e}");
+                    if stop.wait(db_backoff.fail()) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.shutdown();
+    }
+
+    /// Finishes the frame in hand and flushes the outbox within [`SHUTDOWN_FLUSH`].
+    pub fn shutdown(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        if !self.unapplied.is_empty() && self.transport.is_some() {
+            if let Err(e) = self.apply_unapplied() {
+                log::warn!("shutdown: {e}");
+            }
+        }
+        while self.transport.is_some() && Instant::now() < deadline {
+            match self.tick() {
+                Ok(()) if !self.outbox_dirty => break,
+                Ok(()) => {}
+                Err(e) => {
+                    log::warn!("shutdown: {e}");
+                    break;
+                }
+            }
+        }
+        if let Some(t) = &self.transport {
+            t.flush(Duration::from_secs(1));
+        }
+        self.transport = None;
+        if let Some(mut e) = self.embedded.take() {
+            e.stop();
+        }
+        log::info!("node stopped node_id={}", self.node_id);
+    }
+
+    fn ensure_connected(&mut self) {
+        if self.transport.is_some() || Instant::now() < self.next_connect {
+            return;
+        }
+        let cursor = match db::get_meta(&self.conn, apply::CURSOR_KEY) {
+            Ok(c) => c.unwrap_or(0) as u64,
+            Err(e) => {
+                log::warn!("{e}");
+                return;
+            }
+        };
+        match Transport::connect(&self.cfg, &self.urls, self.node_id, cursor) {
+            Ok(t) => {
+                if self.cfg.max_frame_bytes > t.max_payload() {
+                    log::warn!(
+                        "max_frame_bytes={} is above the server's max_payload={}: using {}",
+                        self.cfg.max_frame_bytes,
+                        t.max_payload(),
+                        t.max_payload()
+                    );
+                    self.max_frame = t.max_payload();
+                }
+                if let Some(first) = t.first_seq() {
+                    if self.cfg.replicate && cursor > 0 && first > cursor + 1 {
+                        log::error!(
+                            "the stream no longer holds messages {}..{} that this node has not applied (retention: [replication_log] max_entries); those changes are missing here until a snapshot restore",
+                            cursor + 1,
+                            first - 1
+                        );
+                    }
+                }
+                log::info!("connected to nats urls={} cursor={cursor}", self.urls);
+                self.last_connect_error = None;
+                self.backoff.reset();
+                self.transport = Some(t);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let delay = self.backoff.fail();
+                if self.last_connect_error.as_deref() != Some(&msg) {
+                    log::warn!("{msg}; retrying with backoff (local writes are kept and sent later)");
+                } else {
+                    log::debug!("{msg}; next attempt in {delay:?}");
+                }
+                self.last_connect_error = Some(msg);
+                self.next_connect = Instant::now() + delay;
+            }
+        }
+    }
+
+    fn drop_transport(&mut self, e: &TransportError) {
+        log::warn!("{e}; will reconnect");
+        self.transport = None;
+        self.next_connect = Instant::now() + self.backoff.fail();
+    }
+
+    /// One capture step: notices schema changes, stamps new log rows, publishes the outbox.
+    pub fn tick(&mut self) -> Result<(), NodeError> {
+        self.check_schema()?;
+        let dv = db::data_version(&self.conn)?;
+        if self.data_version != Some(dv) {
+            self.data_version = Some(dv);
+            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|source| {
+                DbError::Sql { op: "begin stamp", source }
+            })?;
+            let n = capture::stamp(&tx, &self.schema, &mut self.hlc, self.node_id)?;
+            if n > 0 {
+                db::set_meta(&tx, apply::HLC_KEY, self.hlc.last() as i64)?;
+                self.outbox_dirty = true;
+                log::debug!("stamped changes={n}");
+            }
+            tx.commit().map_err(|source| DbError::Sql { op: "commit stamp", source })?;
+        }
+        if self.cfg.publish && self.outbox_dirty && self.transport.is_some() {
+            self.publish_round()?;
+        }
+        Ok(())
+    }
+
+    fn check_schema(&mut self) -> Result<(), NodeError> {
+        let sv = db::schema_version(&self.conn)?;
+        if sv == self.schema_version {
+            return Ok(());
+        }
+        let schema = capture::scan(&self.conn, &self.cfg)?;
+        report_skipped(&schema, Some(&self.schema));
+        let backfilled = capture::install(&mut self.conn, &schema)?;
+        let changed: Vec<&str> = schema
+            .tables
+            .iter()
+            .filter(|t| self.schema.get(t.name()).map_or(true, |old| old.header != t.header))
+            .map(|t| t.name())
+            .collect();
+        if !changed.is_empty() {
+            log::info!("schema change adopted tables={} queued_rows={backfilled}", changed.join(","));
+        }
+        self.schema = schema;
+        self.schema_version = db::schema_version(&self.conn)?;
+        self.data_version = None;
+        let (done, left) = apply::retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)?;
+        if done > 0 || left > 0 {
+            log::info!("retried parked changes applied={done} still_parked={left}");
+        }
+        Ok(())
+    }
+
+    /// Publishes pending local changes in rounds of up to [`ROUND_BYTES`], marking each round
+    /// published only after JetStream acknowledged all of its frames.
+    fn publish_round(&mut self) -> Result<(), NodeError> {
+        loop {
+            let (frames, marks, more) = self.build_round()?;
+            if frames.is_empty() {
+                if !more {
+                    self.outbox_dirty = false;
+                }
+                return Ok(());
+            }
+            let Some(t) = self.transport.as_mut() else { return Ok(()) };
+            let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
+            if let Err(e) = t.publish_all(&frames) {
+                self.drop_transport(&e);
+                return Ok(());
+            }
+            let tx = self.conn.transaction().map_err(|source| DbError::Sql { op: "begin mark published", source })?;
+            for (i, version) in &marks {
+                capture::mark_published(&tx, &self.schema.tables[*i], *version)?;
+            }
+            tx.commit().map_err(|source| DbError::Sql { op: "commit mark published", source })?;
+            log::debug!("publish ok frames={} bytes={bytes}", frames.len());
+            if !more {
+                self.outbox_dirty = false;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads pending changes into frames until the round is full. Returns the frames, the
+    /// highest version read per table, and whether changes remain.
+    fn build_round(&self) -> Result<(Vec<Outgoing>, Vec<(usize, u64)>, bool), NodeError> {
+        let node = self.node_id;
+        let max = self.max_frame;
+        let mut frames: Vec<Outgoing> = Vec::new();
+        let mut bytes = 0usize;
+        let mut marks = Vec::new();
+        let mut more = false;
+        let mut builder = FrameBuilder::new(node, max);
+        let seal = |data: Vec<u8>, frames: &mut Vec<Outgoing>, bytes: &mut usize| {
+            *bytes += data.len();
+            frames.push(Outgoing { msg_id: format!("{node}-{:016x}", frame::fnv64(&data)), data });
+        };
+        // One read transaction: a consistent view of rows and versions.
+        let tx = self.conn.unchecked_transaction().map_err(|source| DbError::Sql { op: "begin read outbox", source })?;
+        for (i, t) in self.schema.tables.iter().enumerate() {
+            if more {
+                break;
+            }
+            let last = capture::read_pending(&tx, t, |version, change| {
+                if bytes >= ROUND_BYTES {
+                    more = true;
+                    return false;
+                }
+                let op = match change {
+                    Pending::Upsert(v) => Op::Upsert(v),
+                    Pending::Delete(k) => Op::Delete(k),
+                };
+                match builder.push(&t.header, version, op.clone()) {
+                    Pushed::Added => {}
+                    Pushed::Full => {
+                        seal(builder.finish(), &mut frames, &mut bytes);
+                        if bytes >= ROUND_BYTES {
+                            more = true;
+                            return false;
+                        }
+                        let again = builder.push(&t.header, version, op);
+                        debug_assert_eq!(again, Pushed::Added);
+                    }
+                    Pushed::TooLarge => {
+                        if !builder.is_empty() {
+                            seal(builder.finish(), &mut frames, &mut bytes);
+                        }
+                        let whole = frame::encode_single(node, &t.header, version, op);
+                        for part in frame::fragment(node, version, &whole, max) {
+                            seal(part, &mut frames, &mut bytes);
+                        }
+                    }
+                }
+                true
+            })?;
+            if let Some(v) = last {
+                marks.push((i, v));
+            }
+        }
+        if !builder.is_empty() {
+            seal(builder.finish(), &mut frames, &mut bytes);
+        }
+        drop(tx);
+        Ok((frames, marks, more))
+    }
+
+    /// Fetches and applies the next messages, waiting up to `wait`. Returns whether anything
+    /// was fetched (so the caller need not sleep).
+    pub fn receive(&mut self, wait: Duration) -> Result<bool, NodeError> {
+        if !self.unapplied.is_empty() {
+            self.apply_unapplied()?;
+            return Ok(true);
+        }
+        let Some(t) = self.transport.as_mut().filter(|_| self.cfg.replicate) else {
+            return Ok(false);
+        };
+        match t.fetch(wait) {
+            Ok(msgs) if msgs.is_empty() => Ok(true), // the fetch itself waited
+            Ok(msgs) => {
+                self.unapplied = msgs;
+                self.apply_unapplied()?;
+                Ok(true)
+            }
+            Err(e) => {
+                self.drop_transport(&e);
+                Ok(false)
+            }
+        }
+    }
+
+    fn apply_unapplied(&mut self) -> Result<(), NodeError> {
+        let stats = apply::apply_batch(&mut self.conn, &self.schema, &mut self.hlc, self.node_id, &self.unapplied)?;
+        self.unapplied.clear();
+        if stats.stamped > 0 {
+            self.outbox_dirty = true;
+        }
+        log::debug!(
+            "apply ok frames={} applied={} stale={} parked={} undecodable={} own={}",
+            stats.frames, stats.applied, stats.stale, stats.parked, stats.undecodable, stats.own
+        );
+        if let Some(t) = self.transport.as_mut() {
+            if let Err(e) = t.ack_fetched() {
+                self.drop_transport(&e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Warns about tables we do not replicate, once per change of that list.
+fn report_skipped(now: &Schema, before: Option<&Schema>) {
+    for (name, why) in &now.skipped {
+        if before.map_or(true, |b| !b.skipped.iter().any(|(n, _)| n == name)) {
+            log::warn!("table {name} is not replicated: {why}");
+        }
+    }
+}

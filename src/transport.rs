@@ -1,0 +1,303 @@
+//! NATS JetStream: connection, stream and consumer setup, pipelined publish-with-ack, fetch.
+//!
+//! The only module that touches the `nats` crate (deprecated upstream; kept behind this wall so
+//! it can be replaced). `js.publish` waits about 5 ms per message, so publishes go out with a
+//! reply inbox and their acks are read from one subscription: many frames in flight at once.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nats::jetstream::{
+    AckPolicy, BatchOptions, ConsumerConfig, DeliverPolicy, JetStream, PullSubscribeOptions, PullSubscription,
+    ReplayPolicy, StorageType, StreamConfig,
+};
+
+use crate::apply::Incoming;
+use crate::config::Config;
+
+/// Deadline for every acknowledgement of one publish batch.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for stream and consumer management requests.
+pub const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages asked for in one pull request.
+pub const FETCH_BATCH: usize = 256;
+/// Messages the server may hand out before our acks.
+const MAX_ACK_PENDING: i64 = 4096;
+
+#[derive(Debug)]
+pub enum TransportError {
+    Connect { urls: String, source: io::Error },
+    Setup { what: String, source: io::Error },
+    Publish { subject: String, reason: String },
+    Fetch(io::Error),
+}
+
+impl TransportError {
+    /// Everything here is worth retrying: servers come back.
+    pub fn is_transient(&self) -> bool {
+        true
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Connect { urls, source } => write!(f, "cannot connect to NATS at {urls}: {source}"),
+            TransportError::Setup { what, source } => write!(f, "{what}: {source}"),
+            TransportError::Publish { subject, reason } => write!(f, "publish to {subject} not acknowledged: {reason}"),
+            TransportError::Fetch(e) => write!(f, "fetch from the stream failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// A live connection with our stream, our consumer and our ack inbox.
+pub struct Transport {
+    nc: nats::Connection,
+    js: JetStream,
+    stream: String,
+    subject: String,
+    ack_inbox: String,
+    acks: nats::Subscription,
+    batch_no: u64,
+    pull: Option<Puller>,
+    /// Set by the client's callbacks while the TCP link is down.
+    disconnected: Arc<AtomicBool>,
+    max_payload: usize,
+}
+
+struct Puller {
+    sub: PullSubscription,
+    /// When the outstanding pull request expires, if one is outstanding.
+    outstanding_until: Option<Instant>,
+    last: Option<nats::Message>,
+}
+
+/// A published frame: subject, message id and bytes.
+pub struct Outgoing {
+    pub msg_id: String,
+    pub data: Vec<u8>,
+}
+
+impl Transport {
+    /// Connects, makes sure the stream exists, and (when replicating) binds our durable consumer
+    /// at `cursor + 1`: the database, not the server, says where we are.
+    pub fn connect(cfg: &Config, urls: &str, node: u64, cursor: u64) -> Result<Transport, TransportError> {
+        let disconnected = Arc::new(AtomicBool::new(false));
+        let mut opts = match (&cfg.nats.user_name, &cfg.nats.user_password, &cfg.nats.creds_file) {
+            (Some(u), Some(p), _) => nats::Options::with_user_pass(u, p),
+            (_, _, Some(creds)) => nats::Options::with_credentials(creds),
+            _ => nats::Options::new(),
+        };
+        if let Some(ca) = &cfg.nats.ca_file {
+            opts = opts.add_root_certificate(ca);
+        }
+        if let (Some(cert), Some(key)) = (&cfg.nats.cert_file, &cfg.nats.key_file) {
+            opts = opts.client_cert(cert, key);
+        }
+        let (down, up) = (disconnected.clone(), disconnected.clone());
+        let nc = opts
+            .with_name(&format!("harmonylite node {node}"))
+            .max_reconnects(None)
+            .disconnect_callback(move || {
+                down.store(true, Ordering::Relaxed);
+                log::warn!("nats disconnected; reconnecting");
+            })
+            .reconnect_callback(move || {
+                up.store(false, Ordering::Relaxed);
+                log::info!("nats reconnected");
+            })
+            .connect(urls)
+            .map_err(|source| TransportError::Connect { urls: urls.to_string(), source })?;
+        let js = nats::jetstream::new(nc.clone());
+        let stream = cfg.nats.stream_prefix.clone();
+        let filter = format!("{}.>", cfg.nats.subject_prefix);
+        let setup = |what: &str| {
+            let what = what.to_string();
+            move |source| TransportError::Setup { what, source }
+        };
+        match js.stream_info(&stream) {
+            Ok(info) => {
+                if !info.config.subjects.iter().any(|s| s == &filter) {
+                    log::warn!(
+                        "stream {stream} exists with subjects {:?}, not {filter}: check [nats] subject_prefix on every node",
+                        info.config.subjects
+                    );
+                }
+            }
+            Err(_) => {
+                js.add_stream(StreamConfig {
+                    name: stream.clone(),
+                    subjects: vec![filter.clone()],
+                    max_msgs: cfg.replication_log.max_entries,
+                    num_replicas: cfg.replication_log.replicas,
+                    storage: StorageType::File,
+                    ..Default::default()
+                })
+                .map_err(setup(&format!("create stream {stream}")))?;
+                log::info!("stream created name={stream} subjects={filter} max_entries={}", cfg.replication_log.max_entries);
+            }
+        }
+        let ack_inbox = nc.new_inbox();
+        let acks = nc.subscribe(&format!("{ack_inbox}.>")).map_err(setup("subscribe to the ack inbox"))?;
+        let pull = if cfg.replicate {
+            let durable = format!("hl-{node}");
+            let _ = js.delete_consumer(&stream, &durable);
+            let (deliver_policy, opt_start_seq) =
+                if cursor > 0 { (DeliverPolicy::ByStartSeq, Some(cursor + 1)) } else { (DeliverPolicy::All, None) };
+            js.add_consumer(
+                &stream,
+                ConsumerConfig {
+                    durable_name: Some(durable.clone()),
+                    deliver_policy,
+                    opt_start_seq,
+                    ack_policy: AckPolicy::All,
+                    ack_wait: Duration::from_secs(30),
+                    filter_subject: filter.clone(),
+                    replay_policy: ReplayPolicy::Instant,
+                    max_ack_pending: MAX_ACK_PENDING,
+                    ..Default::default()
+                },
+            )
+            .map_err(setup(&format!("create consumer {durable} on stream {stream}")))?;
+            let sub = js
+                .pull_subscribe_with_options(&filter, &PullSubscribeOptions::new().bind_stream(stream.clone()).durable_name(durable.clone()))
+                .map_err(setup(&format!("bind consumer {durable}")))?;
+            Some(Puller { sub, outstanding_until: None, last: None })
+        } else {
+            None
+        };
+        let max_payload = nc.max_payload();
+        Ok(Transport {
+            nc,
+            js,
+            stream,
+            subject: cfg.own_subject(node),
+            ack_inbox,
+            acks,
+            batch_no: 0,
+            pull,
+            disconnected,
+            max_payload,
+        })
+    }
+
+    /// The server's largest accepted message.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    pub fn is_connected(&self) -> bool {
+        !self.disconnected.load(Ordering::Relaxed)
+    }
+
+    /// First sequence still held by the stream (older messages were discarded by its limits).
+    pub fn first_seq(&self) -> Option<u64> {
+        self.js.stream_info(&self.stream).ok().map(|i| i.state.first_seq)
+    }
+
+    /// Publishes every frame with its message id and waits until JetStream acknowledged all of
+    /// them. Any missing or negative ack fails the whole batch; retrying it is safe because the
+    /// ids let the server drop the copies it already stored.
+    pub fn publish_all(&mut self, frames: &[Outgoing]) -> Result<(), TransportError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.batch_no += 1;
+        let prefix = format!("{}.{}", self.ack_inbox, self.batch_no);
+        let fail = |reason: String| TransportError::Publish { subject: self.subject.clone(), reason };
+        for (i, f) in frames.iter().enumerate() {
+            let mut headers = nats::HeaderMap::new();
+            headers.insert(nats::header::NATS_MSG_ID, f.msg_id.clone());
+            self.nc
+                .publish_with_reply_or_headers(&self.subject, Some(&format!("{prefix}.{i}")), Some(&headers), &f.data)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        self.nc.flush_timeout(ACK_TIMEOUT).map_err(|e| fail(format!("flush: {e}")))?;
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        let mut acked = vec![false; frames.len()];
+        let mut remaining = frames.len();
+        while remaining > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = self.acks.next_timeout(left).map_err(|_| {
+                fail(format!("{remaining} of {} acks missing after {}s", frames.len(), ACK_TIMEOUT.as_secs()))
+            })?;
+            // acks of an earlier, timed-out batch carry another batch number
+            let Some(i) = msg.subject.strip_prefix(&prefix).and_then(|s| s.strip_prefix('.')).and_then(|s| s.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let body = String::from_utf8_lossy(&msg.data);
+            if body.contains("\"error\"") || !body.contains("\"seq\"") {
+                let status = msg.headers.as_ref().and_then(|h| h.get(nats::header::STATUS).cloned()).unwrap_or_default();
+                return Err(fail(format!("server answered {body} {status}").trim().to_string()));
+            }
+            if i < acked.len() && !acked[i] {
+                acked[i] = true;
+                remaining -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the next messages of the stream, waiting up to `wait` for the first one.
+    pub fn fetch(&mut self, wait: Duration) -> Result<Vec<Incoming>, TransportError> {
+        let Some(p) = self.pull.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let now = Instant::now();
+        if p.outstanding_until.map_or(true, |t| t <= now) {
+            let expires = wait.max(Duration::from_millis(10));
+            p.sub
+                .request_batch(BatchOptions { batch: FETCH_BATCH, expires: Some(expires.as_nanos() as usize), no_wait: false })
+                .map_err(TransportError::Fetch)?;
+            p.outstanding_until = Some(now + expires);
+        }
+        let mut out = Vec::new();
+        let mut timeout = wait;
+        loop {
+            match p.sub.next_timeout(timeout) {
+                Ok(msg) => {
+                    let status = msg.headers.as_ref().and_then(|h| h.get(nats::header::STATUS)).is_some();
+                    if status && msg.data.is_empty() {
+                        // 408 expired, 409 and the like: the request is over
+                        p.outstanding_until = None;
+                        break;
+                    }
+                    if let Some(info) = msg.jetstream_message_info() {
+                        out.push(Incoming { seq: info.stream_seq, subject: msg.subject.clone(), data: msg.data.clone() });
+                        p.last = Some(msg);
+                    }
+                    if out.len() >= FETCH_BATCH {
+                        p.outstanding_until = None;
+                        break;
+                    }
+                    timeout = Duration::ZERO; // drain what is already here, then apply
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
+                Err(_) => {
+                    p.outstanding_until = None;
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges everything fetched so far (the consumer acks all up to the last one).
+    pub fn ack_fetched(&mut self) -> Result<(), TransportError> {
+        if let Some(msg) = self.pull.as_mut().and_then(|p| p.last.take()) {
+            msg.ack().map_err(TransportError::Fetch)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes what is buffered, within `timeout`.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.nc.flush_timeout(timeout);
+    }
+}

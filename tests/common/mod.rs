@@ -1,0 +1,802 @@
+//! Shared helpers for the integration tests: a temp dir, a nats-server on free local ports,
+//! nodes running the real binary, the "application" (tests/app.py, a separate process), exact
+//! table dumps, and waits that poll until a named deadline.
+//!
+//! Every test owns its temp dir and its nats-server. Declare the `TestDir` first so it is
+//! dropped last (locals drop in reverse order): nodes and servers are killed before the dir goes.
+//!
+//! Environment:
+//! - `NATS_SERVER`: the nats-server binary (scripts/tools.sh exports it); else `nats-server` on PATH.
+//! - `HL_KEEP_TMP=1`: keep each test's temp dir (DBs, configs, logs) and print its path.
+#![allow(dead_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_harmonylite");
+/// The application script.
+pub const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/app.py");
+
+/// How long nats-server may take until `/jsz` answers.
+pub const NATS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node may take to print `node ready`.
+pub const NODE_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a process may take to exit after SIGTERM before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll interval of every wait.
+pub const POLL: Duration = Duration::from_millis(50);
+
+// ---------------------------------------------------------------------------------------------
+// Temp dir
+
+/// A fresh directory under the system temp dir, removed on drop unless `HL_KEEP_TMP=1`.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(label: &str) -> TestDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "hl-test-{label}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TestDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var("HL_KEEP_TMP").as_deref() == Ok("1") {
+            eprintln!("HL_KEEP_TMP=1: kept {}", self.path.display());
+        } else {
+            if std::thread::panicking() {
+                eprintln!("(set HL_KEEP_TMP=1 to keep the test dir with DBs and logs)");
+            }
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports and processes
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
+/// N distinct free ports (the listeners are held until all are chosen).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> =
+        (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    let mut ports = [0u16; N];
+    for (p, l) in ports.iter_mut().zip(&listeners) {
+        *p = l.local_addr().unwrap().port();
+    }
+    ports
+}
+
+/// True when something accepts TCP connections on 127.0.0.1:port.
+pub fn port_open(port: u16) -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// The nats-server binary: `$NATS_SERVER`, else `nats-server` on PATH.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "NATS_SERVER={} is not a file", p.display());
+        return p;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("nats-server");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "no nats-server: set NATS_SERVER=/path/to/nats-server or put nats-server on PATH \
+         (bash scripts/test.sh installs the pinned one into .tools/)"
+    );
+}
+
+fn append_log(path: &Path) -> (Stdio, Stdio) {
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let g = f.try_clone().unwrap();
+    (Stdio::from(f), Stdio::from(g))
+}
+
+fn send_signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{sig} {} failed", child.id());
+}
+
+/// Signal, wait up to `STOP_TIMEOUT`, then SIGKILL. Returns the exit status and whether it
+/// exited within the deadline.
+fn stop_child(child: &mut Child, sig: &str) -> (ExitStatus, bool) {
+    if let Some(st) = child.try_wait().unwrap() {
+        return (st, true);
+    }
+    send_signal(child, sig);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st, true);
+        }
+        std::thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    (child.wait().unwrap(), false)
+}
+
+fn read_lossy(path: &Path) -> String {
+    let mut buf = Vec::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// nats-server
+
+/// A nats-server with JetStream on free loopback ports, store dir `<dir>/nats-store`.
+pub struct NatsServer {
+    bin: PathBuf,
+    port: u16,
+    mon: u16,
+    store: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start(dir: &Path) -> NatsServer {
+        let [port, mon] = free_ports::<2>();
+        let mut s = NatsServer {
+            bin: nats_server_bin(),
+            port,
+            mon,
+            store: dir.join("nats-store"),
+            log: dir.join("nats-server.log"),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "nats-server already running");
+        let (out, err) = append_log(&self.log);
+        let child = Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.mon.to_string()])
+            .arg("-js")
+            .arg("-sd")
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + NATS_READY_TIMEOUT;
+        loop {
+            if http_get_ok(self.mon, "/jsz") {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("nats-server exited early ({st}):\n{}", tail(&read_lossy(&self.log), 40));
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "nats-server: /jsz on port {} did not answer within {NATS_READY_TIMEOUT:?}:\n{}",
+                    self.mon,
+                    tail(&read_lossy(&self.log), 40)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn monitor_port(&self) -> u16 {
+        self.mon
+    }
+
+    /// SIGTERM, then kill after `STOP_TIMEOUT`.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, "TERM");
+        }
+    }
+
+    /// Stop, then start again on the same port with the same store dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// GET a monitoring endpoint (e.g. `/jsz?streams=1`), returning the body.
+    pub fn monitor(&self, path: &str) -> Option<String> {
+        http_get(self.mon, path).filter(|(code, _)| *code == 200).map(|(_, body)| body)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- nats-server log (last 15 lines) ----\n{}", tail(&read_lossy(&self.log), 15));
+        }
+    }
+}
+
+/// Plain HTTP/1.0 GET on 127.0.0.1:port; returns (status code, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+fn http_get_ok(port: u16, path: &str) -> bool {
+    matches!(http_get(port, path), Some((200, _)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nodes
+
+/// One `harmonylite --config <dir>/<name>.toml` process; DB `<dir>/<name>.db`,
+/// log `<dir>/<name>.log` (stdout and stderr, appended across restarts).
+pub struct Node {
+    pub name: String,
+    pub db: PathBuf,
+    pub config: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    /// Length of the log when the current process was spawned: `wait_ready` looks after it.
+    log_start: u64,
+}
+
+/// The TOML `Node::start` writes: `db_path`, `polling_interval = 50` (unless `extra` sets it),
+/// `extra` verbatim, and `urls = [nats_url]` in `[nats]` (inside `extra`'s `[nats]` table when
+/// it has one).
+pub fn node_toml(db: &Path, extra: &str, nats_url: Option<&str>) -> String {
+    let mut top = format!("db_path = {}\n", toml_str(&db.display().to_string()));
+    let sets = |key: &str| {
+        extra.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with(key) && l[key.len()..].trim_start().starts_with('=')
+        })
+    };
+    if !sets("polling_interval") {
+        top.push_str("polling_interval = 50\n");
+    }
+    let mut extra = extra.to_string();
+    if let Some(url) = nats_url {
+        let urls = format!("urls = [{}]", toml_str(url));
+        if let Some(pos) = extra.lines().position(|l| l.trim() == "[nats]") {
+            let mut lines: Vec<String> = extra.lines().map(String::from).collect();
+            lines.insert(pos + 1, urls);
+            extra = lines.join("\n");
+        } else {
+            extra = format!("{extra}\n[nats]\n{urls}\n");
+        }
+    }
+    format!("{top}{extra}\n")
+}
+
+/// A TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl Node {
+    /// Writes the config and spawns the binary. The DB (with the app's tables) should exist.
+    pub fn start(dir: &Path, name: &str, extra_toml: &str, nats_url: Option<&str>) -> Node {
+        let db = dir.join(format!("{name}.db"));
+        let config = dir.join(format!("{name}.toml"));
+        fs::write(&config, node_toml(&db, extra_toml, nats_url)).unwrap();
+        let mut n = Node {
+            name: name.to_string(),
+            db,
+            config,
+            log_path: dir.join(format!("{name}.log")),
+            child: None,
+            log_start: 0,
+        };
+        n.spawn();
+        n
+    }
+
+    /// Start and wait for `node ready`.
+    pub fn start_ready(dir: &Path, name: &str, extra_toml: &str, nats_url: Option<&str>) -> Node {
+        let mut n = Node::start(dir, name, extra_toml, nats_url);
+        n.wait_ready();
+        n
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        self.log_start = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0);
+        let (out, err) = append_log(&self.log_path);
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        self.child = Some(child);
+    }
+
+    /// Spawn again with the same config (after `stop` or `kill9`).
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn restart_ready(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Log text written since the current process was spawned.
+    pub fn current_log(&self) -> String {
+        let all = read_lossy(&self.log_path);
+        let start = (self.log_start as usize).min(all.len());
+        // The log may hold multi-byte characters; fall back to the whole log if the offset
+        // is not on a char boundary after lossy decoding.
+        all.get(start..).unwrap_or(&all).to_string()
+    }
+
+    /// Polls the log until the current process printed `node ready`.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + NODE_READY_TIMEOUT;
+        loop {
+            if self.current_log().contains("node ready") {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("{} exited before `node ready` ({st}); log:\n{}", self.name, self.log());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: no `node ready` within {NODE_READY_TIMEOUT:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The whole log (all runs).
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// SIGTERM, wait up to `STOP_TIMEOUT`, then SIGKILL. Panics if it had to be killed.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// Like `stop` with another signal name (`INT`).
+    pub fn stop_with(&mut self, sig: &str) -> ExitStatus {
+        let mut c = self.child.take().unwrap_or_else(|| panic!("{} is not running", self.name));
+        let (st, in_time) = stop_child(&mut c, sig);
+        assert!(
+            in_time,
+            "{} did not exit within {STOP_TIMEOUT:?} after SIG{sig}; log tail:\n{}",
+            self.name,
+            tail(&self.log(), 60)
+        );
+        st
+    }
+
+    /// SIGKILL, no chance to flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until the log contains `fragment` (any run).
+    pub fn wait_log(&self, fragment: &str, timeout: Duration) {
+        wait_until_or(
+            &format!("{} log contains {fragment:?}", self.name),
+            timeout,
+            || self.log().contains(fragment),
+            || tail(&self.log(), 60),
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log {} (last 60 lines) ----\n{}",
+                self.name,
+                self.log_path.display(),
+                tail(&self.log(), 60)
+            );
+        }
+    }
+}
+
+/// Creates `<dir>/<name>.db` for each name with `schema` (run by the app), starts a node on
+/// each with `extra_toml`, and waits until all are ready.
+pub fn start_cluster(dir: &Path, nats_url: &str, names: &[&str], schema: &str, extra_toml: &str) -> Vec<Node> {
+    for name in names {
+        app(&dir.join(format!("{name}.db")), schema);
+    }
+    let mut nodes: Vec<Node> =
+        names.iter().map(|n| Node::start(dir, n, extra_toml, Some(nats_url))).collect();
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    nodes
+}
+
+/// Runs the binary with `args` to completion (killed after `timeout`).
+pub fn run_bin(args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    // Read both pipes on threads so a chatty process cannot block on a full pipe.
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = t2.join().unwrap();
+            panic!(
+                "harmonylite {args:?} still running after {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The application
+
+/// Runs `sql` on `db` through tests/app.py; Err(stderr) on failure.
+pub fn app_result(db: &Path, sql: &str) -> Result<(), String> {
+    let out = Command::new(python())
+        .arg(APP)
+        .arg(db)
+        .arg(sql)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run python3 {APP}: {e}"));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} ({})", String::from_utf8_lossy(&out.stderr).trim(), out.status))
+    }
+}
+
+/// Runs `sql` on `db` through tests/app.py; panics with its stderr on failure.
+pub fn app(db: &Path, sql: &str) {
+    if let Err(e) = app_result(db, sql) {
+        let shown: String = sql.chars().take(300).collect();
+        panic!("app {} failed: {e}\nsql: {shown}", db.display());
+    }
+}
+
+/// Runs a query through tests/app.py; one JSON line per row.
+pub fn app_query(db: &Path, sql: &str) -> Vec<String> {
+    let out = Command::new(python())
+        .arg(APP)
+        .arg(db)
+        .arg("--query")
+        .arg(sql)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run python3 {APP}: {e}"));
+    assert!(
+        out.status.success(),
+        "app query on {} failed: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect()
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dumps
+
+/// Opens `db` read-only.
+pub fn open_ro(db: &Path) -> Connection {
+    let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .unwrap_or_else(|e| panic!("open {} read-only: {e}", db.display()));
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// Renders one value exactly, with its storage class (SQLite's `typeof`), in SQL `quote()`
+/// form: `integer=5`, `real=0.1`, `real=-0.0`, `text='it''s'`, `blob=X'00FF'`, `null=NULL`.
+/// Reals use Rust's shortest round-trip form, which identifies every bit (and the sign of zero).
+pub fn render(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Null => "null=NULL".to_string(),
+        ValueRef::Integer(i) => format!("integer={i}"),
+        ValueRef::Real(f) => format!("real={f:?}"),
+        ValueRef::Text(t) => format!("text='{}'", String::from_utf8_lossy(t).replace('\'', "''")),
+        ValueRef::Blob(b) => {
+            let hex: String = b.iter().map(|x| format!("{x:02X}")).collect();
+            format!("blob=X'{hex}'")
+        }
+    }
+}
+
+/// Rows of any query, each rendered as `render(col1)|render(col2)|...`.
+pub fn dump_query(db: &Path, sql: &str) -> Vec<String> {
+    let c = open_ro(db);
+    dump_query_on(&c, sql).unwrap_or_else(|e| panic!("{}: {sql}: {e}", db.display()))
+}
+
+fn dump_query_on(c: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+    let mut st = c.prepare(sql)?;
+    let ncols = st.column_count();
+    let rows = st.query_map([], |r| {
+        let mut parts = Vec::with_capacity(ncols);
+        for i in 0..ncols {
+            parts.push(render(r.get_ref(i)?));
+        }
+        Ok(parts.join("|"))
+    })?;
+    rows.collect()
+}
+
+/// Every row of a user table, ordered by its primary key (all pk columns, in key order; all
+/// columns for a table without one), each rendered exactly (see `render`). Empty if the table
+/// does not exist.
+pub fn dump(db: &Path, table: &str) -> Vec<String> {
+    let c = open_ro(db);
+    let mut cols: Vec<(String, i64)> = Vec::new();
+    {
+        let mut st = c.prepare(&format!("PRAGMA table_info({})", quote_ident(table))).unwrap();
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)?)))
+            .unwrap();
+        for row in rows {
+            cols.push(row.unwrap());
+        }
+    }
+    if cols.is_empty() {
+        return Vec::new();
+    }
+    let mut pk: Vec<&(String, i64)> = cols.iter().filter(|(_, k)| *k > 0).collect();
+    pk.sort_by_key(|(_, k)| *k);
+    let order: Vec<String> = if pk.is_empty() {
+        cols.iter().map(|(n, _)| quote_ident(n)).collect()
+    } else {
+        pk.iter().map(|(n, _)| quote_ident(n)).collect()
+    };
+    let list: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
+    let sql = format!(
+        "SELECT {} FROM {} ORDER BY {}",
+        list.join(", "),
+        quote_ident(table),
+        order.join(", ")
+    );
+    dump_query_on(&c, &sql).unwrap_or_else(|e| panic!("dump {} {table}: {e}", db.display()))
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `SELECT count(*) FROM table`.
+pub fn count(db: &Path, table: &str) -> i64 {
+    let c = open_ro(db);
+    c.query_row(&format!("SELECT count(*) FROM {}", quote_ident(table)), [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("count {} {table}: {e}", db.display()))
+}
+
+/// A single value of a query, rendered (`None` if no row).
+pub fn query_one(db: &Path, sql: &str) -> Option<String> {
+    dump_query(db, sql).into_iter().next()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waits
+
+/// Polls `cond` every `POLL` until true; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    wait_until_or(what, timeout, cond, String::new);
+}
+
+/// Like `wait_until`; `detail` is printed on timeout.
+pub fn wait_until_or(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool, detail: impl FnOnce() -> String) {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting until {what}\n{}", detail());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn dump_all(db: &Path, tables: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in tables {
+        out.extend(dump(db, t).into_iter().map(|l| format!("{t}: {l}")));
+    }
+    out
+}
+
+/// Waits until every DB holds identical dumps of `tables`; on timeout panics showing, for each
+/// DB, the row count and the first lines that differ from the first DB.
+pub fn wait_converged(dbs: &[&Path], tables: &[&str], timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let dumps: Vec<Vec<String>> = dbs.iter().map(|d| dump_all(d, tables)).collect();
+        if dumps.iter().all(|d| *d == dumps[0]) {
+            return;
+        }
+        if start.elapsed() > timeout {
+            let mut msg = format!("not converged after {timeout:?} (tables {tables:?}):\n");
+            for (db, d) in dbs.iter().zip(&dumps) {
+                msg.push_str(&format!("  {}: {} rows\n", db.display(), d.len()));
+            }
+            let base = &dumps[0];
+            for (db, d) in dbs.iter().zip(&dumps).skip(1) {
+                let only_base: Vec<&String> = base.iter().filter(|l| !d.contains(l)).take(8).collect();
+                let only_this: Vec<&String> = d.iter().filter(|l| !base.contains(l)).take(8).collect();
+                msg.push_str(&format!(
+                    "  only in {}: {only_base:#?}\n  only in {}: {only_this:#?}\n",
+                    dbs[0].display(),
+                    db.display()
+                ));
+            }
+            panic!("{msg}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until `dump(db, table)` equals `expected` exactly, showing both on timeout.
+pub fn wait_dump(db: &Path, table: &str, expected: &[&str], timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let last = dump(db, table);
+        if last == expected {
+            return;
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "{} {table} after {timeout:?}:\n  got      {last:#?}\n  expected {expected:#?}",
+                db.display()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until `query_one(db, sql)` equals `expected`.
+pub fn wait_query(db: &Path, sql: &str, expected: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let last = query_one(db, sql);
+        if last.as_deref() == Some(expected) {
+            return;
+        }
+        if start.elapsed() > timeout {
+            panic!("{}: `{sql}` after {timeout:?}: got {last:?}, expected {expected:?}", db.display());
+        }
+        std::thread::sleep(POLL);
+    }
+}
