@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use harmonylite::config::Config;
-use harmonylite::node::{Node, NodeError, Stop};
+use std::time::Duration;
+
+use harmonylite::node::{Backoff, Node, Stop};
 
 const USAGE: &str = "\
 harmonylite: leaderless SQLite replication over NATS JetStream
@@ -71,13 +73,20 @@ fn main() -> ExitCode {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }
-    let mut node = match Node::open(cfg) {
-        Ok(n) => n,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(match e {
-                NodeError::Db(_) | NodeError::Embedded(_) => 1,
-            });
+    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut node = loop {
+        match Node::open(cfg.clone()) {
+            Ok(n) => break n,
+            Err(e) if e.is_transient() => {
+                log::warn!("{e}");
+                if stop.wait(retry.fail()) {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(1);
+            }
         }
     };
     node.run(&stop);

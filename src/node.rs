@@ -42,6 +42,13 @@ impl std::fmt::Display for NodeError {
 
 impl std::error::Error for NodeError {}
 
+impl NodeError {
+    /// A locked database: waiting and retrying will likely work.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, NodeError::Db(e) if e.is_transient())
+    }
+}
+
 impl From<DbError> for NodeError {
     fn from(e: DbError) -> Self {
         NodeError::Db(e)
@@ -258,6 +265,12 @@ impl Node {
         };
         match Transport::connect(&self.cfg, &self.urls, self.node_id, cursor) {
             Ok(t) => {
+                if t.cursor_reset {
+                    if let Err(e) = db::set_meta(&self.conn, apply::CURSOR_KEY, 0) {
+                        log::warn!("{e}");
+                        return;
+                    }
+                }
                 if self.cfg.max_frame_bytes > t.max_payload() {
                     log::warn!(
                         "max_frame_bytes={} is above the server's max_payload={}: using {}",

@@ -68,6 +68,8 @@ pub struct Transport {
     /// Set by the client's callbacks while the TCP link is down.
     disconnected: Arc<AtomicBool>,
     max_payload: usize,
+    /// The stream restarted its sequence below our cursor; the caller must reset its cursor.
+    pub cursor_reset: bool,
 }
 
 struct Puller {
@@ -86,7 +88,7 @@ pub struct Outgoing {
 impl Transport {
     /// Connects, makes sure the stream exists, and (when replicating) binds our durable consumer
     /// at `cursor + 1`: the database, not the server, says where we are.
-    pub fn connect(cfg: &Config, urls: &str, node: u64, cursor: u64) -> Result<Transport, TransportError> {
+    pub fn connect(cfg: &Config, urls: &str, node: u64, mut cursor: u64) -> Result<Transport, TransportError> {
         let disconnected = Arc::new(AtomicBool::new(false));
         let mut opts = match (&cfg.nats.user_name, &cfg.nats.user_password, &cfg.nats.creds_file) {
             (Some(u), Some(p), _) => nats::Options::with_user_pass(u, p),
@@ -120,8 +122,18 @@ impl Transport {
             let what = what.to_string();
             move |source| TransportError::Setup { what, source }
         };
+        let mut cursor_reset = false;
         match js.stream_info(&stream) {
             Ok(info) => {
+                if cursor > info.state.last_seq {
+                    // The stream was deleted and created again: its sequence restarted.
+                    log::warn!(
+                        "stream {stream} ends at seq {} but this node applied up to {cursor}: the stream was recreated; reading it from the start",
+                        info.state.last_seq
+                    );
+                    cursor = 0;
+                    cursor_reset = true;
+                }
                 if !info.config.subjects.iter().any(|s| s == &filter) {
                     log::warn!(
                         "stream {stream} exists with subjects {:?}, not {filter}: check [nats] subject_prefix on every node",
@@ -183,6 +195,7 @@ impl Transport {
             pull,
             disconnected,
             max_payload,
+            cursor_reset,
         })
     }
 
