@@ -79,6 +79,15 @@ struct Puller {
     last: Option<nats::Message>,
 }
 
+/// A stream's size and sequence range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    pub messages: u64,
+    pub bytes: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
 /// A published frame: subject, message id and bytes.
 pub struct Outgoing {
     pub msg_id: String,
@@ -210,7 +219,17 @@ impl Transport {
 
     /// First sequence still held by the stream (older messages were discarded by its limits).
     pub fn first_seq(&self) -> Option<u64> {
-        self.js.stream_info(&self.stream).ok().map(|i| i.state.first_seq)
+        self.stream_state().map(|s| s.first_seq)
+    }
+
+    /// The stream's counters, as the server reports them.
+    pub fn stream_state(&self) -> Option<StreamStats> {
+        self.js.stream_info(&self.stream).ok().map(|i| StreamStats {
+            messages: i.state.messages,
+            bytes: i.state.bytes,
+            first_seq: i.state.first_seq,
+            last_seq: i.state.last_seq,
+        })
     }
 
     /// Publishes every frame with its message id and waits until JetStream acknowledged all of
