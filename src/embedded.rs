@@ -24,6 +24,7 @@ impl EmbeddedServer {
         let stem = db_path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "db".into());
         let store = db_path.parent().unwrap_or(Path::new(".")).join(format!("{stem}-nats"));
         fs::create_dir_all(&store).map_err(|e| format!("cannot create {}: {e}", store.display()))?;
+        stop_orphan(&store);
         let child = spawn(bin, addr, &store)?;
         let mut server = EmbeddedServer { child, bin: bin.to_path_buf(), addr, store };
         server.wait_ready()?;
@@ -93,6 +94,35 @@ impl Drop for EmbeddedServer {
     }
 }
 
+const PID_FILE: &str = "nats-server.pid";
+
+/// A node killed with SIGKILL leaves its nats-server running. Its pid file and command line
+/// (which names our store folder) identify it; stop it so this start can take the port back.
+fn stop_orphan(store: &Path) {
+    let Some(pid) = fs::read_to_string(store.join(PID_FILE)).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+        return;
+    };
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let ours = String::from_utf8_lossy(&cmdline).contains(&*store.to_string_lossy());
+    if !ours {
+        return;
+    }
+    log::warn!("stopping the embedded nats-server left running by an earlier run pid={pid}");
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        // a zombie (already exited, not reaped by its dead parent) still has a /proc entry
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if Path::new(&format!("/proc/{pid}/cmdline")).exists() {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+    }
+}
+
 fn spawn(bin: &Path, addr: SocketAddr, store: &Path) -> Result<Child, String> {
     // Refuse a port in use: we would silently talk to someone else's server.
     TcpListener::bind(addr).map_err(|e| {
@@ -100,7 +130,7 @@ fn spawn(bin: &Path, addr: SocketAddr, store: &Path) -> Result<Child, String> {
     })?;
     let log = File::create(store.join("nats-server.log")).map_err(|e| format!("cannot create the server log in {}: {e}", store.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
-    Command::new(bin)
+    let child = Command::new(bin)
         .arg("-a")
         .arg(addr.ip().to_string())
         .arg("-p")
@@ -117,5 +147,7 @@ fn spawn(bin: &Path, addr: SocketAddr, store: &Path) -> Result<Child, String> {
                 "cannot start the embedded nats-server {:?}: {e}; install nats-server, set [nats] server_bin, or set [nats] urls",
                 bin
             )
-        })
+        })?;
+    let _ = fs::write(store.join(PID_FILE), child.id().to_string());
+    Ok(child)
 }

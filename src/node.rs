@@ -15,7 +15,7 @@ use crate::db::{self, DbError};
 use crate::embedded::EmbeddedServer;
 use crate::frame::{self, FrameBuilder, Op, Pushed};
 use crate::hlc::Hlc;
-use crate::transport::{Outgoing, Transport, TransportError};
+use crate::transport::{Outgoing, Transport, TransportError, ACK_TIMEOUT};
 
 /// Bytes of frames published before their acks are awaited (one publish round).
 pub const ROUND_BYTES: usize = 8 * 1024 * 1024;
@@ -232,18 +232,21 @@ impl Node {
                 log::warn!("shutdown: {e}");
             }
         }
-        while self.transport.is_some() && Instant::now() < deadline {
-            match self.tick() {
-                Ok(()) if !self.outbox_dirty => break,
-                Ok(()) => {}
-                Err(e) => {
-                    log::warn!("shutdown: {e}");
-                    break;
-                }
+        while self.link_up() && Instant::now() < deadline {
+            if let Err(e) = self.stamp_if_changed() {
+                log::warn!("shutdown: {e}");
+                break;
+            }
+            if !self.cfg.publish || !self.outbox_dirty {
+                break;
+            }
+            if let Err(e) = self.publish_round(deadline) {
+                log::warn!("shutdown: {e}");
+                break;
             }
         }
-        if let Some(t) = &self.transport {
-            t.flush(Duration::from_secs(1));
+        if self.outbox_dirty && self.cfg.publish {
+            log::info!("unpublished changes stay in the outbox and are sent at the next start");
         }
         self.transport = None;
         if let Some(mut e) = self.embedded.take() {
@@ -317,9 +320,23 @@ impl Node {
     /// One capture step: notices schema changes, stamps new log rows, publishes the outbox.
     pub fn tick(&mut self) -> Result<(), NodeError> {
         self.check_schema()?;
+        self.stamp_if_changed()?;
+        if self.cfg.publish && self.outbox_dirty && self.link_up() {
+            self.publish_round(Instant::now() + ACK_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// Connected and not in the middle of a reconnect (publishing then would only fill the
+    /// client's buffer and wait for acks that cannot come).
+    fn link_up(&self) -> bool {
+        self.transport.as_ref().is_some_and(|t| t.is_connected())
+    }
+
+    /// Stamps new log rows if another connection committed since the last look.
+    fn stamp_if_changed(&mut self) -> Result<(), NodeError> {
         let dv = db::data_version(&self.conn)?;
         if self.data_version != Some(dv) {
-            self.data_version = Some(dv);
             let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|source| {
                 DbError::Sql { op: "begin stamp", source }
             })?;
@@ -330,9 +347,7 @@ impl Node {
                 log::debug!("stamped changes={n}");
             }
             tx.commit().map_err(|source| DbError::Sql { op: "commit stamp", source })?;
-        }
-        if self.cfg.publish && self.outbox_dirty && self.transport.is_some() {
-            self.publish_round()?;
+            self.data_version = Some(dv);
         }
         Ok(())
     }
@@ -366,7 +381,7 @@ impl Node {
 
     /// Publishes pending local changes in rounds of up to [`ROUND_BYTES`], marking each round
     /// published only after JetStream acknowledged all of its frames.
-    fn publish_round(&mut self) -> Result<(), NodeError> {
+    fn publish_round(&mut self, deadline: Instant) -> Result<(), NodeError> {
         loop {
             let (frames, marks, more) = self.build_round()?;
             if frames.is_empty() {
@@ -377,7 +392,8 @@ impl Node {
             }
             let Some(t) = self.transport.as_mut() else { return Ok(()) };
             let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
-            if let Err(e) = t.publish_all(&frames) {
+            let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            if let Err(e) = t.publish_all(&frames, timeout) {
                 self.drop_transport(&e);
                 return Ok(());
             }
@@ -463,6 +479,9 @@ impl Node {
         if !self.unapplied.is_empty() {
             self.apply_unapplied()?;
             return Ok(true);
+        }
+        if !self.link_up() {
+            return Ok(false);
         }
         let Some(t) = self.transport.as_mut().filter(|_| self.cfg.replicate) else {
             return Ok(false);

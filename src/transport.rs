@@ -20,6 +20,8 @@ use crate::config::Config;
 
 /// Deadline for every acknowledgement of one publish batch.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a wait for acks looks at the link state.
+const ACK_POLL: Duration = Duration::from_millis(100);
 /// Deadline for stream and consumer management requests.
 pub const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages asked for in one pull request.
@@ -235,7 +237,7 @@ impl Transport {
     /// Publishes every frame with its message id and waits until JetStream acknowledged all of
     /// them. Any missing or negative ack fails the whole batch; retrying it is safe because the
     /// ids let the server drop the copies it already stored.
-    pub fn publish_all(&mut self, frames: &[Outgoing]) -> Result<(), TransportError> {
+    pub fn publish_all(&mut self, frames: &[Outgoing], timeout: Duration) -> Result<(), TransportError> {
         if frames.is_empty() {
             return Ok(());
         }
@@ -249,15 +251,24 @@ impl Transport {
                 .publish_with_reply_or_headers(&self.subject, Some(&format!("{prefix}.{i}")), Some(&headers), &f.data)
                 .map_err(|e| fail(e.to_string()))?;
         }
-        self.nc.flush_timeout(ACK_TIMEOUT).map_err(|e| fail(format!("flush: {e}")))?;
-        let deadline = Instant::now() + ACK_TIMEOUT;
+        // No flush here: the client's writer thread sends within ~5 ms, and
+        // `flush_timeout` ignores its timeout while the link is down (it waits for a PONG until
+        // the reconnect), which would hold SIGTERM hostage. The ack wait below has a deadline.
+        let deadline = Instant::now() + timeout;
         let mut acked = vec![false; frames.len()];
         let mut remaining = frames.len();
         while remaining > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            let msg = self.acks.next_timeout(left).map_err(|_| {
-                fail(format!("{remaining} of {} acks missing after {}s", frames.len(), ACK_TIMEOUT.as_secs()))
-            })?;
+            if left.is_zero() {
+                return Err(fail(format!("{remaining} of {} acks missing after {timeout:?}", frames.len())));
+            }
+            let msg = match self.acks.next_timeout(left.min(ACK_POLL)) {
+                Ok(msg) => msg,
+                Err(_) if self.disconnected.load(Ordering::Relaxed) => {
+                    return Err(fail(format!("link lost with {remaining} of {} acks missing", frames.len())));
+                }
+                Err(_) => continue,
+            };
             // acks of an earlier, timed-out batch carry another batch number
             let Some(i) = msg.subject.strip_prefix(&prefix).and_then(|s| s.strip_prefix('.')).and_then(|s| s.parse::<usize>().ok())
             else {
@@ -328,8 +339,4 @@ impl Transport {
         Ok(())
     }
 
-    /// Flushes what is buffered, within `timeout`.
-    pub fn flush(&self, timeout: Duration) {
-        let _ = self.nc.flush_timeout(timeout);
-    }
 }
