@@ -13,8 +13,9 @@ source scripts/tools.sh
 echo "test: NATS_SERVER=$NATS_SERVER" >&2
 # Two test threads: every integration test runs its own nats-server and 1-3 nodes, and the
 # machines this runs on have two cores.
+# --no-fail-fast: one failing test file does not hide the results of the others.
 if [ "$#" -eq 0 ]; then
-    set -- --all-targets
+    set -- --all-targets --no-fail-fast
 fi
 for a in "$@"; do
     if [ "$a" = "--" ]; then

@@ -42,7 +42,10 @@ fn help_exits_0_and_mentions_config() {
     let out = run_bin(&["--help"], QUICK);
     assert_exit(&out, 0, "--help");
     let text = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(text.contains("--config"), "--help does not mention --config:\n{text}");
+    assert!(
+        text.contains("--config"),
+        "--help does not mention --config:\n{text}"
+    );
 }
 
 #[test]
@@ -64,7 +67,11 @@ fn missing_config_file_exits_2_naming_it() {
     let out = run_bin(&["--config", path.to_str().unwrap()], QUICK);
     assert_exit(&out, 2, "missing config file");
     let err = stderr(&out);
-    assert!(err.contains(path.to_str().unwrap()), "stderr does not name {}:\n{err}", path.display());
+    assert!(
+        err.contains(path.to_str().unwrap()),
+        "stderr does not name {}:\n{err}",
+        path.display()
+    );
 }
 
 #[test]
@@ -72,10 +79,20 @@ fn toml_syntax_error_exits_2_naming_the_file() {
     let dir = TestDir::new("cfg-syntax");
     let db = dir.join("app.db");
     app(&db, "CREATE TABLE t(id INTEGER PRIMARY KEY)");
-    let out = run_config(dir.path(), "bad.toml", &format!("db_path = {}\npublish = = true\n", toml_str(db.to_str().unwrap())));
+    let out = run_config(
+        dir.path(),
+        "bad.toml",
+        &format!(
+            "db_path = {}\npublish = = true\n",
+            toml_str(db.to_str().unwrap())
+        ),
+    );
     assert_exit(&out, 2, "TOML syntax error");
     let err = stderr(&out);
-    assert!(err.contains("bad.toml"), "stderr does not name the file:\n{err}");
+    assert!(
+        err.contains("bad.toml"),
+        "stderr does not name the file:\n{err}"
+    );
     assert!(err.contains("error"), "stderr does not say error:\n{err}");
 }
 
@@ -87,12 +104,18 @@ fn unknown_key_exits_2_naming_it() {
     let out = run_config(
         dir.path(),
         "typo.toml",
-        &format!("db_path = {}\n[nats]\nulrs = [\"nats://127.0.0.1:4222\"]\n", toml_str(db.to_str().unwrap())),
+        &format!(
+            "db_path = {}\n[nats]\nulrs = [\"nats://127.0.0.1:4222\"]\n",
+            toml_str(db.to_str().unwrap())
+        ),
     );
     assert_exit(&out, 2, "unknown key [nats] ulrs");
     let err = stderr(&out);
     assert!(err.contains("ulrs"), "stderr does not name `ulrs`:\n{err}");
-    assert!(err.contains("typo.toml"), "stderr does not name the file:\n{err}");
+    assert!(
+        err.contains("typo.toml"),
+        "stderr does not name the file:\n{err}"
+    );
 }
 
 #[test]
@@ -103,20 +126,33 @@ fn ill_typed_polling_interval_exits_2_naming_it() {
     let out = run_config(
         dir.path(),
         "typed.toml",
-        &format!("db_path = {}\npolling_interval = \"fast\"\n", toml_str(db.to_str().unwrap())),
+        &format!(
+            "db_path = {}\npolling_interval = \"fast\"\n",
+            toml_str(db.to_str().unwrap())
+        ),
     );
     assert_exit(&out, 2, "polling_interval = \"fast\"");
     let err = stderr(&out);
-    assert!(err.contains("polling_interval"), "stderr does not name polling_interval:\n{err}");
+    assert!(
+        err.contains("polling_interval"),
+        "stderr does not name polling_interval:\n{err}"
+    );
 }
 
 #[test]
 fn missing_db_path_exits_2_naming_it() {
     let dir = TestDir::new("cfg-nodb");
-    let out = run_config(dir.path(), "nodb.toml", "publish = true\n[nats]\nurls = [\"nats://127.0.0.1:4222\"]\n");
+    let out = run_config(
+        dir.path(),
+        "nodb.toml",
+        "publish = true\n[nats]\nurls = [\"nats://127.0.0.1:4222\"]\n",
+    );
     assert_exit(&out, 2, "missing db_path");
     let err = stderr(&out);
-    assert!(err.contains("db_path"), "stderr does not name db_path:\n{err}");
+    assert!(
+        err.contains("db_path"),
+        "stderr does not name db_path:\n{err}"
+    );
 }
 
 #[test]
@@ -125,26 +161,191 @@ fn db_that_does_not_exist_exits_1_naming_it_and_creates_nothing() {
     let db = dir.join("absent.db");
     let cfg = dir.join("n.toml");
     // A reachable-looking URL: the DB check must come first (nothing listens there).
-    fs::write(&cfg, node_toml(&db, "", Some(&format!("nats://127.0.0.1:{}", free_port())))).unwrap();
+    fs::write(
+        &cfg,
+        node_toml(&db, "", Some(&format!("nats://127.0.0.1:{}", free_port()))),
+    )
+    .unwrap();
     // The short form -c is accepted too.
     let out = run_bin(&["-c", cfg.to_str().unwrap()], QUICK);
     assert_exit(&out, 1, "db_path that does not exist");
     let err = stderr(&out);
-    assert!(err.contains(db.to_str().unwrap()), "stderr does not name {}:\n{err}", db.display());
-    assert!(!db.exists(), "the node created {} instead of refusing", db.display());
+    assert!(
+        err.contains(db.to_str().unwrap()),
+        "stderr does not name {}:\n{err}",
+        db.display()
+    );
+    assert!(
+        !db.exists(),
+        "the node created {} instead of refusing",
+        db.display()
+    );
 }
 
 #[test]
 fn sigterm_and_sigint_exit_0() {
     let dir = TestDir::new("cfg-signals");
     let nats = NatsServer::start(dir.path());
-    app(&dir.join("n1.db"), "CREATE TABLE t(id INTEGER PRIMARY KEY, v)");
+    app(
+        &dir.join("n1.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v)",
+    );
     let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
     let st = n1.stop();
-    assert_eq!(st.code(), Some(0), "SIGTERM: exit status {st}; log:\n{}", n1.log());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "SIGTERM: exit status {st}; log:\n{}",
+        n1.log()
+    );
     n1.restart_ready();
     let st = n1.stop_with("INT");
-    assert_eq!(st.code(), Some(0), "SIGINT: exit status {st}; log:\n{}", n1.log());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "SIGINT: exit status {st}; log:\n{}",
+        n1.log()
+    );
     // The app's table is untouched by start and stop.
     assert_eq!(dump(&n1.db, "t"), Vec::<String>::new());
+}
+
+/// The embedded default: no `[nats] urls`, the node starts its own nats-server on
+/// `embedded_listen`; another node pointing at that address replicates with it; on SIGTERM the
+/// child nats-server is gone too.
+#[test]
+fn embedded_nats_server_is_started_and_stopped_with_the_node() {
+    let dir = TestDir::new("embedded");
+    let port = free_port();
+    let _reaper = Reaper {
+        port,
+        dir: dir.path().to_path_buf(),
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let bin = nats_server_bin();
+    let embedded = format!(
+        "[nats]\nembedded_listen = {}\nserver_bin = {}\n",
+        toml_str(&listen),
+        toml_str(bin.to_str().unwrap())
+    );
+    let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)";
+    app(&dir.join("n1.db"), schema);
+    app(&dir.join("n2.db"), schema);
+    let mut n1 = Node::start_ready(dir.path(), "n1", &embedded, None);
+    assert!(
+        port_open(port),
+        "n1 is ready but nothing listens on {listen}; log:\n{}",
+        n1.log()
+    );
+    let children = nats_servers_of(port, dir.path());
+    assert!(
+        !children.is_empty(),
+        "no nats-server process with port {port} or {} in its command line",
+        dir.path().display()
+    );
+
+    let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&format!("nats://{listen}")));
+    app(&n1.db, "INSERT INTO t VALUES (1, 'from n1')");
+    app(&n2.db, "INSERT INTO t VALUES (2, 'from n2')");
+    let expected = ["integer=1|text='from n1'", "integer=2|text='from n2'"];
+    wait_dump(&n1.db, "t", &expected, Duration::from_secs(60));
+    wait_dump(&n2.db, "t", &expected, Duration::from_secs(60));
+
+    // n2 first: a node whose server is gone is another test's business.
+    let st = n2.stop();
+    assert_eq!(st.code(), Some(0), "n2 SIGTERM exit status {st}");
+    let st = n1.stop();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "n1 SIGTERM exit status {st}; log:\n{}",
+        n1.log()
+    );
+    wait_until_or(
+        &format!("the embedded nats-server on {listen} is gone"),
+        Duration::from_secs(10),
+        || !port_open(port) && nats_servers_of(port, dir.path()).is_empty(),
+        || {
+            format!(
+                "nats-server processes: {:?}",
+                nats_servers_of(port, dir.path())
+            )
+        },
+    );
+}
+
+/// A node whose nats-server has gone away still honours SIGTERM: it exits 0 within the stop
+/// deadline (the outbox flush has its own deadline), rather than waiting for the server.
+#[test]
+fn sigterm_exits_promptly_when_nats_is_gone() {
+    let dir = TestDir::new("sigterm-nonats");
+    let mut nats = NatsServer::start(dir.path());
+    app(
+        &dir.join("n1.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v)",
+    );
+    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
+    n1.wait_connected();
+    app(&n1.db, "INSERT INTO t VALUES (1, 'published')");
+    nats.stop();
+    n1.wait_log("disconnected", Duration::from_secs(20));
+    let st = n1.stop();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "SIGTERM with nats gone: exit status {st}"
+    );
+}
+
+/// `kill -9` of an embedded-mode node (no chance to stop its child): after a restart it
+/// serves and replicates again.
+#[test]
+fn embedded_node_restarts_after_kill9() {
+    let dir = TestDir::new("embedded-kill9");
+    let port = free_port();
+    let _reaper = Reaper {
+        port,
+        dir: dir.path().to_path_buf(),
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let bin = nats_server_bin();
+    let embedded = format!(
+        "[nats]\nembedded_listen = {}\nserver_bin = {}\n",
+        toml_str(&listen),
+        toml_str(bin.to_str().unwrap())
+    );
+    let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)";
+    app(&dir.join("n1.db"), schema);
+    app(&dir.join("n2.db"), schema);
+    let mut n1 = Node::start_ready(dir.path(), "n1", &embedded, None);
+    let n2 = Node::start_ready(dir.path(), "n2", "", Some(&format!("nats://{listen}")));
+    app(&n1.db, "INSERT INTO t VALUES (1, 'before kill')");
+    wait_dump(
+        &n2.db,
+        "t",
+        &["integer=1|text='before kill'"],
+        Duration::from_secs(60),
+    );
+
+    n1.kill9();
+    app(&n1.db, "INSERT INTO t VALUES (2, 'while dead')");
+    n1.restart_ready();
+    app(&n2.db, "INSERT INTO t VALUES (3, 'from n2 after restart')");
+    let expected = [
+        "integer=1|text='before kill'",
+        "integer=2|text='while dead'",
+        "integer=3|text='from n2 after restart'",
+    ];
+    wait_dump(&n1.db, "t", &expected, Duration::from_secs(60));
+    wait_dump(&n2.db, "t", &expected, Duration::from_secs(60));
+    let st = n1.stop();
+    // Neither the server started before the kill nor the one after it may outlive the node
+    // (n2 is still connected, as a user's other nodes would be).
+    wait_until_or(
+        "no nats-server of n1 is left after SIGTERM",
+        Duration::from_secs(10),
+        || nats_servers_of(port, dir.path()).is_empty(),
+        || format!("left: {:?}", nats_servers_of(port, dir.path())),
+    );
+    assert_eq!(st.code(), Some(0), "n1 SIGTERM exit status {st}");
 }

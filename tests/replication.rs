@@ -35,26 +35,50 @@ fn insert_update_delete_on_each_node_reach_all() {
     let (n1, n2, n3) = (&nodes[0].db, &nodes[1].db, &nodes[2].db);
 
     // Inserts on node1.
-    app(n1, "INSERT INTO t VALUES (1, 'one', 10), (2, 'two', 20), (3, 'three', 30)");
+    app(
+        n1,
+        "INSERT INTO t VALUES (1, 'one', 10), (2, 'two', 20), (3, 'three', 30)",
+    );
     assert_all(
         &nodes,
         "t",
-        &["integer=1|text='one'|integer=10", "integer=2|text='two'|integer=20", "integer=3|text='three'|integer=30"],
+        &[
+            "integer=1|text='one'|integer=10",
+            "integer=2|text='two'|integer=20",
+            "integer=3|text='three'|integer=30",
+        ],
     );
 
     // Updates on node2, deletes on node3.
-    app(n2, "UPDATE t SET v = 'uno', n = n + 1 WHERE id = 1; UPDATE t SET n = NULL WHERE id = 3");
+    app(
+        n2,
+        "UPDATE t SET v = 'uno', n = n + 1 WHERE id = 1; UPDATE t SET n = NULL WHERE id = 3",
+    );
     assert_all(
         &nodes,
         "t",
-        &["integer=1|text='uno'|integer=11", "integer=2|text='two'|integer=20", "integer=3|text='three'|null=NULL"],
+        &[
+            "integer=1|text='uno'|integer=11",
+            "integer=2|text='two'|integer=20",
+            "integer=3|text='three'|null=NULL",
+        ],
     );
     app(n3, "DELETE FROM t WHERE id = 2");
-    assert_all(&nodes, "t", &["integer=1|text='uno'|integer=11", "integer=3|text='three'|null=NULL"]);
+    assert_all(
+        &nodes,
+        "t",
+        &[
+            "integer=1|text='uno'|integer=11",
+            "integer=3|text='three'|null=NULL",
+        ],
+    );
 
     // Every node inserts, updates and deletes; all directions.
     app(n2, "INSERT INTO t VALUES (20, 'from n2', 2)");
-    app(n3, "INSERT INTO t VALUES (30, 'from n3', 3); UPDATE t SET v = 'tres' WHERE id = 3");
+    app(
+        n3,
+        "INSERT INTO t VALUES (30, 'from n3', 3); UPDATE t SET v = 'tres' WHERE id = 3",
+    );
     app(n1, "DELETE FROM t WHERE id = 1");
     let expected = [
         "integer=3|text='tres'|null=NULL",
@@ -189,21 +213,32 @@ fn three_writers_on_the_same_keys_converge() {
         let ok = (row.contains("|text='n1'|") && row.contains("|text='n1'|integer="))
             || (row.contains("|text='n2'|text='n2-"))
             || (row.contains("|text='n3'|blob=X'"));
-        assert!(ok, "row mixes writers or lost its storage class: {row}\nall rows: {rows:#?}");
+        assert!(
+            ok,
+            "row mixes writers or lost its storage class: {row}\nall rows: {rows:#?}"
+        );
     }
 
     // A last round from one node makes the result exact.
     let mut sql = String::from("BEGIN; DELETE FROM s;");
     for k in 1..=KEYS {
         if k % 4 != 0 {
-            sql.push_str(&format!("INSERT INTO s VALUES ({k}, 'final', {}, -1);", k as f64 + 0.25));
+            sql.push_str(&format!(
+                "INSERT INTO s VALUES ({k}, 'final', {}, -1);",
+                k as f64 + 0.25
+            ));
         }
     }
     sql.push_str("COMMIT;");
     app(&nodes[1].db, &sql);
     let expected: Vec<String> = (1..=KEYS)
         .filter(|k| k % 4 != 0)
-        .map(|k| format!("integer={k}|text='final'|real={:?}|integer=-1", k as f64 + 0.25))
+        .map(|k| {
+            format!(
+                "integer={k}|text='final'|real={:?}|integer=-1",
+                k as f64 + 0.25
+            )
+        })
         .collect();
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     assert_all(&nodes, "s", &expected);
@@ -221,18 +256,35 @@ fn primary_key_change_moves_the_row() {
          CREATE TABLE k(code TEXT PRIMARY KEY, v INTEGER)",
         "",
     );
-    app(&nodes[0].db, "INSERT INTO t VALUES (1, 'a'), (2, 'b'); INSERT INTO k VALUES ('x', 1), ('y', 2)");
+    app(
+        &nodes[0].db,
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b'); INSERT INTO k VALUES ('x', 1), ('y', 2)",
+    );
     assert_all(&nodes, "t", &["integer=1|text='a'", "integer=2|text='b'"]);
     assert_all(&nodes, "k", &["text='x'|integer=1", "text='y'|integer=2"]);
 
     app(&nodes[0].db, "UPDATE t SET id = 99 WHERE id = 1");
-    app(&nodes[1].db, "UPDATE k SET code = 'z', v = 3 WHERE code = 'x'");
+    app(
+        &nodes[1].db,
+        "UPDATE k SET code = 'z', v = 3 WHERE code = 'x'",
+    );
     assert_all(&nodes, "t", &["integer=2|text='b'", "integer=99|text='a'"]);
     assert_all(&nodes, "k", &["text='y'|integer=2", "text='z'|integer=3"]);
 
     // The moved row can be changed further on another node, and the old key reused.
-    app(&nodes[2].db, "UPDATE t SET v = 'moved' WHERE id = 99; INSERT INTO t VALUES (1, 'new one')");
-    assert_all(&nodes, "t", &["integer=1|text='new one'", "integer=2|text='b'", "integer=99|text='moved'"]);
+    app(
+        &nodes[2].db,
+        "UPDATE t SET v = 'moved' WHERE id = 99; INSERT INTO t VALUES (1, 'new one')",
+    );
+    assert_all(
+        &nodes,
+        "t",
+        &[
+            "integer=1|text='new one'",
+            "integer=2|text='b'",
+            "integer=99|text='moved'",
+        ],
+    );
 }
 
 #[test]
@@ -252,21 +304,91 @@ fn composite_keys_and_without_rowid_tables() {
     app(n1, "INSERT INTO c VALUES ('eu', 1, 'a'), ('us', 1, 'b'), ('eu', 2, 'c'); \
              INSERT INTO w VALUES ('k1', 1), ('k2', 2.5); \
              INSERT INTO cw VALUES (1, x'01', 'x', 'first'), (1, x'02', 'x', 'second'), (2, x'01', 'x', 'third')");
-    app(n2, "UPDATE c SET v = 'B' WHERE region = 'us' AND seq = 1; \
+    // node2 updates rows it must have received first.
+    wait_dump(
+        n2,
+        "c",
+        &[
+            "text='eu'|integer=1|text='a'",
+            "text='us'|integer=1|text='b'",
+            "text='eu'|integer=2|text='c'",
+        ],
+        CONVERGE,
+    );
+    wait_dump(
+        n2,
+        "w",
+        &["text='k1'|integer=1", "text='k2'|real=2.5"],
+        CONVERGE,
+    );
+    wait_dump(
+        n2,
+        "cw",
+        &[
+            "integer=1|blob=X'01'|text='x'|text='first'",
+            "integer=1|blob=X'02'|text='x'|text='second'",
+            "integer=2|blob=X'01'|text='x'|text='third'",
+        ],
+        CONVERGE,
+    );
+    app(
+        n2,
+        "UPDATE c SET v = 'B' WHERE region = 'us' AND seq = 1; \
              UPDATE w SET v = x'ff' WHERE k = 'k2'; \
-             UPDATE cw SET v = NULL WHERE a = 1 AND b = x'02'");
+             UPDATE cw SET v = NULL WHERE a = 1 AND b = x'02'",
+    );
     // Wait for node2's updates to reach node3 before node3 deletes, so the result is exact.
     // (c renders in declared column order region, seq, v; it is ordered by its key seq, region.)
-    wait_dump(n3, "c", &["text='eu'|integer=1|text='a'", "text='us'|integer=1|text='B'", "text='eu'|integer=2|text='c'"], CONVERGE);
-    wait_dump(n3, "w", &["text='k1'|integer=1", "text='k2'|blob=X'FF'"], CONVERGE);
-    wait_dump(n3, "cw", &["integer=1|blob=X'01'|text='x'|text='first'", "integer=1|blob=X'02'|text='x'|null=NULL", "integer=2|blob=X'01'|text='x'|text='third'"], CONVERGE);
-    app(n3, "DELETE FROM c WHERE region = 'eu' AND seq = 1; \
+    wait_dump(
+        n3,
+        "c",
+        &[
+            "text='eu'|integer=1|text='a'",
+            "text='us'|integer=1|text='B'",
+            "text='eu'|integer=2|text='c'",
+        ],
+        CONVERGE,
+    );
+    wait_dump(
+        n3,
+        "w",
+        &["text='k1'|integer=1", "text='k2'|blob=X'FF'"],
+        CONVERGE,
+    );
+    wait_dump(
+        n3,
+        "cw",
+        &[
+            "integer=1|blob=X'01'|text='x'|text='first'",
+            "integer=1|blob=X'02'|text='x'|null=NULL",
+            "integer=2|blob=X'01'|text='x'|text='third'",
+        ],
+        CONVERGE,
+    );
+    app(
+        n3,
+        "DELETE FROM c WHERE region = 'eu' AND seq = 1; \
              DELETE FROM w WHERE k = 'k1'; \
              DELETE FROM cw WHERE a = 1 AND b = x'01' AND c = 'x'; \
-             UPDATE cw SET c = 'y' WHERE a = 2");
-    assert_all(&nodes, "c", &["text='us'|integer=1|text='B'", "text='eu'|integer=2|text='c'"]);
+             UPDATE cw SET c = 'y' WHERE a = 2",
+    );
+    assert_all(
+        &nodes,
+        "c",
+        &[
+            "text='us'|integer=1|text='B'",
+            "text='eu'|integer=2|text='c'",
+        ],
+    );
     assert_all(&nodes, "w", &["text='k2'|blob=X'FF'"]);
-    assert_all(&nodes, "cw", &["integer=1|blob=X'02'|text='x'|null=NULL", "integer=2|blob=X'01'|text='y'|text='third'"]);
+    assert_all(
+        &nodes,
+        "cw",
+        &[
+            "integer=1|blob=X'02'|text='x'|null=NULL",
+            "integer=2|blob=X'01'|text='y'|text='third'",
+        ],
+    );
 }
 
 /// Node A replicates both ways, node B has `publish = false` (its writes stay local, it still
@@ -290,29 +412,77 @@ fn publish_false_and_replicate_false() {
     app(&c.db, "INSERT INTO t VALUES (3, 'from c')");
 
     // C publishes: A and B receive row 3. B receives A's row 1.
-    wait_query(&a.db, "SELECT v FROM t WHERE id = 3", "text='from c'", CONVERGE);
-    wait_query(&b.db, "SELECT v FROM t WHERE id = 3", "text='from c'", CONVERGE);
-    wait_query(&b.db, "SELECT v FROM t WHERE id = 1", "text='from a'", CONVERGE);
+    wait_query(
+        &a.db,
+        "SELECT v FROM t WHERE id = 3",
+        "text='from c'",
+        CONVERGE,
+    );
+    wait_query(
+        &b.db,
+        "SELECT v FROM t WHERE id = 3",
+        "text='from c'",
+        CONVERGE,
+    );
+    wait_query(
+        &b.db,
+        "SELECT v FROM t WHERE id = 1",
+        "text='from a'",
+        CONVERGE,
+    );
 
     // Markers: two rounds A -> B prove B ran full ticks (capture and publish included) after
     // row 2 was committed; a marker from C, published after that, reaching A proves A consumed
     // the stream past anything B could have published.
     app(&a.db, "INSERT INTO t VALUES (100, 'marker 1')");
-    wait_query(&b.db, "SELECT v FROM t WHERE id = 100", "text='marker 1'", CONVERGE);
+    wait_query(
+        &b.db,
+        "SELECT v FROM t WHERE id = 100",
+        "text='marker 1'",
+        CONVERGE,
+    );
     app(&a.db, "INSERT INTO t VALUES (101, 'marker 2')");
-    wait_query(&b.db, "SELECT v FROM t WHERE id = 101", "text='marker 2'", CONVERGE);
+    wait_query(
+        &b.db,
+        "SELECT v FROM t WHERE id = 101",
+        "text='marker 2'",
+        CONVERGE,
+    );
     app(&c.db, "INSERT INTO t VALUES (102, 'marker 3')");
-    wait_query(&a.db, "SELECT v FROM t WHERE id = 102", "text='marker 3'", CONVERGE);
-    wait_query(&b.db, "SELECT v FROM t WHERE id = 102", "text='marker 3'", CONVERGE);
+    wait_query(
+        &a.db,
+        "SELECT v FROM t WHERE id = 102",
+        "text='marker 3'",
+        CONVERGE,
+    );
+    wait_query(
+        &b.db,
+        "SELECT v FROM t WHERE id = 102",
+        "text='marker 3'",
+        CONVERGE,
+    );
 
     assert_eq!(
         dump(&a.db, "t"),
-        ["integer=1|text='from a'", "integer=3|text='from c'", "integer=100|text='marker 1'", "integer=101|text='marker 2'", "integer=102|text='marker 3'"],
+        [
+            "integer=1|text='from a'",
+            "integer=3|text='from c'",
+            "integer=100|text='marker 1'",
+            "integer=101|text='marker 2'",
+            "integer=102|text='marker 3'"
+        ],
         "A received B's local-only row (publish = false leaked)"
     );
     assert_eq!(
         dump(&b.db, "t"),
-        ["integer=1|text='from a'", "integer=2|text='from b (local only)'", "integer=3|text='from c'", "integer=100|text='marker 1'", "integer=101|text='marker 2'", "integer=102|text='marker 3'"]
+        [
+            "integer=1|text='from a'",
+            "integer=2|text='from b (local only)'",
+            "integer=3|text='from c'",
+            "integer=100|text='marker 1'",
+            "integer=101|text='marker 2'",
+            "integer=102|text='marker 3'"
+        ]
     );
     // C ran ticks after A's rows were in the stream (its marker 3 was published after A's
     // markers arrived at B) and still holds only its own rows.
@@ -324,12 +494,33 @@ fn publish_false_and_replicate_false() {
     // An update on B stays local too; the value on A is unchanged after another marker.
     app(&b.db, "UPDATE t SET v = 'changed on b' WHERE id = 1");
     app(&a.db, "INSERT INTO t VALUES (103, 'marker 4')");
-    wait_query(&b.db, "SELECT v FROM t WHERE id = 103", "text='marker 4'", CONVERGE);
+    wait_query(
+        &b.db,
+        "SELECT v FROM t WHERE id = 103",
+        "text='marker 4'",
+        CONVERGE,
+    );
     app(&a.db, "INSERT INTO t VALUES (104, 'marker 5')");
-    wait_query(&b.db, "SELECT v FROM t WHERE id = 104", "text='marker 5'", CONVERGE);
+    wait_query(
+        &b.db,
+        "SELECT v FROM t WHERE id = 104",
+        "text='marker 5'",
+        CONVERGE,
+    );
     app(&c.db, "INSERT INTO t VALUES (105, 'marker 6')");
-    wait_query(&a.db, "SELECT v FROM t WHERE id = 105", "text='marker 6'", CONVERGE);
-    assert_eq!(query_one(&a.db, "SELECT v FROM t WHERE id = 1").as_deref(), Some("text='from a'"));
-    assert_eq!(query_one(&b.db, "SELECT v FROM t WHERE id = 1").as_deref(), Some("text='changed on b'"));
+    wait_query(
+        &a.db,
+        "SELECT v FROM t WHERE id = 105",
+        "text='marker 6'",
+        CONVERGE,
+    );
+    assert_eq!(
+        query_one(&a.db, "SELECT v FROM t WHERE id = 1").as_deref(),
+        Some("text='from a'")
+    );
+    assert_eq!(
+        query_one(&b.db, "SELECT v FROM t WHERE id = 1").as_deref(),
+        Some("text='changed on b'")
+    );
     drop(c);
 }

@@ -65,8 +65,16 @@ fn exact_values_and_storage_classes() {
         "integer=2|integer=1|real=0.0|text='1.5'|blob=X'00'|text='12abc'",
         "integer=3|real=2.5|real=7.0|null=NULL|integer=3|integer=300",
     ];
-    assert_eq!(dump(n1, "v"), v_expected, "the writer's own values (test premise)");
-    assert_eq!(dump(n1, "ty"), ty_expected, "the writer's own values (test premise)");
+    assert_eq!(
+        dump(n1, "v"),
+        v_expected,
+        "the writer's own values (test premise)"
+    );
+    assert_eq!(
+        dump(n1, "ty"),
+        ty_expected,
+        "the writer's own values (test premise)"
+    );
     for n in &nodes[1..] {
         wait_dump(&n.db, "v", &v_expected, CONVERGE);
         wait_dump(&n.db, "ty", &ty_expected, CONVERGE);
@@ -143,12 +151,18 @@ fn one_transaction_of_20000_rows_arrives_complete() {
     }
     let agg = "SELECT count(*), sum(id), sum(r), sum(length(b)), min(v), max(v) FROM t";
     let summary = wait_same_query(&dbs, agg, CONVERGE);
-    assert!(summary[0].starts_with("integer=20000|integer=200010000|real=100005000.0|"), "{summary:?}");
+    assert!(
+        summary[0].starts_with("integer=20000|integer=200010000|real=100005000.0|"),
+        "{summary:?}"
+    );
     let spots = "SELECT * FROM t WHERE id IN (1, 2, 6999, 10000, 19999, 20000) ORDER BY id";
     let rows = wait_same_query(&dbs, spots, CONVERGE);
     assert_eq!(rows.len(), 6, "{rows:#?}");
     assert!(rows[0].starts_with("integer=1|text='row-1-"), "{rows:#?}");
-    assert!(rows[5].starts_with("integer=20000|text='row-20000-"), "{rows:#?}");
+    assert!(
+        rows[5].starts_with("integer=20000|text='row-20000-"),
+        "{rows:#?}"
+    );
     wait_converged(&dbs, &["t"], CONVERGE);
 
     // And one transaction deleting them all, from another node.
@@ -182,8 +196,14 @@ fn rows_of_3_and_20_mib_arrive_followed_by_a_small_row() {
         "",
     );
     let dbs: Vec<&Path> = nodes.iter().map(|n| n.db.as_path()).collect();
-    app(dbs[0], "INSERT INTO b VALUES (1, randomblob(3 * 1024 * 1024), 'three')");
-    app(dbs[0], "INSERT INTO b VALUES (2, randomblob(20 * 1024 * 1024), 'twenty')");
+    app(
+        dbs[0],
+        "INSERT INTO b VALUES (1, randomblob(3 * 1024 * 1024), 'three')",
+    );
+    app(
+        dbs[0],
+        "INSERT INTO b VALUES (2, randomblob(20 * 1024 * 1024), 'twenty')",
+    );
     app(dbs[0], "INSERT INTO b VALUES (3, x'01', 'small')");
     for db in &dbs[1..] {
         wait_query(db, "SELECT note FROM b WHERE id = 3", "text='small'", HEAVY);
@@ -192,25 +212,50 @@ fn rows_of_3_and_20_mib_arrive_followed_by_a_small_row() {
                  FROM b ORDER BY id";
     let rows = wait_same_query(&dbs, shape, CONVERGE);
     assert_eq!(rows.len(), 3, "{rows:#?}");
-    assert!(rows[0].starts_with("integer=1|text='blob'|integer=3145728|"), "{rows:#?}");
-    assert!(rows[1].starts_with("integer=2|text='blob'|integer=20971520|"), "{rows:#?}");
-    assert_eq!(rows[2], "integer=3|text='blob'|integer=1|text='01'|text='01'|text='small'");
+    assert!(
+        rows[0].starts_with("integer=1|text='blob'|integer=3145728|"),
+        "{rows:#?}"
+    );
+    assert!(
+        rows[1].starts_with("integer=2|text='blob'|integer=20971520|"),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        rows[2],
+        "integer=3|text='blob'|integer=1|text='01'|text='01'|text='small'"
+    );
     for id in [1, 2] {
         let want = blob(dbs[0], id);
         for db in &dbs[1..] {
-            assert!(blob(db, id) == want, "row {id} on {} differs from the writer's bytes", db.display());
+            assert!(
+                blob(db, id) == want,
+                "row {id} on {} differs from the writer's bytes",
+                db.display()
+            );
         }
     }
 
     // A large update from another node travels the other way.
-    app(dbs[2], "UPDATE b SET data = randomblob(3 * 1024 * 1024 + 7), note = 'three again' WHERE id = 1");
+    app(
+        dbs[2],
+        "UPDATE b SET data = randomblob(3 * 1024 * 1024 + 7), note = 'three again' WHERE id = 1",
+    );
     for db in &dbs[..2] {
-        wait_query(db, "SELECT note FROM b WHERE id = 1", "text='three again'", HEAVY);
+        wait_query(
+            db,
+            "SELECT note FROM b WHERE id = 1",
+            "text='three again'",
+            HEAVY,
+        );
     }
     wait_same_query(&dbs, shape, CONVERGE);
     let want = blob(dbs[2], 1);
     assert_eq!(want.len(), 3 * 1024 * 1024 + 7);
     for db in &dbs[..2] {
-        assert!(blob(db, 1) == want, "updated row 1 on {} differs", db.display());
+        assert!(
+            blob(db, 1) == want,
+            "updated row 1 on {} differs",
+            db.display()
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! nodes running the real binary, the "application" (tests/app.py, a separate process), exact
 //! table dumps, and waits that poll until a named deadline.
 //!
+//! This file: temp dir, ports, processes, nats-server, nodes. `sql.rs`: the app, dumps, waits.
+//!
 //! Every test owns its temp dir and its nats-server. Declare the `TestDir` first so it is
 //! dropped last (locals drop in reverse order): nodes and servers are killed before the dir goes.
 //!
@@ -18,13 +20,11 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags};
+mod sql;
+pub use sql::*;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_harmonylite");
-/// The application script.
-pub const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/app.py");
 
 /// How long nats-server may take until `/jsz` answers.
 pub const NATS_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +46,10 @@ pub struct TestDir {
 impl TestDir {
     pub fn new(label: &str) -> TestDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let path = std::env::temp_dir().join(format!(
             "hl-test-{label}-{}-{}-{nanos}",
             std::process::id(),
@@ -88,8 +91,9 @@ pub fn free_port() -> u16 {
 
 /// N distinct free ports (the listeners are held until all are chosen).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> =
-        (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
     let mut ports = [0u16; N];
     for (p, l) in ports.iter_mut().zip(&listeners) {
         *p = l.local_addr().unwrap().port();
@@ -206,7 +210,14 @@ impl NatsServer {
         assert!(self.child.is_none(), "nats-server already running");
         let (out, err) = append_log(&self.log);
         let child = Command::new(&self.bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.mon.to_string()])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-m",
+                &self.mon.to_string(),
+            ])
             .arg("-js")
             .arg("-sd")
             .arg(&self.store)
@@ -222,7 +233,10 @@ impl NatsServer {
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("nats-server exited early ({st}):\n{}", tail(&read_lossy(&self.log), 40));
+                panic!(
+                    "nats-server exited early ({st}):\n{}",
+                    tail(&read_lossy(&self.log), 40)
+                );
             }
             if Instant::now() > deadline {
                 panic!(
@@ -262,7 +276,9 @@ impl NatsServer {
 
     /// GET a monitoring endpoint (e.g. `/jsz?streams=1`), returning the body.
     pub fn monitor(&self, path: &str) -> Option<String> {
-        http_get(self.mon, path).filter(|(code, _)| *code == 200).map(|(_, body)| body)
+        http_get(self.mon, path)
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| body)
     }
 }
 
@@ -273,7 +289,10 @@ impl Drop for NatsServer {
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- nats-server log (last 15 lines) ----\n{}", tail(&read_lossy(&self.log), 15));
+            eprintln!(
+                "---- nats-server log (last 15 lines) ----\n{}",
+                tail(&read_lossy(&self.log), 15)
+            );
         }
     }
 }
@@ -289,7 +308,10 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -422,11 +444,41 @@ impl Node {
                 return;
             }
             if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("{} exited before `node ready` ({st}); log:\n{}", self.name, self.log());
+                panic!(
+                    "{} exited before `node ready` ({st}); log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             if Instant::now() > deadline {
                 panic!(
                     "{}: no `node ready` within {NODE_READY_TIMEOUT:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Polls the log until the current process printed `connected to nats` (after `node ready`,
+    /// which comes once the triggers are installed, the connection may take a moment).
+    pub fn wait_connected(&mut self) {
+        let deadline = Instant::now() + NODE_READY_TIMEOUT;
+        loop {
+            if self.current_log().contains("connected to nats") {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "{} exited before `connected to nats` ({st}); log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: no `connected to nats` within {NODE_READY_TIMEOUT:?}; log:\n{}",
                     self.name,
                     self.log()
                 );
@@ -459,7 +511,10 @@ impl Node {
 
     /// Like `stop` with another signal name (`INT`).
     pub fn stop_with(&mut self, sig: &str) -> ExitStatus {
-        let mut c = self.child.take().unwrap_or_else(|| panic!("{} is not running", self.name));
+        let mut c = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
         let (st, in_time) = stop_child(&mut c, sig);
         assert!(
             in_time,
@@ -491,7 +546,18 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // SIGTERM first, so an embedded nats-server child is stopped with the node.
         if let Some(mut c) = self.child.take() {
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(c.id().to_string())
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
+                    std::thread::sleep(POLL);
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -508,12 +574,20 @@ impl Drop for Node {
 
 /// Creates `<dir>/<name>.db` for each name with `schema` (run by the app), starts a node on
 /// each with `extra_toml`, and waits until all are ready.
-pub fn start_cluster(dir: &Path, nats_url: &str, names: &[&str], schema: &str, extra_toml: &str) -> Vec<Node> {
+pub fn start_cluster(
+    dir: &Path,
+    nats_url: &str,
+    names: &[&str],
+    schema: &str,
+    extra_toml: &str,
+) -> Vec<Node> {
     for name in names {
         app(&dir.join(format!("{name}.db")), schema);
     }
-    let mut nodes: Vec<Node> =
-        names.iter().map(|n| Node::start(dir, n, extra_toml, Some(nats_url))).collect();
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|n| Node::start(dir, n, extra_toml, Some(nats_url)))
+        .collect();
     for n in &mut nodes {
         n.wait_ready();
     }
@@ -558,245 +632,72 @@ pub fn run_bin(args: &[&str], timeout: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The application
-
-/// Runs `sql` on `db` through tests/app.py; Err(stderr) on failure.
-pub fn app_result(db: &Path, sql: &str) -> Result<(), String> {
-    let out = Command::new(python())
-        .arg(APP)
-        .arg(db)
-        .arg(sql)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run python3 {APP}: {e}"));
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{} ({})", String::from_utf8_lossy(&out.stderr).trim(), out.status))
+    Output {
+        status,
+        stdout: t1.join().unwrap(),
+        stderr: t2.join().unwrap(),
     }
 }
 
-/// Runs `sql` on `db` through tests/app.py; panics with its stderr on failure.
-pub fn app(db: &Path, sql: &str) {
-    if let Err(e) = app_result(db, sql) {
-        let shown: String = sql.chars().take(300).collect();
-        panic!("app {} failed: {e}\nsql: {shown}", db.display());
-    }
-}
-
-/// Runs a query through tests/app.py; one JSON line per row.
-pub fn app_query(db: &Path, sql: &str) -> Vec<String> {
-    let out = Command::new(python())
-        .arg(APP)
-        .arg(db)
-        .arg("--query")
-        .arg(sql)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run python3 {APP}: {e}"));
-    assert!(
-        out.status.success(),
-        "app query on {} failed: {}",
-        db.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect()
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dumps
-
-/// Opens `db` read-only.
-pub fn open_ro(db: &Path) -> Connection {
-    let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .unwrap_or_else(|e| panic!("open {} read-only: {e}", db.display()));
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c
-}
-
-/// Renders one value exactly, with its storage class (SQLite's `typeof`), in SQL `quote()`
-/// form: `integer=5`, `real=0.1`, `real=-0.0`, `text='it''s'`, `blob=X'00FF'`, `null=NULL`.
-/// Reals use Rust's shortest round-trip form, which identifies every bit (and the sign of zero).
-pub fn render(v: ValueRef<'_>) -> String {
-    match v {
-        ValueRef::Null => "null=NULL".to_string(),
-        ValueRef::Integer(i) => format!("integer={i}"),
-        ValueRef::Real(f) => format!("real={f:?}"),
-        ValueRef::Text(t) => format!("text='{}'", String::from_utf8_lossy(t).replace('\'', "''")),
-        ValueRef::Blob(b) => {
-            let hex: String = b.iter().map(|x| format!("{x:02X}")).collect();
-            format!("blob=X'{hex}'")
-        }
-    }
-}
-
-/// Rows of any query, each rendered as `render(col1)|render(col2)|...`.
-pub fn dump_query(db: &Path, sql: &str) -> Vec<String> {
-    let c = open_ro(db);
-    dump_query_on(&c, sql).unwrap_or_else(|e| panic!("{}: {sql}: {e}", db.display()))
-}
-
-fn dump_query_on(c: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
-    let mut st = c.prepare(sql)?;
-    let ncols = st.column_count();
-    let rows = st.query_map([], |r| {
-        let mut parts = Vec::with_capacity(ncols);
-        for i in 0..ncols {
-            parts.push(render(r.get_ref(i)?));
-        }
-        Ok(parts.join("|"))
-    })?;
-    rows.collect()
-}
-
-/// Every row of a user table, ordered by its primary key (all pk columns, in key order; all
-/// columns for a table without one), each rendered exactly (see `render`). Empty if the table
-/// does not exist.
-pub fn dump(db: &Path, table: &str) -> Vec<String> {
-    let c = open_ro(db);
-    let mut cols: Vec<(String, i64)> = Vec::new();
-    {
-        let mut st = c.prepare(&format!("PRAGMA table_info({})", quote_ident(table))).unwrap();
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)?)))
-            .unwrap();
-        for row in rows {
-            cols.push(row.unwrap());
-        }
-    }
-    if cols.is_empty() {
-        return Vec::new();
-    }
-    let mut pk: Vec<&(String, i64)> = cols.iter().filter(|(_, k)| *k > 0).collect();
-    pk.sort_by_key(|(_, k)| *k);
-    let order: Vec<String> = if pk.is_empty() {
-        cols.iter().map(|(n, _)| quote_ident(n)).collect()
-    } else {
-        pk.iter().map(|(n, _)| quote_ident(n)).collect()
-    };
-    let list: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
-    let sql = format!(
-        "SELECT {} FROM {} ORDER BY {}",
-        list.join(", "),
-        quote_ident(table),
-        order.join(", ")
-    );
-    dump_query_on(&c, &sql).unwrap_or_else(|e| panic!("dump {} {table}: {e}", db.display()))
-}
-
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `SELECT count(*) FROM table`.
-pub fn count(db: &Path, table: &str) -> i64 {
-    let c = open_ro(db);
-    c.query_row(&format!("SELECT count(*) FROM {}", quote_ident(table)), [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("count {} {table}: {e}", db.display()))
-}
-
-/// A single value of a query, rendered (`None` if no row).
-pub fn query_one(db: &Path, sql: &str) -> Option<String> {
-    dump_query(db, sql).into_iter().next()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Waits
-
-/// Polls `cond` every `POLL` until true; panics naming `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
-    wait_until_or(what, timeout, cond, String::new);
-}
-
-/// Like `wait_until`; `detail` is printed on timeout.
-pub fn wait_until_or(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool, detail: impl FnOnce() -> String) {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return;
-        }
-        if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting until {what}\n{}", detail());
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-fn dump_all(db: &Path, tables: &[&str]) -> Vec<String> {
+/// Command lines of running processes, split into arguments (scans /proc; zombies skipped).
+pub fn processes() -> Vec<(u32, Vec<String>)> {
     let mut out = Vec::new();
-    for t in tables {
-        out.extend(dump(db, t).into_iter().map(|l| format!("{t}: {l}")));
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if raw.is_empty() {
+            continue;
+        }
+        let args = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        out.push((pid, args));
     }
     out
 }
 
-/// Waits until every DB holds identical dumps of `tables`; on timeout panics showing, for each
-/// DB, the row count and the first lines that differ from the first DB.
-pub fn wait_converged(dbs: &[&Path], tables: &[&str], timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let dumps: Vec<Vec<String>> = dbs.iter().map(|d| dump_all(d, tables)).collect();
-        if dumps.iter().all(|d| *d == dumps[0]) {
-            return;
-        }
-        if start.elapsed() > timeout {
-            let mut msg = format!("not converged after {timeout:?} (tables {tables:?}):\n");
-            for (db, d) in dbs.iter().zip(&dumps) {
-                msg.push_str(&format!("  {}: {} rows\n", db.display(), d.len()));
-            }
-            let base = &dumps[0];
-            for (db, d) in dbs.iter().zip(&dumps).skip(1) {
-                let only_base: Vec<&String> = base.iter().filter(|l| !d.contains(l)).take(8).collect();
-                let only_this: Vec<&String> = d.iter().filter(|l| !base.contains(l)).take(8).collect();
-                msg.push_str(&format!(
-                    "  only in {}: {only_base:#?}\n  only in {}: {only_this:#?}\n",
-                    dbs[0].display(),
-                    db.display()
-                ));
-            }
-            panic!("{msg}");
-        }
-        std::thread::sleep(POLL);
-    }
+/// Pids of nats-server processes that belong to a test: an argument equals `port` or ends with
+/// `:port`, or an argument mentions the test's dir (store dir or config file next to the DB).
+pub fn nats_servers_of(port: u16, dir: &Path) -> Vec<u32> {
+    let p = port.to_string();
+    let colon = format!(":{port}");
+    let d = dir.display().to_string();
+    processes()
+        .into_iter()
+        .filter(|(_, args)| {
+            args.first()
+                .is_some_and(|a0| a0.rsplit('/').next().unwrap_or(a0).contains("nats-server"))
+                && args[1..]
+                    .iter()
+                    .any(|a| *a == p || a.ends_with(&colon) || a.contains(&d))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
-/// Waits until `dump(db, table)` equals `expected` exactly, showing both on timeout.
-pub fn wait_dump(db: &Path, table: &str, expected: &[&str], timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let last = dump(db, table);
-        if last == expected {
-            return;
-        }
-        if start.elapsed() > timeout {
-            panic!(
-                "{} {table} after {timeout:?}:\n  got      {last:#?}\n  expected {expected:#?}",
-                db.display()
-            );
-        }
-        std::thread::sleep(POLL);
-    }
+/// On drop, SIGKILLs the nats-servers `nats_servers_of(port, dir)` finds (e.g. an embedded
+/// nats-server left behind by a node killed with -9).
+pub struct Reaper {
+    pub port: u16,
+    pub dir: PathBuf,
 }
 
-/// Waits until `query_one(db, sql)` equals `expected`.
-pub fn wait_query(db: &Path, sql: &str, expected: &str, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let last = query_one(db, sql);
-        if last.as_deref() == Some(expected) {
-            return;
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in nats_servers_of(self.port, &self.dir) {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
         }
-        if start.elapsed() > timeout {
-            panic!("{}: `{sql}` after {timeout:?}: got {last:?}, expected {expected:?}", db.display());
-        }
-        std::thread::sleep(POLL);
     }
 }
