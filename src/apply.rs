@@ -40,6 +40,8 @@ pub struct ApplyStats {
     pub parked: u64,
     pub undecodable: u64,
     pub own: u64,
+    /// The origin whose stamps were furthest ahead of our clock, and by how many ms (if ahead).
+    pub ahead: Option<(u64, u64)>,
 }
 
 /// Creates the tables this module owns.
@@ -181,6 +183,12 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
 
 fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes, stats: &mut ApplyStats) -> Result<(), DbError> {
     let targets: Vec<Result<Target, String>> = c.tables.iter().map(|h| target(schema, h)).collect();
+    let now = crate::hlc::now_ms();
+    if let Some(max) = c.changes.iter().map(|ch| crate::hlc::wall_ms(ch.version)).max() {
+        if max > now && stats.ahead.map_or(true, |(_, a)| max - now > a) {
+            stats.ahead = Some((c.origin, max - now));
+        }
+    }
     let mut warned: HashMap<usize, ()> = HashMap::new();
     for ch in &c.changes {
         let idx = ch.table as usize;

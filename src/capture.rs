@@ -290,7 +290,7 @@ pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Re
                 log::warn!("table {}: a row with a NULL primary-key value cannot be replicated; declare the key NOT NULL", t.name());
                 continue;
             }
-            let version = hlc.stamp(ts.max(0) as u64);
+            let version = hlc.stamp(crate::hlc::adjust_ms(ts));
             write.raw_bind_parameter(n + 1, version as i64).ctx("stamp change")?;
             write.raw_bind_parameter(n + 2, node as i64).ctx("stamp change")?;
             write.raw_bind_parameter(n + 3, (op == OP_DELETE) as i64).ctx("stamp change")?;

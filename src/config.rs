@@ -20,6 +20,13 @@ pub const DEFAULT_SUBJECT_PREFIX: &str = "hlrs.changes";
 pub const DEFAULT_STREAM_PREFIX: &str = "HLRS";
 pub const DEFAULT_SERVER_BIN: &str = "nats-server";
 pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:4222";
+/// Default deadline for one connection attempt (TCP, handshake, stream and consumer setup).
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default bounds of the reconnect backoff.
+pub const DEFAULT_RECONNECT_MIN_MS: u64 = 250;
+pub const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
+/// A remote stamp this far ahead of our clock is reported.
+pub const DEFAULT_MAX_CLOCK_DRIFT_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +51,13 @@ pub struct Config {
     /// Tables never replicated.
     #[serde(default)]
     pub exclude_tables: Vec<String>,
+    /// Outbox size (estimated bytes of unpublished changes) above which a warning is logged.
+    /// 0: no budget. Crossing it never drops data and never blocks the application.
+    #[serde(default)]
+    pub outbox_budget_bytes: u64,
+    /// A change stamped this many milliseconds ahead of this node's clock is reported.
+    #[serde(default = "default_max_clock_drift")]
+    pub max_clock_drift_ms: u64,
     /// HarmonyLite-Go's sequence map file; accepted for compatibility, not used (our cursor
     /// lives in the database).
     #[serde(default)]
@@ -114,6 +128,14 @@ pub struct Nats {
     /// Listen address of the embedded nats-server.
     #[serde(default = "default_embedded_listen")]
     pub embedded_listen: String,
+    /// Deadline of one connection attempt, milliseconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Reconnect backoff: first delay and cap, milliseconds (doubling, with jitter).
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -151,6 +173,18 @@ fn default_max_frame_bytes() -> usize {
 }
 fn default_max_entries() -> i64 {
     DEFAULT_MAX_ENTRIES
+}
+fn default_max_clock_drift() -> u64 {
+    DEFAULT_MAX_CLOCK_DRIFT_MS
+}
+fn default_connect_timeout() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_reconnect_min() -> u64 {
+    DEFAULT_RECONNECT_MIN_MS
+}
+fn default_reconnect_max() -> u64 {
+    DEFAULT_RECONNECT_MAX_MS
 }
 fn default_subject_prefix() -> String {
     DEFAULT_SUBJECT_PREFIX.into()
@@ -191,6 +225,9 @@ impl Default for Nats {
             key_file: None,
             server_bin: default_server_bin(),
             embedded_listen: default_embedded_listen(),
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            reconnect_min_ms: DEFAULT_RECONNECT_MIN_MS,
+            reconnect_max_ms: DEFAULT_RECONNECT_MAX_MS,
         }
     }
 }
@@ -281,6 +318,12 @@ impl Config {
                 "[nats] embedded_listen: {:?} is not an address like 127.0.0.1:4222",
                 self.nats.embedded_listen
             ));
+        }
+        if self.nats.connect_timeout_ms < 100 {
+            return Err("[nats] connect_timeout_ms: expected at least 100".into());
+        }
+        if self.nats.reconnect_min_ms == 0 || self.nats.reconnect_min_ms > self.nats.reconnect_max_ms {
+            return Err("[nats] reconnect_min_ms: expected at least 1 and at most reconnect_max_ms".into());
         }
         if self.nats.user_name.is_some() != self.nats.user_password.is_some() {
             return Err("[nats] user_name and user_password: set both or neither".into());

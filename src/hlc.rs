@@ -41,12 +41,28 @@ pub fn wall_ms(stamp: u64) -> u64 {
     stamp >> LOGICAL_BITS
 }
 
-/// Current Unix time in milliseconds (0 if the clock is before 1970).
+/// Current Unix time in milliseconds as this node sees it (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
+    let real = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    (real + clock_offset_ms()).max(0) as u64
+}
+
+/// `HL_FAKE_CLOCK_OFFSET_MS`: a signed offset added to every wall-clock reading of this node,
+/// the sidecar's and the application's write times alike. For tests of clock trouble (a device
+/// booting at 1970, a clock an hour ahead); unset in production.
+pub fn clock_offset_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("HL_FAKE_CLOCK_OFFSET_MS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    })
+}
+
+/// Applies the test clock offset to a wall-clock time recorded by the application's trigger.
+pub fn adjust_ms(app_ms: i64) -> u64 {
+    (app_ms + clock_offset_ms()).max(0) as u64
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! The loop in [`Node::run`] only schedules; the work is in [`Node::tick`] (capture and publish)
 //! and [`Node::receive`] (fetch and apply), which tests can call step by step.
 
-use std::sync::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::sync::{mpsc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -21,9 +22,18 @@ use crate::transport::{Outgoing, Transport, TransportError, ACK_TIMEOUT};
 pub const ROUND_BYTES: usize = 8 * 1024 * 1024;
 /// How long shutdown may spend flushing the outbox.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
-/// Reconnect backoff bounds.
+/// Backoff bounds for retrying a failing database step.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The same warning is repeated at most this often.
+pub const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// How often the outbox size is compared with its budget.
+const BUDGET_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+struct Attempt {
+    rx: mpsc::Receiver<Result<Transport, TransportError>>,
+    started: Instant,
+}
 
 #[derive(Debug)]
 pub enum NodeError {
@@ -122,6 +132,17 @@ pub struct Node {
     backoff: Backoff,
     next_connect: Instant,
     last_connect_error: Option<String>,
+    last_connect_log: Instant,
+    connecting: Option<Attempt>,
+    /// When the link went down (for the "after N s offline" line).
+    offline_since: Option<Instant>,
+    /// When we last reported each node's clock as ahead of ours.
+    clock_reports: HashMap<u64, Instant>,
+    /// The outbox is over `outbox_budget_bytes` (reported once per crossing).
+    over_budget: bool,
+    /// Average encoded bytes of one published change, for the outbox estimate.
+    bytes_per_change: f64,
+    last_budget_check: Instant,
     data_version: Option<i64>,
     schema_version: i64,
     /// The outbox may hold changes (set by stamping, cleared when a read finds none).
@@ -161,6 +182,10 @@ impl Node {
             log::warn!("[snapshot] enabled = true: snapshots are not implemented yet; a node that falls behind the stream's retention cannot catch up");
         }
         let max_frame = cfg.max_frame_bytes;
+        let backoff = Backoff::new(
+            Duration::from_millis(cfg.nats.reconnect_min_ms),
+            Duration::from_millis(cfg.nats.reconnect_max_ms),
+        );
         let tables: Vec<&str> = schema.tables.iter().map(|t| t.name()).collect();
         log::info!(
             "node ready node_id={node_id} db={} tables={} publish={} replicate={}",
@@ -178,9 +203,16 @@ impl Node {
             urls,
             embedded,
             transport: None,
-            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+            backoff,
             next_connect: Instant::now(),
             last_connect_error: None,
+            last_connect_log: Instant::now(),
+            connecting: None,
+            offline_since: None,
+            clock_reports: HashMap::new(),
+            over_budget: false,
+            bytes_per_change: 128.0,
+            last_budget_check: Instant::now(),
             data_version: None,
             schema_version,
             outbox_dirty: true,
@@ -255,8 +287,36 @@ impl Node {
         log::info!("node stopped node_id={}", self.node_id);
     }
 
+    /// Starts a connection attempt in the background, or collects its result. The attempt runs
+    /// on its own thread because the `nats` crate's connect has no deadline of its own (a
+    /// blackholed link would hold the loop, and SIGTERM, forever); an attempt past
+    /// `[nats] connect_timeout_ms` is abandoned.
     fn ensure_connected(&mut self) {
-        if self.transport.is_some() || Instant::now() < self.next_connect {
+        if self.transport.is_some() {
+            return;
+        }
+        if let Some(attempt) = &self.connecting {
+            match attempt.rx.try_recv() {
+                Ok(Ok(t)) => {
+                    self.connecting = None;
+                    self.adopt(t);
+                }
+                Ok(Err(e)) => {
+                    self.connecting = None;
+                    self.connect_failed(e.to_string());
+                }
+                Err(mpsc::TryRecvError::Empty) if attempt.started.elapsed() < self.connect_timeout() => {}
+                Err(_) => {
+                    self.connecting = None;
+                    self.connect_failed(format!(
+                        "connecting to NATS at {} took longer than {} ms ([nats] connect_timeout_ms)",
+                        self.urls, self.cfg.nats.connect_timeout_ms
+                    ));
+                }
+            }
+            return;
+        }
+        if Instant::now() < self.next_connect {
             return;
         }
         let cursor = match db::get_meta(&self.conn, apply::CURSOR_KEY) {
@@ -266,54 +326,78 @@ impl Node {
                 return;
             }
         };
-        match Transport::connect(&self.cfg, &self.urls, self.node_id, cursor) {
-            Ok(t) => {
-                if t.cursor_reset {
-                    if let Err(e) = db::set_meta(&self.conn, apply::CURSOR_KEY, 0) {
-                        log::warn!("{e}");
-                        return;
-                    }
-                }
-                if self.cfg.max_frame_bytes > t.max_payload() {
-                    log::warn!(
-                        "max_frame_bytes={} is above the server's max_payload={}: using {}",
-                        self.cfg.max_frame_bytes,
-                        t.max_payload(),
-                        t.max_payload()
-                    );
-                    self.max_frame = t.max_payload();
-                }
-                if let Some(first) = t.first_seq() {
-                    if self.cfg.replicate && cursor > 0 && first > cursor + 1 {
-                        log::error!(
-                            "the stream no longer holds messages {}..{} that this node has not applied (retention: [replication_log] max_entries); those changes are missing here until a snapshot restore",
-                            cursor + 1,
-                            first - 1
-                        );
-                    }
-                }
-                log::info!("connected to nats urls={} cursor={cursor}", self.urls);
-                self.last_connect_error = None;
-                self.backoff.reset();
-                self.transport = Some(t);
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                let delay = self.backoff.fail();
-                if self.last_connect_error.as_deref() != Some(&msg) {
-                    log::warn!("{msg}; retrying with backoff (local writes are kept and sent later)");
-                } else {
-                    log::debug!("{msg}; next attempt in {delay:?}");
-                }
-                self.last_connect_error = Some(msg);
-                self.next_connect = Instant::now() + delay;
+        let (tx, rx) = mpsc::channel();
+        let (cfg, urls, node) = (self.cfg.clone(), self.urls.clone(), self.node_id);
+        let spawned = std::thread::Builder::new().name("connect".into()).spawn(move || {
+            // the receiver may be gone (attempt abandoned): the connection is then dropped
+            let _ = tx.send(Transport::connect(&cfg, &urls, node, cursor));
+        });
+        match spawned {
+            Ok(_) => self.connecting = Some(Attempt { rx, started: Instant::now() }),
+            Err(e) => self.connect_failed(format!("cannot start a connect thread: {e}")),
+        }
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.nats.connect_timeout_ms)
+    }
+
+    fn adopt(&mut self, t: Transport) {
+        if t.cursor_reset {
+            if let Err(e) = db::set_meta(&self.conn, apply::CURSOR_KEY, 0) {
+                log::warn!("{e}");
+                return;
             }
         }
+        if self.cfg.max_frame_bytes > t.max_payload() {
+            log::warn!(
+                "max_frame_bytes={} is above the server's max_payload={}: using {}",
+                self.cfg.max_frame_bytes,
+                t.max_payload(),
+                t.max_payload()
+            );
+            self.max_frame = t.max_payload();
+        }
+        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY).ok().flatten().unwrap_or(0) as u64;
+        if let Some(first) = t.first_seq() {
+            if self.cfg.replicate && cursor > 0 && first > cursor + 1 {
+                log::error!(
+                    "the stream no longer holds messages {}..{} that this node has not applied (retention: [replication_log] max_entries); those changes are missing here until a snapshot restore",
+                    cursor + 1,
+                    first - 1
+                );
+            }
+        }
+        match self.offline_since.take() {
+            Some(since) => log::info!(
+                "connected to nats urls={} cursor={cursor} after {:.1} s offline",
+                self.urls,
+                since.elapsed().as_secs_f64()
+            ),
+            None => log::info!("connected to nats urls={} cursor={cursor}", self.urls),
+        }
+        self.last_connect_error = None;
+        self.backoff.reset();
+        self.transport = Some(t);
+    }
+
+    fn connect_failed(&mut self, msg: String) {
+        self.offline_since.get_or_insert_with(Instant::now);
+        let delay = self.backoff.fail();
+        if self.last_connect_error.as_deref() != Some(&msg) || self.last_connect_log.elapsed() > REPEAT_LOG_EVERY {
+            log::warn!("{msg}; retrying with backoff (local writes are kept and sent later)");
+            self.last_connect_log = Instant::now();
+        } else {
+            log::debug!("{msg}; next attempt in {delay:?}");
+        }
+        self.last_connect_error = Some(msg);
+        self.next_connect = Instant::now() + delay;
     }
 
     fn drop_transport(&mut self, e: &TransportError) {
         log::warn!("{e}; will reconnect");
         self.transport = None;
+        self.offline_since.get_or_insert_with(Instant::now);
         self.next_connect = Instant::now() + self.backoff.fail();
     }
 
@@ -321,6 +405,10 @@ impl Node {
     pub fn tick(&mut self) -> Result<(), NodeError> {
         self.check_schema()?;
         self.stamp_if_changed()?;
+        if self.cfg.outbox_budget_bytes > 0 && self.last_budget_check.elapsed() > BUDGET_CHECK_EVERY {
+            self.last_budget_check = Instant::now();
+            self.check_budget()?;
+        }
         if self.cfg.publish && self.outbox_dirty && self.link_up() {
             self.publish_round(Instant::now() + ACK_TIMEOUT)?;
         }
@@ -331,6 +419,26 @@ impl Node {
     /// client's buffer and wait for acks that cannot come).
     fn link_up(&self) -> bool {
         self.transport.as_ref().is_some_and(|t| t.is_connected())
+    }
+
+    /// Compares the outbox (pending changes times their average encoded size) with the budget.
+    /// Crossing it is reported; nothing is dropped and the application is never blocked (the
+    /// outbox holds one entry per changed row, so it cannot outgrow the tables themselves).
+    fn check_budget(&mut self) -> Result<(), NodeError> {
+        let pending = capture::outbox_len(&self.conn, &self.schema)?;
+        let estimate = (pending as f64 * self.bytes_per_change) as u64;
+        let over = estimate > self.cfg.outbox_budget_bytes;
+        if over && !self.over_budget {
+            log::warn!(
+                "outbox over budget: about {estimate} bytes in {pending} unpublished changes (outbox_budget_bytes={}); nothing is dropped, they are sent when NATS is reachable",
+                self.cfg.outbox_budget_bytes
+            );
+        } else if !over && self.over_budget {
+            log::info!("outbox back under budget: about {estimate} bytes in {pending} changes");
+        }
+        self.over_budget = over;
+        db::set_meta(&self.conn, "outbox_over_budget", over as i64)?;
+        Ok(())
     }
 
     /// Stamps new log rows if another connection committed since the last look.
@@ -383,7 +491,7 @@ impl Node {
     /// published only after JetStream acknowledged all of its frames.
     fn publish_round(&mut self, deadline: Instant) -> Result<(), NodeError> {
         loop {
-            let (frames, marks, more) = self.build_round()?;
+            let (frames, marks, more, changes) = self.build_round()?;
             if frames.is_empty() {
                 if !more {
                     self.outbox_dirty = false;
@@ -402,7 +510,10 @@ impl Node {
                 capture::mark_published(&tx, &self.schema.tables[*i], *version)?;
             }
             tx.commit().map_err(|source| DbError::Sql { op: "commit mark published", source })?;
-            log::debug!("publish ok frames={} bytes={bytes}", frames.len());
+            log::debug!("publish ok frames={} bytes={bytes} changes={changes}", frames.len());
+            if changes > 0 {
+                self.bytes_per_change = 0.8 * self.bytes_per_change + 0.2 * (bytes as f64 / changes as f64);
+            }
             if !more {
                 self.outbox_dirty = false;
                 return Ok(());
@@ -412,13 +523,14 @@ impl Node {
 
     /// Reads pending changes into frames until the round is full. Returns the frames, the
     /// highest version read per table, and whether changes remain.
-    fn build_round(&self) -> Result<(Vec<Outgoing>, Vec<(usize, u64)>, bool), NodeError> {
+    fn build_round(&self) -> Result<(Vec<Outgoing>, Vec<(usize, u64)>, bool, usize), NodeError> {
         let node = self.node_id;
         let max = self.max_frame;
         let mut frames: Vec<Outgoing> = Vec::new();
         let mut bytes = 0usize;
         let mut marks = Vec::new();
         let mut more = false;
+        let mut changes = 0usize;
         let mut builder = FrameBuilder::new(node, max);
         let seal = |data: Vec<u8>, frames: &mut Vec<Outgoing>, bytes: &mut usize| {
             *bytes += data.len();
@@ -439,6 +551,7 @@ impl Node {
                     Pending::Upsert(v) => Op::Upsert(v),
                     Pending::Delete(k) => Op::Delete(k),
                 };
+                changes += 1;
                 match builder.push(&t.header, version, op.clone()) {
                     Pushed::Added => {}
                     Pushed::Full => {
@@ -470,7 +583,7 @@ impl Node {
             seal(builder.finish(), &mut frames, &mut bytes);
         }
         drop(tx);
-        Ok((frames, marks, more))
+        Ok((frames, marks, more, changes))
     }
 
     /// Fetches and applies the next messages, waiting up to `wait`. Returns whether anything
@@ -503,6 +616,17 @@ impl Node {
     fn apply_unapplied(&mut self) -> Result<(), NodeError> {
         let stats = apply::apply_batch(&mut self.conn, &self.schema, &mut self.hlc, self.node_id, &self.unapplied)?;
         self.unapplied.clear();
+        if let Some((origin, ahead)) = stats.ahead.filter(|a| a.1 > self.cfg.max_clock_drift_ms) {
+            let due = self.clock_reports.get(&origin).map_or(true, |t| t.elapsed() > REPEAT_LOG_EVERY);
+            if due {
+                self.clock_reports.insert(origin, Instant::now());
+                log::warn!(
+                    "clock ahead: node {origin} stamps changes {:.1} s ahead of this node's clock (max_clock_drift_ms={}); one of the two clocks is wrong, and that node's writes win conflicts until the other clocks catch up",
+                    ahead as f64 / 1000.0,
+                    self.cfg.max_clock_drift_ms
+                );
+            }
+        }
         if stats.stamped > 0 {
             self.outbox_dirty = true;
         }

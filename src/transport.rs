@@ -57,6 +57,13 @@ impl fmt::Display for TransportError {
 
 impl std::error::Error for TransportError {}
 
+/// The client's own reconnect delay: doubling from `min_ms` to `max_ms`, with up to 25% jitter.
+fn reconnect_delay(min_ms: u64, max_ms: u64, attempts: usize) -> Duration {
+    let base = min_ms.saturating_mul(1u64 << attempts.min(20)).min(max_ms);
+    let jitter = (crate::hlc::now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % (base / 4 + 1);
+    Duration::from_millis((base + jitter).min(max_ms))
+}
+
 /// A live connection with our stream, our consumer and our ack inbox.
 pub struct Transport {
     nc: nats::Connection,
@@ -113,16 +120,22 @@ impl Transport {
             opts = opts.client_cert(cert, key);
         }
         let (down, up) = (disconnected.clone(), disconnected.clone());
+        let since = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let since_up = since.clone();
+        let (min, max) = (cfg.nats.reconnect_min_ms, cfg.nats.reconnect_max_ms);
         let nc = opts
             .with_name(&format!("harmonylite node {node}"))
             .max_reconnects(None)
+            .reconnect_delay_callback(move |attempts| reconnect_delay(min, max, attempts))
             .disconnect_callback(move || {
                 down.store(true, Ordering::Relaxed);
-                log::warn!("nats disconnected; reconnecting");
+                *since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                log::warn!("nats disconnected; reconnecting with backoff");
             })
             .reconnect_callback(move || {
                 up.store(false, Ordering::Relaxed);
-                log::info!("nats reconnected");
+                let lost = since_up.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+                log::info!("nats reconnected after {:.1} s", lost.as_secs_f64());
             })
             .connect(urls)
             .map_err(|source| TransportError::Connect { urls: urls.to_string(), source })?;

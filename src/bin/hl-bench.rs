@@ -1,0 +1,253 @@
+//! `hl-bench`: measures replication against the machine's own limits, in one run (issue 7).
+//!
+//! Starts its own nats-server on a free loopback port and real `harmonylite` processes, drives
+//! the application's writes from its own SQLite connections, and reports each figure next to
+//! its ceiling and goal. `--json` adds one JSON object as the last line of stdout.
+//!
+//! # Layout
+//! - `harness`: scratch folder, nats-server, node processes, `/proc` readings, deadlines.
+//! - `app`: the application's connections, table, payloads, and convergence probes.
+//! - `ceilings`: SQLite insert rates with and without capture triggers; raw publish rates.
+//! - `replication`: clusters of nodes; one writer, mixed workload, all writers.
+//! - `lag`: lag at a steady rate; idle CPU and RSS.
+//! - `amplification`: bytes written per captured change against a plain insert.
+//! - `report`: the table and the JSON line.
+#![forbid(unsafe_code)]
+
+#[path = "hl-bench/amplification.rs"]
+mod amplification;
+#[path = "hl-bench/app.rs"]
+mod app;
+#[path = "hl-bench/ceilings.rs"]
+mod ceilings;
+#[path = "hl-bench/harness.rs"]
+mod harness;
+#[path = "hl-bench/lag.rs"]
+mod lag;
+#[path = "hl-bench/replication.rs"]
+mod replication;
+#[path = "hl-bench/report.rs"]
+mod report;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use harmonylite::config::DEFAULT_POLLING_INTERVAL_MS;
+
+use crate::harness::{find_nats_server, find_node_binary, loadavg, pause, Scratch, Server};
+use crate::replication::{Cluster, Env, ROW_TABLE, STAMPED_TABLE};
+use crate::report::Results;
+
+const USAGE: &str = "\
+hl-bench: replication throughput, lag, cost and footprint against the machine's own limits
+
+Usage:
+  cargo build --release --bins && target/release/hl-bench [--quick] [--json]
+
+Options:
+  --quick   fewer rows and a 10 s idle window (under two minutes on 2 cores)
+  --json    also print one JSON object as the last line of stdout (the table goes to stderr)
+
+Needs nats-server: $NATS_SERVER, else .tools/py/bin/nats-server (bash scripts/tools.sh), else PATH.
+HL_KEEP_TMP=1 keeps the scratch folder (databases, configs, node logs).
+";
+
+/// Row size of the throughput, lag and cost scenarios, and of the raw publish payload.
+pub const ROW_BYTES: usize = 100;
+/// Row size of the mixed workload.
+pub const MIXED_ROW_BYTES: usize = 1024;
+/// Lag rates, rows/s.
+const LAG_RATES: [u32; 2] = [1000, 100];
+/// Rounds of the one-writer run; the median is the headline figure (lock waits make single
+/// rounds vary).
+pub const E2E_ROUNDS: u64 = 3;
+/// Quiet time after the lag runs before the idle window starts.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// How much work each scenario does.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub ceiling_rows_1: u64,
+    pub ceiling_rows_100: u64,
+    pub publish_sequential: u64,
+    pub publish_pipelined: u64,
+    pub e2e_rows: u64,
+    pub mixed_ops: u64,
+    pub all_rows_each: u64,
+    pub amp_rows: u64,
+    pub lag_secs: u64,
+    pub idle_secs: u64,
+}
+
+const QUICK: Sizes = Sizes {
+    ceiling_rows_1: 20_000,
+    ceiling_rows_100: 200_000,
+    publish_sequential: 300,
+    publish_pipelined: 51_200,
+    e2e_rows: 100_000,
+    mixed_ops: 30_000,
+    all_rows_each: 30_000,
+    amp_rows: 50_000,
+    lag_secs: 5,
+    idle_secs: 10,
+};
+
+const FULL: Sizes = Sizes {
+    ceiling_rows_1: 50_000,
+    ceiling_rows_100: 500_000,
+    publish_sequential: 2_000,
+    publish_pipelined: 256_000,
+    e2e_rows: 300_000,
+    mixed_ops: 100_000,
+    all_rows_each: 60_000,
+    amp_rows: 200_000,
+    lag_secs: 20,
+    idle_secs: 30,
+};
+
+fn main() -> ExitCode {
+    let (mut quick, mut json) = (false, false);
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => json = true,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("hl-bench: error: unknown argument {other:?}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match run(quick) {
+        Ok(results) => {
+            let table = report::table(&results);
+            if json {
+                eprint!("{table}");
+                println!("{}", report::json(&results));
+            } else {
+                print!("{table}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hl-bench: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prints what is being measured, with the time since the start.
+struct Progress {
+    start: Instant,
+    step: usize,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.step += 1;
+        eprintln!("hl-bench: [{:>5.1} s] {}. {what}", self.start.elapsed().as_secs_f64(), self.step);
+    }
+}
+
+/// Every scenario in order; each guard (scratch folder, server, cluster) stops its processes
+/// when it goes out of scope, also on an error.
+fn run(quick: bool) -> Result<Results, String> {
+    harness::watch_signals()?;
+    let sizes = if quick { QUICK } else { FULL };
+    let node_bin = find_node_binary()?;
+    let nats_bin = find_nats_server()?;
+    let scratch = Scratch::new()?;
+    let dir = scratch.path();
+    let poll_ms = DEFAULT_POLLING_INTERVAL_MS;
+    let mut p = Progress { start: Instant::now(), step: 0 };
+    let load_start = loadavg();
+
+    p.step("sqlite insert ceilings (plain and with capture triggers)");
+    let insert = ceilings::sqlite(dir, ROW_BYTES, sizes.ceiling_rows_1, sizes.ceiling_rows_100)?;
+
+    let server = Server::start(&nats_bin, dir)?;
+    p.step(&format!("jetstream publish ceilings ({})", server.url));
+    let publish = ceilings::publish(&server.url, ROW_BYTES, sizes.publish_sequential, sizes.publish_pipelined)?;
+
+    let env = Env { node_bin: &node_bin, dir, url: &server.url, server_pid: server.pid, poll_ms };
+    let mut peak_rss_kib = 0;
+
+    p.step(&format!("one writer -> two replicas, {E2E_ROUNDS} rounds of {} rows of {ROW_BYTES} bytes", sizes.e2e_rows));
+    let (e2e, e2e_rates, wire) = {
+        let c = Cluster::start(&env, "e2e", 3, ROW_TABLE)?;
+        let mut rounds = Vec::new();
+        for round in 0..E2E_ROUNDS {
+            rounds.push(replication::one_writer(&c, round, sizes.e2e_rows, ROW_BYTES)?);
+        }
+        let wire = ceilings::stream_stats(&server.url, &c.stream, &c.subject)?;
+        let rates: Vec<f64> = rounds.iter().map(|t| t.rate()).collect();
+        rounds.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+        let median = rounds.swap_remove(rounds.len() / 2);
+        peak_rss_kib = peak_rss_kib.max(median.peak_rss_kib).max(c.peak_rss_kib()?);
+        (median, rates, wire)
+    };
+
+    p.step(&format!("mixed workload, {} changes of {MIXED_ROW_BYTES} bytes (half updates)", sizes.mixed_ops));
+    let mixed = {
+        let c = Cluster::start(&env, "mixed", 3, STAMPED_TABLE)?;
+        let t = replication::mixed(&c, sizes.mixed_ops, MIXED_ROW_BYTES)?;
+        peak_rss_kib = peak_rss_kib.max(t.peak_rss_kib);
+        t
+    };
+
+    p.step(&format!("three writers at once, {} rows each", sizes.all_rows_each));
+    let all = {
+        let c = Cluster::start(&env, "all", 3, ROW_TABLE)?;
+        let t = replication::all_writers(&c, sizes.all_rows_each, ROW_BYTES)?;
+        peak_rss_kib = peak_rss_kib.max(t.peak_rss_kib);
+        t
+    };
+
+    p.step(&format!("write amplification, {} rows, one node", sizes.amp_rows));
+    let amp = {
+        let c = Cluster::start(&env, "amp", 1, ROW_TABLE)?;
+        let a = amplification::measure(dir, &c, &server.url, sizes.amp_rows, ROW_BYTES)?;
+        peak_rss_kib = peak_rss_kib.max(c.peak_rss_kib()?);
+        a
+    };
+
+    let c = Cluster::start(&env, "lag", 3, STAMPED_TABLE)?;
+    let mut lags = Vec::new();
+    let mut first = 1;
+    for rate in LAG_RATES {
+        p.step(&format!("lag at {rate} rows/s for {} s, poll interval {poll_ms} ms", sizes.lag_secs));
+        lags.push(lag::steady(&c, rate, sizes.lag_secs, first, ROW_BYTES)?);
+        first += (rate as u64 * sizes.lag_secs) as i64;
+    }
+    p.step(&format!("idle footprint over {} s", sizes.idle_secs));
+    pause(SETTLE)?;
+    let idle = lag::idle(&c, Duration::from_secs(sizes.idle_secs))?;
+    peak_rss_kib = peak_rss_kib.max(c.peak_rss_kib()?);
+    drop(c);
+    drop(server);
+    p.step("done");
+
+    Ok(Results {
+        quick,
+        sizes,
+        poll_ms,
+        insert,
+        publish,
+        e2e,
+        e2e_rates,
+        wire,
+        mixed,
+        all,
+        lag_1000: lags[0],
+        lag_100: lags[1],
+        amp,
+        idle,
+        peak_rss_kib,
+        node_binary_bytes: std::fs::metadata(&node_bin).map(|m| m.len()).unwrap_or(0),
+        elapsed_secs: p.start.elapsed().as_secs_f64(),
+        load: format!("{load_start} at the start, {} at the end", loadavg()),
+    })
+}

@@ -1,0 +1,168 @@
+//! Lag at a steady write rate, and a node's footprint when idle.
+//!
+//! The bench is both the writing application and the observer, so commit and visibility times
+//! come from one monotonic clock: the writer notes when each single-row commit returned, one
+//! watcher thread per replica polls for new ids every millisecond and notes when each first
+//! became visible. Lag = visible − committed.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::params;
+
+use crate::app::{app_conn, reader, Payloads};
+use crate::harness::{check_interrupted, cpu_time, pause, status_kib, unix_ms};
+use crate::replication::Cluster;
+
+/// Pause between two probes of a replica.
+const WATCH_PROBE: Duration = Duration::from_millis(1);
+/// Deadline for the last row to become visible once the writer stopped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lag {
+    pub target_rate: u32,
+    pub achieved_rate: f64,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Writes single-row transactions on node a at `rate` rows/s for `secs` seconds (ids from
+/// `first`), and measures when each row became visible on every other node.
+pub fn steady(cluster: &Cluster, rate: u32, secs: u64, first: i64, row_bytes: usize) -> Result<Lag, String> {
+    let rows = rate as u64 * secs;
+    let last = first + rows as i64 - 1;
+    // Watchers stop once they saw `last`, or when the writer failed (then `abort` is set).
+    let abort = Arc::new(AtomicBool::new(false));
+    let watchers: Vec<_> = (1..cluster.nodes.len())
+        .map(|k| {
+            let db: PathBuf = cluster.db(k).to_path_buf();
+            let abort = abort.clone();
+            thread::spawn(move || watch(&db, first, last, secs, &abort))
+        })
+        .collect();
+    let written = write_paced(cluster, rate, rows, first, row_bytes);
+    if written.is_err() {
+        abort.store(true, Ordering::Relaxed);
+    }
+    let mut seen_all = Vec::new();
+    for w in watchers {
+        match w.join() {
+            Ok(r) => seen_all.push(r),
+            Err(_) => return Err("a watcher thread panicked".into()),
+        }
+    }
+    let (committed, took) = written?;
+    let mut lags: Vec<f64> = Vec::with_capacity(committed.len() * seen_all.len());
+    for seen in seen_all {
+        for (id, at) in seen? {
+            let i = (id - first) as usize;
+            lags.push(at.saturating_duration_since(committed[i]).as_secs_f64() * 1000.0);
+        }
+    }
+    lags.sort_by(f64::total_cmp);
+    let pct = |p: f64| lags[((p * lags.len() as f64).ceil() as usize).clamp(1, lags.len()) - 1];
+    Ok(Lag {
+        target_rate: rate,
+        achieved_rate: rows as f64 / took.as_secs_f64(),
+        samples: lags.len(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+    })
+}
+
+/// Commits one row every 1/rate s on an absolute schedule (a late commit does not shift the
+/// next ones). Returns each row's commit time and the total time.
+fn write_paced(cluster: &Cluster, rate: u32, rows: u64, first: i64, row_bytes: usize) -> Result<(Vec<Instant>, Duration), String> {
+    let payloads = Payloads::new(row_bytes);
+    let conn = app_conn(cluster.db(0))?;
+    let mut stmt = conn.prepare("INSERT INTO t(id, ts, v) VALUES (?1, ?2, ?3)").map_err(|e| format!("prepare: {e}"))?;
+    let period = Duration::from_secs(1) / rate;
+    let mut committed = Vec::with_capacity(rows as usize);
+    let start = Instant::now();
+    for i in 0..rows {
+        if i % 64 == 0 {
+            check_interrupted()?;
+        }
+        let due = start + period * i as u32;
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        let id = first + i as i64;
+        stmt.execute(params![id, unix_ms(), payloads.get(i)]).map_err(|e| format!("insert id {id}: {e}"))?;
+        committed.push(Instant::now());
+    }
+    Ok((committed, start.elapsed()))
+}
+
+/// Polls a replica for ids in `first..=last` until it saw `last` (ids arrive in order from a
+/// single writer, and the final check counts them), noting when each first appeared.
+fn watch(db: &PathBuf, first: i64, last: i64, secs: u64, abort: &AtomicBool) -> Result<Vec<(i64, Instant)>, String> {
+    let conn = reader(db)?;
+    let mut stmt = conn.prepare("SELECT id FROM t WHERE id > ?1 AND id <= ?2 ORDER BY id").map_err(|e| format!("prepare: {e}"))?;
+    let mut seen = Vec::with_capacity((last - first + 1) as usize);
+    let mut high = first - 1;
+    let deadline = Instant::now() + Duration::from_secs(secs) + DRAIN_TIMEOUT;
+    while high < last {
+        if abort.load(Ordering::Relaxed) {
+            return Ok(seen);
+        }
+        check_interrupted()?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{}: saw {} of {} rows {:.0} s after the writer started",
+                db.display(),
+                seen.len(),
+                last - first + 1,
+                secs as f64 + DRAIN_TIMEOUT.as_secs_f64()
+            ));
+        }
+        let ids: Vec<i64> = match stmt.query_map(params![high, last], |r| r.get(0)).and_then(|rows| rows.collect()) {
+            Ok(ids) => ids,
+            Err(e) if harmonylite::db::is_busy(&e) => Vec::new(),
+            Err(e) => return Err(format!("{}: probe: {e}", db.display())),
+        };
+        let now = Instant::now();
+        for id in ids {
+            seen.push((id, now));
+            high = high.max(id);
+        }
+        thread::sleep(WATCH_PROBE);
+    }
+    if seen.len() as i64 != last - first + 1 {
+        return Err(format!("{}: {} rows became visible, expected {} (a gap)", db.display(), seen.len(), last - first + 1));
+    }
+    Ok(seen)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Idle {
+    pub window_secs: f64,
+    /// Per node: CPU % of one core over the window.
+    pub cpu_pct: Vec<f64>,
+    /// Per node: VmRSS at the end of the window, KiB.
+    pub rss_kib: Vec<u64>,
+    /// Per node: its anonymous part (heap, stacks), KiB; the rest is mostly mapped files
+    /// (the binary, shared libraries, SQLite's -shm).
+    pub rss_anon_kib: Vec<u64>,
+}
+
+/// Leaves the cluster without writes for `window` and reads each node's CPU time and RSS.
+pub fn idle(cluster: &Cluster, window: Duration) -> Result<Idle, String> {
+    let before = cluster.nodes.iter().map(|n| cpu_time(n.pid)).collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    pause(window)?;
+    let after = cluster.nodes.iter().map(|n| cpu_time(n.pid)).collect::<Result<Vec<_>, _>>()?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu_pct = before.iter().zip(&after).map(|(b, a)| a.saturating_sub(*b).as_secs_f64() / secs * 100.0).collect();
+    let rss_kib = cluster.nodes.iter().map(|n| status_kib(n.pid, "VmRSS")).collect::<Result<Vec<_>, _>>()?;
+    let rss_anon_kib = cluster.nodes.iter().map(|n| status_kib(n.pid, "RssAnon")).collect::<Result<Vec<_>, _>>()?;
+    Ok(Idle { window_secs: secs, cpu_pct, rss_kib, rss_anon_kib })
+}
