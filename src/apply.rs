@@ -104,6 +104,9 @@ pub fn apply_batch(
     capture::discard_echoes(&tx, schema)?;
     db::set_meta(&tx, CURSOR_KEY, cursor as i64)?;
     db::set_meta(&tx, HLC_KEY, hlc.last() as i64)?;
+    if stats.applied > 0 {
+        db::set_meta(&tx, crate::status::LAST_APPLY_KEY, crate::hlc::now_ms() as i64)?;
+    }
     tx.commit().ctx("commit apply")?;
     Ok(stats)
 }

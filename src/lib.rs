@@ -17,6 +17,7 @@
 //! - [`transport`]: the only user of the `nats` crate: stream, consumer, publish, fetch.
 //! - [`embedded`]: the local nats-server started when no server is configured.
 //! - [`node`]: the loop that joins them.
+//! - [`status`]: `harmonylite status`, read from the database.
 #![forbid(unsafe_code)]
 #![allow(deprecated)] // the sync `nats` crate is deprecated upstream; it is confined to transport
 
@@ -28,4 +29,5 @@ pub mod embedded;
 pub mod frame;
 pub mod hlc;
 pub mod node;
+pub mod status;
 pub mod transport;

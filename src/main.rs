@@ -15,6 +15,8 @@ harmonylite: leaderless SQLite replication over NATS JetStream
 
 Usage:
   harmonylite --config PATH     run a node in the foreground until SIGTERM/SIGINT
+  harmonylite status --config PATH [--json]
+                                show the node's state, read from its database
   harmonylite --help            show this help
   harmonylite --version         show the version
 
@@ -26,8 +28,13 @@ A first SIGTERM/SIGINT flushes the outbox (up to 5 s) and exits 0; a second exit
 ";
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
     let mut config: Option<PathBuf> = None;
+    let status = args.peek().map(String::as_str) == Some("status");
+    if status {
+        args.next();
+    }
+    let mut json = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => {
@@ -43,12 +50,25 @@ fn main() -> ExitCode {
                 None => return usage_error("--config needs a path"),
             },
             s if s.starts_with("--config=") => config = Some(s["--config=".len()..].into()),
+            "--json" if status => json = true,
             other => return usage_error(&format!("unknown argument {other:?}")),
         }
     }
     let Some(path) = config else {
         return usage_error("missing --config PATH");
     };
+    if status {
+        return match harmonylite::status::for_config(&path) {
+            Ok(st) => {
+                print!("{}", if json { st.to_json() + "\n" } else { st.to_text() });
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(if e.starts_with("config ") { 2 } else { 1 })
+            }
+        };
+    }
     let cfg = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {

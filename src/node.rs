@@ -16,6 +16,7 @@ use crate::db::{self, DbError};
 use crate::embedded::EmbeddedServer;
 use crate::frame::{self, FrameBuilder, Op, Pushed};
 use crate::hlc::Hlc;
+use crate::status;
 use crate::transport::{Outgoing, Transport, TransportError, ACK_TIMEOUT};
 
 /// Bytes of frames published before their acks are awaited (one publish round).
@@ -143,6 +144,7 @@ pub struct Node {
     /// Average encoded bytes of one published change, for the outbox estimate.
     bytes_per_change: f64,
     last_budget_check: Instant,
+    link_recorded: Option<bool>,
     data_version: Option<i64>,
     schema_version: i64,
     /// The outbox may hold changes (set by stamping, cleared when a read finds none).
@@ -213,6 +215,7 @@ impl Node {
             over_budget: false,
             bytes_per_change: 128.0,
             last_budget_check: Instant::now(),
+            link_recorded: None,
             data_version: None,
             schema_version,
             outbox_dirty: true,
@@ -379,10 +382,26 @@ impl Node {
         self.last_connect_error = None;
         self.backoff.reset();
         self.transport = Some(t);
+        self.record_link(true);
+    }
+
+    /// Writes the link state for `harmonylite status` (only when it changes).
+    fn record_link(&mut self, up: bool) {
+        if self.link_recorded == Some(up) {
+            return;
+        }
+        self.link_recorded = Some(up);
+        let write = db::set_meta(&self.conn, status::LINK_UP_KEY, up as i64)
+            .and_then(|_| db::set_meta(&self.conn, status::LINK_SINCE_KEY, crate::hlc::now_ms() as i64));
+        if let Err(e) = write {
+            log::debug!("cannot record the link state: {e}");
+            self.link_recorded = None;
+        }
     }
 
     fn connect_failed(&mut self, msg: String) {
         self.offline_since.get_or_insert_with(Instant::now);
+        self.record_link(false);
         let delay = self.backoff.fail();
         if self.last_connect_error.as_deref() != Some(&msg) || self.last_connect_log.elapsed() > REPEAT_LOG_EVERY {
             log::warn!("{msg}; retrying with backoff (local writes are kept and sent later)");
@@ -398,6 +417,7 @@ impl Node {
         log::warn!("{e}; will reconnect");
         self.transport = None;
         self.offline_since.get_or_insert_with(Instant::now);
+        self.record_link(false);
         self.next_connect = Instant::now() + self.backoff.fail();
     }
 
@@ -437,7 +457,7 @@ impl Node {
             log::info!("outbox back under budget: about {estimate} bytes in {pending} changes");
         }
         self.over_budget = over;
-        db::set_meta(&self.conn, "outbox_over_budget", over as i64)?;
+        db::set_meta(&self.conn, status::OVER_BUDGET_KEY, over as i64)?;
         Ok(())
     }
 
@@ -509,6 +529,7 @@ impl Node {
             for (i, version) in &marks {
                 capture::mark_published(&tx, &self.schema.tables[*i], *version)?;
             }
+            db::set_meta(&tx, status::LAST_PUBLISH_KEY, crate::hlc::now_ms() as i64)?;
             tx.commit().map_err(|source| DbError::Sql { op: "commit mark published", source })?;
             log::debug!("publish ok frames={} bytes={bytes} changes={changes}", frames.len());
             if changes > 0 {

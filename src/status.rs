@@ -1,0 +1,206 @@
+//! `harmonylite status`: what a person running the node wants to know, read from the database
+//! (not the process), so it works whether the node runs or not.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::apply::{CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, PARKED_TABLE};
+use crate::capture;
+use crate::config::Config;
+use crate::db::{self, Context, DbError, META_TABLE};
+use crate::hlc;
+
+/// Keys the node writes into `__hl_meta` for status.
+pub const LINK_UP_KEY: &str = "link_up";
+pub const LINK_SINCE_KEY: &str = "link_since_ms";
+pub const LAST_PUBLISH_KEY: &str = "last_publish_ms";
+pub const LAST_APPLY_KEY: &str = "last_apply_ms";
+pub const OVER_BUDGET_KEY: &str = "outbox_over_budget";
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Status {
+    pub db_path: String,
+    pub node_id: Option<u64>,
+    pub installed: bool,
+    pub tables: Vec<String>,
+    pub not_replicated: Vec<(String, String)>,
+    pub stream_position: u64,
+    pub hlc: u64,
+    pub outbox_changes: u64,
+    pub outbox_oldest_age_ms: Option<u64>,
+    pub outbox_over_budget: bool,
+    pub parked_changes: u64,
+    pub fragments_waiting: u64,
+    pub last_publish_ms: Option<u64>,
+    pub last_apply_ms: Option<u64>,
+    pub link_up: Option<bool>,
+    pub link_since_ms: Option<u64>,
+}
+
+pub fn read(cfg: &Config) -> Result<Status, DbError> {
+    let path = &cfg.db_path;
+    if !path.exists() {
+        return Err(DbError::Missing(path.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
+    conn.busy_timeout(db::BUSY_TIMEOUT).ctx("set busy timeout")?;
+    let mut st = Status { db_path: path.display().to_string(), ..Default::default() };
+    let schema = capture::scan(&conn, cfg)?;
+    st.tables = schema.tables.iter().map(|t| t.name().to_string()).collect();
+    st.not_replicated = schema.skipped.clone();
+    st.installed = exists(&conn, META_TABLE)?;
+    if !st.installed {
+        return Ok(st);
+    }
+    let meta = |key: &str| -> Result<Option<i64>, DbError> { db::get_meta(&conn, key) };
+    st.node_id = meta("node_id")?.map(|v| v as u64);
+    st.stream_position = meta(CURSOR_KEY)?.unwrap_or(0) as u64;
+    st.hlc = meta(HLC_KEY)?.unwrap_or(0) as u64;
+    st.outbox_over_budget = meta(OVER_BUDGET_KEY)? == Some(1);
+    st.last_publish_ms = meta(LAST_PUBLISH_KEY)?.map(|v| v as u64);
+    st.last_apply_ms = meta(LAST_APPLY_KEY)?.map(|v| v as u64);
+    st.link_up = meta(LINK_UP_KEY)?.map(|v| v == 1);
+    st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
+    let now = hlc::now_ms();
+    for t in &schema.tables {
+        if !exists(&conn, &format!("__hl_ver_{}", t.name()))? {
+            continue;
+        }
+        let (n, oldest): (i64, Option<i64>) = conn
+            .query_row(&format!("SELECT count(*), min(ver) FROM {} WHERE pending = 1", t.ver), [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .ctx("read outbox")?;
+        let logged: i64 = if exists(&conn, &format!("__hl_log_{}", t.name()))? {
+            conn.query_row(&format!("SELECT count(*) FROM {}", t.log), [], |r| r.get(0)).ctx("read change log")?
+        } else {
+            0
+        };
+        st.outbox_changes += (n + logged) as u64;
+        if let Some(v) = oldest {
+            let age = now.saturating_sub(hlc::wall_ms(v as u64));
+            st.outbox_oldest_age_ms = Some(st.outbox_oldest_age_ms.map_or(age, |a: u64| a.max(age)));
+        }
+    }
+    if exists(&conn, PARKED_TABLE)? {
+        st.parked_changes = count(&conn, PARKED_TABLE)?;
+    }
+    if exists(&conn, FRAGMENT_TABLE)? {
+        st.fragments_waiting = count(&conn, FRAGMENT_TABLE)?;
+    }
+    Ok(st)
+}
+
+fn exists(conn: &Connection, table: &str) -> Result<bool, DbError> {
+    conn.query_row("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1", [table], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+        .ctx("read schema")
+}
+
+fn count(conn: &Connection, table: &str) -> Result<u64, DbError> {
+    conn.query_row(&format!("SELECT count(*) FROM {}", db::quote(table)), [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+        .ctx("count rows")
+}
+
+fn ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => format!("{:.1} s ago", hlc::now_ms().saturating_sub(t) as f64 / 1000.0),
+    }
+}
+
+impl Status {
+    pub fn to_text(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "database:         {}", self.db_path);
+        let _ = writeln!(o, "node id:          {}", self.node_id.map_or("not assigned (never ran)".into(), |n| n.to_string()));
+        let _ = writeln!(o, "replicated:       {}", if self.tables.is_empty() { "(none)".into() } else { self.tables.join(", ") });
+        for (t, why) in &self.not_replicated {
+            let _ = writeln!(o, "not replicated:   {t}: {why}");
+        }
+        let _ = writeln!(o, "capture:          {}", if self.installed { "installed" } else { "not installed (the node never ran)" });
+        let _ = writeln!(o, "stream position:  {}", self.stream_position);
+        let link = match self.link_up {
+            None => "unknown (never connected)".to_string(),
+            Some(up) => format!("{} since {}", if up { "up" } else { "down" }, ago(self.link_since_ms)),
+        };
+        let _ = writeln!(o, "link:             {link}");
+        let oldest = self.outbox_oldest_age_ms.map_or(String::new(), |a| format!(", oldest {:.1} s", a as f64 / 1000.0));
+        let budget = if self.outbox_over_budget { ", OVER BUDGET" } else { "" };
+        let _ = writeln!(o, "outbox:           {} changes{oldest}{budget}", self.outbox_changes);
+        let _ = writeln!(o, "last publish:     {}", ago(self.last_publish_ms));
+        let _ = writeln!(o, "last apply:       {}", ago(self.last_apply_ms));
+        let _ = writeln!(o, "parked changes:   {}", self.parked_changes);
+        let _ = writeln!(o, "fragments held:   {}", self.fragments_waiting);
+        o
+    }
+
+    pub fn to_json(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+        let tables = self.tables.iter().map(|t| json_str(t)).collect::<Vec<_>>().join(",");
+        let skipped = self
+            .not_replicated
+            .iter()
+            .map(|(t, w)| format!("{{\"table\":{},\"reason\":{}}}", json_str(t), json_str(w)))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            "{{\"db_path\":{},\"node_id\":{},\"capture_installed\":{},\"tables\":[{tables}],\"not_replicated\":[{skipped}],\
+             \"stream_position\":{},\"hlc\":{},\"link_up\":{},\"link_since_ms\":{},\"outbox_changes\":{},\
+             \"outbox_oldest_age_ms\":{},\"outbox_over_budget\":{},\"last_publish_ms\":{},\"last_apply_ms\":{},\
+             \"parked_changes\":{},\"fragments_waiting\":{}}}",
+            json_str(&self.db_path),
+            opt(self.node_id),
+            self.installed,
+            self.stream_position,
+            self.hlc,
+            self.link_up.map_or("null".into(), |b| b.to_string()),
+            opt(self.link_since_ms),
+            self.outbox_changes,
+            opt(self.outbox_oldest_age_ms),
+            self.outbox_over_budget,
+            opt(self.last_publish_ms),
+            opt(self.last_apply_ms),
+            self.parked_changes,
+            self.fragments_waiting
+        )
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// Reads the status for the config at `path`.
+pub fn for_config(path: &Path) -> Result<Status, String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    read(&cfg).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}
