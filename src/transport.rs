@@ -24,8 +24,9 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 const ACK_POLL: Duration = Duration::from_millis(100);
 /// Deadline for stream and consumer management requests.
 pub const API_TIMEOUT: Duration = Duration::from_secs(5);
-/// Messages asked for in one pull request.
-pub const FETCH_BATCH: usize = 256;
+/// Messages asked for in one pull request. Frames are at most `max_frame_bytes` (256 KiB by
+/// default), so one batch holds at most 8 MiB in memory.
+pub const FETCH_BATCH: usize = 32;
 /// Messages the server may hand out before our acks.
 const MAX_ACK_PENDING: i64 = 4096;
 
