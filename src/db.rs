@@ -92,7 +92,9 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
     }
     // Foreign keys stay off on our connection: the origin already captured every cascaded
     // change, so the replica receives them as explicit changes and must not cascade again.
-    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA recursive_triggers=OFF;")
+    // A 512 KiB page cache (SQLite's default is 2 MiB) keeps a node's steady RSS small; the
+    // OS page cache still holds the file.
+    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA recursive_triggers=OFF; PRAGMA cache_size=-512;")
         .ctx("set connection pragmas")?;
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {META_TABLE}(key TEXT PRIMARY KEY, value) WITHOUT ROWID"
@@ -123,12 +125,12 @@ pub fn quote(name: &str) -> String {
 
 /// `PRAGMA data_version`: changes when another connection commits.
 pub fn data_version(conn: &Connection) -> Result<i64, DbError> {
-    conn.query_row("PRAGMA data_version", [], |r| r.get(0)).ctx("read data_version")
+    conn.prepare_cached("PRAGMA data_version").and_then(|mut s| s.query_row([], |r| r.get(0))).ctx("read data_version")
 }
 
 /// `PRAGMA schema_version`: changes with every schema change.
 pub fn schema_version(conn: &Connection) -> Result<i64, DbError> {
-    conn.query_row("PRAGMA schema_version", [], |r| r.get(0)).ctx("read schema_version")
+    conn.prepare_cached("PRAGMA schema_version").and_then(|mut s| s.query_row([], |r| r.get(0))).ctx("read schema_version")
 }
 
 /// The node id: configured, else persisted, else derived from the machine id and the database

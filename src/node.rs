@@ -28,6 +28,8 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The same warning is repeated at most this often.
 pub const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// How often the position past our own frames is written down.
+const OWN_CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// How often the outbox size is compared with its budget.
 const BUDGET_CHECK_EVERY: Duration = Duration::from_secs(10);
 
@@ -149,6 +151,9 @@ pub struct Node {
     schema_version: i64,
     /// The outbox may hold changes (set by stamping, cleared when a read finds none).
     outbox_dirty: bool,
+    /// Stream position past a run of our own frames, not yet written to the database.
+    own_cursor: Option<u64>,
+    own_cursor_saved: Instant,
     /// Fetched messages not yet applied (the apply failed and will be retried).
     unapplied: Vec<Incoming>,
     max_frame: usize,
@@ -219,6 +224,8 @@ impl Node {
             data_version: None,
             schema_version,
             outbox_dirty: true,
+            own_cursor: None,
+            own_cursor_saved: Instant::now(),
             unapplied: Vec::new(),
             max_frame,
         })
@@ -279,6 +286,10 @@ impl Node {
                 log::warn!("shutdown: {e}");
                 break;
             }
+        }
+        self.own_cursor_saved = Instant::now() - OWN_CURSOR_EVERY;
+        if let Err(e) = self.save_own_cursor() {
+            log::warn!("shutdown: {e}");
         }
         if self.outbox_dirty && self.cfg.publish {
             log::info!("unpublished changes stay in the outbox and are sent at the next start");
@@ -425,6 +436,7 @@ impl Node {
     pub fn tick(&mut self) -> Result<(), NodeError> {
         self.check_schema()?;
         self.stamp_if_changed()?;
+        self.save_own_cursor()?;
         if self.cfg.outbox_budget_bytes > 0 && self.last_budget_check.elapsed() > BUDGET_CHECK_EVERY {
             self.last_budget_check = Instant::now();
             self.check_budget()?;
@@ -458,6 +470,21 @@ impl Node {
         }
         self.over_budget = over;
         db::set_meta(&self.conn, status::OVER_BUDGET_KEY, over as i64)?;
+        Ok(())
+    }
+
+    /// Writes the position reached by passing over our own frames, at most once a second.
+    fn save_own_cursor(&mut self) -> Result<(), NodeError> {
+        let Some(seq) = self.own_cursor else { return Ok(()) };
+        if self.own_cursor_saved.elapsed() < OWN_CURSOR_EVERY {
+            return Ok(());
+        }
+        self.own_cursor_saved = Instant::now();
+        let current = db::get_meta(&self.conn, apply::CURSOR_KEY)?.unwrap_or(0) as u64;
+        if seq > current {
+            db::set_meta(&self.conn, apply::CURSOR_KEY, seq as i64)?;
+        }
+        self.own_cursor = None;
         Ok(())
     }
 
@@ -635,8 +662,24 @@ impl Node {
     }
 
     fn apply_unapplied(&mut self) -> Result<(), NodeError> {
+        // A batch of nothing but our own frames needs no write transaction (which would make
+        // the application wait for the lock): the cursor then advances with the next real
+        // batch, and a restart re-reads our own frames only to pass over them again.
+        let own = format!(".{}", self.node_id);
+        if self.unapplied.iter().all(|m| m.subject.ends_with(&own)) {
+            let last = self.unapplied.iter().map(|m| m.seq).max();
+            self.own_cursor = self.own_cursor.max(last);
+            self.unapplied.clear();
+            if let Some(t) = self.transport.as_mut() {
+                if let Err(e) = t.ack_fetched() {
+                    self.drop_transport(&e);
+                }
+            }
+            return Ok(());
+        }
         let stats = apply::apply_batch(&mut self.conn, &self.schema, &mut self.hlc, self.node_id, &self.unapplied)?;
         self.unapplied.clear();
+        self.own_cursor = None; // the apply moved the cursor past them
         if let Some((origin, ahead)) = stats.ahead.filter(|a| a.1 > self.cfg.max_clock_drift_ms) {
             let due = self.clock_reports.get(&origin).map_or(true, |t| t.elapsed() > REPEAT_LOG_EVERY);
             if due {

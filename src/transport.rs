@@ -27,6 +27,12 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages asked for in one pull request. Frames are at most `max_frame_bytes` (256 KiB by
 /// default), so one batch holds at most 8 MiB in memory.
 pub const FETCH_BATCH: usize = 32;
+/// How long one pull request waits on the server. Messages are delivered as soon as they
+/// arrive, so a long wait costs no latency; it saves wakeups on an idle node.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// A request whose end (batch delivered, or the server's 408) is still unseen this long after
+/// its expiry was lost (a reconnect); another is sent.
+const PULL_GRACE: Duration = Duration::from_secs(5);
 /// Messages the server may hand out before our acks.
 const MAX_ACK_PENDING: i64 = 4096;
 
@@ -84,9 +90,16 @@ pub struct Transport {
 
 struct Puller {
     sub: PullSubscription,
-    /// When the outstanding pull request expires, if one is outstanding.
-    outstanding_until: Option<Instant>,
+    /// The outstanding pull request, if any. At most one is outstanding, so an idle node sends
+    /// one request per [`PULL_EXPIRES`], not one per poll.
+    request: Option<PullRequest>,
     last: Option<nats::Message>,
+}
+
+struct PullRequest {
+    /// Messages it may still deliver.
+    remaining: usize,
+    expires_at: Instant,
 }
 
 /// A stream's size and sequence range.
@@ -204,7 +217,7 @@ impl Transport {
             let sub = js
                 .pull_subscribe_with_options(&filter, &PullSubscribeOptions::new().bind_stream(stream.clone()).durable_name(durable.clone()))
                 .map_err(setup(&format!("bind consumer {durable}")))?;
-            Some(Puller { sub, outstanding_until: None, last: None })
+            Some(Puller { sub, request: None, last: None })
         } else {
             None
         };
@@ -307,12 +320,12 @@ impl Transport {
             return Ok(Vec::new());
         };
         let now = Instant::now();
-        if p.outstanding_until.map_or(true, |t| t <= now) {
-            let expires = wait.max(Duration::from_millis(10));
+        if p.request.as_ref().map_or(true, |r| now > r.expires_at + PULL_GRACE) {
+            let expires = Some(PULL_EXPIRES.as_nanos() as usize);
             p.sub
-                .request_batch(BatchOptions { batch: FETCH_BATCH, expires: Some(expires.as_nanos() as usize), no_wait: false })
+                .request_batch(BatchOptions { batch: FETCH_BATCH, expires, no_wait: false })
                 .map_err(TransportError::Fetch)?;
-            p.outstanding_until = Some(now + expires);
+            p.request = Some(PullRequest { remaining: FETCH_BATCH, expires_at: now + PULL_EXPIRES });
         }
         let mut out = Vec::new();
         let mut timeout = wait;
@@ -321,23 +334,29 @@ impl Transport {
                 Ok(msg) => {
                     let status = msg.headers.as_ref().and_then(|h| h.get(nats::header::STATUS)).is_some();
                     if status && msg.data.is_empty() {
-                        // 408 expired, 409 and the like: the request is over
-                        p.outstanding_until = None;
+                        // 409 and the like: the request is over
+                        p.request = None;
                         break;
                     }
                     if let Some(info) = msg.jetstream_message_info() {
                         out.push(Incoming { seq: info.stream_seq, subject: msg.subject.clone(), data: msg.data.clone() });
                         p.last = Some(msg);
+                        if let Some(r) = p.request.as_mut() {
+                            r.remaining = r.remaining.saturating_sub(1);
+                            if r.remaining == 0 {
+                                p.request = None;
+                            }
+                        }
                     }
                     if out.len() >= FETCH_BATCH {
-                        p.outstanding_until = None;
                         break;
                     }
                     timeout = Duration::ZERO; // drain what is already here, then apply
                 }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
                 Err(_) => {
-                    p.outstanding_until = None;
+                    // the server's 408 (request expired), or the subscription is gone
+                    p.request = None;
                     break;
                 }
             }
