@@ -64,6 +64,12 @@ impl fmt::Display for TransportError {
 
 impl std::error::Error for TransportError {}
 
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.live.store(false, Ordering::Relaxed);
+    }
+}
+
 /// The client's own reconnect delay: doubling from `min_ms` to `max_ms`, with up to 25% jitter.
 fn reconnect_delay(min_ms: u64, max_ms: u64, attempts: usize) -> Duration {
     let base = min_ms.saturating_mul(1u64 << attempts.min(20)).min(max_ms);
@@ -83,6 +89,10 @@ pub struct Transport {
     pull: Option<Puller>,
     /// Set by the client's callbacks while the TCP link is down.
     disconnected: Arc<AtomicBool>,
+    /// Set by the client's reconnect callback: the outstanding pull request is gone.
+    reconnected: Arc<AtomicBool>,
+    /// Set once setup completed; cleared on drop, so closing does not log "disconnected".
+    live: Arc<AtomicBool>,
     max_payload: usize,
     /// The stream restarted its sequence below our cursor; the caller must reset its cursor.
     pub cursor_reset: bool,
@@ -136,6 +146,11 @@ impl Transport {
         let (down, up) = (disconnected.clone(), disconnected.clone());
         let since = Arc::new(std::sync::Mutex::new(Instant::now()));
         let since_up = since.clone();
+        // The server forgets our pull request when the link drops: ask anew after a reconnect.
+        let reconnected = Arc::new(AtomicBool::new(false));
+        let renew = reconnected.clone();
+        let live = Arc::new(AtomicBool::new(false));
+        let live_down = live.clone();
         let (min, max) = (cfg.nats.reconnect_min_ms, cfg.nats.reconnect_max_ms);
         let nc = opts
             .with_name(&format!("harmonylite node {node}"))
@@ -144,10 +159,14 @@ impl Transport {
             .disconnect_callback(move || {
                 down.store(true, Ordering::Relaxed);
                 *since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                log::warn!("nats disconnected; reconnecting with backoff");
+                // a connection dropped after a failed setup, or at shutdown, is not news
+                if live_down.load(Ordering::Relaxed) {
+                    log::warn!("nats disconnected; reconnecting with backoff");
+                }
             })
             .reconnect_callback(move || {
                 up.store(false, Ordering::Relaxed);
+                renew.store(true, Ordering::Relaxed);
                 let lost = since_up.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
                 log::info!("nats reconnected after {:.1} s", lost.as_secs_f64());
             })
@@ -232,6 +251,11 @@ impl Transport {
             batch_no: 0,
             pull,
             disconnected,
+            reconnected,
+            live: {
+                live.store(true, Ordering::Relaxed);
+                live
+            },
             max_payload,
             cursor_reset,
         })
@@ -304,7 +328,7 @@ impl Transport {
             let body = String::from_utf8_lossy(&msg.data);
             if body.contains("\"error\"") || !body.contains("\"seq\"") {
                 let status = msg.headers.as_ref().and_then(|h| h.get(nats::header::STATUS).cloned()).unwrap_or_default();
-                return Err(fail(format!("server answered {body} {status}").trim().to_string()));
+                return Err(fail(format!("server answered {}", [body.trim(), status.trim()].join(" ").trim())));
             }
             if i < acked.len() && !acked[i] {
                 acked[i] = true;
@@ -320,6 +344,9 @@ impl Transport {
             return Ok(Vec::new());
         };
         let now = Instant::now();
+        if self.reconnected.swap(false, Ordering::Relaxed) {
+            p.request = None;
+        }
         if p.request.as_ref().map_or(true, |r| now > r.expires_at + PULL_GRACE) {
             let expires = Some(PULL_EXPIRES.as_nanos() as usize);
             p.sub

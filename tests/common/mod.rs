@@ -2,7 +2,12 @@
 //! nodes running the real binary, the "application" (tests/app.py, a separate process), exact
 //! table dumps, and waits that poll until a named deadline.
 //!
-//! This file: temp dir, ports, processes, nats-server, nodes. `sql.rs`: the app, dumps, waits.
+//! This file: temp dir, ports, processes, nats-server (single, clustered or from a config file),
+//! nodes, a seeded PRNG. `sql.rs`: the app (one process per script, or a long-lived
+//! `AppSession`), dumps, waits. `proxy.rs`: a fault-injecting TCP proxy (pass, delay, blackhole,
+//! reset, flap) to put between a node and its server or between a leaf and its hub.
+//! `workload.rs`: apps writing numbered rows and knowing what they committed, the rows every
+//! node must then hold, log checks (for the fault tests).
 //!
 //! Every test owns its temp dir and its nats-server. Declare the `TestDir` first so it is
 //! dropped last (locals drop in reverse order): nodes and servers are killed before the dir goes.
@@ -22,6 +27,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod sql;
 pub use sql::*;
+pub mod proxy;
+#[allow(unused_imports)] // only the fault tests use it
+pub use proxy::Proxy;
+pub mod workload;
+#[allow(unused_imports)] // only the fault tests use it
+pub use workload::*;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_harmonylite");
@@ -189,6 +200,10 @@ pub struct NatsServer {
     store: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Arguments after the defaults (`start_custom`): cluster flags, `-c FILE`, `-n NAME`.
+    extra: Vec<String>,
+    /// `-js -sd <store>` (false: a server without JetStream, e.g. a leaf).
+    jetstream: bool,
 }
 
 impl NatsServer {
@@ -201,6 +216,34 @@ impl NatsServer {
             store: dir.join("nats-store"),
             log: dir.join("nats-server.log"),
             child: None,
+            extra: Vec::new(),
+            jetstream: true,
+        };
+        s.spawn();
+        s
+    }
+
+    /// A nats-server on the given ports with store `<dir>/<name>-store` and log
+    /// `<dir>/<name>.log`; `-js -sd <store>` when `jetstream`, then `extra` (e.g. `-n NAME`,
+    /// cluster flags, `-c FILE`; command-line flags override the config file). Waits until `/jsz`
+    /// answers (for a cluster that is before a meta leader exists: see `wait_meta_leader`).
+    pub fn start_custom(
+        dir: &Path,
+        name: &str,
+        port: u16,
+        mon: u16,
+        jetstream: bool,
+        extra: &[String],
+    ) -> NatsServer {
+        let mut s = NatsServer {
+            bin: nats_server_bin(),
+            port,
+            mon,
+            store: dir.join(format!("{name}-store")),
+            log: dir.join(format!("{name}.log")),
+            child: None,
+            extra: extra.to_vec(),
+            jetstream,
         };
         s.spawn();
         s
@@ -218,9 +261,12 @@ impl NatsServer {
                 "-m",
                 &self.mon.to_string(),
             ])
-            .arg("-js")
-            .arg("-sd")
-            .arg(&self.store)
+            .args(if self.jetstream {
+                vec!["-js".into(), "-sd".into(), self.store.display().to_string()]
+            } else {
+                Vec::new()
+            })
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -272,6 +318,61 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// SIGKILL (no clean shutdown), e.g. a server lost with its machine.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again after `stop` or `kill9`: same ports, same store, same arguments.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// The server's log (all runs).
+    pub fn log(&self) -> String {
+        read_lossy(&self.log)
+    }
+
+    /// Polls `/jsz` until this server reports a JetStream meta leader (a clustered server has
+    /// none for a moment after start, and after losing the leader).
+    pub fn wait_meta_leader(&self, timeout: Duration) {
+        wait_until_or(
+            &format!(
+                "nats-server on port {} reports a JetStream meta leader",
+                self.port
+            ),
+            timeout,
+            || self.meta_leader().is_some(),
+            || {
+                format!(
+                    "/jsz: {}\n{}",
+                    self.monitor("/jsz").unwrap_or_default(),
+                    tail(&self.log(), 30)
+                )
+            },
+        );
+    }
+
+    /// The `meta_cluster.leader` of `/jsz`, if any.
+    pub fn meta_leader(&self) -> Option<String> {
+        let body = self.monitor("/jsz")?;
+        let meta = &body[body.find("\"meta_cluster\"")?..];
+        let key = "\"leader\":";
+        let rest = meta[meta.find(key)? + key.len()..].trim_start();
+        let name = rest.strip_prefix('"')?.split('"').next()?;
+        (!name.is_empty()).then(|| name.to_string())
     }
 
     /// GET a monitoring endpoint (e.g. `/jsz?streams=1`), returning the body.
@@ -332,6 +433,8 @@ pub struct Node {
     child: Option<Child>,
     /// Length of the log when the current process was spawned: `wait_ready` looks after it.
     log_start: u64,
+    /// Extra environment of the process (`start_with_env`).
+    env: Vec<(String, String)>,
 }
 
 /// The TOML `Node::start` writes: `db_path`, `polling_interval = 50` (unless `extra` sets it),
@@ -380,6 +483,17 @@ pub fn toml_str(s: &str) -> String {
 impl Node {
     /// Writes the config and spawns the binary. The DB (with the app's tables) should exist.
     pub fn start(dir: &Path, name: &str, extra_toml: &str, nats_url: Option<&str>) -> Node {
+        Node::start_with_env(dir, name, extra_toml, nats_url, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the process (kept across restarts).
+    pub fn start_with_env(
+        dir: &Path,
+        name: &str,
+        extra_toml: &str,
+        nats_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Node {
         let db = dir.join(format!("{name}.db"));
         let config = dir.join(format!("{name}.toml"));
         fs::write(&config, node_toml(&db, extra_toml, nats_url)).unwrap();
@@ -390,6 +504,10 @@ impl Node {
             log_path: dir.join(format!("{name}.log")),
             child: None,
             log_start: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         n.spawn();
         n
@@ -409,12 +527,19 @@ impl Node {
         let child = Command::new(BIN)
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
         self.child = Some(child);
+    }
+
+    /// Sets (or replaces) an environment variable for the next spawn (`restart`).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Spawn again with the same config (after `stop` or `kill9`).
@@ -699,5 +824,41 @@ impl Drop for Reaper {
                 .arg(pid.to_string())
                 .status();
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeded randomness
+
+/// A tiny deterministic PRNG (xorshift64*), so workloads and fault timing are reproducible
+/// from a printed seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // Mix the seed so nearby seeds give unrelated sequences; never zero.
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in 0..n (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// A duration uniform in `lo..hi` (milliseconds).
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi.saturating_sub(lo).max(1)))
     }
 }

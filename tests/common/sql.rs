@@ -283,3 +283,105 @@ pub fn wait_query(db: &Path, sql: &str, expected: &str, timeout: Duration) {
         std::thread::sleep(POLL);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A long-lived application process
+
+/// The long-lived application script (same SQLite use as `APP`, one process for many
+/// transactions: for workloads that write faster than a process start per transaction).
+pub const APP_SESSION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/app_session.py");
+
+/// One `tests/app_session.py DB` process: `exec` sends a script and waits for its answer.
+/// The process ends when the session is dropped (its stdin closes).
+pub struct AppSession {
+    db: std::path::PathBuf,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl AppSession {
+    pub fn open(db: &Path) -> AppSession {
+        let mut child = Command::new(python())
+            .arg(APP_SESSION)
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run python3 {APP_SESSION}: {e}"));
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        AppSession {
+            db: db.to_path_buf(),
+            child,
+            stdin: Some(stdin),
+            stdout,
+        }
+    }
+
+    /// Runs `sql` (a script; one transaction when it says BEGIN ... COMMIT); Err(message) when
+    /// SQLite refused it.
+    pub fn exec_result(&mut self, sql: &str) -> Result<(), String> {
+        use std::io::{BufRead, Write};
+        let stdin = self.stdin.as_mut().expect("app session open");
+        writeln!(stdin, "{}", json_str(sql))
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("app session {}: write: {e}", self.db.display()));
+        let mut line = String::new();
+        let n = self
+            .stdout
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("app session {}: read: {e}", self.db.display()));
+        assert!(
+            n > 0,
+            "app session {} ended unexpectedly",
+            self.db.display()
+        );
+        match line.trim_end() {
+            "ok" => Ok(()),
+            other => Err(other.strip_prefix("err ").unwrap_or(other).to_string()),
+        }
+    }
+
+    /// Like `exec_result`; panics when the app's write failed.
+    pub fn exec(&mut self, sql: &str) {
+        if let Err(e) = self.exec_result(sql) {
+            let shown: String = sql.chars().take(300).collect();
+            panic!("app {} failed: {e}\nsql: {shown}", self.db.display());
+        }
+    }
+}
+
+impl Drop for AppSession {
+    fn drop(&mut self) {
+        // Closing stdin ends the script; kill it if it does not end promptly.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A JSON string literal.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

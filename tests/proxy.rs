@@ -1,0 +1,321 @@
+//! The fault-injecting proxy of the test helpers (`tests/common/proxy.rs`), checked against a
+//! local echo server: pass forwards bytes both ways, delay adds latency, blackhole forwards
+//! nothing (and delivers what it held once the link passes again), reset closes connections and
+//! refuses new ones until pass, flap alternates, and dropping the proxy ends everything.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::Proxy;
+
+/// An echo server on a free port; threads end when it is dropped.
+struct Echo {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start() -> Echo {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let st2 = st.clone();
+                        conns.push(std::thread::spawn(move || {
+                            c.set_nonblocking(false).unwrap();
+                            c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                            let mut buf = [0u8; 4096];
+                            while !st2.load(Ordering::SeqCst) {
+                                match c.read(&mut buf) {
+                                    Ok(0) => return,
+                                    Ok(n) => {
+                                        if c.write_all(&buf[..n]).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        }));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Echo {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn connect(p: &Proxy) -> TcpStream {
+    let s = TcpStream::connect_timeout(&p.addr(), Duration::from_secs(2)).expect("connect proxy");
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    s
+}
+
+/// Reads until `n` bytes arrived or `timeout` passed; returns what arrived, or Err on EOF/error
+/// (with what arrived before).
+fn read_for(s: &mut TcpStream, n: usize, timeout: Duration) -> Result<Vec<u8>, Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < n && Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return Err(got),
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Err(got),
+        }
+    }
+    Ok(got)
+}
+
+/// True when the connection is closed by the far end within `timeout` (EOF or reset).
+fn closed_within(s: &mut TcpStream, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn pass_forwards_bytes_both_ways() {
+    let echo = Echo::start();
+    let p = Proxy::start(echo.addr);
+    assert_eq!(p.url(), format!("nats://127.0.0.1:{}", p.addr().port()));
+    let mut c = connect(&p);
+    let msg: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = c.try_clone().unwrap();
+    let m2 = msg.clone();
+    let writer = std::thread::spawn(move || w.write_all(&m2).unwrap());
+    let got = read_for(&mut c, msg.len(), Duration::from_secs(10)).expect("open");
+    writer.join().unwrap();
+    assert_eq!(got.len(), msg.len());
+    assert!(got == msg, "echoed bytes differ");
+    assert_eq!(p.accepted(), 1);
+    assert_eq!(p.open_connections(), 1);
+    // The counter is bumped just after each write: let the last one land.
+    common::wait_until(
+        "proxy counted every forwarded byte",
+        Duration::from_secs(2),
+        || p.forwarded_bytes() == 2 * msg.len() as u64,
+    );
+}
+
+#[test]
+fn delay_adds_latency_per_chunk() {
+    let echo = Echo::start();
+    let p = Proxy::start(echo.addr);
+    let mut c = connect(&p);
+    c.write_all(b"warm").unwrap();
+    assert_eq!(
+        read_for(&mut c, 4, Duration::from_secs(2)).unwrap(),
+        b"warm"
+    );
+    p.delay(Duration::from_millis(200));
+    let t = Instant::now();
+    c.write_all(b"slow").unwrap();
+    assert_eq!(
+        read_for(&mut c, 4, Duration::from_secs(3)).unwrap(),
+        b"slow"
+    );
+    // 200 ms each way.
+    let rtt = t.elapsed();
+    assert!(rtt >= Duration::from_millis(390), "round trip took {rtt:?}");
+    assert!(rtt < Duration::from_secs(2), "round trip took {rtt:?}");
+    p.pass();
+    let t = Instant::now();
+    c.write_all(b"fast").unwrap();
+    assert_eq!(
+        read_for(&mut c, 4, Duration::from_secs(2)).unwrap(),
+        b"fast"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn blackhole_forwards_nothing_and_holds_the_bytes() {
+    let echo = Echo::start();
+    let p = Proxy::start(echo.addr);
+    let mut c = connect(&p);
+    c.write_all(b"before").unwrap();
+    assert_eq!(
+        read_for(&mut c, 6, Duration::from_secs(2)).unwrap(),
+        b"before"
+    );
+    let fwd = p.forwarded_bytes();
+    p.blackhole();
+    c.write_all(b"held").unwrap();
+    let got = read_for(&mut c, 1, Duration::from_millis(300)).expect("still open");
+    assert!(got.is_empty(), "blackhole forwarded {got:?}");
+    assert_eq!(p.forwarded_bytes(), fwd);
+    // A new connection is accepted and kept, but reaches nothing.
+    let mut c2 = connect(&p);
+    c2.write_all(b"new").unwrap();
+    let got = read_for(&mut c2, 1, Duration::from_millis(300)).expect("still open");
+    assert!(got.is_empty(), "blackhole forwarded {got:?}");
+    assert_eq!(p.accepted(), 2);
+    // When the link passes again, what was sent meanwhile arrives intact, in order.
+    p.pass();
+    assert_eq!(
+        read_for(&mut c, 4, Duration::from_secs(2)).unwrap(),
+        b"held"
+    );
+    assert_eq!(
+        read_for(&mut c2, 3, Duration::from_secs(2)).unwrap(),
+        b"new"
+    );
+}
+
+#[test]
+fn reset_closes_connections_and_refuses_new_ones_until_pass() {
+    let echo = Echo::start();
+    let p = Proxy::start(echo.addr);
+    let mut c = connect(&p);
+    c.write_all(b"x").unwrap();
+    assert_eq!(read_for(&mut c, 1, Duration::from_secs(2)).unwrap(), b"x");
+    p.reset();
+    assert!(
+        closed_within(&mut c, Duration::from_secs(1)),
+        "reset left the connection open"
+    );
+    assert_eq!(p.open_connections(), 0);
+    // New connections are closed at once.
+    for _ in 0..3 {
+        let mut n = connect(&p);
+        let _ = n.write_all(b"y");
+        assert!(
+            closed_within(&mut n, Duration::from_secs(1)),
+            "a connection made during reset stayed open"
+        );
+    }
+    p.pass();
+    let mut c = connect(&p);
+    c.write_all(b"again").unwrap();
+    assert_eq!(
+        read_for(&mut c, 5, Duration::from_secs(2)).unwrap(),
+        b"again"
+    );
+}
+
+#[test]
+fn flap_alternates_pass_and_reset_then_passes() {
+    let echo = Echo::start();
+    let p = Proxy::start(echo.addr);
+    let until = Instant::now() + Duration::from_millis(2000);
+    p.flap(
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+        until,
+    );
+    // Within the first up period a connection works, then the first down period closes it.
+    let mut c = connect(&p);
+    c.write_all(b"up").unwrap();
+    assert_eq!(
+        read_for(&mut c, 2, Duration::from_millis(250)).unwrap(),
+        b"up"
+    );
+    assert!(
+        closed_within(&mut c, Duration::from_millis(800)),
+        "the down period did not close the connection"
+    );
+    // Count up/down observations by connecting repeatedly until the schedule ends.
+    let (mut ups, mut downs) = (0, 0);
+    while Instant::now() < until {
+        let mut n = connect(&p);
+        let _ = n.write_all(b"z");
+        match read_for(&mut n, 1, Duration::from_millis(50)) {
+            Ok(b) if b == b"z" => ups += 1,
+            _ => downs += 1,
+        }
+        std::thread::sleep(Duration::from_millis(30)); // pacing of the probe
+    }
+    assert!(ups > 0 && downs > 0, "ups={ups} downs={downs}");
+    // After `until` it passes for good.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut c = connect(&p);
+    for i in 0..5u8 {
+        c.write_all(&[i]).unwrap();
+        assert_eq!(read_for(&mut c, 1, Duration::from_secs(1)).unwrap(), [i]);
+        std::thread::sleep(Duration::from_millis(100)); // spans what would be a down period
+    }
+}
+
+#[test]
+fn dropping_the_proxy_closes_connections_and_ends_its_threads() {
+    let echo = Echo::start();
+    let p = Proxy::start(echo.addr);
+    let mut a = connect(&p);
+    let mut b = connect(&p);
+    a.write_all(b"a").unwrap();
+    assert_eq!(read_for(&mut a, 1, Duration::from_secs(2)).unwrap(), b"a");
+    p.blackhole();
+    let addr = p.addr();
+    let t = Instant::now();
+    drop(p);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "drop took {:?}",
+        t.elapsed()
+    );
+    assert!(closed_within(&mut a, Duration::from_secs(1)));
+    assert!(closed_within(&mut b, Duration::from_secs(1)));
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err());
+}
+
+/// Same port again: a node configured with a URL where nothing listens yet can later find a
+/// proxy there.
+#[test]
+fn start_on_a_chosen_port() {
+    let echo = Echo::start();
+    let port = common::free_port();
+    let p = Proxy::start_on(port, echo.addr);
+    assert_eq!(p.port(), port);
+    let mut c = connect(&p);
+    c.write_all(b"ok").unwrap();
+    assert_eq!(read_for(&mut c, 2, Duration::from_secs(2)).unwrap(), b"ok");
+}
