@@ -16,7 +16,7 @@
 //! - [`apply`]: applying remote frames with last-writer-wins, tombstones, no echo, the cursor.
 //! - [`transport`]: the only user of the `nats` crate: stream, consumer, publish, fetch.
 //! - [`embedded`]: the local nats-server started when no server is configured.
-//! - [`node`]: the loop that joins them.
+//! - [`node`]: the loop that joins them (its publish round in `node/publish.rs`).
 //! - [`status`]: `harmonylite status`, read from the database.
 #![forbid(unsafe_code)]
 #![allow(deprecated)] // the sync `nats` crate is deprecated upstream; it is confined to transport

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::apply::{self, Incoming};
-use crate::capture::{self, Pending, Schema};
+use crate::capture::{self, Schema};
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::embedded::EmbeddedServer;
-use crate::frame::{self, FrameBuilder, Op, Pushed};
 use crate::hlc::Hlc;
 use crate::status;
-use crate::transport::{Outgoing, Transport, TransportError, ACK_TIMEOUT};
+use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
+
+mod publish;
 
 /// Bytes of frames published before their acks are awaited (one publish round).
 pub const ROUND_BYTES: usize = 8 * 1024 * 1024;
@@ -453,26 +454,6 @@ impl Node {
         self.transport.as_ref().is_some_and(|t| t.is_connected())
     }
 
-    /// Compares the outbox (pending changes times their average encoded size) with the budget.
-    /// Crossing it is reported; nothing is dropped and the application is never blocked (the
-    /// outbox holds one entry per changed row, so it cannot outgrow the tables themselves).
-    fn check_budget(&mut self) -> Result<(), NodeError> {
-        let pending = capture::outbox_len(&self.conn, &self.schema)?;
-        let estimate = (pending as f64 * self.bytes_per_change) as u64;
-        let over = estimate > self.cfg.outbox_budget_bytes;
-        if over && !self.over_budget {
-            log::warn!(
-                "outbox over budget: about {estimate} bytes in {pending} unpublished changes (outbox_budget_bytes={}); nothing is dropped, they are sent when NATS is reachable",
-                self.cfg.outbox_budget_bytes
-            );
-        } else if !over && self.over_budget {
-            log::info!("outbox back under budget: about {estimate} bytes in {pending} changes");
-        }
-        self.over_budget = over;
-        db::set_meta(&self.conn, status::OVER_BUDGET_KEY, over as i64)?;
-        Ok(())
-    }
-
     /// Writes the position reached by passing over our own frames, at most once a second.
     fn save_own_cursor(&mut self) -> Result<(), NodeError> {
         let Some(seq) = self.own_cursor else { return Ok(()) };
@@ -532,106 +513,6 @@ impl Node {
             log::info!("retried parked changes applied={done} still_parked={left}");
         }
         Ok(())
-    }
-
-    /// Publishes pending local changes in rounds of up to [`ROUND_BYTES`], marking each round
-    /// published only after JetStream acknowledged all of its frames.
-    fn publish_round(&mut self, deadline: Instant) -> Result<(), NodeError> {
-        loop {
-            let (frames, marks, more, changes) = self.build_round()?;
-            if frames.is_empty() {
-                if !more {
-                    self.outbox_dirty = false;
-                }
-                return Ok(());
-            }
-            let Some(t) = self.transport.as_mut() else { return Ok(()) };
-            let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
-            let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-            if let Err(e) = t.publish_all(&frames, timeout) {
-                self.drop_transport(&e);
-                return Ok(());
-            }
-            let tx = self.conn.transaction().map_err(|source| DbError::Sql { op: "begin mark published", source })?;
-            for (i, version) in &marks {
-                capture::mark_published(&tx, &self.schema.tables[*i], *version)?;
-            }
-            db::set_meta(&tx, status::LAST_PUBLISH_KEY, crate::hlc::now_ms() as i64)?;
-            tx.commit().map_err(|source| DbError::Sql { op: "commit mark published", source })?;
-            log::debug!("publish ok frames={} bytes={bytes} changes={changes}", frames.len());
-            if changes > 0 {
-                self.bytes_per_change = 0.8 * self.bytes_per_change + 0.2 * (bytes as f64 / changes as f64);
-            }
-            if !more {
-                self.outbox_dirty = false;
-                return Ok(());
-            }
-        }
-    }
-
-    /// Reads pending changes into frames until the round is full. Returns the frames, the
-    /// highest version read per table, and whether changes remain.
-    fn build_round(&self) -> Result<(Vec<Outgoing>, Vec<(usize, u64)>, bool, usize), NodeError> {
-        let node = self.node_id;
-        let max = self.max_frame;
-        let mut frames: Vec<Outgoing> = Vec::new();
-        let mut bytes = 0usize;
-        let mut marks = Vec::new();
-        let mut more = false;
-        let mut changes = 0usize;
-        let mut builder = FrameBuilder::new(node, max);
-        let seal = |data: Vec<u8>, frames: &mut Vec<Outgoing>, bytes: &mut usize| {
-            *bytes += data.len();
-            frames.push(Outgoing { msg_id: format!("{node}-{:016x}", frame::fnv64(&data)), data });
-        };
-        // One read transaction: a consistent view of rows and versions.
-        let tx = self.conn.unchecked_transaction().map_err(|source| DbError::Sql { op: "begin read outbox", source })?;
-        for (i, t) in self.schema.tables.iter().enumerate() {
-            if more {
-                break;
-            }
-            let last = capture::read_pending(&tx, t, |version, change| {
-                if bytes >= ROUND_BYTES {
-                    more = true;
-                    return false;
-                }
-                let op = match change {
-                    Pending::Upsert(v) => Op::Upsert(v),
-                    Pending::Delete(k) => Op::Delete(k),
-                };
-                changes += 1;
-                match builder.push(&t.header, version, op.clone()) {
-                    Pushed::Added => {}
-                    Pushed::Full => {
-                        seal(builder.finish(), &mut frames, &mut bytes);
-                        if bytes >= ROUND_BYTES {
-                            more = true;
-                            return false;
-                        }
-                        let again = builder.push(&t.header, version, op);
-                        debug_assert_eq!(again, Pushed::Added);
-                    }
-                    Pushed::TooLarge => {
-                        if !builder.is_empty() {
-                            seal(builder.finish(), &mut frames, &mut bytes);
-                        }
-                        let whole = frame::encode_single(node, &t.header, version, op);
-                        for part in frame::fragment(node, version, &whole, max) {
-                            seal(part, &mut frames, &mut bytes);
-                        }
-                    }
-                }
-                true
-            })?;
-            if let Some(v) = last {
-                marks.push((i, v));
-            }
-        }
-        if !builder.is_empty() {
-            seal(builder.finish(), &mut frames, &mut bytes);
-        }
-        drop(tx);
-        Ok((frames, marks, more, changes))
     }
 
     /// Fetches and applies the next messages, waiting up to `wait`. Returns whether anything
