@@ -256,9 +256,19 @@ pub fn install(conn: &mut Connection, schema: &Schema) -> Result<u64, DbError> {
             }
         }
         if missing {
+            // Rows this node already knows at their current version (a restored snapshot, a
+            // re-created trigger) are not news; rows it has no live version for are.
             let cols = t.pk_columns().join(", ");
+            let known = t.pk_columns().iter().enumerate().map(|(i, c)| format!("v.k{i} IS a.{c}")).collect::<Vec<_>>().join(" AND ");
             backfilled += tx
-                .execute(&format!("INSERT INTO {log}(op, ts, {keys}) SELECT {OP_UPSERT}, {TS_SQL}, {cols} FROM {}", quote(t.name())), [])
+                .execute(
+                    &format!(
+                        "INSERT INTO {log}(op, ts, {keys}) SELECT {OP_UPSERT}, {TS_SQL}, {cols} FROM {} a \
+                         WHERE NOT EXISTS (SELECT 1 FROM {ver} v WHERE {known} AND v.del = 0)",
+                        quote(t.name())
+                    ),
+                    [],
+                )
                 .ctx("queue existing rows")? as u64;
         }
     }

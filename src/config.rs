@@ -93,16 +93,37 @@ pub struct ReplicationLog {
     pub shards: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
-    #[serde(default)]
+    /// Save snapshots periodically and restore one when the stream cannot bring this node up
+    /// to date.
+    #[serde(default = "yes")]
     pub enabled: bool,
-    /// Interval between snapshots, milliseconds.
+    /// Interval between snapshots, milliseconds; 0 means the default, one hour.
     #[serde(default)]
     pub interval: u64,
+    /// Where snapshots live: only "nats" (a JetStream object store) is supported.
     #[serde(default)]
     pub store: Option<String>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot { enabled: true, interval: 0, store: None }
+    }
+}
+
+impl Snapshot {
+    pub const DEFAULT_INTERVAL_MS: u64 = 3_600_000;
+
+    pub fn interval_ms(&self) -> u64 {
+        if self.interval == 0 {
+            Self::DEFAULT_INTERVAL_MS
+        } else {
+            self.interval
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +309,12 @@ impl Config {
         }
         if self.replication_log.replicas < 1 || self.replication_log.replicas > 5 {
             return Err("[replication_log] replicas: expected 1 to 5".into());
+        }
+        if let Some(store) = self.snapshot.store.as_deref().filter(|s| *s != "nats") {
+            return Err(format!("[snapshot] store: {store:?} is not supported; snapshots live in NATS (store = \"nats\")"));
+        }
+        if self.snapshot.interval != 0 && self.snapshot.interval < 1000 {
+            return Err("[snapshot] interval: expected milliseconds, at least 1000 (or 0 for the default, one hour)".into());
         }
         if self.replication_log.shards != 1 {
             return Err("[replication_log] shards: only 1 is supported".into());

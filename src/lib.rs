@@ -29,5 +29,6 @@ pub mod embedded;
 pub mod frame;
 pub mod hlc;
 pub mod node;
+pub mod snapshot;
 pub mod status;
 pub mod transport;

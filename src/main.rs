@@ -17,6 +17,11 @@ Usage:
   harmonylite --config PATH     run a node in the foreground until SIGTERM/SIGINT
   harmonylite status --config PATH [--json]
                                 show the node's state, read from its database
+  harmonylite snapshot save --config PATH
+                                save a snapshot of the database to NATS now
+  harmonylite snapshot restore --config PATH
+                                replace the database content with the current snapshot
+                                (unpublished local changes are kept and still sent)
   harmonylite --help            show this help
   harmonylite --version         show the version
 
@@ -33,6 +38,15 @@ fn main() -> ExitCode {
     let status = args.peek().map(String::as_str) == Some("status");
     if status {
         args.next();
+    }
+    let mut snapshot_cmd = None;
+    if args.peek().map(String::as_str) == Some("snapshot") {
+        args.next();
+        match args.next().as_deref() {
+            Some(c @ ("save" | "restore")) => snapshot_cmd = Some(c.to_string()),
+            Some(other) => return usage_error(&format!("unknown snapshot command {other:?}: expected save or restore")),
+            None => return usage_error("snapshot needs a command: save or restore"),
+        }
     }
     let mut json = false;
     while let Some(arg) = args.next() {
@@ -76,22 +90,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let level = if cfg.logging.verbose { log::LevelFilter::Debug } else { log::LevelFilter::Info };
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Warn)
-        .with_module_level("harmonylite", level)
-        // the nats crate logs handled API answers ("stream not found") as errors
-        .with_module_level("nats::jetstream", log::LevelFilter::Off)
-        .with_utc_timestamps()
-        .init();
-    if cfg.logging.format.as_deref() == Some("json") {
-        log::warn!("[logging] format = \"json\" is not implemented yet; logging text");
-    }
-
+    init_logging(&cfg);
     let stop = Arc::new(Stop::default());
     if let Err(e) = watch_signals(stop.clone()) {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::from(1);
+    }
+    if let Some(cmd) = snapshot_cmd {
+        return snapshot_command(&cmd, cfg, &stop);
+    }
+    if !cfg.db_path.exists() && cfg.snapshot.enabled && !cfg.nats.urls.is_empty() {
+        match harmonylite::node::restore_missing(&cfg, &stop) {
+            Ok(true) => {}
+            Ok(false) => log::info!("no snapshot to build {} from", cfg.db_path.display()),
+            Err(e) => log::warn!("cannot restore the missing database from a snapshot: {e}"),
+        }
     }
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut node = loop {
@@ -111,6 +124,83 @@ fn main() -> ExitCode {
     };
     node.run(&stop);
     ExitCode::SUCCESS
+}
+
+/// `snapshot save` and `snapshot restore`. With the embedded server, they talk to the one the
+/// running node started.
+fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
+    if cfg.nats.urls.is_empty() {
+        cfg.nats.urls = vec![harmonylite::node::snapshot_urls(&cfg)];
+    }
+    if cmd == "restore" && !cfg.db_path.exists() {
+        return match harmonylite::node::restore_missing(&cfg, stop) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                log::error!("no snapshot exists yet for stream {}", cfg.nats.stream_prefix);
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                log::error!("snapshot restore failed: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let mut node = match Node::open(cfg) {
+        Ok(n) => n,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = node.connect_now() {
+        log::error!("{e}");
+        return ExitCode::from(1);
+    }
+    let result = if cmd == "save" {
+        node.save_now().map(|s| match s {
+            harmonylite::node::Saved::Uploaded(p) => {
+                println!("saved snapshot {} at seq {} ({} bytes)", p.object, p.seq, p.size);
+                true
+            }
+            harmonylite::node::Saved::Skipped(why) => {
+                println!("no snapshot saved: {why}");
+                false
+            }
+        })
+    } else {
+        node.restore_latest(stop, true).map(|r| match r {
+            Some(msg) => {
+                println!("{msg}");
+                true
+            }
+            None => {
+                println!("no snapshot exists yet");
+                false
+            }
+        })
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            log::error!("snapshot {cmd} failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let level = if cfg.logging.verbose { log::LevelFilter::Debug } else { log::LevelFilter::Info };
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(log::LevelFilter::Warn)
+        .with_module_level("harmonylite", level)
+        // the nats crate logs handled API answers ("stream not found") as errors
+        .with_module_level("nats::jetstream", log::LevelFilter::Off)
+        .with_utc_timestamps()
+        .init();
+    if cfg.logging.format.as_deref() == Some("json") {
+        log::warn!("[logging] format = \"json\" is not implemented yet; logging text");
+    }
 }
 
 fn usage_error(msg: &str) -> ExitCode {

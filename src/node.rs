@@ -19,6 +19,9 @@ use crate::status;
 use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
 
 mod publish;
+mod snapshots;
+
+pub use snapshots::{restore_missing, urls as snapshot_urls, Saved};
 
 /// Bytes of frames published before their acks are awaited (one publish round).
 pub const ROUND_BYTES: usize = 8 * 1024 * 1024;
@@ -158,6 +161,16 @@ pub struct Node {
     /// Fetched messages not yet applied (the apply failed and will be retried).
     unapplied: Vec<Incoming>,
     max_frame: usize,
+    /// The background snapshot save, while one runs.
+    saving: Option<snapshots::Saving>,
+    next_save: Instant,
+    /// Look whether a snapshot restore is needed (after connecting, or on a hole in the stream).
+    restore_check: bool,
+    next_restore: Instant,
+    /// A snapshot whose download failed verification: not tried again.
+    bad_snapshot: Option<String>,
+    /// A hole in the stream was seen and reported; later batches apply past it.
+    gap_reported: bool,
 }
 
 impl Node {
@@ -186,10 +199,8 @@ impl Node {
         if cfg.replication_log.compress {
             log::info!("[replication_log] compress = true is accepted but not implemented yet; frames go uncompressed");
         }
-        if cfg.snapshot.enabled {
-            log::warn!("[snapshot] enabled = true: snapshots are not implemented yet; a node that falls behind the stream's retention cannot catch up");
-        }
         let max_frame = cfg.max_frame_bytes;
+        let next_save = Node::first_save_at(&cfg);
         let backoff = Backoff::new(
             Duration::from_millis(cfg.nats.reconnect_min_ms),
             Duration::from_millis(cfg.nats.reconnect_max_ms),
@@ -229,6 +240,12 @@ impl Node {
             own_cursor_saved: Instant::now(),
             unapplied: Vec::new(),
             max_frame,
+            saving: None,
+            next_save,
+            restore_check: false,
+            next_restore: Instant::now(),
+            bad_snapshot: None,
+            gap_reported: false,
         })
     }
 
@@ -241,6 +258,10 @@ impl Node {
                 e.supervise();
             }
             self.ensure_connected();
+            if self.restore_check && Instant::now() >= self.next_restore {
+                self.catch_up(stop);
+                continue;
+            }
             if let Err(e) = self.tick() {
                 log::warn!("{e}");
                 if stop.wait(db_backoff.fail()) {
@@ -374,15 +395,7 @@ impl Node {
             self.max_frame = t.max_payload();
         }
         let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY).ok().flatten().unwrap_or(0) as u64;
-        if let Some(first) = t.first_seq() {
-            if self.cfg.replicate && cursor > 0 && first > cursor + 1 {
-                log::error!(
-                    "the stream no longer holds messages {}..{} that this node has not applied (retention: [replication_log] max_entries); those changes are missing here until a snapshot restore",
-                    cursor + 1,
-                    first - 1
-                );
-            }
-        }
+        self.restore_check = self.cfg.replicate;
         match self.offline_since.take() {
             Some(since) => log::info!(
                 "connected to nats urls={} cursor={cursor} after {:.1} s offline",
@@ -438,6 +451,7 @@ impl Node {
         self.check_schema()?;
         self.stamp_if_changed()?;
         self.save_own_cursor()?;
+        self.maybe_save();
         if self.cfg.outbox_budget_bytes > 0 && self.last_budget_check.elapsed() > BUDGET_CHECK_EVERY {
             self.last_budget_check = Instant::now();
             self.check_budget()?;
@@ -558,6 +572,9 @@ impl Node {
             }
             return Ok(());
         }
+        if self.hole_in_stream()? {
+            return Ok(());
+        }
         let stats = apply::apply_batch(&mut self.conn, &self.schema, &mut self.hlc, self.node_id, &self.unapplied)?;
         self.unapplied.clear();
         self.own_cursor = None; // the apply moved the cursor past them
@@ -585,6 +602,27 @@ impl Node {
             }
         }
         Ok(())
+    }
+}
+
+impl Node {
+    /// The next fetched message lies past messages this node never applied (the stream
+    /// discarded them while it was away): drops the batch and looks for a snapshot instead,
+    /// once; if none helps, the next batches apply past the hole.
+    fn hole_in_stream(&mut self) -> Result<bool, NodeError> {
+        let Some(first) = self.unapplied.iter().map(|m| m.seq).min() else { return Ok(false) };
+        let cursor = (db::get_meta(&self.conn, apply::CURSOR_KEY)?.unwrap_or(0) as u64).max(self.own_cursor.unwrap_or(0));
+        if first <= cursor + 1 || self.gap_reported {
+            return Ok(false);
+        }
+        self.gap_reported = true;
+        log::warn!("the stream skipped from seq {cursor} to {first}: looking for a snapshot");
+        self.unapplied.clear();
+        self.restore_check = true;
+        // restart the consumer at our position after the check
+        self.transport = None;
+        self.next_connect = Instant::now();
+        Ok(true)
     }
 }
 

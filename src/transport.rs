@@ -18,6 +18,9 @@ use nats::jetstream::{
 use crate::apply::Incoming;
 use crate::config::Config;
 
+mod snapstore;
+pub use snapstore::{discard as discard_download, Fetched, Pointer, SnapStore};
+
 /// Deadline for every acknowledgement of one publish batch.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a wait for acks looks at the link state.
