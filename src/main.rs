@@ -145,8 +145,12 @@ fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
             }
         };
     }
-    let mut node = match Node::open(cfg) {
+    let mut node = match Node::open_with(cfg, cmd == "restore") {
         Ok(n) => n,
+        Err(e @ harmonylite::node::NodeError::Busy(_)) => {
+            log::error!("{e}: a running node restores a snapshot by itself when it falls behind the stream");
+            return ExitCode::from(1);
+        }
         Err(e) => {
             log::error!("{e}");
             return ExitCode::from(1);

@@ -46,13 +46,15 @@ struct Attempt {
 pub enum NodeError {
     Db(DbError),
     Embedded(String),
+    /// Another node process runs on the same database.
+    Busy(String),
 }
 
 impl std::fmt::Display for NodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NodeError::Db(e) => e.fmt(f),
-            NodeError::Embedded(e) => f.write_str(e),
+            NodeError::Embedded(e) | NodeError::Busy(e) => f.write_str(e),
         }
     }
 }
@@ -171,12 +173,43 @@ pub struct Node {
     bad_snapshot: Option<String>,
     /// A hole in the stream was seen and reported; later batches apply past it.
     gap_reported: bool,
+    /// Held while the node runs: one node per database (released by the OS on any exit).
+    _lock: Option<std::fs::File>,
+}
+
+/// Takes the node lock of a database: a file next to it, locked exclusively.
+fn lock_db(db_path: &std::path::Path) -> Result<std::fs::File, NodeError> {
+    let mut s = db_path.as_os_str().to_os_string();
+    s.push(".hl-lock");
+    let path = std::path::PathBuf::from(s);
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| NodeError::Busy(format!("cannot open the lock file {}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::Busy(format!(
+            "another harmonylite node is running on {} (it holds {}); stop it first",
+            db_path.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(NodeError::Busy(format!("cannot lock {}: {e}", path.display()))),
+    }
 }
 
 impl Node {
     /// Opens the database, installs capture and (in the embedded mode) starts nats-server.
     /// Does not connect yet: a node starts even when NATS is unreachable.
     pub fn open(cfg: Config) -> Result<Node, NodeError> {
+        Node::open_with(cfg, true)
+    }
+
+    /// Like [`Node::open`]; `exclusive = false` skips the one-node-per-database lock (for
+    /// one-off commands that only read, like `snapshot save`).
+    pub fn open_with(cfg: Config, exclusive: bool) -> Result<Node, NodeError> {
+        let lock = if exclusive && cfg.db_path.exists() { Some(lock_db(&cfg.db_path)?) } else { None };
         let mut conn = db::open(&cfg.db_path)?;
         apply::prepare(&conn)?;
         let node_id = db::node_id(&conn, cfg.node_id, &cfg.db_path)?;
@@ -246,6 +279,7 @@ impl Node {
             next_restore: Instant::now(),
             bad_snapshot: None,
             gap_reported: false,
+            _lock: lock,
         })
     }
 

@@ -11,6 +11,7 @@ use crate::capture;
 use crate::config::Config;
 use crate::db::{self, Context, DbError, META_TABLE};
 use crate::hlc;
+use crate::snapshot;
 
 /// Keys the node writes into `__hl_meta` for status.
 pub const LINK_UP_KEY: &str = "link_up";
@@ -37,6 +38,12 @@ pub struct Status {
     pub last_apply_ms: Option<u64>,
     pub link_up: Option<bool>,
     pub link_since_ms: Option<u64>,
+    /// A restore in progress: bytes downloaded and total.
+    pub restore_progress: Option<(u64, u64)>,
+    pub restored_seq: Option<u64>,
+    pub restored_ms: Option<u64>,
+    pub snapshot_saved_seq: Option<u64>,
+    pub snapshot_saved_ms: Option<u64>,
 }
 
 pub fn read(cfg: &Config) -> Result<Status, DbError> {
@@ -64,6 +71,12 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.last_apply_ms = meta(LAST_APPLY_KEY)?.map(|v| v as u64);
     st.link_up = meta(LINK_UP_KEY)?.map(|v| v == 1);
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
+    let u = |v: Option<i64>| v.map(|v| v as u64);
+    st.restore_progress = u(meta(snapshot::RESTORE_DONE_KEY)?).zip(u(meta(snapshot::RESTORE_TOTAL_KEY)?));
+    st.restored_seq = u(meta(snapshot::RESTORED_SEQ_KEY)?);
+    st.restored_ms = u(meta(snapshot::RESTORED_MS_KEY)?);
+    st.snapshot_saved_seq = u(meta(snapshot::SAVED_SEQ_KEY)?);
+    st.snapshot_saved_ms = u(meta(snapshot::SAVED_MS_KEY)?);
     let now = hlc::now_ms();
     for t in &schema.tables {
         if !exists(&conn, &format!("__hl_ver_{}", t.name()))? {
@@ -137,6 +150,20 @@ impl Status {
         let _ = writeln!(o, "last apply:       {}", ago(self.last_apply_ms));
         let _ = writeln!(o, "parked changes:   {}", self.parked_changes);
         let _ = writeln!(o, "fragments held:   {}", self.fragments_waiting);
+        if let Some((done, total)) = self.restore_progress {
+            let pct = done as f64 * 100.0 / total.max(1) as f64;
+            let _ = writeln!(o, "snapshot restore: in progress, {done} of {total} bytes ({pct:.0}%)");
+        }
+        let restored = match (self.restored_seq, self.restored_ms) {
+            (Some(seq), ms) => format!("at seq {seq}, {}", ago(ms)),
+            _ => "never".into(),
+        };
+        let _ = writeln!(o, "last restore:     {restored}");
+        let saved = match (self.snapshot_saved_seq, self.snapshot_saved_ms) {
+            (Some(seq), ms) => format!("at seq {seq}, {}", ago(ms)),
+            _ => "never (by this node)".into(),
+        };
+        let _ = writeln!(o, "last snapshot:    {saved}");
         o
     }
 
@@ -153,7 +180,8 @@ impl Status {
             "{{\"db_path\":{},\"node_id\":{},\"capture_installed\":{},\"tables\":[{tables}],\"not_replicated\":[{skipped}],\
              \"stream_position\":{},\"hlc\":{},\"link_up\":{},\"link_since_ms\":{},\"outbox_changes\":{},\
              \"outbox_oldest_age_ms\":{},\"outbox_over_budget\":{},\"last_publish_ms\":{},\"last_apply_ms\":{},\
-             \"parked_changes\":{},\"fragments_waiting\":{}}}",
+             \"parked_changes\":{},\"fragments_waiting\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
+             \"restored_seq\":{},\"restored_ms\":{},\"snapshot_saved_seq\":{},\"snapshot_saved_ms\":{}}}",
             json_str(&self.db_path),
             opt(self.node_id),
             self.installed,
@@ -167,7 +195,13 @@ impl Status {
             opt(self.last_publish_ms),
             opt(self.last_apply_ms),
             self.parked_changes,
-            self.fragments_waiting
+            self.fragments_waiting,
+            opt(self.restore_progress.map(|p| p.0)),
+            opt(self.restore_progress.map(|p| p.1)),
+            opt(self.restored_seq),
+            opt(self.restored_ms),
+            opt(self.snapshot_saved_seq),
+            opt(self.snapshot_saved_ms)
         )
     }
 }

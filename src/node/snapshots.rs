@@ -143,9 +143,10 @@ fn fetch_verified(
         return Err(format!("snapshot {} says seq {} but its pointer says {}", p.object, meta.seq, p.seq));
     }
     log::info!(
-        "snapshot restore: {} verified (SHA-256, integrity check); fetched {} bytes, {} resumed from disk, {} restarts",
+        "snapshot restore: {} verified (SHA-256, integrity check); fetched {} of {} bytes, {} resumed from disk, {} restarts",
         p.object,
         fetched.bytes_fetched,
+        p.size,
         fetched.resumed_bytes,
         fetched.restarts
     );

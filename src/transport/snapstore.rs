@@ -27,7 +27,7 @@ const PULL_CHUNKS: usize = 4;
 /// A chunk not seen this long after it was asked for: the pull is started again.
 const CHUNK_WAIT: Duration = Duration::from_secs(5);
 /// Verified progress is written to the state file (with an fsync) this often, in chunks.
-const STATE_EVERY: u64 = 32;
+const STATE_EVERY: u64 = 8;
 
 /// The current snapshot, as the pointer in the key-value bucket names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,10 +343,7 @@ impl SnapStore<'_> {
             })?;
             let mut got = 0;
             while got < PULL_CHUNKS && st.chunks < p.chunks {
-                let msg = sub.next_timeout(CHUNK_WAIT + API_TIMEOUT)?;
-                if self.t.reconnected.load(Ordering::Relaxed) {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "the link was re-established; pulling again"));
-                }
+                let msg = self.next_chunk(&sub)?;
                 let Some(info) = msg.jetstream_message_info() else {
                     // a status message: the request expired or was cut short
                     if msg.data.is_empty() {
@@ -380,6 +377,27 @@ impl SnapStore<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl SnapStore<'_> {
+    /// Waits for the next message of a pull, in short slices so that a reconnect (which loses
+    /// the pull request on the server) restarts the pull at once rather than after a timeout.
+    fn next_chunk(&self, sub: &nats::jetstream::PullSubscription) -> io::Result<nats::Message> {
+        let deadline = Instant::now() + CHUNK_WAIT + API_TIMEOUT;
+        loop {
+            if self.t.reconnected.load(Ordering::Relaxed) {
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "the link was re-established; pulling again"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no chunk arrived in time"));
+            }
+            match sub.next_timeout(left.min(Duration::from_millis(200))) {
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
+                other => return other,
+            }
+        }
     }
 }
 
