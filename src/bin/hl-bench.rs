@@ -28,6 +28,8 @@ mod lag;
 mod replication;
 #[path = "hl-bench/report.rs"]
 mod report;
+#[path = "hl-bench/snapshot.rs"]
+mod snapshot;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -43,10 +45,13 @@ hl-bench: replication throughput, lag, cost and footprint against the machine's 
 
 Usage:
   cargo build --release --bins && target/release/hl-bench [--quick] [--json]
+  target/release/hl-bench --snapshot [MIB] [--json]
 
 Options:
-  --quick   fewer rows and a 10 s idle window (under two minutes on 2 cores)
-  --json    also print one JSON object as the last line of stdout (the table goes to stderr)
+  --quick          fewer rows and a 10 s idle window (under two minutes on 2 cores)
+  --json           also print one JSON object as the last line of stdout (the table goes to stderr)
+  --snapshot [MIB] only the snapshot figures: save and restore a MIB MiB database (default 1024)
+                   and the peak RSS of each process; needs about 6x MIB of free disk
 
 Needs nats-server: $NATS_SERVER, else .tools/py/bin/nats-server (bash scripts/tools.sh), else PATH.
 HL_KEEP_TMP=1 keeps the scratch folder (databases, configs, node logs).
@@ -107,10 +112,19 @@ const FULL: Sizes = Sizes {
 
 fn main() -> ExitCode {
     let (mut quick, mut json) = (false, false);
-    for arg in std::env::args().skip(1) {
+    let mut snapshot_mib: Option<u64> = None;
+    let mut args = std::env::args().skip(1).peekable();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json = true,
+            "--snapshot" => {
+                let size = args.peek().and_then(|a| a.parse::<u64>().ok());
+                if size.is_some() {
+                    args.next();
+                }
+                snapshot_mib = Some(size.unwrap_or(1024));
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -120,6 +134,24 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(mib) = snapshot_mib {
+        return match run_snapshot(mib) {
+            Ok(r) => {
+                let table = snapshot::report(&r);
+                if json {
+                    eprint!("{table}");
+                    println!("{}", snapshot::json(&r));
+                } else {
+                    print!("{table}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hl-bench: error: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     match run(quick) {
         Ok(results) => {
@@ -150,6 +182,16 @@ impl Progress {
         self.step += 1;
         eprintln!("hl-bench: [{:>5.1} s] {}. {what}", self.start.elapsed().as_secs_f64(), self.step);
     }
+}
+
+/// The snapshot figures only (`--snapshot`).
+fn run_snapshot(mib: u64) -> Result<snapshot::SnapshotResults, String> {
+    harness::watch_signals()?;
+    let node_bin = find_node_binary()?;
+    let nats_bin = find_nats_server()?;
+    let scratch = Scratch::new()?;
+    let server = Server::start(&nats_bin, scratch.path())?;
+    snapshot::measure(scratch.path(), &node_bin, &server, mib)
 }
 
 /// Every scenario in order; each guard (scratch folder, server, cluster) stops its processes

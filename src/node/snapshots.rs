@@ -93,7 +93,7 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
     let result = (|| {
         let started = Instant::now();
         let meta = snapshot::make(cfg, &out).map_err(|e| format!("cannot copy the database: {e}"))?;
-        if meta.seq == 0 {
+        if meta.seq == 0 && !force {
             return Ok(Saved::Skipped("this node has not applied anything from the stream yet".into()));
         }
         if let Some(p) = latest.as_ref().filter(|p| p.seq >= meta.seq && !force) {
@@ -341,6 +341,8 @@ impl Node {
 
     /// `harmonylite snapshot save`: saves now (still under the lease).
     pub fn save_now(&mut self) -> Result<Saved, String> {
+        // what the app wrote since the node last ran gets its version before the copy
+        self.stamp_if_changed().map_err(|e| e.to_string())?;
         let Some(t) = self.transport.as_ref() else { return Err("not connected".into()) };
         save(&self.cfg, t, self.node_id, true)
     }

@@ -240,7 +240,9 @@ impl NodeProc {
         let config = dir.join(format!("{}.toml", spec.name));
         let log = dir.join(format!("{}.log", spec.name));
         let text = format!(
-            "db_path = {}\nnode_id = {}\npolling_interval = {}\n[nats]\nurls = [{}]\nstream_prefix = {}\nsubject_prefix = {}\n",
+            // Snapshots are measured on their own (`--snapshot`): an hourly save that falls
+            // into a 30 s idle window would say nothing about the idle node.
+            "db_path = {}\nnode_id = {}\npolling_interval = {}\n[snapshot]\nenabled = false\n[nats]\nurls = [{}]\nstream_prefix = {}\nsubject_prefix = {}\n",
             toml_str(&spec.db.display().to_string()),
             spec.node_id,
             spec.poll_ms,
