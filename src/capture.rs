@@ -259,7 +259,9 @@ pub fn install(conn: &mut Connection, schema: &Schema) -> Result<u64, DbError> {
             // Rows this node already knows at their current version (a restored snapshot, a
             // re-created trigger) are not news; rows it has no live version for are.
             let cols = t.pk_columns().join(", ");
-            let known = t.pk_columns().iter().enumerate().map(|(i, c)| format!("v.k{i} IS a.{c}")).collect::<Vec<_>>().join(" AND ");
+            // `+a.c` drops the column's affinity: compared as stored, so the lookup uses the
+            // version table's key (with the affinity, SQLite would scan it for every row)
+            let known = t.pk_columns().iter().enumerate().map(|(i, c)| format!("v.k{i} IS +a.{c}")).collect::<Vec<_>>().join(" AND ");
             backfilled += tx
                 .execute(
                     &format!(

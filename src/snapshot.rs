@@ -276,7 +276,8 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64), DbEr
     let pk = t.pk_columns();
     let keys = (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>().join(", ");
     let same_key = (0..n).map(|i| format!("s.k{i} IS v.k{i}")).collect::<Vec<_>>().join(" AND ");
-    let row_key = |row: &str| pk.iter().enumerate().map(|(i, c)| format!("{row}.{c} IS k.k{i}")).collect::<Vec<_>>().join(" AND ");
+    // (pk columns) IN (SELECT keys ...): one lookup per key through an index, not a scan
+    let pk_tuple = format!("({})", pk.join(", "));
     let snap_cols: Vec<String> = {
         let mut s = tx.prepare(&format!("SELECT name FROM snap.pragma_table_info({})", sql_str(t.name()))).ctx("read snapshot columns")?;
         let v = s.query_map([], |r| r.get::<_, String>(0)).and_then(|r| r.collect()).ctx("read snapshot columns")?;
@@ -298,22 +299,20 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64), DbEr
         "DROP TABLE IF EXISTS temp.__hl_keep_ver; DROP TABLE IF EXISTS temp.__hl_keep_row;
          CREATE TEMP TABLE __hl_keep_ver AS SELECT v.* FROM main.{ver} v WHERE v.pending = 1 AND NOT EXISTS
              (SELECT 1 FROM snap.{ver} s WHERE {same_key} AND (s.ver > v.ver OR (s.ver = v.ver AND s.node >= v.node)));
-         CREATE TEMP TABLE __hl_keep_row AS SELECT * FROM main.{name} WHERE EXISTS
-             (SELECT 1 FROM temp.__hl_keep_ver k WHERE {} AND k.del = 0);
-         DELETE FROM main.{name};",
-        row_key(&format!("main.{name}"))
+         CREATE TEMP TABLE __hl_keep_row AS SELECT * FROM main.{name} WHERE {pk_tuple} IN
+             (SELECT {keys} FROM temp.__hl_keep_ver WHERE del = 0);
+         DELETE FROM main.{name};"
     ))
     .ctx("set local changes aside")?;
     let rows = tx
         .execute(&format!("INSERT INTO main.{name}({common}) SELECT {common} FROM snap.{name}"), [])
         .ctx("copy snapshot rows")? as u64;
     tx.execute_batch(&format!(
-        "DELETE FROM main.{name} WHERE EXISTS (SELECT 1 FROM temp.__hl_keep_ver k WHERE {});
+        "DELETE FROM main.{name} WHERE {pk_tuple} IN (SELECT {keys} FROM temp.__hl_keep_ver);
          INSERT INTO main.{name} SELECT * FROM temp.__hl_keep_row;
          DELETE FROM main.{ver};
          INSERT INTO main.{ver}({keys}, ver, node, del, pending) SELECT {keys}, ver, node, del, 0 FROM snap.{ver};
-         INSERT OR REPLACE INTO main.{ver}({keys}, ver, node, del, pending) SELECT {keys}, ver, node, del, pending FROM temp.__hl_keep_ver;",
-        row_key(&format!("main.{name}"))
+         INSERT OR REPLACE INTO main.{ver}({keys}, ver, node, del, pending) SELECT {keys}, ver, node, del, pending FROM temp.__hl_keep_ver;"
     ))
     .ctx("put local changes back")?;
     let kept: i64 = tx.query_row("SELECT count(*) FROM temp.__hl_keep_ver", [], |r| r.get(0)).ctx("count local changes")?;
