@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs the pinned tools (scripts/tools.sh), then runs every test target
-# (unit tests and the integration tests in tests/, which spawn nats-server and the binary).
+# (unit tests and the integration tests in tests/, which spawn nats-server and the binary), then
+# boards/test.sh (the install and init scripts of boards/).
 #
 #   bash scripts/test.sh                      # everything
 #   bash scripts/test.sh --test replication   # extra arguments go to `cargo test`

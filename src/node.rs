@@ -177,11 +177,20 @@ pub struct Node {
     _lock: Option<std::fs::File>,
 }
 
-/// Takes the node lock of a database: a file next to it, locked exclusively.
-fn lock_db(db_path: &std::path::Path) -> Result<std::fs::File, NodeError> {
+fn lock_path(db_path: &std::path::Path) -> std::path::PathBuf {
     let mut s = db_path.as_os_str().to_os_string();
     s.push(".hl-lock");
-    let path = std::path::PathBuf::from(s);
+    std::path::PathBuf::from(s)
+}
+
+/// Whether a node process holds the lock of this database now (for `status`).
+pub fn is_locked(db_path: &std::path::Path) -> bool {
+    std::fs::File::open(lock_path(db_path)).is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
+/// Takes the node lock of a database: a file next to it, locked exclusively.
+fn lock_db(db_path: &std::path::Path) -> Result<std::fs::File, NodeError> {
+    let path = lock_path(db_path);
     let f = std::fs::File::options()
         .create(true)
         .truncate(false)
@@ -351,6 +360,7 @@ impl Node {
             log::info!("unpublished changes stay in the outbox and are sent at the next start");
         }
         self.transport = None;
+        self.record_link(false);
         if let Some(mut e) = self.embedded.take() {
             e.stop();
         }

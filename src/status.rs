@@ -44,6 +44,8 @@ pub struct Status {
     pub restored_ms: Option<u64>,
     pub snapshot_saved_seq: Option<u64>,
     pub snapshot_saved_ms: Option<u64>,
+    /// A node process holds the database's lock file right now.
+    pub node_running: bool,
 }
 
 pub fn read(cfg: &Config) -> Result<Status, DbError> {
@@ -54,7 +56,7 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
     conn.busy_timeout(db::BUSY_TIMEOUT).ctx("set busy timeout")?;
-    let mut st = Status { db_path: path.display().to_string(), ..Default::default() };
+    let mut st = Status { db_path: path.display().to_string(), node_running: crate::node::is_locked(path), ..Default::default() };
     let schema = capture::scan(&conn, cfg)?;
     st.tables = schema.tables.iter().map(|t| t.name().to_string()).collect();
     st.not_replicated = schema.skipped.clone();
@@ -132,6 +134,7 @@ impl Status {
         let mut o = String::new();
         let _ = writeln!(o, "database:         {}", self.db_path);
         let _ = writeln!(o, "node id:          {}", self.node_id.map_or("not assigned (never ran)".into(), |n| n.to_string()));
+        let _ = writeln!(o, "node process:     {}", if self.node_running { "running" } else { "not running" });
         let _ = writeln!(o, "replicated:       {}", if self.tables.is_empty() { "(none)".into() } else { self.tables.join(", ") });
         for (t, why) in &self.not_replicated {
             let _ = writeln!(o, "not replicated:   {t}: {why}");
@@ -177,12 +180,13 @@ impl Status {
             .collect::<Vec<_>>()
             .join(",");
         format!(
-            "{{\"db_path\":{},\"node_id\":{},\"capture_installed\":{},\"tables\":[{tables}],\"not_replicated\":[{skipped}],\
+            "{{\"db_path\":{},\"node_running\":{},\"node_id\":{},\"capture_installed\":{},\"tables\":[{tables}],\"not_replicated\":[{skipped}],\
              \"stream_position\":{},\"hlc\":{},\"link_up\":{},\"link_since_ms\":{},\"outbox_changes\":{},\
              \"outbox_oldest_age_ms\":{},\"outbox_over_budget\":{},\"last_publish_ms\":{},\"last_apply_ms\":{},\
              \"parked_changes\":{},\"fragments_waiting\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
              \"restored_seq\":{},\"restored_ms\":{},\"snapshot_saved_seq\":{},\"snapshot_saved_ms\":{}}}",
             json_str(&self.db_path),
+            self.node_running,
             opt(self.node_id),
             self.installed,
             self.stream_position,

@@ -23,6 +23,7 @@ fn status_shows_outbox_while_offline_and_empties_after_publish() {
     std::fs::write(&cfg, node_toml(&dir.join("n1.db"), "", Some("nats://127.0.0.1:1"))).unwrap();
     let before = status_json(&cfg);
     assert!(before.contains("\"capture_installed\":false"), "{before}");
+    assert!(before.contains("\"node_running\":false"), "{before}");
     assert!(before.contains("\"tables\":[\"t\"]"), "{before}");
     assert!(before.contains("\"table\":\"nokey\""), "{before}");
 
@@ -33,13 +34,15 @@ fn status_shows_outbox_while_offline_and_empties_after_publish() {
     app(&n1.db, "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')");
     wait_until("status shows 3 changes waiting and the link down", Duration::from_secs(20), || {
         let s = status_json(&dir.join("n1.toml"));
-        s.contains("\"outbox_changes\":3") && s.contains("\"link_up\":false")
+        s.contains("\"outbox_changes\":3") && s.contains("\"link_up\":false") && s.contains("\"node_running\":true")
     });
-    n1.stop();
+    assert!(n1.stop().success());
+    let stopped = status_json(&cfg);
+    assert!(stopped.contains("\"node_running\":false") && stopped.contains("\"link_up\":false"), "{stopped}");
 
     // the server appears: the outbox drains and the link is up
     let nats = NatsServer::start_custom(dir.path(), "nats", port, free_port(), true, &[]);
-    let _n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
+    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
     wait_until("status shows an empty outbox, a publish and the link up", Duration::from_secs(30), || {
         let s = status_json(&dir.join("n1.toml"));
         s.contains("\"outbox_changes\":0") && s.contains("\"link_up\":true") && !s.contains("\"last_publish_ms\":null")
@@ -48,6 +51,11 @@ fn status_shows_outbox_while_offline_and_empties_after_publish() {
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(text.contains("outbox:           0 changes"), "{text}");
     assert!(text.contains("link:             up"), "{text}");
+    assert!(text.contains("node process:     running"), "{text}");
+    // a clean stop says so: the link is not "up" on a stopped node
+    assert!(n1.stop().success());
+    let stopped = status_json(&cfg);
+    assert!(stopped.contains("\"node_running\":false") && stopped.contains("\"link_up\":false"), "{stopped}");
 }
 
 #[test]
