@@ -54,6 +54,7 @@ Options:
                    and the peak RSS of each process; needs about 6x MIB of free disk
 
 Needs nats-server: $NATS_SERVER, else .tools/py/bin/nats-server (bash scripts/tools.sh), else PATH.
+The nodes run target/release/harmonylite next to hl-bench, or $HL_NODE_BIN (e.g. a static build).
 HL_KEEP_TMP=1 keeps the scratch folder (databases, configs, node logs).
 ";
 
@@ -289,6 +290,7 @@ fn run(quick: bool) -> Result<Results, String> {
         idle,
         peak_rss_kib,
         node_binary_bytes: std::fs::metadata(&node_bin).map(|m| m.len()).unwrap_or(0),
+        node_binary: node_bin.display().to_string(),
         elapsed_secs: p.start.elapsed().as_secs_f64(),
         load: format!("{load_start} at the start, {} at the end", loadavg()),
     })

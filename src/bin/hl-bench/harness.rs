@@ -140,8 +140,13 @@ pub fn find_nats_server() -> Result<PathBuf, String> {
         .ok_or_else(|| "nats-server not found: run `bash scripts/tools.sh` (it installs one into .tools/) or set NATS_SERVER=/path/to/nats-server".into())
 }
 
-/// The `harmonylite` binary built next to this one.
+/// `HL_NODE_BIN` (e.g. the static musl build of cross/build.sh), else the `harmonylite` binary
+/// built next to this one.
 pub fn find_node_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("HL_NODE_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() { Ok(p) } else { Err(format!("HL_NODE_BIN={} is not a file", p.display())) };
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate hl-bench's own executable: {e}"))?;
     let bin = exe.with_file_name("harmonylite");
     if bin.is_file() {

@@ -44,6 +44,7 @@ pub struct Results {
     pub idle: Idle,
     pub peak_rss_kib: u64,
     pub node_binary_bytes: u64,
+    pub node_binary: String,
     pub elapsed_secs: f64,
     /// /proc/loadavg at the start and the end of the run.
     pub load: String,
@@ -183,7 +184,7 @@ pub fn table(r: &Results) -> String {
     row(&mut o, "  of which anonymous (RssAnon; the rest is mapped files)", format!("{:?} KiB", r.idle.rss_anon_kib));
     let cpu: Vec<String> = r.idle.cpu_pct.iter().map(|c| format!("{c:.3}")).collect();
     row(&mut o, &format!("idle CPU per node over {:.0} s at {} ms poll", r.idle.window_secs, r.poll_ms), format!("[{}] % of a core", cpu.join(", ")));
-    row(&mut o, "harmonylite binary size", format!("{} bytes", n(r.node_binary_bytes as f64)));
+    row(&mut o, "harmonylite binary size", format!("{} bytes ({})", n(r.node_binary_bytes as f64), r.node_binary));
 
     let _ = writeln!(o, "\nratios and goals (issue 7)");
     let goal = |o: &mut String, what: &str, value: String, goal: String, met: bool| {
