@@ -106,11 +106,15 @@ pub struct Snapshot {
     /// Where snapshots live: only "nats" (a JetStream object store) is supported.
     #[serde(default)]
     pub store: Option<String>,
+    /// This node takes part in the periodic saves (false: restore only, e.g. a gateway on a
+    /// metered link that should not upload copies of its database).
+    #[serde(default = "yes")]
+    pub save: bool,
 }
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Snapshot { enabled: true, interval: 0, store: None }
+        Snapshot { enabled: true, interval: 0, store: None, save: true }
     }
 }
 

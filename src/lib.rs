@@ -18,16 +18,20 @@
 //! - [`embedded`]: the local nats-server started when no server is configured.
 //! - [`node`]: the loop that joins them (its publish round in `node/publish.rs`).
 //! - [`status`]: `harmonylite status`, read from the database.
+//! - [`cleanup`]: `harmonylite cleanup`, removing everything HarmonyLite added to a database.
+//! - [`logging`]: the stderr logger (text or JSON lines).
 #![forbid(unsafe_code)]
 #![allow(deprecated)] // the sync `nats` crate is deprecated upstream; it is confined to transport
 
 pub mod apply;
 pub mod capture;
+pub mod cleanup;
 pub mod config;
 pub mod db;
 pub mod embedded;
 pub mod frame;
 pub mod hlc;
+pub mod logging;
 pub mod node;
 pub mod snapshot;
 pub mod status;

@@ -22,13 +22,18 @@ Usage:
   harmonylite snapshot restore --config PATH
                                 replace the database content with the current snapshot
                                 (unpublished local changes are kept and still sent)
+  harmonylite cleanup --config PATH [--force]
+                                remove every trigger, table and index HarmonyLite added
+                                (stop the node first; --force discards unpublished changes;
+                                the database stays in WAL mode)
   harmonylite --help            show this help
   harmonylite --version         show the version
 
 Options:
   -c, --config PATH   the node's TOML configuration (see README: config reference)
 
-Exit codes: 0 stopped cleanly, 1 runtime error (e.g. database missing), 2 bad usage or config.
+Exit codes: 0 stopped cleanly, 1 runtime error (e.g. database missing) or a refused cleanup,
+2 bad usage or config.
 A first SIGTERM/SIGINT flushes the outbox (up to 5 s) and exits 0; a second exits at once.
 ";
 
@@ -48,7 +53,12 @@ fn main() -> ExitCode {
             None => return usage_error("snapshot needs a command: save or restore"),
         }
     }
+    let cleanup = snapshot_cmd.is_none() && !status && args.peek().map(String::as_str) == Some("cleanup");
+    if cleanup {
+        args.next();
+    }
     let mut json = false;
+    let mut force = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => {
@@ -65,6 +75,7 @@ fn main() -> ExitCode {
             },
             s if s.starts_with("--config=") => config = Some(s["--config=".len()..].into()),
             "--json" if status => json = true,
+            "--force" if cleanup => force = true,
             other => return usage_error(&format!("unknown argument {other:?}")),
         }
     }
@@ -90,6 +101,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cleanup {
+        return match harmonylite::cleanup::run(&cfg.db_path, force) {
+            Ok(report) => {
+                print!("{}", report.to_text());
+                ExitCode::from(if report.not_removed.is_empty() { 0 } else { 1 })
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     init_logging(&cfg);
     let stop = Arc::new(Stop::default());
     if let Err(e) = watch_signals(stop.clone()) {
@@ -194,17 +217,9 @@ fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
 }
 
 fn init_logging(cfg: &Config) {
-    let level = if cfg.logging.verbose { log::LevelFilter::Debug } else { log::LevelFilter::Info };
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Warn)
-        .with_module_level("harmonylite", level)
-        // the nats crate logs handled API answers ("stream not found") as errors
-        .with_module_level("nats::jetstream", log::LevelFilter::Off)
-        .with_utc_timestamps()
-        .init();
-    if cfg.logging.format.as_deref() == Some("json") {
-        log::warn!("[logging] format = \"json\" is not implemented yet; logging text");
-    }
+    use harmonylite::logging::{self, Format};
+    let format = if cfg.logging.format.as_deref() == Some("json") { Format::Json } else { Format::Text };
+    logging::init(format, cfg.logging.verbose);
 }
 
 fn usage_error(msg: &str) -> ExitCode {
@@ -220,7 +235,7 @@ fn watch_signals(stop: Arc<Stop>) -> std::io::Result<()> {
         let mut seen = false;
         for sig in signals.forever() {
             if seen {
-                eprintln!("second signal: exiting now");
+                log::warn!("second signal: exiting now");
                 std::process::exit(128 + sig);
             }
             seen = true;

@@ -199,7 +199,7 @@ impl Node {
                 Err(_) => log::warn!("snapshot save failed: the save thread panicked"),
             }
         }
-        if !self.cfg.snapshot.enabled || Instant::now() < self.next_save || !self.link_up() {
+        if !self.cfg.snapshot.enabled || !self.cfg.snapshot.save || Instant::now() < self.next_save || !self.link_up() {
             return;
         }
         let interval = Duration::from_millis(self.cfg.snapshot.interval_ms());
