@@ -140,10 +140,18 @@ pub struct Nats {
     pub subject_prefix: String,
     #[serde(default = "default_stream_prefix")]
     pub stream_prefix: String,
+    /// Authentication: at most one of user_name/user_password, token, seed_file, creds_file.
     pub user_name: Option<String>,
-    pub user_password: Option<String>,
+    pub user_password: Option<Secret>,
+    /// A server's `authorization { token }`.
+    pub token: Option<Secret>,
+    /// A file holding a user nkey seed (`SU...`): the node signs the server's nonce with it.
     pub seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and seed) for servers in operator (JWT) mode.
     pub creds_file: Option<PathBuf>,
+    /// TLS: CA certificates (PEM) to trust instead of the system's; a client certificate and
+    /// its key (PEM) for servers that verify clients. File paths are relative to the config's
+    /// folder.
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -183,6 +191,27 @@ pub struct Endpoint {
     #[serde(default)]
     pub path: Option<String>,
 }
+
+/// A secret from the config (password, token). Its `Debug` hides the value, so printing a
+/// `Config` cannot leak it; `expose` is for the one place that hands it to the NATS client.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(hidden)")
+    }
+}
+
+/// Keys whose values are never echoed in an error message.
+const SECRET_KEYS: [&str; 2] = ["user_password", "token"];
 
 fn yes() -> bool {
     true
@@ -243,6 +272,7 @@ impl Default for Nats {
             stream_prefix: default_stream_prefix(),
             user_name: None,
             user_password: None,
+            token: None,
             seed_file: None,
             creds_file: None,
             ca_file: None,
@@ -255,6 +285,60 @@ impl Default for Nats {
             reconnect_max_ms: DEFAULT_RECONNECT_MAX_MS,
         }
     }
+}
+
+impl Nats {
+    /// The authentication methods set, by their key names (a valid config sets at most one).
+    pub fn auth_methods(&self) -> Vec<&'static str> {
+        [
+            (self.user_name.is_some(), "user_name/user_password"),
+            (self.token.is_some(), "token"),
+            (self.seed_file.is_some(), "seed_file"),
+            (self.creds_file.is_some(), "creds_file"),
+        ]
+        .into_iter()
+        .filter_map(|(set, keys)| set.then_some(keys))
+        .collect()
+    }
+
+    /// Reads every file this table names and checks it holds what the key says (a PEM
+    /// certificate, a PEM key, a user seed, a creds file). The error names the key and the file,
+    /// never the file's content. Called before every connection attempt, so a fixed or rotated
+    /// file is used by the next one.
+    pub fn check_files(&self) -> Result<(), String> {
+        let pem = [
+            ("ca_file", &self.ca_file, "-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+            ("cert_file", &self.cert_file, "-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+            ("key_file", &self.key_file, "PRIVATE KEY-----", "a PEM private key"),
+            ("creds_file", &self.creds_file, "JWT-----", "a NATS user JWT (a .creds file)"),
+        ];
+        for (key, path, marker, what) in pem {
+            let Some(path) = path else { continue };
+            if !read_file(key, path)?.contains(marker) {
+                return Err(format!("[nats] {key}: {} does not hold {what}", path.display()));
+            }
+        }
+        self.user_seed().map(|_| ())
+    }
+
+    /// The key pair of `seed_file`, read now (the file may have been replaced since start).
+    pub fn user_seed(&self) -> Result<Option<nkeys::KeyPair>, String> {
+        let Some(path) = &self.seed_file else { return Ok(None) };
+        let text = read_file("seed_file", path)?;
+        // `nk -gen user` writes the seed alone; a .creds file has it on a line of its own too
+        let seed = text.lines().map(str::trim).find(|l| l.starts_with("SU")).ok_or_else(|| {
+            format!("[nats] seed_file: {} holds no user nkey seed (a line starting with SU)", path.display())
+        })?;
+        // the nkeys error is not shown: it would not help, and the seed must never be
+        let kp = nkeys::KeyPair::from_seed(seed).map_err(|_| {
+            format!("[nats] seed_file: {}: the user seed is damaged (bad length or checksum)", path.display())
+        })?;
+        Ok(Some(kp))
+    }
+}
+
+fn read_file(key: &str, path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("[nats] {key}: cannot read {}: {e}", path.display()))
 }
 
 /// A config that could not be read or is not valid. Its message names the file and the key.
@@ -279,10 +363,18 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| err(format!("cannot read the file: {e}")))?;
         let mut cfg = Config::parse(&text).map_err(err)?;
-        if cfg.db_path.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
-            cfg.db_path = base.join(&cfg.db_path);
+        // relative paths are taken from the config's folder, not the working directory
+        let base = path.parent().unwrap_or(Path::new("."));
+        let n = &mut cfg.nats;
+        let nats_files = [&mut n.seed_file, &mut n.creds_file, &mut n.ca_file, &mut n.cert_file, &mut n.key_file];
+        for p in nats_files.into_iter().flatten().chain([&mut cfg.db_path]) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
+        // The [nats] files are not read here but at each connect (`Nats::check_files`):
+        // `status`, `cleanup` and an installer's config check must work for a user who cannot
+        // read the node's keys, or before they are deployed.
         Ok(cfg)
     }
 
@@ -359,6 +451,12 @@ impl Config {
         if self.nats.user_name.is_some() != self.nats.user_password.is_some() {
             return Err("[nats] user_name and user_password: set both or neither".into());
         }
+        if self.nats.token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+            return Err("[nats] token: must not be empty (remove the key for no token)".into());
+        }
+        if let [a, b, ..] = self.nats.auth_methods()[..] {
+            return Err(format!("[nats] {a} and {b}: set one authentication method, not both"));
+        }
         if self.nats.cert_file.is_some() != self.nats.key_file.is_some() {
             return Err("[nats] cert_file and key_file: set both or neither".into());
         }
@@ -427,6 +525,11 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
             let src = text.lines().nth(line - 1).unwrap_or("").trim();
+            let key = src.split('=').next().unwrap_or("").trim();
+            if SECRET_KEYS.contains(&key) {
+                // toml's message may quote the value: show neither
+                return format!("line {line} `{key} = <hidden>`: invalid value, expected a quoted string (not shown: it is a secret)");
+            }
             format!("line {line} `{src}`: {msg}")
         }
         None => msg,
@@ -473,6 +576,63 @@ mod tests {
         assert!(e.contains("port"), "{e}");
         Config::parse("db_path = \"a\"\n[nats]\nurls = [\"nats://u:p@x:4222\", \"127.0.0.1:4222\"]\n")
             .unwrap();
+    }
+
+    #[test]
+    fn one_authentication_method_at_most() {
+        let both = |a: &str, b: &str| Config::parse(&format!("db_path = \"a\"\n[nats]\n{a}\n{b}\n")).unwrap_err();
+        let e = both("user_name = \"u\"\nuser_password = \"hunter2\"", "token = \"t0k3n\"");
+        assert_eq!(e, "[nats] user_name/user_password and token: set one authentication method, not both");
+        let e = both("token = \"t0k3n\"", "seed_file = \"u.nk\"");
+        assert_eq!(e, "[nats] token and seed_file: set one authentication method, not both");
+        let e = both("seed_file = \"u.nk\"", "creds_file = \"u.creds\"");
+        assert_eq!(e, "[nats] seed_file and creds_file: set one authentication method, not both");
+        let e = Config::parse("db_path = \"a\"\n[nats]\ntoken = \"\"\n").unwrap_err();
+        assert!(e.starts_with("[nats] token: must not be empty"), "{e}");
+        let c = Config::parse("db_path = \"a\"\n[nats]\ntoken = \"t0k3n\"\n").unwrap();
+        assert_eq!(c.nats.token.as_ref().map(Secret::expose), Some("t0k3n"));
+        assert_eq!(c.nats.auth_methods(), ["token"]);
+    }
+
+    #[test]
+    fn secrets_are_not_shown() {
+        let c = Config::parse("db_path = \"a\"\n[nats]\nuser_name = \"u\"\nuser_password = \"hunter2\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let c = Config::parse("db_path = \"a\"\n[nats]\ntoken = \"t0k3n\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("t0k3n"));
+        let e = Config::parse("db_path = \"a\"\n[nats]\ntoken = 31415926\n").unwrap_err();
+        assert_eq!(e, "line 3 `token = <hidden>`: invalid value, expected a quoted string (not shown: it is a secret)");
+        let e = Config::parse("db_path = \"a\"\n[nats]\nuser_password = \"hunter2\" x\n").unwrap_err();
+        assert!(e.contains("user_password = <hidden>") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn nats_files_are_relative_to_the_config_and_checked() {
+        let dir = std::env::temp_dir().join(format!("hl-config-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("node.toml");
+        let load = |nats: &str| {
+            std::fs::write(&cfg, format!("db_path = \"a.db\"\n[nats]\n{nats}\n")).unwrap();
+            Config::load(&cfg).unwrap().nats
+        };
+        // loading does not read the files: `status` works without access to the keys
+        let n = load("seed_file = \"u.nk\"");
+        let path = dir.join("u.nk");
+        assert_eq!(n.seed_file.as_deref(), Some(path.as_path()));
+        let e = n.check_files().unwrap_err();
+        assert!(e.starts_with(&format!("[nats] seed_file: cannot read {}: ", path.display())), "{e}");
+        let kp = nkeys::KeyPair::new_user();
+        std::fs::write(&path, format!("# a comment\n{}\n", kp.seed().unwrap())).unwrap();
+        n.check_files().unwrap();
+        assert_eq!(n.user_seed().unwrap().unwrap().public_key(), kp.public_key());
+        std::fs::write(&path, nkeys::KeyPair::new_account().seed().unwrap()).unwrap();
+        let e = n.check_files().unwrap_err();
+        assert_eq!(e, format!("[nats] seed_file: {} holds no user nkey seed (a line starting with SU)", path.display()));
+        let e = load("cert_file = \"u.nk\"\nkey_file = \"u.nk\"").check_files().unwrap_err();
+        assert_eq!(e, format!("[nats] cert_file: {} does not hold a PEM certificate", path.display()));
+        let abs = load("ca_file = \"/etc/ca.pem\"");
+        assert_eq!(abs.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -41,7 +41,10 @@ const MAX_ACK_PENDING: i64 = 4096;
 
 #[derive(Debug)]
 pub enum TransportError {
-    Connect { urls: String, source: io::Error },
+    /// `auth`: the configured authentication method's keys, for the hint on a refusal.
+    Connect { urls: String, source: io::Error, auth: Option<&'static str> },
+    /// A credentials or TLS file named in `[nats]` is missing or wrong (the message names it).
+    Files(String),
     Setup { what: String, source: io::Error },
     Publish { subject: String, reason: String },
     Fetch(io::Error),
@@ -57,7 +60,10 @@ impl TransportError {
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TransportError::Connect { urls, source } => write!(f, "cannot connect to NATS at {urls}: {source}"),
+            TransportError::Connect { urls, source, auth } => {
+                write!(f, "cannot connect to NATS at {urls}: {source}{}", connect_hint(source, *auth))
+            }
+            TransportError::Files(msg) => f.write_str(msg),
             TransportError::Setup { what, source } => write!(f, "{what}: {source}"),
             TransportError::Publish { subject, reason } => write!(f, "publish to {subject} not acknowledged: {reason}"),
             TransportError::Fetch(e) => write!(f, "fetch from the stream failed: {e}"),
@@ -71,6 +77,52 @@ impl Drop for Transport {
     fn drop(&mut self) {
         self.live.store(false, Ordering::Relaxed);
     }
+}
+
+/// What failed and which keys to check, for a refused connection. The client's words
+/// ("Authorization Violation", a TLS alert) say what failed, not which of our keys to look at.
+fn connect_hint(e: &io::Error, auth: Option<&str>) -> String {
+    let text = e.to_string().to_ascii_lowercase();
+    if text.contains("authorization violation") {
+        match auth {
+            Some(keys) => format!(" (authorization failed: the server refused [nats] {keys})"),
+            None => " (authorization failed: the server wants credentials; set [nats] user_name/user_password, token, seed_file or creds_file)".into(),
+        }
+    } else if text.contains("invalid peer certificate") {
+        " (TLS: the server's certificate is not trusted; set [nats] ca_file to the CA that signed it, and check the host in [nats] urls)".into()
+    } else if text.contains("received fatal alert") {
+        " (TLS: the server refused this node's client certificate; check [nats] cert_file and key_file)".into()
+    } else if text.contains("tls") || text.contains("certificate") {
+        " (TLS: check [nats] ca_file, cert_file and key_file)".into()
+    } else {
+        String::new()
+    }
+}
+
+/// Client options for the configured authentication method (the config allows at most one).
+/// The files are checked here, at every attempt, so a fixed file is used by the next one and a
+/// missing file is reported by key and path (the client would only say "No such file").
+fn auth_options(n: &crate::config::Nats) -> Result<nats::Options, TransportError> {
+    n.check_files().map_err(TransportError::Files)?;
+    if let (Some(user), Some(pass)) = (&n.user_name, &n.user_password) {
+        return Ok(nats::Options::with_user_pass(user, pass.expose()));
+    }
+    if let Some(token) = &n.token {
+        return Ok(nats::Options::with_token(token.expose()));
+    }
+    if let Some(kp) = n.user_seed().map_err(TransportError::Files)? {
+        // signing with a seeded key pair does not fail; an empty signature would be refused
+        return Ok(nats::Options::with_nkey(&kp.public_key(), move |nonce| kp.sign(nonce).unwrap_or_default()));
+    }
+    if let Some(creds) = &n.creds_file {
+        // parse once here for an error that names the file; the client re-reads it per connect
+        let text = std::fs::read_to_string(creds)
+            .map_err(|e| TransportError::Files(format!("[nats] creds_file: cannot read {}: {e}", creds.display())))?;
+        nats::Options::with_static_credentials(&text)
+            .map_err(|e| TransportError::Files(format!("[nats] creds_file: {}: {e}", creds.display())))?;
+        return Ok(nats::Options::with_credentials(creds));
+    }
+    Ok(nats::Options::new())
 }
 
 /// The client's own reconnect delay: doubling from `min_ms` to `max_ms`, with up to 25% jitter.
@@ -135,11 +187,7 @@ impl Transport {
     /// at `cursor + 1`: the database, not the server, says where we are.
     pub fn connect(cfg: &Config, urls: &str, node: u64, mut cursor: u64) -> Result<Transport, TransportError> {
         let disconnected = Arc::new(AtomicBool::new(false));
-        let mut opts = match (&cfg.nats.user_name, &cfg.nats.user_password, &cfg.nats.creds_file) {
-            (Some(u), Some(p), _) => nats::Options::with_user_pass(u, p),
-            (_, _, Some(creds)) => nats::Options::with_credentials(creds),
-            _ => nats::Options::new(),
-        };
+        let mut opts = auth_options(&cfg.nats)?;
         if let Some(ca) = &cfg.nats.ca_file {
             opts = opts.add_root_certificate(ca);
         }
@@ -174,7 +222,7 @@ impl Transport {
                 log::info!("nats reconnected after {:.1} s", lost.as_secs_f64());
             })
             .connect(urls)
-            .map_err(|source| TransportError::Connect { urls: urls.to_string(), source })?;
+            .map_err(|source| TransportError::Connect { urls: urls.to_string(), source, auth: cfg.nats.auth_methods().first().copied() })?;
         let js = nats::jetstream::new(nc.clone());
         let stream = cfg.nats.stream_prefix.clone();
         let filter = format!("{}.>", cfg.nats.subject_prefix);
