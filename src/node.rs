@@ -390,7 +390,7 @@ impl Node {
                     self.connecting = None;
                     self.connect_failed(format!(
                         "connecting to NATS at {} took longer than {} ms ([nats] connect_timeout_ms)",
-                        self.urls, self.cfg.nats.connect_timeout_ms
+                        crate::transport::redact_urls(&self.urls), self.cfg.nats.connect_timeout_ms
                     ));
                 }
             }
@@ -443,10 +443,10 @@ impl Node {
         match self.offline_since.take() {
             Some(since) => log::info!(
                 "connected to nats urls={} cursor={cursor} after {:.1} s offline",
-                self.urls,
+                crate::transport::redact_urls(&self.urls),
                 since.elapsed().as_secs_f64()
             ),
-            None => log::info!("connected to nats urls={} cursor={cursor}", self.urls),
+            None => log::info!("connected to nats urls={} cursor={cursor}", crate::transport::redact_urls(&self.urls)),
         }
         self.last_connect_error = None;
         self.backoff.reset();

@@ -125,6 +125,18 @@ fn auth_options(n: &crate::config::Nats) -> Result<nats::Options, TransportError
     Ok(nats::Options::new())
 }
 
+/// `urls` for logs: credentials written into a URL (`nats://user:secret@host`) become `***`.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
+            (None, Some(at)) => format!("***{}", &u[at..]),
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The client's own reconnect delay: doubling from `min_ms` to `max_ms`, with up to 25% jitter.
 fn reconnect_delay(min_ms: u64, max_ms: u64, attempts: usize) -> Duration {
     let base = min_ms.saturating_mul(1u64 << attempts.min(20)).min(max_ms);
@@ -222,7 +234,7 @@ impl Transport {
                 log::info!("nats reconnected after {:.1} s", lost.as_secs_f64());
             })
             .connect(urls)
-            .map_err(|source| TransportError::Connect { urls: urls.to_string(), source, auth: cfg.nats.auth_methods().first().copied() })?;
+            .map_err(|source| TransportError::Connect { urls: redact_urls(urls), source, auth: cfg.nats.auth_methods().first().copied() })?;
         let js = nats::jetstream::new(nc.clone());
         let stream = cfg.nats.stream_prefix.clone();
         let filter = format!("{}.>", cfg.nats.subject_prefix);
@@ -450,4 +462,16 @@ impl Transport {
         Ok(())
     }
 
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_urls;
+
+    #[test]
+    fn credentials_in_urls_are_hidden() {
+        assert_eq!(redact_urls("nats://u:pw@h:4222,tls://tok@h2"), "nats://***@h:4222,tls://***@h2");
+        assert_eq!(redact_urls("nats://h:4222"), "nats://h:4222");
+        assert_eq!(redact_urls("u:pw@h:4222"), "***@h:4222");
+    }
 }
