@@ -17,6 +17,7 @@
 mod common;
 
 use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -47,7 +48,9 @@ fn arm_bins() -> Option<Vec<PathBuf>> {
                  `bash cross/qemu-test.sh`, which builds them with cross/build.sh"
             );
         }
-        eprintln!(
+        // Straight to stderr, not through eprintln!, so the note shows without --nocapture.
+        let _ = writeln!(
+            std::io::stderr(),
             "arm: skipped (HL_ARM_BINS is not set; `bash cross/qemu-test.sh` builds the ARM \
              binaries and runs this test under qemu)"
         );
@@ -151,7 +154,11 @@ impl EmuNode {
                 return start.elapsed();
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited before `node ready` ({st}); log:\n{}", self.name, self.log());
+                panic!(
+                    "{} exited before `node ready` ({st}); log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             assert!(
                 start.elapsed() < timeout,
@@ -209,7 +216,10 @@ impl EmuNode {
 impl Drop for EmuNode {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
                 std::thread::sleep(POLL);
@@ -254,10 +264,7 @@ fn value_rows(base: i64) -> Vec<(String, String)> {
         .enumerate()
         .map(|(i, (sql, dumped))| {
             let id = base + i as i64;
-            (
-                format!("({id}, {sql})"),
-                format!("integer={id}|{dumped}"),
-            )
+            (format!("({id}, {sql})"), format!("integer={id}|{dumped}"))
         })
         .collect()
 }
@@ -288,7 +295,12 @@ fn arm_and_native_converge(bin: &Path) {
     let mut native = Node::start(dir.path(), "native", "", Some(&nats.url()));
     let ready = emu.wait_ready(READY);
     native.wait_ready();
-    eprintln!("arm: {arch}: emulated node ready in {ready:.1?}");
+    let kind = if qemu.is_some() {
+        "emulated"
+    } else {
+        "native musl"
+    };
+    eprintln!("arm: {arch}: {kind} node ready in {ready:.1?}");
 
     // Each side writes its own rows; both must hold both sets, exactly.
     let from_emu = value_rows(100);
@@ -345,17 +357,21 @@ fn arm_and_native_converge(bin: &Path) {
     eprintln!("arm: {arch}: converged ({:.1?} since start)", t0.elapsed());
 
     let (hwm, rss) = emu.memory_kb();
-    eprintln!(
-        "arm: {arch}: emulated node peak RSS {hwm} kB (VmHWM of {}; includes the emulator), \
-         current {rss} kB",
-        qemu.as_ref()
-            .map(|q| q.file_name().unwrap().to_string_lossy().into_owned())
-            .unwrap_or_else(|| "the native process".into())
-    );
+    match &qemu {
+        Some(q) => eprintln!(
+            "arm: {arch}: emulated node peak RSS {hwm} kB (VmHWM of {}, so it includes the \
+             emulator), current {rss} kB",
+            q.file_name().unwrap().to_string_lossy()
+        ),
+        None => eprintln!("arm: {arch}: {kind} node peak RSS {hwm} kB (VmHWM), current {rss} kB"),
+    }
     if let Some(pid) = native.pid() {
         if let Ok(s) = fs::read_to_string(format!("/proc/{pid}/status")) {
             if let Some(l) = s.lines().find(|l| l.starts_with("VmHWM:")) {
-                eprintln!("arm: {arch}: native node (test build) {}", l.split_whitespace().collect::<Vec<_>>().join(" "));
+                eprintln!(
+                    "arm: {arch}: native node (test build) {}",
+                    l.split_whitespace().collect::<Vec<_>>().join(" ")
+                );
             }
         }
     }
