@@ -131,7 +131,9 @@ if ! command -v file >/dev/null 2>&1; then
     apt_install file || die "'file' is needed to check the binaries; install it (Debian: file) and retry"
 fi
 
-command -v rustc >/dev/null 2>&1 && command -v cargo >/dev/null 2>&1 || die "Rust (cargo, rustc) is needed"
+if ! command -v rustc >/dev/null 2>&1 || ! command -v cargo >/dev/null 2>&1; then
+    die "Rust (cargo, rustc) is needed"
+fi
 sysroot="$(rustc --print sysroot)"
 
 have_std() { compgen -G "$sysroot/lib/rustlib/$1/lib/libstd-*.rlib" >/dev/null; }

@@ -29,6 +29,7 @@ out="$repo/dist"
 bash cross/build.sh --target aarch64-unknown-linux-musl --target armv7-unknown-linux-musleabihf --out "$out"
 echo "qemu-test: built in $((SECONDS - start)) s" >&2
 
+# shellcheck source=scripts/tools.sh
 source scripts/tools.sh
 export HL_ARM_BINS="$out/harmonylite-aarch64-unknown-linux-musl:$out/harmonylite-armv7-unknown-linux-musleabihf"
 export HL_ARM_REQUIRED=1
