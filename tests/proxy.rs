@@ -187,6 +187,11 @@ fn blackhole_forwards_nothing_and_holds_the_bytes() {
         read_for(&mut c, 6, Duration::from_secs(2)).unwrap(),
         b"before"
     );
+    // The count covers both directions and the echo's direction is counted just after its
+    // bytes were written to us: wait for it, so the baseline is not taken mid-update.
+    common::wait_until("the proxy counted both directions", Duration::from_secs(2), || {
+        p.forwarded_bytes() == 12
+    });
     let fwd = p.forwarded_bytes();
     p.blackhole();
     c.write_all(b"held").unwrap();
