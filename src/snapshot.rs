@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::apply::{self, CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, PARKED_TABLE};
+use crate::apply::{CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, PARKED_TABLE};
 use crate::capture::{self, Schema};
 use crate::config::Config;
 use crate::db::{self, quote, Context, DbError, META_TABLE};
@@ -348,9 +348,4 @@ fn sql_str(s: &str) -> String {
 /// Writes the restore progress for `harmonylite status` (best effort).
 pub fn record_progress(conn: &Connection, done: u64, total: u64) {
     let _ = db::set_meta(conn, RESTORE_DONE_KEY, done as i64).and_then(|_| db::set_meta(conn, RESTORE_TOTAL_KEY, total as i64));
-}
-
-/// Parked changes a snapshot install copied in are retried against the new schema.
-pub fn after_install(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Result<(), DbError> {
-    apply::retry_parked(conn, schema, hlc, node).map(|_| ())
 }

@@ -136,30 +136,19 @@ fn main() -> ExitCode {
             }
         }
     }
-    if let Some(mib) = snapshot_mib {
-        return match run_snapshot(mib) {
-            Ok(r) => {
-                let table = snapshot::report(&r);
-                if json {
-                    eprint!("{table}");
-                    println!("{}", snapshot::json(&r));
-                } else {
-                    print!("{table}");
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("hl-bench: error: {e}");
-                ExitCode::from(1)
-            }
-        };
+    match snapshot_mib {
+        Some(mib) => finish(run_snapshot(mib).map(|r| (snapshot::report(&r), snapshot::json(&r))), json),
+        None => finish(run(quick).map(|r| (report::table(&r), report::json(&r))), json),
     }
-    match run(quick) {
-        Ok(results) => {
-            let table = report::table(&results);
+}
+
+/// Prints the table (to stderr when `--json` puts the JSON line on stdout) or the error.
+fn finish(result: Result<(String, String), String>, json: bool) -> ExitCode {
+    match result {
+        Ok((table, line)) => {
             if json {
                 eprint!("{table}");
-                println!("{}", report::json(&results));
+                println!("{line}");
             } else {
                 print!("{table}");
             }
