@@ -139,6 +139,8 @@ fn take_complete(conn: &Connection, origin: u64, id: u64, count: u32) -> Result<
 /// How one sender's table maps onto ours.
 struct Target<'a> {
     table: &'a Table,
+    /// Positions of the sender's values we bind, when not all of them (columns ignored here).
+    used: Option<Vec<usize>>,
     upsert: String,
     delete: String,
     get_version: String,
@@ -147,20 +149,32 @@ struct Target<'a> {
 
 fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String> {
     let table = schema.get(&h.name).ok_or_else(|| format!("table {} is not replicated here (missing, or no primary key)", h.name))?;
-    if let Some(c) = h.columns.iter().find(|c| !table.header.columns.contains(c)) {
+    if let Some(why) = schema.paused.get(&h.name) {
+        return Err(format!("table {} is paused here ({why})", h.name));
+    }
+    let ours = &table.header.columns;
+    if let Some(c) = h.columns.iter().find(|c| !ours.contains(c) && !table.ignored.contains(c)) {
         return Err(format!("column {c} of table {} does not exist here yet", h.name));
     }
     let their_pk: Vec<&String> = h.pk.iter().map(|&i| &h.columns[i as usize]).collect();
-    let our_pk: Vec<&String> = table.header.pk.iter().map(|&i| &table.header.columns[i as usize]).collect();
+    let our_pk: Vec<&String> = table.header.pk.iter().map(|&i| &ours[i as usize]).collect();
     if their_pk != our_pk {
         return Err(format!("primary key of table {} differs: sender has {their_pk:?}, here {our_pk:?}", h.name));
     }
+    let used: Vec<usize> = (0..h.columns.len()).filter(|&i| ours.contains(&h.columns[i])).collect();
     let n = our_pk.len();
     let t = quote(&h.name);
-    let cols: Vec<String> = h.columns.iter().map(|c| quote(c)).collect();
+    let cols: Vec<String> = used.iter().map(|&i| quote(&h.columns[i])).collect();
     let pk_cols: Vec<String> = our_pk.iter().map(|c| quote(c)).collect();
     let placeholders = (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-    let set: Vec<String> = cols.iter().filter(|c| !pk_cols.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+    let mut set: Vec<String> = cols.iter().filter(|c| !pk_cols.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+    // A sender on an older schema lacks our newer columns: its row image sets them to their
+    // defaults, so every node ends with the same row whatever order changes arrive in.
+    for (i, c) in ours.iter().enumerate() {
+        if !h.columns.contains(c) && !table.header.pk.contains(&(i as u16)) {
+            set.push(format!("{} = {}", quote(c), table.defaults[i].as_deref().unwrap_or("NULL")));
+        }
+    }
     let on_conflict = if set.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", set.join(", ")) };
     let key_match = |prefix: &str, names: &[String]| {
         names.iter().enumerate().map(|(i, c)| format!("{prefix}{c} IS ?{}", i + 1)).collect::<Vec<_>>().join(" AND ")
@@ -169,6 +183,7 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
     let ver = &table.ver;
     Ok(Target {
         table,
+        used: (used.len() < h.columns.len()).then_some(used),
         upsert: format!("INSERT INTO {t}({}) VALUES ({placeholders}) ON CONFLICT({}) {on_conflict}", cols.join(", "), pk_cols.join(", ")),
         delete: format!("DELETE FROM {t} WHERE {}", key_match("", &pk_cols)),
         get_version: format!("SELECT ver, node FROM {ver} WHERE {}", key_match("", &keys)),
@@ -206,7 +221,7 @@ fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes,
             Outcome::Stale => stats.stale += 1,
             Outcome::Park(reason) => {
                 if warned.insert(idx, ()).is_none() {
-                    log::warn!("parking changes for table {}: {reason}; they are kept and retried after the next schema change", header.name);
+                    log::warn!("parking changes for table {}: {reason}; they are kept and applied once the schema here allows", header.name);
                 }
                 park(conn, &header.name, &reason, c.origin, header, ch)?;
                 stats.parked += 1;
@@ -240,7 +255,10 @@ fn apply_one(conn: &Connection, t: &Target, header: &TableHeader, origin: u64, c
         }
     }
     let result = match &ch.op {
-        Op::Upsert(values) => conn.prepare_cached(&t.upsert).and_then(|mut s| s.execute(rusqlite::params_from_iter(values.iter()))),
+        Op::Upsert(values) => conn.prepare_cached(&t.upsert).and_then(|mut s| match &t.used {
+            None => s.execute(rusqlite::params_from_iter(values.iter())),
+            Some(used) => s.execute(rusqlite::params_from_iter(used.iter().map(|&i| &values[i]))),
+        }),
         Op::Delete(keys) => conn.prepare_cached(&t.delete).and_then(|mut s| s.execute(rusqlite::params_from_iter(keys.iter()))),
     };
     if let Err(e) = result {
@@ -461,5 +479,44 @@ mod tests {
         assert_eq!((done, left), (1, 1));
         let extra: i64 = d.conn.query_row("SELECT extra FROM t WHERE id = 1", [], |r| r.get(0)).unwrap();
         assert_eq!(extra, 3);
+    }
+
+    #[test]
+    fn a_sender_on_an_older_schema_sets_newer_columns_to_their_defaults() {
+        let mut d = setup("older");
+        d.conn.execute_batch("ALTER TABLE t ADD COLUMN qty INTEGER NOT NULL DEFAULT 4").unwrap();
+        let cfg = Config::parse(&format!("db_path = {:?}", d.path.display().to_string())).unwrap();
+        d.schema = capture::scan(&d.conn, &cfg).unwrap();
+        let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into(), "qty".into()], pk: vec![0] };
+        let mut b = FrameBuilder::new(7, 1 << 16);
+        b.push(&wide, 100, Op::Upsert(vec![Value::Integer(1), Value::Text(b"a".to_vec()), Value::Integer(9)]));
+        apply(&mut d, Incoming { seq: 1, subject: "x.7".into(), data: b.finish() });
+        // a newer row image from a node without qty: the whole row is its image, qty its default
+        apply(&mut d, msg(2, 8, &[(110, up(1, "b")), (111, up(2, "c"))]));
+        let got: Vec<(i64, String, i64)> = d
+            .conn
+            .prepare("SELECT id, v, qty FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, vec![(1, "b".to_string(), 4), (2, "c".to_string(), 4)]);
+    }
+
+    #[test]
+    fn paused_tables_park_and_accepted_dropped_columns_are_ignored() {
+        let mut d = setup("ignored");
+        d.schema.paused.insert("t".into(), "column extra was dropped".into());
+        let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "extra".into(), "v".into()], pk: vec![0] };
+        let mut b = FrameBuilder::new(7, 1 << 16);
+        b.push(&wide, 100, Op::Upsert(vec![Value::Integer(1), Value::Integer(3), Value::Text(b"a".to_vec())]));
+        let s = apply(&mut d, Incoming { seq: 1, subject: "x.7".into(), data: b.finish() });
+        assert_eq!((s.applied, s.parked), (0, 1));
+        d.schema.paused.clear();
+        d.schema.get_mut("t").unwrap().ignored = vec!["extra".into()];
+        let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+        assert_eq!((done, left), (1, 0));
+        assert_eq!(rows(&d), vec![(1, "a".to_string())]);
     }
 }

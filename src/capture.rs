@@ -36,6 +36,13 @@ const TS_SQL: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGE
 #[derive(Debug, Clone)]
 pub struct Table {
     pub header: TableHeader,
+    /// Declared type of each column (as written in CREATE TABLE), in header order.
+    pub decl: Vec<String>,
+    /// Default value of each column as SQL text (`PRAGMA table_info`'s `dflt_value`).
+    pub defaults: Vec<Option<String>>,
+    /// Columns other nodes may still send that were dropped here by an accepted schema change
+    /// (see [`crate::schema`]): their values are ignored on apply.
+    pub ignored: Vec<String>,
     pub without_rowid: bool,
     pub log: String,
     pub ver: String,
@@ -62,8 +69,10 @@ impl Table {
         self.header.pk.len()
     }
 
-    fn new(name: &str, columns: Vec<String>, pk: Vec<u16>, without_rowid: bool) -> Table {
-        let header = TableHeader { name: name.to_string(), columns, pk };
+    fn new(name: &str, cols: Vec<ColumnInfo>, pk: Vec<u16>, without_rowid: bool) -> Table {
+        let decl = cols.iter().map(|c| c.decl.clone()).collect();
+        let defaults = cols.iter().map(|c| c.default.clone()).collect();
+        let header = TableHeader { name: name.to_string(), columns: cols.into_iter().map(|c| c.name).collect(), pk };
         let log = quote(&format!("__hl_log_{name}"));
         let ver = quote(&format!("__hl_ver_{name}"));
         let n = header.pk.len();
@@ -101,7 +110,7 @@ impl Table {
             ),
             mark_published: format!("UPDATE {ver} SET pending = 0 WHERE pending = 1 AND ver <= ?1"),
         };
-        Table { header, without_rowid, log, ver, keys, sql }
+        Table { header, decl, defaults, ignored: Vec::new(), without_rowid, log, ver, keys, sql }
     }
 
     /// Quoted primary-key column names, in key order.
@@ -164,11 +173,30 @@ pub struct Schema {
     by_name: HashMap<String, usize>,
     /// Tables present but not replicated, with the reason (logged once per scan that changes them).
     pub skipped: Vec<(String, String)>,
+    /// Replicated tables paused by a schema change we cannot replicate safely, with the reason
+    /// (filled by [`crate::schema::reconcile`]): their changes are kept, not sent or applied.
+    pub paused: HashMap<String, String>,
+}
+
+/// One column as `PRAGMA table_info` describes it.
+struct ColumnInfo {
+    name: String,
+    decl: String,
+    default: Option<String>,
+    pk: i64,
 }
 
 impl Schema {
     pub fn get(&self, name: &str) -> Option<&Table> {
         self.by_name.get(name).map(|&i| &self.tables[i])
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Table> {
+        self.by_name.get(name).map(|&i| &mut self.tables[i])
+    }
+
+    pub fn is_paused(&self, name: &str) -> bool {
+        self.paused.contains_key(name)
     }
 }
 
@@ -193,18 +221,17 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
             _ => continue, // views, shadow tables of virtual tables
         }
         let mut info = conn.prepare(&format!("PRAGMA main.table_info({})", quote(&name))).ctx("read table columns")?;
-        let cols: Vec<(String, i64)> = info
-            .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)?)))
+        let cols: Vec<ColumnInfo> = info
+            .query_map([], |r| Ok(ColumnInfo { name: r.get(1)?, decl: r.get(2)?, default: r.get(4)?, pk: r.get(5)? }))
             .and_then(|rows| rows.collect())
             .ctx("read table columns")?;
-        let mut pk: Vec<(i64, u16)> = cols.iter().enumerate().filter(|(_, c)| c.1 > 0).map(|(i, c)| (c.1, i as u16)).collect();
+        let mut pk: Vec<(i64, u16)> = cols.iter().enumerate().filter(|(_, c)| c.pk > 0).map(|(i, c)| (c.pk, i as u16)).collect();
         if pk.is_empty() {
             schema.skipped.push((name, "it has no PRIMARY KEY; add one to replicate it".into()));
             continue;
         }
         pk.sort();
-        let columns = cols.into_iter().map(|c| c.0).collect();
-        let table = Table::new(&name, columns, pk.into_iter().map(|p| p.1).collect(), without_rowid);
+        let table = Table::new(&name, cols, pk.into_iter().map(|p| p.1).collect(), without_rowid);
         schema.by_name.insert(name, schema.tables.len());
         schema.tables.push(table);
     }

@@ -17,6 +17,7 @@
 //! - [`transport`]: the only user of the `nats` crate: stream, consumer, publish, fetch.
 //! - [`embedded`]: the local nats-server started when no server is configured.
 //! - [`node`]: the loop that joins them (its publish round in `node/publish.rs`).
+//! - [`schema`]: rolling schema changes: recorded definitions, pausing a table.
 //! - [`status`]: `harmonylite status`, read from the database.
 //! - [`cleanup`]: `harmonylite cleanup`, removing everything HarmonyLite added to a database.
 //! - [`logging`]: the stderr logger (text or JSON lines).
@@ -33,6 +34,7 @@ pub mod frame;
 pub mod hlc;
 pub mod logging;
 pub mod node;
+pub mod schema;
 pub mod snapshot;
 pub mod status;
 pub mod transport;

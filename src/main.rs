@@ -22,6 +22,9 @@ Usage:
   harmonylite snapshot restore --config PATH
                                 replace the database content with the current snapshot
                                 (unpublished local changes are kept and still sent)
+  harmonylite schema accept TABLE --config PATH
+                                resume a table paused by a dropped or retyped column,
+                                adopting its new definition (works while the node runs)
   harmonylite cleanup --config PATH [--force]
                                 remove every trigger, table and index HarmonyLite added
                                 (stop the node first; --force discards unpublished changes;
@@ -53,7 +56,17 @@ fn main() -> ExitCode {
             None => return usage_error("snapshot needs a command: save or restore"),
         }
     }
-    let cleanup = snapshot_cmd.is_none() && !status && args.peek().map(String::as_str) == Some("cleanup");
+    let mut accept_table = None;
+    if snapshot_cmd.is_none() && !status && args.peek().map(String::as_str) == Some("schema") {
+        args.next();
+        match (args.next().as_deref(), args.next()) {
+            (Some("accept"), Some(t)) if !t.starts_with('-') => accept_table = Some(t),
+            (Some("accept"), _) => return usage_error("schema accept needs a table name: harmonylite schema accept TABLE --config PATH"),
+            (Some(other), _) => return usage_error(&format!("unknown schema command {other:?}: expected accept")),
+            (None, _) => return usage_error("schema needs a command: accept"),
+        }
+    }
+    let cleanup = snapshot_cmd.is_none() && !status && accept_table.is_none() && args.peek().map(String::as_str) == Some("cleanup");
     if cleanup {
         args.next();
     }
@@ -101,6 +114,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(table) = accept_table {
+        return match harmonylite::schema::accept_in(&cfg, &table) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if cleanup {
         return match harmonylite::cleanup::run(&cfg.db_path, force) {
             Ok(report) => {

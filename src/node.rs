@@ -13,6 +13,7 @@ use crate::apply::{self, Incoming};
 use crate::capture::{self, Schema};
 use crate::config::Config;
 use crate::db::{self, DbError};
+use crate::schema;
 use crate::embedded::EmbeddedServer;
 use crate::hlc::Hlc;
 use crate::status;
@@ -155,6 +156,8 @@ pub struct Node {
     link_recorded: Option<bool>,
     data_version: Option<i64>,
     schema_version: i64,
+    /// When [`Node::pause_lifted`] last looked.
+    pause_checked: Instant,
     /// The outbox may hold changes (set by stamping, cleared when a read finds none).
     outbox_dirty: bool,
     /// Stream position past a run of our own frames, not yet written to the database.
@@ -221,15 +224,24 @@ impl Node {
         let lock = if exclusive && cfg.db_path.exists() { Some(lock_db(&cfg.db_path)?) } else { None };
         let mut conn = db::open(&cfg.db_path)?;
         apply::prepare(&conn)?;
+        schema::prepare(&conn)?;
         let node_id = db::node_id(&conn, cfg.node_id, &cfg.db_path)?;
         let hlc = Hlc::new(db::get_meta(&conn, apply::HLC_KEY)?.unwrap_or(0) as u64);
-        let schema = capture::scan(&conn, &cfg)?;
+        // read before the scan: a schema change committed after it is seen at the next tick
+        let schema_version = db::schema_version(&conn)?;
+        let mut schema = capture::scan(&conn, &cfg)?;
         report_skipped(&schema, None);
         let backfilled = capture::install(&mut conn, &schema)?;
         if backfilled > 0 {
             log::info!("queued existing rows for replication rows={backfilled}");
         }
-        let schema_version = db::schema_version(&conn)?;
+        schema::reconcile_and_report(&mut conn, &mut schema)?;
+        let mut hlc = hlc;
+        if apply::parked_len(&conn)? > 0 {
+            // the schema may have changed while the node was stopped
+            let (done, left) = apply::retry_parked(&mut conn, &schema, &mut hlc, node_id)?;
+            log::info!("retried parked changes applied={done} still_parked={left}");
+        }
         let (embedded, urls) = if cfg.nats.urls.is_empty() {
             let server = EmbeddedServer::start(&cfg.nats.server_bin, &cfg.nats.embedded_listen, &cfg.db_path)
                 .map_err(NodeError::Embedded)?;
@@ -277,6 +289,7 @@ impl Node {
             link_recorded: None,
             data_version: None,
             schema_version,
+            pause_checked: Instant::now(),
             outbox_dirty: true,
             own_cursor: None,
             own_cursor_saved: Instant::now(),
@@ -548,12 +561,16 @@ impl Node {
 
     fn check_schema(&mut self) -> Result<(), NodeError> {
         let sv = db::schema_version(&self.conn)?;
-        if sv == self.schema_version {
+        if sv == self.schema_version && !self.pause_lifted()? {
             return Ok(());
         }
-        let schema = capture::scan(&self.conn, &self.cfg)?;
+        let mut schema = capture::scan(&self.conn, &self.cfg)?;
         report_skipped(&schema, Some(&self.schema));
         let backfilled = capture::install(&mut self.conn, &schema)?;
+        schema.paused = std::mem::take(&mut self.schema.paused);
+        if schema::reconcile_and_report(&mut self.conn, &mut schema)? {
+            self.outbox_dirty = true;
+        }
         let changed: Vec<&str> = schema
             .tables
             .iter()
@@ -564,13 +581,26 @@ impl Node {
             log::info!("schema change adopted tables={} queued_rows={backfilled}", changed.join(","));
         }
         self.schema = schema;
-        self.schema_version = db::schema_version(&self.conn)?;
+        // the version read before the scan: if the application changed the schema meanwhile (or
+        // the install did), the next tick looks again; a second look changes nothing
+        self.schema_version = sv;
         self.data_version = None;
         let (done, left) = apply::retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)?;
-        if done > 0 || left > 0 {
+        if done > 0 {
             log::info!("retried parked changes applied={done} still_parked={left}");
         }
         Ok(())
+    }
+
+    /// While a table is paused, looks once a second whether `harmonylite schema accept` (another
+    /// process) lifted the pause.
+    fn pause_lifted(&mut self) -> Result<bool, NodeError> {
+        if self.schema.paused.is_empty() || self.pause_checked.elapsed() < Duration::from_secs(1) {
+            return Ok(false);
+        }
+        self.pause_checked = Instant::now();
+        let names = schema::paused_names(&self.conn)?;
+        Ok(names.len() != self.schema.paused.len() || names.iter().any(|n| !self.schema.is_paused(n)))
     }
 
     /// Fetches and applies the next messages, waiting up to `wait`. Returns whether anything

@@ -99,10 +99,15 @@ fn strip(copy: &Connection, cfg: &Config, snap: &SnapMeta) -> Result<(), DbError
     }
     sql += &format!(
         "DROP TABLE IF EXISTS {META_TABLE};
+         DROP TABLE IF EXISTS {};
          CREATE TABLE {SNAPSHOT_TABLE}(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
          INSERT INTO {SNAPSHOT_TABLE} VALUES ('format', {FORMAT}), ('seq', {}), ('node', {}), ('created_ms', {}), ('hlc', {});
          COMMIT;",
-        snap.seq, snap.node, snap.created_ms, snap.hlc
+        crate::schema::TABLES_TABLE,
+        snap.seq,
+        snap.node,
+        snap.created_ms,
+        snap.hlc
     );
     copy.execute_batch(&sql).ctx("strip the snapshot copy")
 }

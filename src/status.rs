@@ -33,6 +33,10 @@ pub struct Status {
     pub outbox_oldest_age_ms: Option<u64>,
     pub outbox_over_budget: bool,
     pub parked_changes: u64,
+    /// Parked changes per table, with the reason of the latest one parked.
+    pub parked_by_table: Vec<(String, u64, String)>,
+    /// Tables paused by a schema change, with the reason.
+    pub paused_tables: Vec<(String, String)>,
     pub fragments_waiting: u64,
     pub last_publish_ms: Option<u64>,
     pub last_apply_ms: Option<u64>,
@@ -57,7 +61,10 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
         .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
     conn.busy_timeout(db::BUSY_TIMEOUT).ctx("set busy timeout")?;
     let mut st = Status { db_path: path.display().to_string(), node_running: crate::node::is_locked(path), ..Default::default() };
-    let schema = capture::scan(&conn, cfg)?;
+    let mut schema = capture::scan(&conn, cfg)?;
+    crate::schema::load_paused(&conn, &mut schema)?;
+    st.paused_tables = schema.paused.iter().map(|(t, w)| (t.clone(), w.clone())).collect();
+    st.paused_tables.sort();
     st.tables = schema.tables.iter().map(|t| t.name().to_string()).collect();
     st.not_replicated = schema.skipped.clone();
     st.installed = exists(&conn, META_TABLE)?;
@@ -102,6 +109,16 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     }
     if exists(&conn, PARKED_TABLE)? {
         st.parked_changes = count(&conn, PARKED_TABLE)?;
+        let mut s = conn
+            .prepare(&format!(
+                "SELECT tbl, count(*), (SELECT reason FROM {PARKED_TABLE} p2 WHERE p2.tbl = p.tbl ORDER BY id DESC LIMIT 1) \
+                 FROM {PARKED_TABLE} p GROUP BY tbl ORDER BY tbl"
+            ))
+            .ctx("read parked changes")?;
+        st.parked_by_table = s
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)))
+            .and_then(|rows| rows.collect())
+            .ctx("read parked changes")?;
     }
     if exists(&conn, FRAGMENT_TABLE)? {
         st.fragments_waiting = count(&conn, FRAGMENT_TABLE)?;
@@ -151,7 +168,13 @@ impl Status {
         let _ = writeln!(o, "outbox:           {} changes{oldest}{budget}", self.outbox_changes);
         let _ = writeln!(o, "last publish:     {}", ago(self.last_publish_ms));
         let _ = writeln!(o, "last apply:       {}", ago(self.last_apply_ms));
+        for (t, why) in &self.paused_tables {
+            let _ = writeln!(o, "PAUSED:           {t}: {why} (see `harmonylite schema accept`)");
+        }
         let _ = writeln!(o, "parked changes:   {}", self.parked_changes);
+        for (t, n, why) in &self.parked_by_table {
+            let _ = writeln!(o, "  parked:         {t}: {n} ({why})");
+        }
         let _ = writeln!(o, "fragments held:   {}", self.fragments_waiting);
         if let Some((done, total)) = self.restore_progress {
             let pct = done as f64 * 100.0 / total.max(1) as f64;
@@ -179,11 +202,23 @@ impl Status {
             .map(|(t, w)| format!("{{\"table\":{},\"reason\":{}}}", json_str(t), json_str(w)))
             .collect::<Vec<_>>()
             .join(",");
+        let paused = self
+            .paused_tables
+            .iter()
+            .map(|(t, w)| format!("{{\"table\":{},\"reason\":{}}}", json_str(t), json_str(w)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let parked = self
+            .parked_by_table
+            .iter()
+            .map(|(t, n, w)| format!("{{\"table\":{},\"changes\":{n},\"reason\":{}}}", json_str(t), json_str(w)))
+            .collect::<Vec<_>>()
+            .join(",");
         format!(
             "{{\"db_path\":{},\"node_running\":{},\"node_id\":{},\"capture_installed\":{},\"tables\":[{tables}],\"not_replicated\":[{skipped}],\
              \"stream_position\":{},\"hlc\":{},\"link_up\":{},\"link_since_ms\":{},\"outbox_changes\":{},\
              \"outbox_oldest_age_ms\":{},\"outbox_over_budget\":{},\"last_publish_ms\":{},\"last_apply_ms\":{},\
-             \"parked_changes\":{},\"fragments_waiting\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
+             \"parked_changes\":{},\"parked_by_table\":[{parked}],\"paused_tables\":[{paused}],\"fragments_waiting\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
              \"restored_seq\":{},\"restored_ms\":{},\"snapshot_saved_seq\":{},\"snapshot_saved_ms\":{}}}",
             json_str(&self.db_path),
             self.node_running,

@@ -67,6 +67,9 @@ impl Node {
             if more {
                 break;
             }
+            if self.schema.is_paused(t.name()) {
+                continue; // held in the outbox until the table resumes
+            }
             let last = capture::read_pending(&tx, t, |version, change| {
                 if bytes >= ROUND_BYTES {
                     more = true;

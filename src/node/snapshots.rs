@@ -202,6 +202,10 @@ impl Node {
         if !self.cfg.snapshot.enabled || !self.cfg.snapshot.save || Instant::now() < self.next_save || !self.link_up() {
             return;
         }
+        if !self.schema.paused.is_empty() {
+            // a paused table's copy here does not match the fleet's definition: others save
+            return;
+        }
         let interval = Duration::from_millis(self.cfg.snapshot.interval_ms());
         // up to 10% jitter, so nodes started together do not all look at once
         let jitter = interval.mul_f64((self.node_id % 1000) as f64 / 10_000.0);
