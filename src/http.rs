@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,11 @@ use crate::config::{listen_addr, Config};
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest request line plus headers accepted.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// After answering, what the client still sends is read and dropped (up to this many bytes,
+/// for up to [`DRAIN_TIMEOUT`]): closing with unread bytes would reset the connection, and the
+/// client could lose the answer, the 400 for an oversized request included.
+const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -129,6 +134,16 @@ fn handle(mut s: TcpStream, routes: &[(String, Handler)]) {
     };
     if let Err(e) = write_response(&mut s, &response) {
         log::debug!("http: cannot answer: {e}");
+        return;
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    let _ = s.set_read_timeout(Some(DRAIN_TIMEOUT));
+    let mut left = DRAIN_BYTES;
+    while left > 0 {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
     }
 }
 
