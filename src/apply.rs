@@ -30,7 +30,7 @@ pub struct Incoming {
     pub data: Vec<u8>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyStats {
     /// Local changes stamped first (capture before apply).
     pub stamped: u64,
@@ -42,6 +42,8 @@ pub struct ApplyStats {
     pub own: u64,
     /// The origin whose stamps were furthest ahead of our clock, and by how many ms (if ahead).
     pub ahead: Option<(u64, u64)>,
+    /// The newest version seen from each origin (for the replication lag metric).
+    pub newest: Vec<(u64, u64)>,
 }
 
 /// Creates the tables this module owns.
@@ -205,6 +207,12 @@ fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes,
     if let Some(max) = c.changes.iter().map(|ch| crate::hlc::wall_ms(ch.version)).max() {
         if max > now && stats.ahead.map_or(true, |(_, a)| max - now > a) {
             stats.ahead = Some((c.origin, max - now));
+        }
+    }
+    if let Some(v) = c.changes.iter().map(|ch| ch.version).max() {
+        match stats.newest.iter_mut().find(|(o, _)| *o == c.origin) {
+            Some(n) => n.1 = n.1.max(v),
+            None => stats.newest.push((c.origin, v)),
         }
     }
     let mut warned: HashMap<usize, ()> = HashMap::new();

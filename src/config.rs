@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod ops;
+pub use ops::{listen_addr, HealthCheck, Prometheus};
+
 /// Default poll interval of the change log, in milliseconds.
 pub const DEFAULT_POLLING_INTERVAL_MS: u64 = 100;
 /// Default upper bound of one frame on the wire, in bytes (NATS' default max payload is 1 MiB).
@@ -18,6 +21,8 @@ pub const MIN_FRAME_BYTES: usize = 1024;
 pub const DEFAULT_MAX_ENTRIES: i64 = 100_000;
 pub const DEFAULT_SUBJECT_PREFIX: &str = "hlrs.changes";
 pub const DEFAULT_STREAM_PREFIX: &str = "HLRS";
+/// Nodes answer status requests on `<status_subject>.<stream_prefix>.<node_id>` and `.all`.
+pub const DEFAULT_STATUS_SUBJECT: &str = "hlrs.status";
 pub const DEFAULT_SERVER_BIN: &str = "nats-server";
 pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:4222";
 /// Default deadline for one connection attempt (TCP, handshake, stream and consumer setup).
@@ -71,9 +76,9 @@ pub struct Config {
     #[serde(default)]
     pub logging: Logging,
     #[serde(default)]
-    pub prometheus: Endpoint,
+    pub prometheus: Prometheus,
     #[serde(default)]
-    pub health_check: Endpoint,
+    pub health_check: HealthCheck,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +145,9 @@ pub struct Nats {
     pub subject_prefix: String,
     #[serde(default = "default_stream_prefix")]
     pub stream_prefix: String,
+    /// Prefix of the status request/reply subjects (never inside `<subject_prefix>.>`).
+    #[serde(default = "default_status_subject")]
+    pub status_subject: String,
     /// Authentication: at most one of user_name/user_password, token, seed_file, creds_file.
     pub user_name: Option<String>,
     pub user_password: Option<Secret>,
@@ -179,17 +187,6 @@ pub struct Logging {
     /// "text" (default) or "json" (not implemented yet).
     #[serde(default)]
     pub format: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Endpoint {
-    #[serde(default)]
-    pub enable: bool,
-    #[serde(default)]
-    pub bind: Option<String>,
-    #[serde(default)]
-    pub path: Option<String>,
 }
 
 /// A secret from the config (password, token). Its `Debug` hides the value, so printing a
@@ -246,6 +243,9 @@ fn default_subject_prefix() -> String {
 fn default_stream_prefix() -> String {
     DEFAULT_STREAM_PREFIX.into()
 }
+fn default_status_subject() -> String {
+    DEFAULT_STATUS_SUBJECT.into()
+}
 fn default_server_bin() -> PathBuf {
     DEFAULT_SERVER_BIN.into()
 }
@@ -270,6 +270,7 @@ impl Default for Nats {
             urls: Vec::new(),
             subject_prefix: default_subject_prefix(),
             stream_prefix: default_stream_prefix(),
+            status_subject: default_status_subject(),
             user_name: None,
             user_password: None,
             token: None,
@@ -427,6 +428,17 @@ impl Config {
                 self.nats.subject_prefix
             ));
         }
+        if !subject_ok(&self.nats.status_subject) {
+            return Err(format!("[nats] status_subject: {:?} is not a NATS subject", self.nats.status_subject));
+        }
+        // the stream captures `<subject_prefix>.>`: status requests must not land in it
+        let status = format!("{}.{}.", self.nats.status_subject, self.nats.stream_prefix);
+        if status.starts_with(&format!("{}.", self.nats.subject_prefix)) {
+            return Err(format!(
+                "[nats] status_subject: {:?} lies inside the stream's subjects {}.>; choose a prefix outside it",
+                self.nats.status_subject, self.nats.subject_prefix
+            ));
+        }
         let s = &self.nats.stream_prefix;
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
             return Err(format!(
@@ -465,6 +477,7 @@ impl Config {
                 return Err(format!("[logging] format: expected \"text\" or \"json\", got {f:?}"));
             }
         }
+        ops::validate(&self.prometheus, &self.health_check)?;
         for t in self.tables.iter().chain(&self.exclude_tables) {
             if t.is_empty() {
                 return Err("tables/exclude_tables: empty table name".into());
@@ -477,6 +490,11 @@ impl Config {
     pub fn wants_table(&self, table: &str) -> bool {
         (self.tables.is_empty() || self.tables.iter().any(|t| t == table))
             && !self.exclude_tables.iter().any(|t| t == table)
+    }
+
+    /// The subject a status request for `node` (a node id, or `all`) goes to.
+    pub fn status_subject(&self, node: &str) -> String {
+        format!("{}.{}.{node}", self.nats.status_subject, self.nats.stream_prefix)
     }
 
     /// The subject this node publishes to.

@@ -18,7 +18,10 @@
 //! - [`embedded`]: the local nats-server started when no server is configured.
 //! - [`node`]: the loop that joins them (its publish round in `node/publish.rs`).
 //! - [`schema`]: rolling schema changes: recorded definitions, pausing a table.
-//! - [`status`]: `harmonylite status`, read from the database.
+//! - [`status`]: `harmonylite status`, read from the database; [`fleet`]: `status --fleet`,
+//!   asking every node through NATS.
+//! - [`metrics`]: counters and lag for `/metrics`; [`health`]: the `/health` verdict;
+//!   [`http`]: the tiny server for both (`[prometheus]`, `[health_check]`).
 //! - [`cleanup`]: `harmonylite cleanup`, removing everything HarmonyLite added to a database.
 //! - [`logging`]: the stderr logger (text or JSON lines).
 #![forbid(unsafe_code)]
@@ -30,9 +33,13 @@ pub mod cleanup;
 pub mod config;
 pub mod db;
 pub mod embedded;
+pub mod fleet;
 pub mod frame;
+pub mod health;
+pub mod http;
 pub mod hlc;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod schema;
 pub mod snapshot;

@@ -17,6 +17,9 @@ Usage:
   harmonylite --config PATH     run a node in the foreground until SIGTERM/SIGINT
   harmonylite status --config PATH [--json]
                                 show the node's state, read from its database
+  harmonylite status --config PATH --fleet [--node N] [--timeout-ms MS] [--json]
+                                ask every node of the stream (or node N) through NATS;
+                                answers are collected for MS (default 2000) milliseconds
   harmonylite snapshot save --config PATH
                                 save a snapshot of the database to NATS now
   harmonylite snapshot restore --config PATH
@@ -72,6 +75,9 @@ fn main() -> ExitCode {
     }
     let mut json = false;
     let mut force = false;
+    let mut fleet = false;
+    let mut ask_node: Option<u64> = None;
+    let mut timeout_ms = harmonylite::fleet::DEFAULT_TIMEOUT_MS;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => {
@@ -88,6 +94,17 @@ fn main() -> ExitCode {
             },
             s if s.starts_with("--config=") => config = Some(s["--config=".len()..].into()),
             "--json" if status => json = true,
+            "--fleet" if status => fleet = true,
+            "--node" | "--timeout-ms" if status => {
+                let Some(n) = args.next().and_then(|v| v.parse::<u64>().ok()).filter(|n| *n > 0) else {
+                    return usage_error(&format!("{arg} needs a positive number"));
+                };
+                if arg == "--node" {
+                    (fleet, ask_node) = (true, Some(n));
+                } else {
+                    timeout_ms = n;
+                }
+            }
             "--force" if cleanup => force = true,
             other => return usage_error(&format!("unknown argument {other:?}")),
         }
@@ -95,6 +112,9 @@ fn main() -> ExitCode {
     let Some(path) = config else {
         return usage_error("missing --config PATH");
     };
+    if status && fleet {
+        return fleet_status(&path, ask_node, Duration::from_millis(timeout_ms), json);
+    }
     if status {
         return match harmonylite::status::for_config(&path) {
             Ok(st) => {
@@ -147,6 +167,11 @@ fn main() -> ExitCode {
     if let Some(cmd) = snapshot_cmd {
         return snapshot_command(&cmd, cfg, &stop);
     }
+    // before a restore or a wait for a locked database, so /health can say "starting"
+    if let Err(e) = harmonylite::http::start(&cfg) {
+        log::error!("{e}");
+        return ExitCode::from(1);
+    }
     if !cfg.db_path.exists() && cfg.snapshot.enabled && !cfg.nats.urls.is_empty() {
         match harmonylite::node::restore_missing(&cfg, &stop) {
             Ok(true) => {}
@@ -172,6 +197,27 @@ fn main() -> ExitCode {
     };
     node.run(&stop);
     ExitCode::SUCCESS
+}
+
+/// `status --fleet`: the answers of the nodes through NATS; exit 1 when none answered.
+fn fleet_status(path: &std::path::Path, node: Option<u64>, timeout: Duration, json: bool) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match harmonylite::fleet::run(&cfg, node, timeout, json) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `snapshot save` and `snapshot restore`. With the embedded server, they talk to the one the

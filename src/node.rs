@@ -19,6 +19,7 @@ use crate::hlc::Hlc;
 use crate::status;
 use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
 
+mod ops;
 mod publish;
 mod snapshots;
 
@@ -310,6 +311,7 @@ impl Node {
         let poll = Duration::from_millis(self.cfg.polling_interval);
         let mut db_backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         while !stop.is_set() {
+            self.heartbeat();
             if let Some(e) = self.embedded.as_mut() {
                 e.supervise();
             }
@@ -392,6 +394,7 @@ impl Node {
             match attempt.rx.try_recv() {
                 Ok(Ok(t)) => {
                     self.connecting = None;
+                    self.on_connected(&t);
                     self.adopt(t);
                 }
                 Ok(Err(e)) => {
@@ -554,6 +557,7 @@ impl Node {
                 log::debug!("stamped changes={n}");
             }
             tx.commit().map_err(|source| DbError::Sql { op: "commit stamp", source })?;
+            crate::metrics::add(crate::metrics::Counter::Captured, n);
             self.data_version = Some(dv);
         }
         Ok(())
@@ -652,6 +656,7 @@ impl Node {
         let stats = apply::apply_batch(&mut self.conn, &self.schema, &mut self.hlc, self.node_id, &self.unapplied)?;
         self.unapplied.clear();
         self.own_cursor = None; // the apply moved the cursor past them
+        Node::count_applied(&stats);
         if let Some((origin, ahead)) = stats.ahead.filter(|a| a.1 > self.cfg.max_clock_drift_ms) {
             let due = self.clock_reports.get(&origin).map_or(true, |t| t.elapsed() > REPEAT_LOG_EVERY);
             if due {

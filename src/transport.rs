@@ -19,7 +19,9 @@ use crate::apply::Incoming;
 use crate::config::Config;
 
 mod snapstore;
+mod status_service;
 pub use snapstore::{discard as discard_download, Fetched, Pointer, SnapStore};
+pub use status_service::ask_fleet;
 
 /// Deadline for every acknowledgement of one publish batch.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +127,22 @@ fn auth_options(n: &crate::config::Nats) -> Result<nats::Options, TransportError
     Ok(nats::Options::new())
 }
 
+/// Authentication and TLS options from `[nats]` (the callbacks are the caller's).
+fn client_options(n: &crate::config::Nats) -> Result<nats::Options, TransportError> {
+    // The client buffers publishes made while it reconnects, in a buffer it allocates zeroed up
+    // front (8 MiB by default; musl's calloc touches every page, so the static build held 8 MiB
+    // more RSS per connection). We publish only while the link is up and retry with the same
+    // message ids, so a small buffer loses nothing.
+    let mut opts = auth_options(n)?.reconnect_buffer_size(RECONNECT_BUFFER);
+    if let Some(ca) = &n.ca_file {
+        opts = opts.add_root_certificate(ca);
+    }
+    if let (Some(cert), Some(key)) = (&n.cert_file, &n.key_file) {
+        opts = opts.client_cert(cert, key);
+    }
+    Ok(opts)
+}
+
 /// `urls` for logs: credentials written into a URL (`nats://user:secret@host`) become `***`.
 pub fn redact_urls(urls: &str) -> String {
     urls.split(',')
@@ -194,7 +212,7 @@ pub struct Outgoing {
     pub data: Vec<u8>,
 }
 
-/// See [`Transport::connect`].
+/// See [`client_options`].
 const RECONNECT_BUFFER: usize = 64 * 1024;
 
 impl Transport {
@@ -202,17 +220,7 @@ impl Transport {
     /// at `cursor + 1`: the database, not the server, says where we are.
     pub fn connect(cfg: &Config, urls: &str, node: u64, mut cursor: u64) -> Result<Transport, TransportError> {
         let disconnected = Arc::new(AtomicBool::new(false));
-        // The client buffers publishes made while it reconnects, in a buffer it allocates
-        // zeroed up front (8 MiB by default; musl's calloc touches every page, so the static
-        // build held 8 MiB more RSS per connection). We publish only while the link is up and
-        // retry with the same message ids, so a small buffer loses nothing.
-        let mut opts = auth_options(&cfg.nats)?.reconnect_buffer_size(RECONNECT_BUFFER);
-        if let Some(ca) = &cfg.nats.ca_file {
-            opts = opts.add_root_certificate(ca);
-        }
-        if let (Some(cert), Some(key)) = (&cfg.nats.cert_file, &cfg.nats.key_file) {
-            opts = opts.client_cert(cert, key);
-        }
+        let opts = client_options(&cfg.nats)?;
         let (down, up) = (disconnected.clone(), disconnected.clone());
         let since = Arc::new(std::sync::Mutex::new(Instant::now()));
         let since_up = since.clone();
@@ -237,6 +245,7 @@ impl Transport {
             .reconnect_callback(move || {
                 up.store(false, Ordering::Relaxed);
                 renew.store(true, Ordering::Relaxed);
+                crate::metrics::add(crate::metrics::Counter::Reconnects, 1);
                 let lost = since_up.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
                 log::info!("nats reconnected after {:.1} s", lost.as_secs_f64());
             })
@@ -436,6 +445,8 @@ impl Transport {
                         break;
                     }
                     if let Some(info) = msg.jetstream_message_info() {
+                        crate::metrics::add(crate::metrics::Counter::FramesReceived, 1);
+                        crate::metrics::add(crate::metrics::Counter::BytesReceived, msg.data.len() as u64);
                         out.push(Incoming { seq: info.stream_seq, subject: msg.subject.clone(), data: msg.data.clone() });
                         p.last = Some(msg);
                         if let Some(r) = p.request.as_mut() {

@@ -35,6 +35,9 @@ impl Node {
             }
             db::set_meta(&tx, status::LAST_PUBLISH_KEY, crate::hlc::now_ms() as i64)?;
             tx.commit().map_err(|source| DbError::Sql { op: "commit mark published", source })?;
+            crate::metrics::add(crate::metrics::Counter::Published, changes as u64);
+            crate::metrics::add(crate::metrics::Counter::FramesPublished, frames.len() as u64);
+            crate::metrics::add(crate::metrics::Counter::BytesPublished, bytes as u64);
             log::debug!("publish ok frames={} bytes={bytes} changes={changes}", frames.len());
             if changes > 0 {
                 self.bytes_per_change = 0.8 * self.bytes_per_change + 0.2 * (bytes as f64 / changes as f64);

@@ -51,6 +51,7 @@ struct Progress<'a> {
 
 impl Progress<'_> {
     fn update(&mut self, done: u64, total: u64) {
+        crate::metrics::restore_progress(done, total);
         if self.last.elapsed() < PROGRESS_EVERY && done < total {
             return;
         }
@@ -112,6 +113,7 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
             let _ = db::set_meta(&conn, snapshot::SAVED_SEQ_KEY, p.seq as i64)
                 .and_then(|_| db::set_meta(&conn, snapshot::SAVED_MS_KEY, p.created_ms as i64));
         }
+        crate::metrics::add(crate::metrics::Counter::SnapshotSaves, 1);
         Ok(Saved::Uploaded(p))
     })();
     let _ = std::fs::remove_file(&out);
@@ -167,11 +169,13 @@ pub fn restore_missing(cfg: &Config, stop: &Stop) -> Result<bool, String> {
         return Err(format!("cannot restore into {}: its directory does not exist", cfg.db_path.display()));
     }
     log::info!("database {} does not exist: restoring it from snapshot {}", cfg.db_path.display(), p.object);
+    let _restoring = crate::metrics::restoring();
     let (meta, _) = fetch_verified(cfg, &t, &p, stop, None)?;
     let part = snapshot::temp_path(&cfg.db_path, "download");
     snapshot::install_new(&cfg.db_path, &part, &meta).map_err(|e| e.to_string())?;
     transport::discard_download(&part);
     log::info!("snapshot restore: database created from {} at seq {}", p.object, meta.seq);
+    crate::metrics::add(crate::metrics::Counter::SnapshotRestores, 1);
     Ok(true)
 }
 
@@ -297,6 +301,7 @@ impl Node {
             return Err(format!("snapshot {} failed verification before; waiting for a newer one", p.object));
         }
         let started = Instant::now();
+        let _restoring = crate::metrics::restoring();
         let (meta, fetched) = match fetch_verified(&self.cfg, t, &p, stop, Some(&self.conn)) {
             Ok(x) => x,
             Err(e) => {
@@ -311,6 +316,7 @@ impl Node {
             .map_err(|e| format!("installing snapshot {}: {e}", p.object));
         transport::discard_download(&part);
         let done = done?;
+        crate::metrics::add(crate::metrics::Counter::SnapshotRestores, 1);
         // New tables need capture; parked changes get another try; the consumer restarts at
         // the snapshot's position.
         self.schema_version = -1;

@@ -1,0 +1,90 @@
+//! Status over NATS request/reply, so a fleet can be asked through the broker without opening
+//! ports on gateways. Each node answers on `<status_subject>.<stream_prefix>.<node_id>` and
+//! `.all` (subjects outside the stream's, checked by the config); `harmonylite status --fleet`
+//! asks.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::{client_options, redact_urls, Transport, TransportError};
+use crate::config::Config;
+
+/// How often the answering thread looks whether its transport is gone.
+const SERVICE_POLL: Duration = Duration::from_millis(500);
+
+impl Transport {
+    /// Answers status requests for `node` (and `all`) with `reply()`, on a thread that ends
+    /// within [`SERVICE_POLL`] of this transport being dropped (a new transport after a
+    /// reconnect subscribes anew; the client itself resubscribes across its own reconnects).
+    pub fn serve_status(&self, cfg: &Config, node: u64, reply: impl Fn() -> String + Send + 'static) -> Result<(), TransportError> {
+        let subject = cfg.status_subject("*");
+        let sub = self.nc.subscribe(&subject).map_err(|source| TransportError::Setup { what: format!("subscribe to {subject}"), source })?;
+        let live = self.live.clone();
+        let me = node.to_string();
+        std::thread::Builder::new()
+            .name("status-service".into())
+            .spawn(move || {
+                while live.load(Ordering::Relaxed) {
+                    match sub.next_timeout(SERVICE_POLL) {
+                        Ok(msg) => {
+                            let target = msg.subject.rsplit('.').next().unwrap_or("");
+                            if (target == me || target == "all") && msg.reply.is_some() {
+                                if let Err(e) = msg.respond(reply()) {
+                                    log::debug!("status request on {}: cannot answer: {e}", msg.subject);
+                                }
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                        Err(_) => break, // the connection is closed
+                    }
+                }
+            })
+            .map_err(|source| TransportError::Setup { what: "start the status service thread".into(), source })?;
+        Ok(())
+    }
+}
+
+/// Sends one status request to `subject` and collects the answers for `timeout` (or until
+/// `want` answers arrived). Connecting has its own deadline (`[nats] connect_timeout_ms`).
+pub fn ask_fleet(cfg: &Config, urls: &str, subject: &str, want: Option<usize>, timeout: Duration) -> Result<Vec<Vec<u8>>, TransportError> {
+    let opts = client_options(&cfg.nats)?.with_name("harmonylite status --fleet");
+    let (tx, rx) = mpsc::channel();
+    let target = urls.to_string();
+    // the client's connect has no deadline of its own: a blackholed server would hold us
+    std::thread::spawn(move || {
+        let _ = tx.send(opts.connect(&target));
+    });
+    let connect_timeout = Duration::from_millis(cfg.nats.connect_timeout_ms);
+    let connect_err = |source| TransportError::Connect { urls: redact_urls(urls), source, auth: cfg.nats.auth_methods().first().copied() };
+    let nc = match rx.recv_timeout(connect_timeout) {
+        Ok(r) => r.map_err(connect_err)?,
+        Err(_) => {
+            let msg = format!("no connection within {} ms ([nats] connect_timeout_ms)", cfg.nats.connect_timeout_ms);
+            return Err(connect_err(io::Error::new(io::ErrorKind::TimedOut, msg)));
+        }
+    };
+    let setup = |what: &str| {
+        let what = what.to_string();
+        move |source| TransportError::Setup { what, source }
+    };
+    let inbox = nc.new_inbox();
+    let sub = nc.subscribe(&inbox).map_err(setup("subscribe to the reply inbox"))?;
+    nc.publish_request(subject, &inbox, b"").map_err(setup(&format!("send the request to {subject}")))?;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while want.is_none_or(|n| out.len() < n) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match sub.next_timeout(left) {
+            // a status-only message ("no responders") carries no data
+            Ok(msg) if !msg.data.is_empty() => out.push(msg.data),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
