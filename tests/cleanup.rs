@@ -151,7 +151,7 @@ fn cleanup_leaves_exactly_the_application_database() {
     let report = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "stdout: {report}\nstderr: {}", text(&out.stderr));
     assert!(
-        report.contains(": 6 triggers, 7 tables, 2 indexes (replication of: items, kv)\n"),
+        report.contains(": 6 triggers, 8 tables, 2 indexes (replication of: items, kv)\n"),
         "{report}"
     );
     assert!(report.contains(&format!("discarded {pending} unpublished local change(s) (--force)")), "{report}");
