@@ -1,7 +1,9 @@
 //! A node: the database side (capture, stamp, apply) joined to the NATS side (publish, fetch).
 //!
 //! The loop in [`Node::run`] only schedules; the work is in [`Node::tick`] (capture and publish)
-//! and [`Node::receive`] (fetch and apply), which tests can call step by step.
+//! and [`Node::receive`] (fetch and apply), which tests can call step by step. The rest lives
+//! in `node/`: the NATS link (`link.rs`), the publish round (`publish.rs`), schema watching
+//! (`schema_watch.rs`), snapshots (`snapshots.rs`) and the operations hooks (`ops.rs`).
 
 use std::collections::HashMap;
 use std::sync::{mpsc, Condvar, Mutex};
@@ -13,15 +15,18 @@ use crate::apply::{self, Incoming};
 use crate::capture::{self, Schema};
 use crate::config::Config;
 use crate::db::{self, DbError};
-use crate::schema;
 use crate::embedded::EmbeddedServer;
 use crate::hlc::Hlc;
-use crate::status;
+use crate::schema;
 use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
 
+mod link;
 mod ops;
 mod publish;
+mod schema_watch;
 mod snapshots;
+
+use schema_watch::report_skipped;
 
 pub use snapshots::{restore_missing, urls as snapshot_urls, Saved};
 
@@ -382,130 +387,6 @@ impl Node {
         log::info!("node stopped node_id={}", self.node_id);
     }
 
-    /// Starts a connection attempt in the background, or collects its result. The attempt runs
-    /// on its own thread because the `nats` crate's connect has no deadline of its own (a
-    /// blackholed link would hold the loop, and SIGTERM, forever); an attempt past
-    /// `[nats] connect_timeout_ms` is abandoned.
-    fn ensure_connected(&mut self) {
-        if self.transport.is_some() {
-            return;
-        }
-        if let Some(attempt) = &self.connecting {
-            match attempt.rx.try_recv() {
-                Ok(Ok(t)) => {
-                    self.connecting = None;
-                    self.on_connected(&t);
-                    self.adopt(t);
-                }
-                Ok(Err(e)) => {
-                    self.connecting = None;
-                    self.connect_failed(e.to_string());
-                }
-                Err(mpsc::TryRecvError::Empty) if attempt.started.elapsed() < self.connect_timeout() => {}
-                Err(_) => {
-                    self.connecting = None;
-                    self.connect_failed(format!(
-                        "connecting to NATS at {} took longer than {} ms ([nats] connect_timeout_ms)",
-                        crate::transport::redact_urls(&self.urls), self.cfg.nats.connect_timeout_ms
-                    ));
-                }
-            }
-            return;
-        }
-        if Instant::now() < self.next_connect {
-            return;
-        }
-        let cursor = match db::get_meta(&self.conn, apply::CURSOR_KEY) {
-            Ok(c) => c.unwrap_or(0) as u64,
-            Err(e) => {
-                log::warn!("{e}");
-                return;
-            }
-        };
-        let (tx, rx) = mpsc::channel();
-        let (cfg, urls, node) = (self.cfg.clone(), self.urls.clone(), self.node_id);
-        let spawned = std::thread::Builder::new().name("connect".into()).spawn(move || {
-            // the receiver may be gone (attempt abandoned): the connection is then dropped
-            let _ = tx.send(Transport::connect(&cfg, &urls, node, cursor));
-        });
-        match spawned {
-            Ok(_) => self.connecting = Some(Attempt { rx, started: Instant::now() }),
-            Err(e) => self.connect_failed(format!("cannot start a connect thread: {e}")),
-        }
-    }
-
-    fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.cfg.nats.connect_timeout_ms)
-    }
-
-    fn adopt(&mut self, t: Transport) {
-        if t.cursor_reset {
-            if let Err(e) = db::set_meta(&self.conn, apply::CURSOR_KEY, 0) {
-                log::warn!("{e}");
-                return;
-            }
-        }
-        if self.cfg.max_frame_bytes > t.max_payload() {
-            log::warn!(
-                "max_frame_bytes={} is above the server's max_payload={}: using {}",
-                self.cfg.max_frame_bytes,
-                t.max_payload(),
-                t.max_payload()
-            );
-            self.max_frame = t.max_payload();
-        }
-        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY).ok().flatten().unwrap_or(0) as u64;
-        self.restore_check = self.cfg.replicate;
-        match self.offline_since.take() {
-            Some(since) => log::info!(
-                "connected to nats urls={} cursor={cursor} after {:.1} s offline",
-                crate::transport::redact_urls(&self.urls),
-                since.elapsed().as_secs_f64()
-            ),
-            None => log::info!("connected to nats urls={} cursor={cursor}", crate::transport::redact_urls(&self.urls)),
-        }
-        self.last_connect_error = None;
-        self.backoff.reset();
-        self.transport = Some(t);
-        self.record_link(true);
-    }
-
-    /// Writes the link state for `harmonylite status` (only when it changes).
-    fn record_link(&mut self, up: bool) {
-        if self.link_recorded == Some(up) {
-            return;
-        }
-        self.link_recorded = Some(up);
-        let write = db::set_meta(&self.conn, status::LINK_UP_KEY, up as i64)
-            .and_then(|_| db::set_meta(&self.conn, status::LINK_SINCE_KEY, crate::hlc::now_ms() as i64));
-        if let Err(e) = write {
-            log::debug!("cannot record the link state: {e}");
-            self.link_recorded = None;
-        }
-    }
-
-    fn connect_failed(&mut self, msg: String) {
-        self.offline_since.get_or_insert_with(Instant::now);
-        self.record_link(false);
-        let delay = self.backoff.fail();
-        if self.last_connect_error.as_deref() != Some(&msg) || self.last_connect_log.elapsed() > REPEAT_LOG_EVERY {
-            log::warn!("{msg}; retrying with backoff (local writes are kept and sent later)");
-            self.last_connect_log = Instant::now();
-        } else {
-            log::debug!("{msg}; next attempt in {delay:?}");
-        }
-        self.last_connect_error = Some(msg);
-        self.next_connect = Instant::now() + delay;
-    }
-
-    fn drop_transport(&mut self, e: &TransportError) {
-        log::warn!("{e}; will reconnect");
-        self.transport = None;
-        self.offline_since.get_or_insert_with(Instant::now);
-        self.record_link(false);
-        self.next_connect = Instant::now() + self.backoff.fail();
-    }
-
     /// One capture step: notices schema changes, stamps new log rows, publishes the outbox.
     pub fn tick(&mut self) -> Result<(), NodeError> {
         self.check_schema()?;
@@ -520,12 +401,6 @@ impl Node {
             self.publish_round(Instant::now() + ACK_TIMEOUT)?;
         }
         Ok(())
-    }
-
-    /// Connected and not in the middle of a reconnect (publishing then would only fill the
-    /// client's buffer and wait for acks that cannot come).
-    fn link_up(&self) -> bool {
-        self.transport.as_ref().is_some_and(|t| t.is_connected())
     }
 
     /// Writes the position reached by passing over our own frames, at most once a second.
@@ -561,50 +436,6 @@ impl Node {
             self.data_version = Some(dv);
         }
         Ok(())
-    }
-
-    fn check_schema(&mut self) -> Result<(), NodeError> {
-        let sv = db::schema_version(&self.conn)?;
-        if sv == self.schema_version && !self.pause_lifted()? {
-            return Ok(());
-        }
-        let mut schema = capture::scan(&self.conn, &self.cfg)?;
-        report_skipped(&schema, Some(&self.schema));
-        let backfilled = capture::install(&mut self.conn, &schema)?;
-        schema.paused = std::mem::take(&mut self.schema.paused);
-        if schema::reconcile_and_report(&mut self.conn, &mut schema)? {
-            self.outbox_dirty = true;
-        }
-        let changed: Vec<&str> = schema
-            .tables
-            .iter()
-            .filter(|t| self.schema.get(t.name()).map_or(true, |old| old.header != t.header))
-            .map(|t| t.name())
-            .collect();
-        if !changed.is_empty() {
-            log::info!("schema change adopted tables={} queued_rows={backfilled}", changed.join(","));
-        }
-        self.schema = schema;
-        // the version read before the scan: if the application changed the schema meanwhile (or
-        // the install did), the next tick looks again; a second look changes nothing
-        self.schema_version = sv;
-        self.data_version = None;
-        let (done, left) = apply::retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)?;
-        if done > 0 {
-            log::info!("retried parked changes applied={done} still_parked={left}");
-        }
-        Ok(())
-    }
-
-    /// While a table is paused, looks once a second whether `harmonylite schema accept` (another
-    /// process) lifted the pause.
-    fn pause_lifted(&mut self) -> Result<bool, NodeError> {
-        if self.schema.paused.is_empty() || self.pause_checked.elapsed() < Duration::from_secs(1) {
-            return Ok(false);
-        }
-        self.pause_checked = Instant::now();
-        let names = schema::paused_names(&self.conn)?;
-        Ok(names.len() != self.schema.paused.len() || names.iter().any(|n| !self.schema.is_paused(n)))
     }
 
     /// Fetches and applies the next messages, waiting up to `wait`. Returns whether anything
@@ -702,14 +533,5 @@ impl Node {
         self.transport = None;
         self.next_connect = Instant::now();
         Ok(true)
-    }
-}
-
-/// Warns about tables we do not replicate, once per change of that list.
-fn report_skipped(now: &Schema, before: Option<&Schema>) {
-    for (name, why) in &now.skipped {
-        if before.map_or(true, |b| !b.skipped.iter().any(|(n, _)| n == name)) {
-            log::warn!("table {name} is not replicated: {why}");
-        }
     }
 }

@@ -1,0 +1,65 @@
+//! Watching the application's schema: new tables and columns are adopted at run time, tables
+//! are paused and resumed (see [`crate::schema`]), and parked changes are retried.
+
+use std::time::{Duration, Instant};
+
+use super::{Node, NodeError};
+use crate::apply;
+use crate::capture::{self, Schema};
+use crate::db;
+use crate::schema;
+
+impl Node {
+    pub(super) fn check_schema(&mut self) -> Result<(), NodeError> {
+        let sv = db::schema_version(&self.conn)?;
+        if sv == self.schema_version && !self.pause_lifted()? {
+            return Ok(());
+        }
+        let mut schema = capture::scan(&self.conn, &self.cfg)?;
+        report_skipped(&schema, Some(&self.schema));
+        let backfilled = capture::install(&mut self.conn, &schema)?;
+        schema.paused = std::mem::take(&mut self.schema.paused);
+        if schema::reconcile_and_report(&mut self.conn, &mut schema)? {
+            self.outbox_dirty = true;
+        }
+        let changed: Vec<&str> = schema
+            .tables
+            .iter()
+            .filter(|t| self.schema.get(t.name()).map_or(true, |old| old.header != t.header))
+            .map(|t| t.name())
+            .collect();
+        if !changed.is_empty() {
+            log::info!("schema change adopted tables={} queued_rows={backfilled}", changed.join(","));
+        }
+        self.schema = schema;
+        // the version read before the scan: if the application changed the schema meanwhile (or
+        // the install did), the next tick looks again; a second look changes nothing
+        self.schema_version = sv;
+        self.data_version = None;
+        let (done, left) = apply::retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)?;
+        if done > 0 {
+            log::info!("retried parked changes applied={done} still_parked={left}");
+        }
+        Ok(())
+    }
+
+    /// While a table is paused, looks once a second whether `harmonylite schema accept` (another
+    /// process) lifted the pause.
+    fn pause_lifted(&mut self) -> Result<bool, NodeError> {
+        if self.schema.paused.is_empty() || self.pause_checked.elapsed() < Duration::from_secs(1) {
+            return Ok(false);
+        }
+        self.pause_checked = Instant::now();
+        let names = schema::paused_names(&self.conn)?;
+        Ok(names.len() != self.schema.paused.len() || names.iter().any(|n| !self.schema.is_paused(n)))
+    }
+}
+
+/// Warns about tables we do not replicate, once per change of that list.
+pub(super) fn report_skipped(now: &Schema, before: Option<&Schema>) {
+    for (name, why) in &now.skipped {
+        if before.map_or(true, |b| !b.skipped.iter().any(|(n, _)| n == name)) {
+            log::warn!("table {name} is not replicated: {why}");
+        }
+    }
+}
