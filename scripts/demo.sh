@@ -171,6 +171,8 @@ python3 -c "$COMPARE" check "${DBS[@]}"
 test "$(python3 "$APP" "$WORK/node1.db" --query 'SELECT count(*) FROM notes')" = "[2]"
 
 say "replicated: all three nodes hold the same rows"
+say "fleet status, asked through NATS (harmonylite status --fleet)"
+"$BIN" status --config "$WORK/node1.toml" --fleet
 if [ "$KEEP" = 1 ]; then
     echo "running: nats://127.0.0.1:$PORT, DBs in $WORK; write with:"
     echo "  python3 tests/app.py $WORK/node1.db \"INSERT INTO notes VALUES (10, 'mine', 'me')\""

@@ -41,14 +41,27 @@ fn summary(a: &str) -> String {
         None => "never".into(),
     };
     format!(
-        "node {}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}, parked {}",
+        "node {}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}, parked {}{}",
         get("node_id"),
         get("outbox_changes"),
         ago("last_publish_ms"),
         ago("last_apply_ms"),
         get("stream_position"),
-        get("parked_changes")
+        get("parked_changes"),
+        paused(a)
     )
+}
+
+/// `, PAUSED: t1, t2` when the node has tables paused by a schema change.
+fn paused(a: &str) -> String {
+    let Some(start) = a.find("\"paused_tables\":[").map(|i| i + "\"paused_tables\":[".len()) else { return String::new() };
+    let list = &a[start..start + a[start..].find(']').unwrap_or(0)];
+    let names: Vec<&str> = list.split("{\"table\":\"").skip(1).filter_map(|t| t.split('"').next()).collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(", PAUSED: {}", names.join(", "))
+    }
 }
 
 /// The raw value of a top-level scalar field of a status JSON object (numbers, booleans, null,
@@ -84,5 +97,7 @@ mod tests {
         assert_eq!(field(j, "missing"), None);
         let s = crate::status::Status { node_id: Some(3), outbox_changes: 2, outbox_oldest_age_ms: Some(1500), link_up: Some(true), stream_position: 41, ..Default::default() };
         assert_eq!(summary(&s.to_json()), "node 3: link up, outbox 2 (oldest 1.5 s), last publish never, last apply never, position 41, parked 0");
+        let p = crate::status::Status { paused_tables: vec![("t".into(), "column x was dropped".into()), ("u".into(), "y".into())], ..s };
+        assert!(summary(&p.to_json()).ends_with(", parked 0, PAUSED: t, u"), "{}", summary(&p.to_json()));
     }
 }
