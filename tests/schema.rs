@@ -92,8 +92,15 @@ fn a_dropped_column_pauses_its_table_until_accepted() {
     let dir = TestDir::new("schema-drop");
     let nats = NatsServer::start(dir.path());
     let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, extra TEXT); CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT)";
-    let nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], schema, "");
+    let mut nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], schema, "");
+    // n1 answers /health, which must name a paused table
+    let health = free_port();
+    let extra = format!("[health_check]\nenable = true\nbind = \"127.0.0.1:{health}\"\n");
+    nodes[0].stop();
+    std::fs::write(&nodes[0].config, node_toml(&nodes[0].db, &extra, Some(&nats.url()))).unwrap();
+    nodes[0].restart_ready();
     let (n1, n2) = (&nodes[0], &nodes[1]);
+    wait_until("n1 is healthy", T, || matches!(http_get(health, "/health"), Some((200, _))));
     app(&n1.db, "INSERT INTO t VALUES (1, 'one', 'x1')");
     wait_dump(&n2.db, "t", &["integer=1|text='one'|text='x1'"], T);
 
@@ -103,6 +110,9 @@ fn a_dropped_column_pauses_its_table_until_accepted() {
     assert!(s.contains("\"paused_tables\":[{\"table\":\"t\",\"reason\":\"column extra was dropped\"}]"), "{s}");
     let text = String::from_utf8(run_bin(&["status", "--config", n1.config.to_str().unwrap()], T).stdout).unwrap();
     assert!(text.contains("PAUSED:           t: column extra was dropped"), "{text}");
+    let (code, body) = http_get(health, "/health").expect("n1 answers /health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("table t is paused: column extra was dropped (see harmonylite schema accept)"), "{body}");
 
     // while paused: t's local changes are held, other nodes' changes to t are parked, and the
     // other tables go on replicating both ways
@@ -126,6 +136,7 @@ fn a_dropped_column_pauses_its_table_until_accepted() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("accepted its new definition (column extra was dropped)"));
     n1.wait_log("table t resumed", T);
+    wait_until("n1 is healthy again", T, || matches!(http_get(health, "/health"), Some((200, _))));
 
     // held and parked changes flow: n2 gets row 5 (the dropped column at its default), n1 gets
     // row 6 (the value of the dropped column ignored)
