@@ -143,6 +143,9 @@ struct Target<'a> {
     table: &'a Table,
     /// Positions of the sender's values we bind, when not all of them (columns ignored here).
     used: Option<Vec<usize>>,
+    /// Why the sender's row images cannot be applied yet (a column this node lacks); its
+    /// deletes need only the key and apply all the same.
+    upsert_blocked: Option<String>,
     upsert: String,
     delete: String,
     get_version: String,
@@ -155,9 +158,11 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
         return Err(format!("table {} is paused here ({why})", h.name));
     }
     let ours = &table.header.columns;
-    if let Some(c) = h.columns.iter().find(|c| !ours.contains(c) && !table.ignored.contains(c)) {
-        return Err(format!("column {c} of table {} does not exist here yet", h.name));
-    }
+    let upsert_blocked = h
+        .columns
+        .iter()
+        .find(|c| !ours.contains(c) && !table.ignored.contains(c))
+        .map(|c| format!("column {c} of table {} does not exist here yet", h.name));
     let their_pk: Vec<&String> = h.pk.iter().map(|&i| &h.columns[i as usize]).collect();
     let our_pk: Vec<&String> = table.header.pk.iter().map(|&i| &ours[i as usize]).collect();
     if their_pk != our_pk {
@@ -186,6 +191,7 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
     Ok(Target {
         table,
         used: (used.len() < h.columns.len()).then_some(used),
+        upsert_blocked,
         upsert: format!("INSERT INTO {t}({}) VALUES ({placeholders}) ON CONFLICT({}) {on_conflict}", cols.join(", "), pk_cols.join(", ")),
         delete: format!("DELETE FROM {t} WHERE {}", key_match("", &pk_cols)),
         get_version: format!("SELECT ver, node FROM {ver} WHERE {}", key_match("", &keys)),
@@ -252,6 +258,9 @@ fn apply_one(conn: &Connection, t: &Target, header: &TableHeader, origin: u64, c
     };
     if keys.iter().any(|k| matches!(k, Value::Null)) {
         return Ok(Outcome::Park("a primary-key value is NULL".into()));
+    }
+    if let (Op::Upsert(_), Some(reason)) = (&ch.op, &t.upsert_blocked) {
+        return Ok(Outcome::Park(reason.clone()));
     }
     let current: Option<(i64, i64)> = conn
         .prepare_cached(&t.get_version)
@@ -526,5 +535,18 @@ mod tests {
         let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
         assert_eq!((done, left), (1, 0));
         assert_eq!(rows(&d), vec![(1, "a".to_string())]);
+    }
+
+    #[test]
+    fn deletes_from_a_newer_schema_apply_at_once() {
+        let mut d = setup("newer-delete");
+        apply(&mut d, msg(1, 7, &[(100, up(1, "a")), (101, up(2, "b"))]));
+        let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into(), "extra".into()], pk: vec![0] };
+        let mut b = FrameBuilder::new(8, 1 << 16);
+        b.push(&wide, 110, Op::Delete(vec![Value::Integer(1)]));
+        b.push(&wide, 111, Op::Upsert(vec![Value::Integer(2), Value::Text(b"new".to_vec()), Value::Integer(3)]));
+        let s = apply(&mut d, Incoming { seq: 2, subject: "x.8".into(), data: b.finish() });
+        assert_eq!((s.applied, s.parked), (1, 1));
+        assert_eq!(rows(&d), vec![(2, "b".to_string())]);
     }
 }
