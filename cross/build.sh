@@ -238,6 +238,12 @@ build_group() {
         envs+=("$cflags_var=${!cflags_var:-} -fno-asynchronous-unwind-tables -fno-unwind-tables")
         args+=(--target "$t")
     done
+    # SQLite's statement journals stay in memory, in 1 KiB chunks (SQLITE_STMTJRNL_SPILL=-1).
+    # By default each is one 64 KiB chunk, and zig's libc malloc (zig's own, not musl's)
+    # serves anything over 32 KiB with mmap and unmaps it on free: an mmap/munmap pair and
+    # fresh-page faults per replicated statement, half a replica's CPU (hl-bench e2e ratio
+    # 0.12-0.13 -> 0.27-0.28 on x86_64; see BENCHMARKS.md). Native glibc builds keep the default.
+    envs+=("LIBSQLITE3_FLAGS=${LIBSQLITE3_FLAGS:-} -DSQLITE_STMTJRNL_SPILL=-1")
     say "$* : cargo zigbuild --release ($mode) into $target_dir"
     if [ "$mode" = std ]; then
         env "${envs[@]}" cargo zigbuild --release --bin harmonylite "${args[@]}" \
