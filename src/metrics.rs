@@ -29,10 +29,11 @@ pub enum Counter {
     Reconnects,
     SnapshotSaves,
     SnapshotRestores,
+    Statements,
 }
 
 /// Name (without prefix) and help of each counter, in [`Counter`] order.
-pub const COUNTERS: [(&str, &str); 14] = [
+pub const COUNTERS: [(&str, &str); 15] = [
     ("changes_captured_total", "Local row changes stamped into the outbox."),
     ("changes_published_total", "Local changes acknowledged by JetStream."),
     ("frames_published_total", "Frames acknowledged by JetStream."),
@@ -47,7 +48,25 @@ pub const COUNTERS: [(&str, &str); 14] = [
     ("nats_reconnects_total", "Links to NATS re-established after a loss."),
     ("snapshot_saves_total", "Snapshots this node uploaded."),
     ("snapshot_restores_total", "Snapshots this node installed."),
+    ("sqlite_statements_total", "SQL statements the node's main database connection started (trigger programs not counted)."),
 ];
+
+/// Counts the statements `conn` starts in [`Counter::Statements`] (SQLite's statement trace,
+/// installed only when metrics are served: it costs a callback per statement).
+pub fn count_statements(conn: &mut rusqlite::Connection) -> rusqlite::Result<()> {
+    use rusqlite::trace::{TraceEvent, TraceEventCodes};
+    conn.trace_v2(
+        TraceEventCodes::SQLITE_TRACE_STMT,
+        Some(|e: TraceEvent<'_>| {
+            // a trigger program starting is reported as an SQL comment naming it
+            if let TraceEvent::Stmt(_, sql) = e {
+                if !sql.starts_with("--") {
+                    add(Counter::Statements, 1);
+                }
+            }
+        }),
+    )
+}
 
 static VALUES: [AtomicU64; COUNTERS.len()] = [const { AtomicU64::new(0) }; COUNTERS.len()];
 

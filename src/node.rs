@@ -229,6 +229,9 @@ impl Node {
     pub fn open_with(cfg: Config, exclusive: bool) -> Result<Node, NodeError> {
         let lock = if exclusive && cfg.db_path.exists() { Some(lock_db(&cfg.db_path)?) } else { None };
         let mut conn = db::open(&cfg.db_path)?;
+        if cfg.prometheus.enable {
+            crate::metrics::count_statements(&mut conn).map_err(|source| DbError::Sql { op: "count statements", source })?;
+        }
         apply::prepare(&conn)?;
         schema::prepare(&conn)?;
         let node_id = db::node_id(&conn, cfg.node_id, &cfg.db_path)?;

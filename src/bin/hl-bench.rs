@@ -209,7 +209,7 @@ fn run(quick: bool) -> Result<Results, String> {
 
     p.step(&format!("one writer -> two replicas, {E2E_ROUNDS} rounds of {} rows of {ROW_BYTES} bytes", sizes.e2e_rows));
     let (e2e, e2e_rates, wire) = {
-        let c = Cluster::start(&env, "e2e", 3, ROW_TABLE)?;
+        let c = Cluster::start(&env, "e2e", 3, ROW_TABLE, false)?;
         let mut rounds = Vec::new();
         for round in 0..E2E_ROUNDS {
             rounds.push(replication::one_writer(&c, round, sizes.e2e_rows, ROW_BYTES)?);
@@ -224,7 +224,7 @@ fn run(quick: bool) -> Result<Results, String> {
 
     p.step(&format!("mixed workload, {} changes of {MIXED_ROW_BYTES} bytes (half updates)", sizes.mixed_ops));
     let mixed = {
-        let c = Cluster::start(&env, "mixed", 3, STAMPED_TABLE)?;
+        let c = Cluster::start(&env, "mixed", 3, STAMPED_TABLE, false)?;
         let t = replication::mixed(&c, sizes.mixed_ops, MIXED_ROW_BYTES)?;
         peak_rss_kib = peak_rss_kib.max(t.peak_rss_kib);
         t
@@ -232,7 +232,7 @@ fn run(quick: bool) -> Result<Results, String> {
 
     p.step(&format!("three writers at once, {} rows each", sizes.all_rows_each));
     let all = {
-        let c = Cluster::start(&env, "all", 3, ROW_TABLE)?;
+        let c = Cluster::start(&env, "all", 3, ROW_TABLE, false)?;
         let t = replication::all_writers(&c, sizes.all_rows_each, ROW_BYTES)?;
         peak_rss_kib = peak_rss_kib.max(t.peak_rss_kib);
         t
@@ -240,13 +240,13 @@ fn run(quick: bool) -> Result<Results, String> {
 
     p.step(&format!("write amplification, {} rows, one node", sizes.amp_rows));
     let amp = {
-        let c = Cluster::start(&env, "amp", 1, ROW_TABLE)?;
+        let c = Cluster::start(&env, "amp", 1, ROW_TABLE, true)?;
         let a = amplification::measure(dir, &c, &server.url, sizes.amp_rows, ROW_BYTES)?;
         peak_rss_kib = peak_rss_kib.max(c.peak_rss_kib()?);
         a
     };
 
-    let c = Cluster::start(&env, "lag", 3, STAMPED_TABLE)?;
+    let c = Cluster::start(&env, "lag", 3, STAMPED_TABLE, false)?;
     let mut lags = Vec::new();
     let mut first = 1;
     for rate in LAG_RATES {

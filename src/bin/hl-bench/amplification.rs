@@ -7,6 +7,9 @@
 //! primary figure: it counts files only. `wchar` counts bytes passed to write(2)/pwrite(2); the
 //! NATS client sends with sendto(2), which Linux does not count there, so for the node too it
 //! is the bytes SQLite wrote (and its log lines), a cross-check of `write_bytes`.
+//!
+//! The node serves `/metrics` here, which also counts the statements its connection starts:
+//! their count over the window, per captured change, is the statements-per-change figure.
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,6 +30,9 @@ pub struct Amplification {
     /// The application with triggers, while its node captured and published.
     pub app: Io,
     pub node: Io,
+    /// SQL statements the writer node's connection started per change it captured (its
+    /// `sqlite_statements_total` and `changes_captured_total` over the window).
+    pub statements_per_change: f64,
 }
 
 impl Amplification {
@@ -60,6 +66,7 @@ pub fn measure(dir: &Path, cluster: &Cluster, url: &str, rows: u64, row_bytes: u
 
     let node = &cluster.nodes[0];
     let conn = app_conn(&node.db)?;
+    let (stmts_before, captured_before) = (node.counter("sqlite_statements_total")?, node.counter("changes_captured_total")?);
     let (app_before, node_before) = (read_io(None)?, read_io(Some(node.pid))?);
     insert_rows(&conn, 1, rows, ROWS_PER_TX, &payloads)?;
     wait_drained(&node.db, rows)?;
@@ -74,7 +81,9 @@ pub fn measure(dir: &Path, cluster: &Cluster, url: &str, rows: u64, row_bytes: u
     })?;
     checkpoint(&conn)?;
     let (app, node_io) = (read_io(None)? - app_before, read_io(Some(node.pid))? - node_before);
-    Ok(Amplification { rows, plain, app, node: node_io })
+    let statements = node.counter("sqlite_statements_total")? - stmts_before;
+    let captured = node.counter("changes_captured_total")? - captured_before;
+    Ok(Amplification { rows, plain, app, node: node_io, statements_per_change: statements / captured })
 }
 
 fn checkpoint(conn: &rusqlite::Connection) -> Result<(), String> {

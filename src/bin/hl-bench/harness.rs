@@ -5,7 +5,7 @@
 //! ends the run at once and the guards' `Drop` stops every child and removes the folder.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -229,6 +229,8 @@ pub struct NodeSpec<'a> {
     pub stream: &'a str,
     pub subject: &'a str,
     pub poll_ms: u64,
+    /// Serve `/metrics` on this loopback port (it also turns on the node's statement count).
+    pub metrics_port: Option<u16>,
 }
 
 /// A running `harmonylite --config` process, logging to `<name>.log`.
@@ -236,6 +238,7 @@ pub struct NodeProc {
     pub name: String,
     pub db: PathBuf,
     pub pid: u32,
+    pub metrics_port: Option<u16>,
     log: PathBuf,
     child: Child,
 }
@@ -255,6 +258,10 @@ impl NodeProc {
             toml_str(spec.stream),
             toml_str(spec.subject),
         );
+        let text = match spec.metrics_port {
+            Some(port) => format!("{text}[prometheus]\nenable = true\nbind = \"127.0.0.1:{port}\"\n"),
+            None => text,
+        };
         fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let err = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let child = Command::new(bin)
@@ -265,7 +272,14 @@ impl NodeProc {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        Ok(NodeProc { name: spec.name.to_string(), db: spec.db.to_path_buf(), pid: child.id(), log, child })
+        Ok(NodeProc {
+            name: spec.name.to_string(),
+            db: spec.db.to_path_buf(),
+            pid: child.id(),
+            metrics_port: spec.metrics_port,
+            log,
+            child,
+        })
     }
 
     /// Waits until the node installed capture (`node ready`) and reached NATS.
@@ -290,6 +304,23 @@ impl NodeProc {
             Ok((seen.contains("node ready") && seen.contains("connected to nats")).then_some(()))
         })
         .map_err(|e| format!("{e}\nlog {}:\n{}", self.log.display(), log_tail(&self.log, 20)))
+    }
+}
+
+impl NodeProc {
+    /// The value of counter `name` (without the `harmonylite_` prefix) from the node's `/metrics`.
+    pub fn counter(&self, name: &str) -> Result<f64, String> {
+        let port = self.metrics_port.ok_or_else(|| format!("node {} serves no metrics", self.name))?;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("metrics of {}: {e}", self.name))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").map_err(|e| format!("metrics of {}: {e}", self.name))?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| format!("metrics of {}: {e}", self.name))?;
+        let key = format!("harmonylite_{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("metrics of {}: no {key}", self.name))
     }
 }
 

@@ -10,7 +10,7 @@ use rusqlite::params;
 
 use crate::app::{app_conn, create_db, insert_rows, lock_waits, wait_converged, Expect, Payloads};
 pub use crate::app::{ROW_TABLE, STAMPED_TABLE};
-use crate::harness::{check_interrupted, process_cpu_time, status_kib, NodeProc, NodeSpec};
+use crate::harness::{check_interrupted, free_port, process_cpu_time, status_kib, NodeProc, NodeSpec};
 
 /// How often the replicas' files are probed while waiting for the last row.
 const CONVERGE_PROBE: Duration = Duration::from_millis(5);
@@ -44,7 +44,8 @@ pub struct Cluster {
 impl Cluster {
     /// Creates `n` databases holding the application's table (`table_sql`), starts a node
     /// beside each and waits until all are ready and connected.
-    pub fn start(env: &Env, tag: &str, n: usize, table_sql: &str) -> Result<Cluster, String> {
+    /// With `metrics`, the first node serves `/metrics` (see [`NodeProc::counter`]).
+    pub fn start(env: &Env, tag: &str, n: usize, table_sql: &str, metrics: bool) -> Result<Cluster, String> {
         let stream = format!("BENCH_{}", tag.to_uppercase().replace('-', "_"));
         let subject = format!("bench.{tag}");
         let mut nodes = Vec::with_capacity(n);
@@ -52,8 +53,16 @@ impl Cluster {
             let name = format!("{tag}-{}", (b'a' + k as u8) as char);
             let db: PathBuf = env.dir.join(format!("{name}.db"));
             create_db(&db, table_sql)?;
-            let spec =
-                NodeSpec { name: &name, db: &db, node_id: k as u64 + 1, stream: &stream, subject: &subject, poll_ms: env.poll_ms };
+            let metrics_port = if metrics && k == 0 { Some(free_port()?) } else { None };
+            let spec = NodeSpec {
+                name: &name,
+                db: &db,
+                node_id: k as u64 + 1,
+                stream: &stream,
+                subject: &subject,
+                poll_ms: env.poll_ms,
+                metrics_port,
+            };
             nodes.push(NodeProc::start(env.node_bin, env.dir, env.url, &spec)?);
         }
         for node in &mut nodes {
