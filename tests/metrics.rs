@@ -68,6 +68,8 @@ fn metrics_and_health_follow_replication_and_the_link() {
     let m = scrape(ma, "/metrics");
     assert!(sample(&m, "harmonylite_changes_captured_total") >= Some(n), "{m}");
     assert!(sample(&m, "harmonylite_published_bytes_total") > Some(0.0), "{m}");
+    // at least one statement stamps each change (SQLite's statement trace counts them)
+    assert!(sample(&m, "harmonylite_sqlite_statements_total") >= Some(n), "{m}");
     assert_eq!(sample(&m, "harmonylite_node_id"), Some(1.0), "{m}");
     assert_eq!(sample(&m, "harmonylite_nats_link_up"), Some(1.0), "{m}");
     assert_eq!(sample(&m, "harmonylite_outbox_oldest_age_seconds"), Some(0.0), "{m}");
