@@ -169,6 +169,12 @@ fn fleet_status_answers_through_nats() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.lines().count() == 1 && text.contains(",\"node_id\":2,"), "{text}");
 
+    // a node nobody runs: the server says there are no responders, so the command does not
+    // sit out its 60 s (run_bin kills it after 20 s, which would fail here)
+    let out = fleet(&["--node", "9", "--timeout-ms", "60000"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node answered on hlrs.status.HLRS.9"));
+
     let out = fleet(&[]);
     let text = String::from_utf8_lossy(&out.stdout);
     let firsts: Vec<&str> = text.lines().map(|l| l.split(':').next().unwrap_or("")).collect();

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::{client_options, redact_urls, Transport, TransportError};
@@ -15,33 +15,35 @@ use crate::config::Config;
 const SERVICE_POLL: Duration = Duration::from_millis(500);
 
 impl Transport {
-    /// Answers status requests for `node` (and `all`) with `reply()`, on a thread that ends
-    /// within [`SERVICE_POLL`] of this transport being dropped (a new transport after a
-    /// reconnect subscribes anew; the client itself resubscribes across its own reconnects).
-    pub fn serve_status(&self, cfg: &Config, node: u64, reply: impl Fn() -> String + Send + 'static) -> Result<(), TransportError> {
-        let subject = cfg.status_subject("*");
-        let sub = self.nc.subscribe(&subject).map_err(|source| TransportError::Setup { what: format!("subscribe to {subject}"), source })?;
-        let live = self.live.clone();
-        let me = node.to_string();
-        std::thread::Builder::new()
-            .name("status-service".into())
-            .spawn(move || {
-                while live.load(Ordering::Relaxed) {
-                    match sub.next_timeout(SERVICE_POLL) {
-                        Ok(msg) => {
-                            let target = msg.subject.rsplit('.').next().unwrap_or("");
-                            if (target == me || target == "all") && msg.reply.is_some() {
+    /// Answers status requests for `node` and for `all` with `reply()`, one thread per subject,
+    /// each ending within [`SERVICE_POLL`] of this transport being dropped (a new transport after
+    /// a reconnect subscribes anew; the client itself resubscribes across its own reconnects).
+    /// Exact subjects, not a wildcard: a node hears only requests meant for it, and a request for
+    /// a node nobody runs gets the server's "no responders" at once.
+    pub fn serve_status(&self, cfg: &Config, node: u64, reply: impl Fn() -> String + Send + Sync + 'static) -> Result<(), TransportError> {
+        let reply = Arc::new(reply);
+        for target in [node.to_string(), "all".to_string()] {
+            let subject = cfg.status_subject(&target);
+            let sub = self.nc.subscribe(&subject).map_err(|source| TransportError::Setup { what: format!("subscribe to {subject}"), source })?;
+            let (live, reply) = (self.live.clone(), reply.clone());
+            std::thread::Builder::new()
+                .name("status-service".into())
+                .spawn(move || {
+                    while live.load(Ordering::Relaxed) {
+                        match sub.next_timeout(SERVICE_POLL) {
+                            Ok(msg) if msg.reply.is_some() => {
                                 if let Err(e) = msg.respond(reply()) {
                                     log::debug!("status request on {}: cannot answer: {e}", msg.subject);
                                 }
                             }
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                            Err(_) => break, // the connection is closed
                         }
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
-                        Err(_) => break, // the connection is closed
                     }
-                }
-            })
-            .map_err(|source| TransportError::Setup { what: "start the status service thread".into(), source })?;
+                })
+                .map_err(|source| TransportError::Setup { what: "start the status service thread".into(), source })?;
+        }
         Ok(())
     }
 }
@@ -80,7 +82,8 @@ pub fn ask_fleet(cfg: &Config, urls: &str, subject: &str, want: Option<usize>, t
             break;
         }
         match sub.next_timeout(left) {
-            // a status-only message ("no responders") carries no data
+            // the server says nobody listens on the subject: no answer will come
+            Ok(msg) if msg.is_no_responders() => break,
             Ok(msg) if !msg.data.is_empty() => out.push(msg.data),
             Ok(_) => {}
             Err(_) => break,
