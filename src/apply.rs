@@ -307,6 +307,10 @@ fn park(conn: &Connection, table: &str, reason: &str, origin: u64, header: &Tabl
 
 /// Retries parked changes (after a schema change). Returns (applied or stale, still parked).
 pub fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Result<(u64, u64), DbError> {
+    // nothing parked (the usual case): no write transaction
+    if parked_len(conn)? == 0 {
+        return Ok((0, 0));
+    }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin retry parked")?;
     capture::stamp(&tx, schema, hlc, node)?;
     let parked: Vec<(i64, Vec<u8>)> = tx

@@ -235,7 +235,7 @@ impl Node {
         apply::prepare(&conn)?;
         schema::prepare(&conn)?;
         let node_id = db::node_id(&conn, cfg.node_id, &cfg.db_path)?;
-        let hlc = Hlc::new(db::get_meta(&conn, apply::HLC_KEY)?.unwrap_or(0) as u64);
+        let mut hlc = Hlc::new(db::get_meta(&conn, apply::HLC_KEY)?.unwrap_or(0) as u64);
         // read before the scan: a schema change committed after it is seen at the next tick
         let schema_version = db::schema_version(&conn)?;
         let mut schema = capture::scan(&conn, &cfg)?;
@@ -245,12 +245,8 @@ impl Node {
             log::info!("queued existing rows for replication rows={backfilled}");
         }
         schema::reconcile_and_report(&mut conn, &mut schema)?;
-        let mut hlc = hlc;
-        if apply::parked_len(&conn)? > 0 {
-            // the schema may have changed while the node was stopped
-            let (done, left) = apply::retry_parked(&mut conn, &schema, &mut hlc, node_id)?;
-            log::info!("retried parked changes applied={done} still_parked={left}");
-        }
+        // the schema may have changed while the node was stopped
+        schema_watch::retry_parked(&mut conn, &schema, &mut hlc, node_id)?;
         let (embedded, urls) = if cfg.nats.urls.is_empty() {
             let server = EmbeddedServer::start(&cfg.nats.server_bin, &cfg.nats.embedded_listen, &cfg.db_path)
                 .map_err(NodeError::Embedded)?;

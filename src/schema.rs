@@ -30,6 +30,7 @@ pub struct Column {
     pub pk: bool,
 }
 
+#[derive(Clone, PartialEq)]
 struct Record {
     def: Vec<Column>,
     dropped: Vec<String>,
@@ -114,7 +115,8 @@ pub fn reconcile(conn: &Connection, schema: &mut Schema) -> Result<Changes, DbEr
     for name in names {
         let table = schema.get_mut(&name).expect("listed table");
         let now = columns(table);
-        let mut rec = load(conn, &name)?.unwrap_or(Record { def: now.clone(), dropped: Vec::new(), paused: None });
+        let stored = load(conn, &name)?;
+        let mut rec = stored.clone().unwrap_or(Record { def: now.clone(), dropped: Vec::new(), paused: None });
         let was = rec.paused.take();
         match incompatible(&rec.def, &now) {
             Some(reason) => {
@@ -133,7 +135,9 @@ pub fn reconcile(conn: &Connection, schema: &mut Schema) -> Result<Changes, DbEr
             }
         }
         table.ignored = rec.dropped.clone();
-        store(conn, &name, &rec)?;
+        if stored.as_ref() != Some(&rec) {
+            store(conn, &name, &rec)?;
+        }
         if let Some(reason) = rec.paused {
             schema.paused.insert(name, reason);
         }

@@ -3,10 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use rusqlite::Connection;
+
 use super::{Node, NodeError};
 use crate::apply;
 use crate::capture::{self, Schema};
 use crate::db;
+use crate::hlc::Hlc;
 use crate::schema;
 
 impl Node {
@@ -36,11 +39,7 @@ impl Node {
         // the install did), the next tick looks again; a second look changes nothing
         self.schema_version = sv;
         self.data_version = None;
-        let (done, left) = apply::retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)?;
-        if done > 0 {
-            log::info!("retried parked changes applied={done} still_parked={left}");
-        }
-        Ok(())
+        retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)
     }
 
     /// While a table is paused, looks once a second whether `harmonylite schema accept` (another
@@ -56,6 +55,15 @@ impl Node {
 }
 
 /// Warns about tables we do not replicate, once per change of that list.
+/// Applies what parked changes the schema allows now, and says so when any applied.
+pub(super) fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Result<(), NodeError> {
+    let (done, left) = apply::retry_parked(conn, schema, hlc, node)?;
+    if done > 0 {
+        log::info!("retried parked changes applied={done} still_parked={left}");
+    }
+    Ok(())
+}
+
 pub(super) fn report_skipped(now: &Schema, before: Option<&Schema>) {
     for (name, why) in &now.skipped {
         if before.map_or(true, |b| !b.skipped.iter().any(|(n, _)| n == name)) {
