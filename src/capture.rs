@@ -15,6 +15,10 @@
 //! Stamping moves log rows into the version table with fresh HLC stamps and empties the log, so at
 //! the start of our own write transaction the log is empty and anything that appears in it during
 //! an apply is an echo of that apply.
+//!
+//! On the node's own connection the triggers write nothing at all ([`silence_triggers`]): an
+//! applied row would only be logged to be discarded again, and that insert and delete (and the
+//! statement journal a multi-row statement needs) cost more than the apply itself.
 
 use std::collections::HashMap;
 
@@ -348,6 +352,21 @@ pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Re
     Ok(stamped)
 }
 
+/// Compiles our capture triggers into no-ops on `conn` (through SQLite's authorizer, which sees
+/// every statement as it is prepared): the node's own writes are never captured, and the
+/// application's connections, which have no authorizer, capture as before. The application's
+/// own triggers still run. [`discard_echoes`] stays as the guarantee.
+pub fn silence_triggers(conn: &mut Connection) -> Result<(), DbError> {
+    use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+    conn.authorizer(Some(|ctx: AuthContext<'_>| match (ctx.action, ctx.accessor) {
+        (AuthAction::Insert { table_name }, Some(trigger)) if table_name.starts_with("__hl_log_") && trigger.starts_with("__hl_") => {
+            Authorization::Ignore
+        }
+        _ => Authorization::Allow,
+    }))
+    .ctx("install the authorizer")
+}
+
 /// Deletes log rows written inside our own apply transaction: they are echoes of the apply.
 pub fn discard_echoes(conn: &Connection, schema: &Schema) -> Result<(), DbError> {
     for t in &schema.tables {
@@ -463,5 +482,34 @@ mod tests {
             let v = plan.iter().find(|p| p.contains(" v ")).unwrap_or_else(|| panic!("{plan:?}"));
             assert!(v.starts_with("SEARCH") && v.contains("PRIMARY KEY"), "table {}: {plan:?}", t.name());
         }
+    }
+
+    /// A silenced connection's writes leave nothing in the change log, an application's
+    /// connection to the same file still captures, and the application's own triggers run on both.
+    #[test]
+    fn silenced_connection_is_not_captured_but_the_application_is() {
+        let path = std::env::temp_dir().join(format!("hl-silence-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut node = Connection::open(&path).unwrap();
+        node.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v); CREATE TABLE audit(n INTEGER);
+             CREATE TRIGGER app_audit AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (NEW.id); END;",
+        )
+        .unwrap();
+        let cfg = Config::parse("db_path = \"x.db\"").unwrap();
+        let schema = scan(&node, &cfg).unwrap();
+        install(&mut node, &schema).unwrap();
+        silence_triggers(&mut node).unwrap();
+        node.execute_batch("INSERT INTO t VALUES (1, 'node'); UPDATE t SET v = 'node2' WHERE id = 1; INSERT INTO t VALUES (3, 'x'); DELETE FROM t WHERE id = 3;")
+            .unwrap();
+        let app = Connection::open(&path).unwrap();
+        app.execute_batch("INSERT INTO t VALUES (2, 'app'); UPDATE t SET v = 'app2' WHERE id = 1;").unwrap();
+        let logged: Vec<(i64, i64)> =
+            node.prepare("SELECT op, k0 FROM __hl_log_t ORDER BY seq").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        assert_eq!(logged, vec![(OP_UPSERT, 2), (OP_UPSERT, 1)]);
+        let audited: Vec<i64> = node.prepare("SELECT n FROM audit ORDER BY rowid").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        assert_eq!(audited, vec![1, 3, 2]);
+        drop((node, app));
+        let _ = std::fs::remove_file(&path);
     }
 }

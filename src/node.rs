@@ -229,6 +229,7 @@ impl Node {
     pub fn open_with(cfg: Config, exclusive: bool) -> Result<Node, NodeError> {
         let lock = if exclusive && cfg.db_path.exists() { Some(lock_db(&cfg.db_path)?) } else { None };
         let mut conn = db::open(&cfg.db_path)?;
+        capture::silence_triggers(&mut conn)?;
         if cfg.prometheus.enable {
             crate::metrics::count_statements(&mut conn).map_err(|source| DbError::Sql { op: "count statements", source })?;
         }
