@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, CachedStatement, Connection};
 
 use crate::capture::{self, Schema, Table};
 use crate::db::{self, quote, Context, DbError};
@@ -209,6 +209,8 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
 
 fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes, stats: &mut ApplyStats) -> Result<(), DbError> {
     let targets: Vec<Result<Target, String>> = c.tables.iter().map(|h| target(schema, h)).collect();
+    // each table's statements, taken from the cache once per frame rather than once per row
+    let mut prepared: Vec<Prepared> = targets.iter().map(|_| Prepared::default()).collect();
     let now = crate::hlc::now_ms();
     if let Some(max) = c.changes.iter().map(|ch| crate::hlc::wall_ms(ch.version)).max() {
         if max > now && stats.ahead.map_or(true, |(_, a)| max - now > a) {
@@ -227,7 +229,7 @@ fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes,
         let header = &c.tables[idx];
         hlc.observe(ch.version);
         let outcome = match &targets[idx] {
-            Ok(t) => apply_one(conn, t, header, c.origin, ch)?,
+            Ok(t) => apply_one(conn, t, &mut prepared[idx], header, c.origin, ch)?,
             Err(reason) => Outcome::Park(reason.clone()),
         };
         match outcome {
@@ -251,20 +253,58 @@ enum Outcome {
     Park(String),
 }
 
-fn apply_one(conn: &Connection, t: &Target, header: &TableHeader, origin: u64, ch: &Change) -> Result<Outcome, DbError> {
-    let keys: Vec<&Value> = match &ch.op {
-        Op::Upsert(values) => header.pk.iter().map(|&i| &values[i as usize]).collect(),
-        Op::Delete(keys) => keys.iter().collect(),
+/// One target's statements, each prepared on first use.
+#[derive(Default)]
+struct Prepared<'c> {
+    get_version: Option<CachedStatement<'c>>,
+    upsert: Option<CachedStatement<'c>>,
+    delete: Option<CachedStatement<'c>>,
+    set_version: Option<CachedStatement<'c>>,
+}
+
+fn prepared<'s, 'c>(slot: &'s mut Option<CachedStatement<'c>>, conn: &'c Connection, sql: &str) -> rusqlite::Result<&'s mut CachedStatement<'c>> {
+    Ok(match slot {
+        Some(stmt) => stmt,
+        None => slot.insert(conn.prepare_cached(sql)?),
+    })
+}
+
+/// Binds `values` to parameters `?1..`, leaving the statement ready to run.
+fn bind<'v>(stmt: &mut CachedStatement, values: impl Iterator<Item = &'v Value>) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    for (i, v) in values.enumerate() {
+        stmt.raw_bind_parameter(i + 1, v)?;
+        n = i + 1;
+    }
+    Ok(n)
+}
+
+fn apply_one<'c>(
+    conn: &'c Connection,
+    t: &Target,
+    stmts: &mut Prepared<'c>,
+    header: &TableHeader,
+    origin: u64,
+    ch: &Change,
+) -> Result<Outcome, DbError> {
+    // the key values: picked from the row image, or the delete's own (validated to match the key)
+    let (values, pk) = match &ch.op {
+        Op::Upsert(values) => (values, Some(&header.pk)),
+        Op::Delete(keys) => (keys, None),
     };
-    if keys.iter().any(|k| matches!(k, Value::Null)) {
+    let keys = || (0..header.pk.len()).map(move |i| &values[pk.map_or(i, |pk| pk[i] as usize)]);
+    if keys().any(|k| matches!(k, Value::Null)) {
         return Ok(Outcome::Park("a primary-key value is NULL".into()));
     }
     if let (Op::Upsert(_), Some(reason)) = (&ch.op, &t.upsert_blocked) {
         return Ok(Outcome::Park(reason.clone()));
     }
-    let current: Option<(i64, i64)> = conn
-        .prepare_cached(&t.get_version)
-        .and_then(|mut s| s.query_row(rusqlite::params_from_iter(keys.iter()), |r| Ok((r.get(0)?, r.get(1)?))).optional())
+    let current: Option<(i64, i64)> = prepared(&mut stmts.get_version, conn, &t.get_version)
+        .and_then(|s| {
+            bind(s, keys())?;
+            let mut rows = s.raw_query();
+            rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
+        })
         .ctx("read row version")?;
     if let Some((ver, node)) = current {
         if (ch.version, origin) <= (ver as u64, node as u64) {
@@ -272,11 +312,17 @@ fn apply_one(conn: &Connection, t: &Target, header: &TableHeader, origin: u64, c
         }
     }
     let result = match &ch.op {
-        Op::Upsert(values) => conn.prepare_cached(&t.upsert).and_then(|mut s| match &t.used {
-            None => s.execute(rusqlite::params_from_iter(values.iter())),
-            Some(used) => s.execute(rusqlite::params_from_iter(used.iter().map(|&i| &values[i]))),
+        Op::Upsert(values) => prepared(&mut stmts.upsert, conn, &t.upsert).and_then(|s| {
+            match &t.used {
+                None => bind(s, values.iter())?,
+                Some(used) => bind(s, used.iter().map(|&i| &values[i]))?,
+            };
+            s.raw_execute()
         }),
-        Op::Delete(keys) => conn.prepare_cached(&t.delete).and_then(|mut s| s.execute(rusqlite::params_from_iter(keys.iter()))),
+        Op::Delete(keys) => prepared(&mut stmts.delete, conn, &t.delete).and_then(|s| {
+            bind(s, keys.iter())?;
+            s.raw_execute()
+        }),
     };
     if let Err(e) = result {
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
@@ -285,11 +331,8 @@ fn apply_one(conn: &Connection, t: &Target, header: &TableHeader, origin: u64, c
         return Err(DbError::Sql { op: "apply change", source: e });
     }
     let deleted = matches!(ch.op, Op::Delete(_));
-    let mut stmt = conn.prepare_cached(&t.set_version).ctx("write row version")?;
-    let n = keys.len();
-    for (i, k) in keys.iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, *k).ctx("write row version")?;
-    }
+    let stmt = prepared(&mut stmts.set_version, conn, &t.set_version).ctx("write row version")?;
+    let n = bind(stmt, keys()).ctx("write row version")?;
     stmt.raw_bind_parameter(n + 1, ch.version as i64).ctx("write row version")?;
     stmt.raw_bind_parameter(n + 2, origin as i64).ctx("write row version")?;
     stmt.raw_bind_parameter(n + 3, deleted as i64).ctx("write row version")?;
