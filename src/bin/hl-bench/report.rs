@@ -6,7 +6,7 @@ use std::fmt::Write;
 use harmonylite::transport::StreamStats;
 
 use crate::amplification::Amplification;
-use crate::ceilings::{InsertRates, PublishRates, CEILING_ROUNDS, PIPELINE_DEPTH};
+use crate::ceilings::{InsertRates, PublishRates, CEILING_ROUNDS, CEILING_ROUNDS_100, PIPELINE_DEPTH};
 use crate::lag::{Idle, Lag};
 use crate::replication::Throughput;
 use crate::{Sizes, E2E_ROUNDS, MIXED_ROW_BYTES, ROW_BYTES};
@@ -54,6 +54,10 @@ impl Results {
     }
     pub fn trigger_overhead_ratio(&self) -> f64 {
         self.insert.plain_100 / self.insert.triggers_100
+    }
+    /// The floor under [`Self::trigger_overhead_ratio`]: an empty row trigger's cost.
+    pub fn empty_trigger_overhead_ratio(&self) -> f64 {
+        self.insert.plain_100 / self.insert.empty_trigger_100
     }
     /// The one-writer stream holds every round's rows and nothing else.
     pub fn wire_bytes_per_row(&self) -> f64 {
@@ -114,12 +118,13 @@ pub fn table(r: &Results) -> String {
         let _ = writeln!(o, "  {what:<58} {value}");
     };
     let _ = writeln!(o, "  load average (1/5/15 min): {}", r.load);
-    let _ = writeln!(o, "\nceilings (same machine, same run; sqlite: best of {CEILING_ROUNDS} rounds of {} and {} rows)", n(s.ceiling_rows_1 as f64), n(s.ceiling_rows_100 as f64));
+    let _ = writeln!(o, "\nceilings (same machine, same run; sqlite: best of {CEILING_ROUNDS} rounds of {} rows, {CEILING_ROUNDS_100} of {} rows)", n(s.ceiling_rows_1 as f64), n(s.ceiling_rows_100 as f64));
     let i = &r.insert;
     row(&mut o, "sqlite insert, plain, 1-row tx", format!("{} rows/s", n(i.plain_1)));
     row(&mut o, "sqlite insert, plain, 100-row tx", format!("{} rows/s", n(i.plain_100)));
     row(&mut o, "sqlite insert, capture triggers, 1-row tx", format!("{} rows/s", n(i.triggers_1)));
     row(&mut o, "sqlite insert, capture triggers, 100-row tx", format!("{} rows/s", n(i.triggers_100)));
+    row(&mut o, "sqlite insert, an empty row trigger, 100-row tx", format!("{} rows/s", n(i.empty_trigger_100)));
     let pb = r.publish.payload_bytes;
     row(&mut o, &format!("jetstream publish+ack, {pb} B, sequential"), format!("{} msg/s", n(r.publish.sequential)));
     row(&mut o, &format!("jetstream publish+ack, {pb} B, {PIPELINE_DEPTH} in flight"), format!("{} msg/s", n(r.publish.pipelined)));
@@ -201,6 +206,7 @@ pub fn table(r: &Results) -> String {
     let _ = writeln!(o, "  {:<46} {:>12}", "  same from wchar (cross-check)", format!("{:.2}x", a.wchar_ratio()));
     let t = r.trigger_overhead_ratio();
     goal(&mut o, "capture trigger cost / plain insert (100-row tx)", format!("{t:.2}x"), format!("<= {GOAL_TRIGGER_OVERHEAD:.0}x"), t <= GOAL_TRIGGER_OVERHEAD);
+    let _ = writeln!(o, "  {:<46} {:>12}", "  floor: an empty row trigger / plain insert", format!("{:.2}x", r.empty_trigger_overhead_ratio()));
     let rss = r.rss_steady_kib() as f64;
     goal(&mut o, "steady RSS per node (largest)", format!("{} KiB", n(rss)), format!("<= {} KiB", n(GOAL_RSS_KIB)), rss <= GOAL_RSS_KIB);
     let c = r.idle_cpu_pct();
@@ -260,6 +266,8 @@ pub fn json(r: &Results) -> String {
         ("idle_cpu_pct", num(r.idle_cpu_pct())),
         ("idle_window_s", num(r.idle.window_secs)),
         ("trigger_overhead_ratio", num(r.trigger_overhead_ratio())),
+        ("empty_trigger_overhead_ratio", num(r.empty_trigger_overhead_ratio())),
+        ("insert_with_empty_trigger_rows_per_s", num(r.insert.empty_trigger_100)),
         ("node_binary_bytes", r.node_binary_bytes.to_string()),
         ("elapsed_s", num(r.elapsed_secs)),
     ];
