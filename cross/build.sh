@@ -243,6 +243,8 @@ build_group() {
     # serves anything over 32 KiB with mmap and unmaps it on free: an mmap/munmap pair and
     # fresh-page faults per replicated statement, half a replica's CPU (hl-bench e2e ratio
     # 0.12-0.13 -> 0.27-0.28 on x86_64; see BENCHMARKS.md). Native glibc builds keep the default.
+    # In memory, a journal grows with the pages one statement changes: the node's multi-row
+    # statements are written not to need one (capture::mark_published is UPDATE OR IGNORE).
     envs+=("LIBSQLITE3_FLAGS=${LIBSQLITE3_FLAGS:-} -DSQLITE_STMTJRNL_SPILL=-1")
     say "$* : cargo zigbuild --release ($mode) into $target_dir"
     if [ "$mode" = std ]; then

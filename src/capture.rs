@@ -112,7 +112,7 @@ impl Table {
                 "SELECT v.ver, v.del, {exists}, {vkeys}, {cols} FROM {ver} v LEFT JOIN {t} t ON {join} \
                  WHERE v.pending = 1 ORDER BY v.ver"
             ),
-            mark_published: format!("UPDATE {ver} SET pending = 0 WHERE pending = 1 AND ver <= ?1"),
+            mark_published: format!("UPDATE OR IGNORE {ver} SET pending = 0 WHERE pending = 1 AND ver <= ?1"),
         };
         Table { header, decl, defaults, ignored: Vec::new(), without_rowid, log, ver, keys, sql }
     }
