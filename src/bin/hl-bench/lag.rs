@@ -152,6 +152,9 @@ pub struct Idle {
     /// Per node: its anonymous part (heap, stacks), KiB; the rest is mostly mapped files
     /// (the binary, shared libraries, SQLite's -shm).
     pub rss_anon_kib: Vec<u64>,
+    /// Per node: resident pages of shared libraries (`.so` mappings in `/proc/PID/smaps`), KiB:
+    /// what a dynamically linked build maps that the static release binary does not.
+    pub rss_shared_lib_kib: Vec<u64>,
 }
 
 /// Leaves the cluster without writes for `window` and reads each node's CPU time and RSS.
@@ -164,5 +167,27 @@ pub fn idle(cluster: &Cluster, window: Duration) -> Result<Idle, String> {
     let cpu_pct = before.iter().zip(&after).map(|(b, a)| a.saturating_sub(*b).as_secs_f64() / secs * 100.0).collect();
     let rss_kib = cluster.nodes.iter().map(|n| status_kib(n.pid, "VmRSS")).collect::<Result<Vec<_>, _>>()?;
     let rss_anon_kib = cluster.nodes.iter().map(|n| status_kib(n.pid, "RssAnon")).collect::<Result<Vec<_>, _>>()?;
-    Ok(Idle { window_secs: secs, cpu_pct, rss_kib, rss_anon_kib })
+    let rss_shared_lib_kib = cluster.nodes.iter().map(|n| shared_lib_kib(n.pid)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Idle { window_secs: secs, cpu_pct, rss_kib, rss_anon_kib, rss_shared_lib_kib })
+}
+
+/// The `Rss:` of every mapping of a shared library (`*.so` or `*.so.N`), KiB.
+fn shared_lib_kib(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut in_lib = false;
+    let mut total = 0;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // a mapping's header: range, perms, offset, dev, inode, [path]
+            let name = words.nth(4).unwrap_or("");
+            let file = name.rsplit('/').next().unwrap_or("");
+            in_lib = name.starts_with('/') && (file.ends_with(".so") || file.contains(".so."));
+        } else if in_lib && first == "Rss:" {
+            total += words.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(total)
 }

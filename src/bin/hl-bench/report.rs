@@ -186,6 +186,7 @@ pub fn table(r: &Results) -> String {
     row(&mut o, "peak RSS of a node (VmHWM, largest)", format!("{} KiB", n(r.peak_rss_kib as f64)));
     row(&mut o, "steady RSS per node (VmRSS after idle window)", format!("{:?} KiB", r.idle.rss_kib));
     row(&mut o, "  of which anonymous (RssAnon; the rest is mapped files)", format!("{:?} KiB", r.idle.rss_anon_kib));
+    row(&mut o, "  of which shared libraries (a static build has none)", format!("{:?} KiB", r.idle.rss_shared_lib_kib));
     let cpu: Vec<String> = r.idle.cpu_pct.iter().map(|c| format!("{c:.3}")).collect();
     row(&mut o, &format!("idle CPU per node over {:.0} s at {} ms poll", r.idle.window_secs, r.poll_ms), format!("[{}] % of a core", cpu.join(", ")));
     row(&mut o, "harmonylite binary size", format!("{} bytes ({})", n(r.node_binary_bytes as f64), r.node_binary));
@@ -209,6 +210,10 @@ pub fn table(r: &Results) -> String {
     let _ = writeln!(o, "  {:<46} {:>12}", "  floor: an empty row trigger / plain insert", format!("{:.2}x", r.empty_trigger_overhead_ratio()));
     let rss = r.rss_steady_kib() as f64;
     goal(&mut o, "steady RSS per node (largest)", format!("{} KiB", n(rss)), format!("<= {} KiB", n(GOAL_RSS_KIB)), rss <= GOAL_RSS_KIB);
+    if r.idle.rss_shared_lib_kib.iter().any(|&k| k > 0) {
+        let _ = writeln!(o, "    (a dynamically linked node: its shared libraries are counted; the shipped binary is static,");
+        let _ = writeln!(o, "     measure it with `bash cross/build.sh` and HL_NODE_BIN=dist/harmonylite-x86_64-unknown-linux-musl)");
+    }
     let c = r.idle_cpu_pct();
     goal(&mut o, "idle CPU per node (largest)", format!("{c:.3} %"), format!("<= {GOAL_IDLE_CPU_PCT} %"), c <= GOAL_IDLE_CPU_PCT);
     o
@@ -263,6 +268,7 @@ pub fn json(r: &Results) -> String {
         ("rss_steady_kib", r.rss_steady_kib().to_string()),
         ("rss_peak_kib", r.peak_rss_kib.to_string()),
         ("rss_steady_anon_kib", r.idle.rss_anon_kib.iter().max().copied().unwrap_or(0).to_string()),
+        ("rss_steady_shared_lib_kib", r.idle.rss_shared_lib_kib.iter().max().copied().unwrap_or(0).to_string()),
         ("idle_cpu_pct", num(r.idle_cpu_pct())),
         ("idle_window_s", num(r.idle.window_secs)),
         ("trigger_overhead_ratio", num(r.trigger_overhead_ratio())),
