@@ -524,3 +524,55 @@ fn publish_false_and_replicate_false() {
     );
     drop(c);
 }
+
+/// The application's own triggers run for rows applied from other nodes (ours do not capture
+/// them again): an FTS5 index kept by triggers, local to each node and never replicated, finds
+/// rows written elsewhere, follows their updates and deletes, and passes its integrity check.
+#[test]
+fn application_triggers_keep_a_local_fts_index_of_replicated_rows() {
+    let dir = TestDir::new("fts");
+    let nats = NatsServer::start(dir.path());
+    let nodes = start_cluster(
+        dir.path(),
+        &nats.url(),
+        &["n1", "n2"],
+        "CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT);
+         CREATE VIRTUAL TABLE docs_fts USING fts5(body, content='docs', content_rowid='id');
+         CREATE TRIGGER docs_ai AFTER INSERT ON docs BEGIN
+             INSERT INTO docs_fts(rowid, body) VALUES (new.id, new.body); END;
+         CREATE TRIGGER docs_ad AFTER DELETE ON docs BEGIN
+             INSERT INTO docs_fts(docs_fts, rowid, body) VALUES ('delete', old.id, old.body); END;
+         CREATE TRIGGER docs_au AFTER UPDATE ON docs BEGIN
+             INSERT INTO docs_fts(docs_fts, rowid, body) VALUES ('delete', old.id, old.body);
+             INSERT INTO docs_fts(rowid, body) VALUES (new.id, new.body); END;",
+        "",
+    );
+    let (n1, n2) = (&nodes[0].db, &nodes[1].db);
+    let search = |db: &Path, word: &str| -> Vec<String> {
+        dump_query(db, &format!("SELECT rowid FROM docs_fts WHERE docs_fts MATCH '{word}' ORDER BY rowid"))
+    };
+
+    app(n1, "INSERT INTO docs VALUES (1, 'red apple'), (2, 'green apple'), (3, 'red car')");
+    assert_all(&nodes, "docs", &["integer=1|text='red apple'", "integer=2|text='green apple'", "integer=3|text='red car'"]);
+    assert_eq!(search(n2, "red"), vec!["integer=1", "integer=3"]);
+    assert_eq!(search(n2, "apple"), vec!["integer=1", "integer=2"]);
+
+    // an update and a delete made on n1 reach n2's index through its triggers
+    app(n1, "UPDATE docs SET body = 'blue car' WHERE id = 3; DELETE FROM docs WHERE id = 2");
+    assert_all(&nodes, "docs", &["integer=1|text='red apple'", "integer=3|text='blue car'"]);
+    assert_eq!(search(n2, "red"), vec!["integer=1"]);
+    assert_eq!(search(n2, "blue"), vec!["integer=3"]);
+    assert_eq!(search(n2, "green"), Vec::<String>::new());
+
+    // and the other way: n2's own writes index locally and reach n1's index
+    app(n2, "INSERT INTO docs VALUES (4, 'red bike')");
+    assert_all(&nodes, "docs", &["integer=1|text='red apple'", "integer=3|text='blue car'", "integer=4|text='red bike'"]);
+    for db in [n1, n2] {
+        assert_eq!(search(db, "red"), vec!["integer=1", "integer=4"], "{}", db.display());
+        // FTS5 compares its index with the content table and fails on any difference
+        app(db, "INSERT INTO docs_fts(docs_fts) VALUES ('integrity-check')");
+        // nothing of the index was captured: only docs changes are ever in a log
+        let logs = dump_query(db, "SELECT name FROM sqlite_schema WHERE name LIKE '\\_\\_hl\\_log\\_%' ESCAPE '\\' ORDER BY name");
+        assert_eq!(logs, vec!["text='__hl_log_docs'"], "{}", db.display());
+    }
+}
