@@ -16,11 +16,13 @@
 //! the start of our own write transaction the log is empty and anything that appears in it during
 //! an apply is an echo of that apply.
 //!
-//! On the node's own connection the triggers write nothing at all ([`silence_triggers`]): an
+//! On the node's own connection the triggers write nothing at all ([`guard_node_connection`]): an
 //! applied row would only be logged to be discarded again, and that insert and delete (and the
-//! statement journal a multi-row statement needs) cost more than the apply itself.
+//! statement journal a multi-row statement needs) cost more than the apply itself. The same
+//! guard keeps the application's triggers from writing replicated tables again for applied rows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::Connection;
@@ -352,17 +354,55 @@ pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Re
     Ok(stamped)
 }
 
-/// Compiles our capture triggers into no-ops on `conn` (through SQLite's authorizer, which sees
-/// every statement as it is prepared): the node's own writes are never captured, and the
-/// application's connections, which have no authorizer, capture as before. The application's
-/// own triggers still run. [`discard_echoes`] stays as the guarantee.
-pub fn silence_triggers(conn: &mut Connection) -> Result<(), DbError> {
+/// The names of the replicated tables, as the node connection's authorizer sees them.
+#[derive(Clone, Default)]
+pub struct ReplicatedNames(Arc<RwLock<HashSet<String>>>);
+
+impl ReplicatedNames {
+    /// Takes the names of `schema`; returns whether they changed.
+    pub fn update(&self, schema: &Schema) -> bool {
+        let names: HashSet<String> = schema.tables.iter().map(|t| t.name().to_ascii_lowercase()).collect();
+        let mut held = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *held != names;
+        *held = names;
+        changed
+    }
+
+    fn contains(&self, table: &str) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(&table.to_ascii_lowercase())
+    }
+}
+
+/// Guards the node's own connection, through SQLite's authorizer (which sees every statement as
+/// it is prepared, trigger programs included). Inside any trigger:
+/// - our capture triggers' log inserts are compiled out: the node's writes are never captured
+///   ([`discard_echoes`] stays as the guarantee);
+/// - the application's triggers' inserts into and updates of replicated tables (`names`) are
+///   compiled out: where the application wrote, those effects were captured and travel as
+///   changes of their own, so running them again for an applied row would leave each replica
+///   with its own version (an `updated_at` stamped with its own time, an audit row of its own).
+///   Their writes to other tables (an FTS index, local bookkeeping) run. SQLite cannot skip a
+///   DELETE this way: a trigger's deletes from replicated tables still run on replicas.
+///
+/// The application's connections have no authorizer: there, every trigger runs and captures.
+pub fn guard_node_connection(conn: &mut Connection, names: &ReplicatedNames) -> Result<(), DbError> {
     use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-    conn.authorizer(Some(|ctx: AuthContext<'_>| match (ctx.action, ctx.accessor) {
-        (AuthAction::Insert { table_name }, Some(trigger)) if table_name.starts_with("__hl_log_") && trigger.starts_with("__hl_") => {
-            Authorization::Ignore
+    let names = names.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        let Some(trigger) = ctx.accessor else { return Authorization::Allow };
+        let table = match ctx.action {
+            AuthAction::Insert { table_name } | AuthAction::Update { table_name, .. } => table_name,
+            _ => return Authorization::Allow,
+        };
+        if ctx.database_name.is_some_and(|d| d != "main") {
+            return Authorization::Allow;
         }
-        _ => Authorization::Allow,
+        let ours = table.starts_with("__hl_log_") && trigger.starts_with("__hl_");
+        if ours || (!table.starts_with("__hl_") && names.contains(table)) {
+            Authorization::Ignore
+        } else {
+            Authorization::Allow
+        }
     }))
     .ctx("install the authorizer")
 }
@@ -484,31 +524,46 @@ mod tests {
         }
     }
 
-    /// A silenced connection's writes leave nothing in the change log, an application's
-    /// connection to the same file still captures, and the application's own triggers run on both.
+    /// A guarded connection's writes leave nothing in the change log, an application's
+    /// connection to the same file still captures; the application's triggers run on both, but on
+    /// the guarded one they do not write replicated tables.
     #[test]
-    fn silenced_connection_is_not_captured_but_the_application_is() {
-        let path = std::env::temp_dir().join(format!("hl-silence-{}.db", std::process::id()));
+    fn guarded_connection_is_not_captured_but_the_application_is() {
+        let path = std::env::temp_dir().join(format!("hl-guard-{}.db", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let mut node = Connection::open(&path).unwrap();
         node.execute_batch(
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, v); CREATE TABLE audit(n INTEGER);
-             CREATE TRIGGER app_audit AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (NEW.id); END;",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v, stamp); CREATE TABLE audit(n INTEGER PRIMARY KEY);
+             CREATE TABLE local_audit(n INTEGER);
+             CREATE TRIGGER app_audit AFTER INSERT ON t BEGIN
+                 INSERT INTO audit VALUES (NEW.id); INSERT INTO local_audit VALUES (NEW.id); END;
+             CREATE TRIGGER app_stamp AFTER UPDATE OF v ON t BEGIN UPDATE t SET stamp = 'app' WHERE id = NEW.id; END;",
         )
         .unwrap();
-        let cfg = Config::parse("db_path = \"x.db\"").unwrap();
+        let cfg = Config::parse("db_path = \"x.db\"\nexclude_tables = [\"local_audit\"]").unwrap();
         let schema = scan(&node, &cfg).unwrap();
+        assert_eq!(schema.tables.iter().map(|t| t.name()).collect::<Vec<_>>(), vec!["audit", "t"]);
         install(&mut node, &schema).unwrap();
-        silence_triggers(&mut node).unwrap();
-        node.execute_batch("INSERT INTO t VALUES (1, 'node'); UPDATE t SET v = 'node2' WHERE id = 1; INSERT INTO t VALUES (3, 'x'); DELETE FROM t WHERE id = 3;")
+        let names = ReplicatedNames::default();
+        assert!(names.update(&schema));
+        assert!(!names.update(&schema));
+        guard_node_connection(&mut node, &names).unwrap();
+        node.execute_batch("INSERT INTO t VALUES (1, 'node', NULL); UPDATE t SET v = 'node2' WHERE id = 1; INSERT INTO t VALUES (3, 'x', NULL); DELETE FROM t WHERE id = 3;")
             .unwrap();
         let app = Connection::open(&path).unwrap();
-        app.execute_batch("INSERT INTO t VALUES (2, 'app'); UPDATE t SET v = 'app2' WHERE id = 1;").unwrap();
-        let logged: Vec<(i64, i64)> =
-            node.prepare("SELECT op, k0 FROM __hl_log_t ORDER BY seq").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
-        assert_eq!(logged, vec![(OP_UPSERT, 2), (OP_UPSERT, 1)]);
-        let audited: Vec<i64> = node.prepare("SELECT n FROM audit ORDER BY rowid").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
-        assert_eq!(audited, vec![1, 3, 2]);
+        app.execute_batch("INSERT INTO t VALUES (2, 'app', NULL); UPDATE t SET v = 'app2' WHERE id = 1;").unwrap();
+        let all = |sql: &str| -> Vec<String> {
+            node.prepare(sql).unwrap().query_map([], |r| r.get::<_, rusqlite::types::Value>(0)).unwrap().map(|v| format!("{:?}", v.unwrap())).collect()
+        };
+        // only the application's writes are logged: its insert of 2, its update of 1, and the
+        // trigger writes they caused (audit 2; t 1 again, stamped)
+        assert_eq!(all("SELECT k0 FROM __hl_log_t ORDER BY seq"), vec!["Integer(2)", "Integer(1)", "Integer(1)"]);
+        assert_eq!(all("SELECT k0 FROM __hl_log_audit ORDER BY seq"), vec!["Integer(2)"]);
+        // replicated tables: the node's writes did not run the application's trigger effects
+        assert_eq!(all("SELECT n FROM audit ORDER BY n"), vec!["Integer(2)"]);
+        assert_eq!(all("SELECT coalesce(stamp, 'none') FROM t ORDER BY id"), vec!["Text(\"app\")", "Text(\"none\")"]);
+        // a table that is not replicated: every trigger write happened
+        assert_eq!(all("SELECT n FROM local_audit ORDER BY rowid"), vec!["Integer(1)", "Integer(3)", "Integer(2)"]);
         drop((node, app));
         let _ = std::fs::remove_file(&path);
     }

@@ -140,6 +140,8 @@ pub struct Node {
     cfg: Config,
     conn: Connection,
     schema: Schema,
+    /// The replicated tables' names, read by `conn`'s authorizer ([`capture::guard_node_connection`]).
+    replicated: capture::ReplicatedNames,
     pub node_id: u64,
     hlc: Hlc,
     urls: String,
@@ -229,7 +231,8 @@ impl Node {
     pub fn open_with(cfg: Config, exclusive: bool) -> Result<Node, NodeError> {
         let lock = if exclusive && cfg.db_path.exists() { Some(lock_db(&cfg.db_path)?) } else { None };
         let mut conn = db::open(&cfg.db_path)?;
-        capture::silence_triggers(&mut conn)?;
+        let replicated = capture::ReplicatedNames::default();
+        capture::guard_node_connection(&mut conn, &replicated)?;
         if cfg.prometheus.enable {
             crate::metrics::count_statements(&mut conn).map_err(|source| DbError::Sql { op: "count statements", source })?;
         }
@@ -240,6 +243,7 @@ impl Node {
         // read before the scan: a schema change committed after it is seen at the next tick
         let schema_version = db::schema_version(&conn)?;
         let mut schema = capture::scan(&conn, &cfg)?;
+        replicated.update(&schema);
         report_skipped(&schema, None);
         let backfilled = capture::install(&mut conn, &schema)?;
         if backfilled > 0 {
@@ -277,6 +281,7 @@ impl Node {
             cfg,
             conn,
             schema,
+            replicated,
             node_id,
             hlc,
             urls,

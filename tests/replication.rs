@@ -576,3 +576,40 @@ fn application_triggers_keep_a_local_fts_index_of_replicated_rows() {
         assert_eq!(logs, vec!["text='__hl_log_docs'"], "{}", db.display());
     }
 }
+
+/// An application trigger that writes a replicated table (an `updated_at` stamp, an audit row)
+/// runs on the node where the application wrote, and its effect travels as a change of its own.
+/// Replicas must not run it again for applied rows: each would stamp its own time, or add an
+/// audit row of its own, and keep it.
+#[test]
+fn application_trigger_writes_to_replicated_tables_are_not_repeated_on_replicas() {
+    let dir = TestDir::new("touch");
+    let nats = NatsServer::start(dir.path());
+    let nodes = start_cluster(
+        dir.path(),
+        &nats.url(),
+        &["n1", "n2"],
+        "CREATE TABLE whoami(name TEXT PRIMARY KEY);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, updated_at TEXT);
+         CREATE TABLE audit(what TEXT PRIMARY KEY);
+         CREATE TRIGGER t_touch AFTER UPDATE OF v ON t BEGIN
+             UPDATE t SET updated_at = 'stamped on ' || (SELECT name FROM whoami) WHERE id = new.id; END;
+         CREATE TRIGGER t_audit AFTER INSERT ON t BEGIN
+             INSERT INTO audit VALUES ('insert ' || new.id || ' on ' || (SELECT name FROM whoami)); END;",
+        "exclude_tables = [\"whoami\"]",
+    );
+    let (n1, n2) = (&nodes[0].db, &nodes[1].db);
+    app(n1, "INSERT INTO whoami VALUES ('n1')");
+    app(n2, "INSERT INTO whoami VALUES ('n2')");
+
+    app(n1, "INSERT INTO t(id, v) VALUES (1, 'a')");
+    app(n1, "UPDATE t SET v = 'b' WHERE id = 1");
+    assert_all(&nodes, "t", &["integer=1|text='b'|text='stamped on n1'"]);
+    app(n2, "UPDATE t SET v = 'c' WHERE id = 1");
+    assert_all(&nodes, "t", &["integer=1|text='c'|text='stamped on n2'"]);
+    app(n2, "INSERT INTO t(id, v) VALUES (2, 'd')");
+    assert_all(&nodes, "t", &["integer=1|text='c'|text='stamped on n2'", "integer=2|text='d'|null=NULL"]);
+    for db in [n1, n2] {
+        assert_eq!(dump(db, "audit"), vec!["text='insert 1 on n1'", "text='insert 2 on n2'"], "{}", db.display());
+    }
+}

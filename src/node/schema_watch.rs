@@ -19,6 +19,10 @@ impl Node {
             return Ok(());
         }
         let mut schema = capture::scan(&self.conn, &self.cfg)?;
+        if self.replicated.update(&schema) {
+            // statements compiled under the old names would keep their authorizer decisions
+            self.conn.flush_prepared_statement_cache();
+        }
         report_skipped(&schema, Some(&self.schema));
         let backfilled = capture::install(&mut self.conn, &schema)?;
         schema.paused = std::mem::take(&mut self.schema.paused);
