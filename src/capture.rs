@@ -397,8 +397,8 @@ pub fn guard_node_connection(conn: &mut Connection, names: &ReplicatedNames) -> 
         if ctx.database_name.is_some_and(|d| d != "main") {
             return Authorization::Allow;
         }
-        let ours = table.starts_with("__hl_log_") && trigger.starts_with("__hl_");
-        if ours || (!table.starts_with("__hl_") && names.contains(table)) {
+        // our capture triggers' logs, or a replicated table (`scan` never lists `__hl_` tables)
+        if (table.starts_with("__hl_log_") && trigger.starts_with("__hl_")) || names.contains(table) {
             Authorization::Ignore
         } else {
             Authorization::Allow
