@@ -32,6 +32,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default bounds of the reconnect backoff.
 pub const DEFAULT_RECONNECT_MIN_MS: u64 = 250;
 pub const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
+/// Liveness PING after 10 s of server silence: a stalled link is declared down within 30 s.
+pub const DEFAULT_PING_INTERVAL_MS: u64 = 10_000;
+/// A write that moves no byte for 5 s fails (a slow link still moves bytes).
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// A remote stamp this far ahead of our clock is reported.
 pub const DEFAULT_MAX_CLOCK_DRIFT_MS: u64 = 60_000;
 
@@ -294,6 +298,12 @@ impl Config {
         }
         if self.nats.connect_timeout_ms < 100 {
             return Err("[nats] connect_timeout_ms: expected at least 100".into());
+        }
+        if self.nats.ping_interval_ms < 100 {
+            return Err("[nats] ping_interval_ms: expected at least 100".into());
+        }
+        if self.nats.write_timeout_ms < 100 {
+            return Err("[nats] write_timeout_ms: expected at least 100".into());
         }
         if self.nats.reconnect_min_ms == 0 || self.nats.reconnect_min_ms > self.nats.reconnect_max_ms {
             return Err("[nats] reconnect_min_ms: expected at least 1 and at most reconnect_max_ms".into());

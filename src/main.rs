@@ -312,7 +312,26 @@ fn watch_signals(stop: Arc<Stop>) -> std::io::Result<()> {
             seen = true;
             log::info!("stopping: flushing the outbox (send the signal again to exit at once)");
             stop.set();
+            // The backstop of the 5 s promise: every network wait has its own deadline, but
+            // a write blocked on a stalled link can still be inside its own when the signal
+            // comes. Exiting is safe at any moment: the outbox and the cursor are in SQLite.
+            let stop = stop.clone();
+            let _ = std::thread::Builder::new().name("exit-deadline".into()).spawn(move || {
+                std::thread::sleep(OVERDUE_AFTER);
+                stop.overdue();
+                std::thread::sleep(EXIT_DEADLINE - OVERDUE_AFTER);
+                log::warn!(
+                    "stopping took longer than {:.1} s (a stalled link); exiting now, unsent changes stay in the outbox",
+                    EXIT_DEADLINE.as_secs_f64()
+                );
+                std::process::exit(0);
+            });
         }
     })?;
     Ok(())
 }
+
+/// After the first signal, a node still waiting on the network this long cuts its link.
+const OVERDUE_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
+/// After the first signal the process exits within this long, whatever the link does.
+const EXIT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(4500);

@@ -6,7 +6,8 @@
 //! (`schema_watch.rs`), snapshots (`snapshots.rs`) and the operations hooks (`ops.rs`).
 
 use std::collections::HashMap;
-use std::sync::{mpsc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -32,8 +33,9 @@ pub use snapshots::{restore_missing, urls as snapshot_urls, Saved};
 
 /// Bytes of frames published before their acks are awaited (one publish round).
 pub const ROUND_BYTES: usize = 8 * 1024 * 1024;
-/// How long shutdown may spend flushing the outbox.
-pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+/// How long shutdown may spend flushing the outbox (the whole exit must take under 5 s; the
+/// flush happens only when the server answers a PING within [`crate::transport::PROBE_TIMEOUT`]).
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 /// Backoff bounds for retrying a failing database step.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -86,12 +88,35 @@ impl From<DbError> for NodeError {
 pub struct Stop {
     stopped: Mutex<bool>,
     cv: Condvar,
+    /// The same fact for code that only looks (a wait for acks), without the lock.
+    raised: Arc<AtomicBool>,
+    /// Run by [`Stop::overdue`].
+    overdue_hooks: Mutex<Vec<Box<dyn Fn() + Send>>>,
 }
 
 impl Stop {
     pub fn set(&self) {
         *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.raised.store(true, Ordering::Relaxed);
         self.cv.notify_all();
+    }
+
+    /// A flag that turns true when the stop is set.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.raised.clone()
+    }
+
+    /// Registers what to do when stopping takes too long (see [`Stop::overdue`]).
+    pub fn on_overdue(&self, hook: impl Fn() + Send + 'static) {
+        self.overdue_hooks.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(hook));
+    }
+
+    /// Stopping takes too long (called by the signal handling, from another thread): a node
+    /// still held by a network call on a stalled link cuts that link, so the call returns.
+    pub fn overdue(&self) {
+        for hook in self.overdue_hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook();
+        }
     }
 
     pub fn is_set(&self) -> bool {
@@ -186,6 +211,11 @@ pub struct Node {
     gap_reported: bool,
     /// Held while the node runs: one node per database (released by the OS on any exit).
     _lock: Option<std::fs::File>,
+    /// Set when the stop signal comes: a wait for acks ends at once.
+    stopping: Arc<AtomicBool>,
+    /// Cuts the current transport's link; taken by [`Stop::overdue`] while the loop has not
+    /// reached its shutdown (a shutdown flush has its own deadline and is left alone).
+    link_cutter: Arc<Mutex<Option<crate::transport::LinkCutter>>>,
 }
 
 fn lock_path(db_path: &std::path::Path) -> std::path::PathBuf {
@@ -313,6 +343,8 @@ impl Node {
             bad_snapshot: None,
             gap_reported: false,
             _lock: lock,
+            stopping: Arc::new(AtomicBool::new(false)),
+            link_cutter: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -320,6 +352,14 @@ impl Node {
     pub fn run(&mut self, stop: &Stop) {
         let poll = Duration::from_millis(self.cfg.polling_interval);
         let mut db_backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        self.stopping = stop.flag();
+        let cutter = self.link_cutter.clone();
+        stop.on_overdue(move || {
+            if let Some(c) = cutter.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                log::warn!("stopping: a network call is still waiting; cutting the link");
+                c.cut();
+            }
+        });
         while !stop.is_set() {
             self.heartbeat();
             if let Some(e) = self.embedded.as_mut() {
@@ -359,12 +399,16 @@ impl Node {
     /// Finishes the frame in hand and flushes the outbox within [`SHUTDOWN_FLUSH`].
     pub fn shutdown(&mut self) {
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        // the loop came back: the flush below has its own deadline
+        self.link_cutter.lock().unwrap_or_else(|e| e.into_inner()).take();
         if !self.unapplied.is_empty() && self.transport.is_some() {
             if let Err(e) = self.apply_unapplied() {
                 log::warn!("shutdown: {e}");
             }
         }
-        while self.link_up() && Instant::now() < deadline {
+        // A link that stalled but is not found out yet would only hold the exit.
+        let answers = self.transport.as_ref().is_some_and(|t| t.answers());
+        while answers && self.link_up() && Instant::now() < deadline {
             if let Err(e) = self.stamp_if_changed() {
                 log::warn!("shutdown: {e}");
                 break;
@@ -372,7 +416,7 @@ impl Node {
             if !self.cfg.publish || !self.outbox_dirty {
                 break;
             }
-            if let Err(e) = self.publish_round(deadline) {
+            if let Err(e) = self.publish_round(deadline, false) {
                 log::warn!("shutdown: {e}");
                 break;
             }
@@ -403,7 +447,7 @@ impl Node {
             self.check_budget()?;
         }
         if self.cfg.publish && self.outbox_dirty && self.link_up() {
-            self.publish_round(Instant::now() + ACK_TIMEOUT)?;
+            self.publish_round(Instant::now() + ACK_TIMEOUT, true)?;
         }
         Ok(())
     }
@@ -456,7 +500,7 @@ impl Node {
         let Some(t) = self.transport.as_mut().filter(|_| self.cfg.replicate) else {
             return Ok(false);
         };
-        match t.fetch(wait) {
+        match t.fetch(wait, self.max_frame) {
             Ok(msgs) if msgs.is_empty() => Ok(true), // the fetch itself waited
             Ok(msgs) => {
                 self.unapplied = msgs;

@@ -25,12 +25,19 @@ pub use status_service::ask_fleet;
 
 /// Deadline for every acknowledgement of one publish batch.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a liveness probe (PING answered by PONG), e.g. before the shutdown flush.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes of the headers the server counts against `max_payload` with each frame (the
+/// `Nats-Msg-Id` header is about 70 bytes): frames are at most `max_payload` minus this.
+pub const HEADER_ALLOWANCE: usize = 256;
+/// Bytes one fetch may hold in memory: a batch asks for this many bytes' worth of frames of
+/// the largest size (at least one frame, at most [`FETCH_BATCH`] frames).
+pub const FETCH_BYTES: usize = 8 * 1024 * 1024;
 /// How often a wait for acks looks at the link state.
 const ACK_POLL: Duration = Duration::from_millis(100);
 /// Deadline for stream and consumer management requests.
 pub const API_TIMEOUT: Duration = Duration::from_secs(5);
-/// Messages asked for in one pull request. Frames are at most `max_frame_bytes` (256 KiB by
-/// default), so one batch holds at most 8 MiB in memory.
+/// Most messages asked for in one pull request (see [`FETCH_BYTES`]).
 pub const FETCH_BATCH: usize = 32;
 /// How long one pull request waits on the server. Messages are delivered as soon as they
 /// arrive, so a long wait costs no latency; it saves wakeups on an idle node.
@@ -133,7 +140,13 @@ fn client_options(n: &crate::config::Nats) -> Result<nats::Options, TransportErr
     // front (8 MiB by default; musl's calloc touches every page, so the static build held 8 MiB
     // more RSS per connection). We publish only while the link is up and retry with the same
     // message ids, so a small buffer loses nothing.
-    let mut opts = auth_options(n)?.reconnect_buffer_size(RECONNECT_BUFFER);
+    let mut opts = auth_options(n)?
+        .reconnect_buffer_size(RECONNECT_BUFFER)
+        // Deadlines of the patched client (vendor/nats/PATCHES.md): a stalled link is found by
+        // the liveness PING, and no connect, handshake or write waits on it forever.
+        .ping_interval(Duration::from_millis(n.ping_interval_ms))
+        .io_timeout(Duration::from_millis(n.connect_timeout_ms))
+        .write_timeout(Duration::from_millis(n.write_timeout_ms));
     if let Some(ca) = &n.ca_file {
         opts = opts.add_root_certificate(ca);
     }
@@ -204,6 +217,17 @@ pub struct StreamStats {
     pub bytes: u64,
     pub first_seq: u64,
     pub last_seq: u64,
+}
+
+/// Cuts a transport's link from another thread (the stop signal's): a call blocked on a
+/// stalled link returns at once with an error. Holds no connection alive.
+#[derive(Clone, Debug)]
+pub struct LinkCutter(nats::Interrupter);
+
+impl LinkCutter {
+    pub fn cut(&self) {
+        self.0.interrupt();
+    }
 }
 
 /// A published frame: subject, message id and bytes.
@@ -340,9 +364,25 @@ impl Transport {
         })
     }
 
-    /// The server's largest accepted message.
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
+    /// The largest frame the server accepts: its `max_payload` less the headers sent with it.
+    pub fn max_frame(&self) -> usize {
+        self.max_payload.saturating_sub(HEADER_ALLOWANCE).max(1024)
+    }
+
+    /// Frames of up to `max_frame` bytes asked for in one pull request.
+    pub fn fetch_batch(max_frame: usize) -> usize {
+        (FETCH_BYTES / max_frame.max(1)).clamp(1, FETCH_BATCH)
+    }
+
+    /// See [`LinkCutter`].
+    pub fn cutter(&self) -> LinkCutter {
+        LinkCutter(self.nc.interrupter())
+    }
+
+    /// Whether the server answers a PING within [`PROBE_TIMEOUT`] (for the shutdown flush:
+    /// a link that stalled but is not yet found out would only hold the exit).
+    pub fn answers(&self) -> bool {
+        self.is_connected() && self.nc.flush_timeout(PROBE_TIMEOUT).is_ok()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -367,7 +407,10 @@ impl Transport {
     /// Publishes every frame with its message id and waits until JetStream acknowledged all of
     /// them. Any missing or negative ack fails the whole batch; retrying it is safe because the
     /// ids let the server drop the copies it already stored.
-    pub fn publish_all(&mut self, frames: &[Outgoing], timeout: Duration) -> Result<(), TransportError> {
+    ///
+    /// `abort` is looked at while acks are awaited (the stop signal): the wait then ends at
+    /// once with an error, and the frames stay in the outbox.
+    pub fn publish_all(&mut self, frames: &[Outgoing], timeout: Duration, abort: &dyn Fn() -> bool) -> Result<(), TransportError> {
         if frames.is_empty() {
             return Ok(());
         }
@@ -397,6 +440,9 @@ impl Transport {
                 Err(_) if self.disconnected.load(Ordering::Relaxed) => {
                     return Err(fail(format!("link lost with {remaining} of {} acks missing", frames.len())));
                 }
+                Err(_) if abort() => {
+                    return Err(fail(format!("stopping with {remaining} of {} acks missing", frames.len())));
+                }
                 Err(_) => continue,
             };
             // acks of an earlier, timed-out batch carry another batch number
@@ -417,8 +463,10 @@ impl Transport {
         Ok(())
     }
 
-    /// Returns the next messages of the stream, waiting up to `wait` for the first one.
-    pub fn fetch(&mut self, wait: Duration) -> Result<Vec<Incoming>, TransportError> {
+    /// Returns the next messages of the stream, waiting up to `wait` for the first one: at
+    /// most [`Transport::fetch_batch`] frames of up to `max_frame` bytes.
+    pub fn fetch(&mut self, wait: Duration, max_frame: usize) -> Result<Vec<Incoming>, TransportError> {
+        let batch = Transport::fetch_batch(max_frame);
         let Some(p) = self.pull.as_mut() else {
             return Ok(Vec::new());
         };
@@ -429,9 +477,9 @@ impl Transport {
         if p.request.as_ref().map_or(true, |r| now > r.expires_at + PULL_GRACE) {
             let expires = Some(PULL_EXPIRES.as_nanos() as usize);
             p.sub
-                .request_batch(BatchOptions { batch: FETCH_BATCH, expires, no_wait: false })
+                .request_batch(BatchOptions { batch, expires, no_wait: false })
                 .map_err(TransportError::Fetch)?;
-            p.request = Some(PullRequest { remaining: FETCH_BATCH, expires_at: now + PULL_EXPIRES });
+            p.request = Some(PullRequest { remaining: batch, expires_at: now + PULL_EXPIRES });
         }
         let mut out = Vec::new();
         let mut timeout = wait;
@@ -456,7 +504,7 @@ impl Transport {
                             }
                         }
                     }
-                    if out.len() >= FETCH_BATCH {
+                    if out.len() >= batch {
                         break;
                     }
                     timeout = Duration::ZERO; // drain what is already here, then apply

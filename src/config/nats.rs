@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{
-    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_EMBEDDED_LISTEN, DEFAULT_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MIN_MS,
-    DEFAULT_SERVER_BIN, DEFAULT_STATUS_SUBJECT, DEFAULT_STREAM_PREFIX, DEFAULT_SUBJECT_PREFIX,
+    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_EMBEDDED_LISTEN, DEFAULT_PING_INTERVAL_MS, DEFAULT_RECONNECT_MAX_MS,
+    DEFAULT_RECONNECT_MIN_MS, DEFAULT_SERVER_BIN, DEFAULT_WRITE_TIMEOUT_MS, DEFAULT_STATUS_SUBJECT, DEFAULT_STREAM_PREFIX, DEFAULT_SUBJECT_PREFIX,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +53,14 @@ pub struct Nats {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
+    /// Liveness: when the server has said nothing for this long, a PING goes out; silent for
+    /// three intervals despite PINGs, the link is declared down and replaced. Milliseconds.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval_ms: u64,
+    /// A write to the server that moves no byte for this long fails, and the connection is
+    /// replaced (a stalled link no longer holds a publish forever). Milliseconds.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_ms: u64,
 }
 
 /// A secret from the config (password, token). Its `Debug` hides the value, so printing a
@@ -81,6 +89,12 @@ fn default_reconnect_min() -> u64 {
 }
 fn default_reconnect_max() -> u64 {
     DEFAULT_RECONNECT_MAX_MS
+}
+fn default_ping_interval() -> u64 {
+    DEFAULT_PING_INTERVAL_MS
+}
+fn default_write_timeout() -> u64 {
+    DEFAULT_WRITE_TIMEOUT_MS
 }
 fn default_subject_prefix() -> String {
     DEFAULT_SUBJECT_PREFIX.into()
@@ -118,6 +132,8 @@ impl Default for Nats {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             reconnect_min_ms: DEFAULT_RECONNECT_MIN_MS,
             reconnect_max_ms: DEFAULT_RECONNECT_MAX_MS,
+            ping_interval_ms: DEFAULT_PING_INTERVAL_MS,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
         }
     }
 }

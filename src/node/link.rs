@@ -74,14 +74,13 @@ impl Node {
                 return;
             }
         }
-        if self.cfg.max_frame_bytes > t.max_payload() {
+        if self.cfg.max_frame_bytes > t.max_frame() {
             log::warn!(
-                "max_frame_bytes={} is above the server's max_payload={}: using {}",
+                "max_frame_bytes={} does not fit the server's max_payload with the message headers: using {}",
                 self.cfg.max_frame_bytes,
-                t.max_payload(),
-                t.max_payload()
+                t.max_frame()
             );
-            self.max_frame = t.max_payload();
+            self.max_frame = t.max_frame();
         }
         let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY).ok().flatten().unwrap_or(0) as u64;
         self.restore_check = self.cfg.replicate;
@@ -95,6 +94,7 @@ impl Node {
         }
         self.last_connect_error = None;
         self.backoff.reset();
+        *self.link_cutter.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.cutter());
         self.transport = Some(t);
         self.record_link(true);
     }

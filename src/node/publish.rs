@@ -12,8 +12,12 @@ use crate::transport::Outgoing;
 
 impl Node {
     /// Publishes pending local changes in rounds of up to [`ROUND_BYTES`], marking each round
-    /// published only after JetStream acknowledged all of its frames.
-    pub(super) fn publish_round(&mut self, deadline: Instant) -> Result<(), NodeError> {
+    /// published only after JetStream acknowledged all of its frames. `interruptible`: the
+    /// stop signal ends the wait for acks (not during the shutdown flush, which has its own
+    /// deadline).
+    pub(super) fn publish_round(&mut self, deadline: Instant, interruptible: bool) -> Result<(), NodeError> {
+        let stopping = self.stopping.clone();
+        let abort = move || interruptible && stopping.load(std::sync::atomic::Ordering::Relaxed);
         loop {
             let (frames, marks, more, changes) = self.build_round()?;
             if frames.is_empty() {
@@ -25,7 +29,7 @@ impl Node {
             let Some(t) = self.transport.as_mut() else { return Ok(()) };
             let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
             let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-            if let Err(e) = t.publish_all(&frames, timeout) {
+            if let Err(e) = t.publish_all(&frames, timeout, &abort) {
                 self.drop_transport(&e);
                 return Ok(());
             }

@@ -130,7 +130,7 @@ pub fn publish(url: &str, payload_bytes: usize, sequential: u64, pipelined: u64)
     let fail = |e: harmonylite::transport::TransportError| format!("raw publish: {e}");
     let start = std::time::Instant::now();
     for i in 0..sequential {
-        t.publish_all(&[Outgoing { msg_id: format!("seq-{i}"), data: data.clone() }], ACK_TIMEOUT).map_err(fail)?;
+        t.publish_all(&[Outgoing { msg_id: format!("seq-{i}"), data: data.clone() }], ACK_TIMEOUT, &|| false).map_err(fail)?;
     }
     let seq_rate = sequential as f64 / start.elapsed().as_secs_f64();
     crate::harness::check_interrupted()?;
@@ -140,7 +140,7 @@ pub fn publish(url: &str, payload_bytes: usize, sequential: u64, pipelined: u64)
         let n = (PIPELINE_DEPTH as u64).min(pipelined - sent);
         let batch: Vec<Outgoing> =
             (sent..sent + n).map(|i| Outgoing { msg_id: format!("pipe-{i}"), data: data.clone() }).collect();
-        t.publish_all(&batch, ACK_TIMEOUT).map_err(fail)?;
+        t.publish_all(&batch, ACK_TIMEOUT, &|| false).map_err(fail)?;
         sent += n;
     }
     let pipe_rate = pipelined as f64 / start.elapsed().as_secs_f64();

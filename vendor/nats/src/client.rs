@@ -42,6 +42,10 @@ pub(crate) struct State {
     write: Mutex<WriteState>,
     pub(crate) read: Mutex<ReadState>,
     meta: Mutex<MetaState>,
+    /// HarmonyLite patch: the current connection's socket, so it can be shut down without the
+    /// write lock (which a writer blocked on a stalled link may hold): shutting it down wakes
+    /// both the blocked writer and the reader thread.
+    socket: Arc<Mutex<Option<NatsStream>>>,
 }
 
 struct MetaState {
@@ -81,6 +85,9 @@ pub(crate) struct ReadState {
 
     /// Used for client side monitoring of connection health.
     pings_out: u8,
+
+    /// HarmonyLite patch: when the last PING of the liveness timer went out.
+    last_ping: Instant,
 }
 
 /// A predicate used to preprocess messages for a subscription as they arrive over the wire.
@@ -145,7 +152,9 @@ impl Client {
                     pongs: VecDeque::from(vec![pong_sender]),
                     last_active: Instant::now(),
                     pings_out: 0,
+                    last_ping: Instant::now(),
                 }),
+                socket: Arc::new(Mutex::new(None)),
             }),
             server_info: Arc::new(Mutex::new(ServerInfo::default())),
             shutdown: Arc::new(Mutex::new(false)),
@@ -195,27 +204,34 @@ impl Client {
             recv(pong_receiver) -> _ => {}
         }
 
-        // Spawn a thread that periodically flushes buffered messages.
+        // Spawn a thread that periodically flushes buffered messages and watches liveness.
+        //
+        // HarmonyLite patch: the liveness timer runs whatever else is happening. Unpatched, it
+        // ran only when no flush had been wanted for 2 minutes, so a node that kept publishing
+        // or pulling never noticed a stalled link. Now: when the server has been silent for
+        // `ping_interval`, a PING goes out (at most one per interval); when it has been silent
+        // for three intervals although PINGs went out, the socket is shut down, which makes
+        // the reader thread reconnect.
         let handle = thread::spawn({
             let client = client.clone();
             move || {
                 // Track last flush/write time.
                 const MIN_FLUSH_BETWEEN: Duration = Duration::from_millis(5);
-
-                // Handle recv timeouts and check if we should send a PING.
-                // TODO(dlc) - Make configurable.
-                const PING_INTERVAL: Duration = Duration::from_secs(2 * 60);
-                const MAX_PINGS_OUT: u8 = 2;
+                const DEAD_AFTER_INTERVALS: u32 = 3;
+                let ping_interval = client.options.ping_interval;
+                // how often liveness is looked at: a tenth of the interval
+                let check_every = (ping_interval / 10).max(Duration::from_millis(5));
 
                 let mut last = Instant::now().checked_sub(MIN_FLUSH_BETWEEN).unwrap();
+                let mut next_check = Instant::now() + check_every;
 
-                // Wait until at least one message is buffered.
                 loop {
                     // if client is shutting down, stop periodic flushes.
                     if client.check_shutdown().is_err() {
                         break;
                     }
-                    match flush_wanted.recv_timeout(PING_INTERVAL) {
+                    let wait = next_check.saturating_duration_since(Instant::now());
+                    match flush_wanted.recv_timeout(wait) {
                         Ok(_) => {
                             let since = last.elapsed();
                             if since < MIN_FLUSH_BETWEEN {
@@ -241,42 +257,47 @@ impl Client {
                             drop(read);
                             drop(write);
                         }
-                        Err(RecvTimeoutError::Timeout) => {
-                            let mut write = client.state.write.lock();
-                            let mut read = client.state.read.lock();
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    if Instant::now() < next_check {
+                        continue;
+                    }
+                    next_check = Instant::now() + check_every;
 
-                            if read.pings_out >= MAX_PINGS_OUT {
-                                if let Some(writer) = write.writer.as_mut() {
-                                    writer.get_ref().shutdown();
-                                }
-                                write.writer = None;
-                                read.pongs.clear();
-                            } else if read.last_active.elapsed() > PING_INTERVAL {
-                                read.pings_out += 1;
-                                read.pongs.push_back(write.flush_kicker.clone());
-                                // Send out a PING here.
-                                if let Some(mut writer) = write.writer.as_mut() {
-                                    // Ok to ignore errors here.
-                                    proto::encode(&mut writer, ClientOp::Ping).ok();
-                                    let res = writer.flush();
-                                    if res.is_err() {
-                                        // NB see locking protocol for state.write and state.read
-                                        writer.get_ref().shutdown();
-                                        write.writer = None;
-                                        read.pongs.clear();
-                                    }
-                                }
-                            }
-
-                            // NB see locking protocol for state.write and state.read
-                            drop(read);
-                            drop(write);
-                        }
-                        _ => {
-                            // Any other err break and exit.
-                            break;
+                    // Liveness. The socket handle does not need the write lock, which a
+                    // writer blocked on a stalled socket may hold.
+                    let (silent, pings_out) = {
+                        let read = client.state.read.lock();
+                        (read.last_active.elapsed(), read.pings_out)
+                    };
+                    if pings_out > 0 && silent >= ping_interval * DEAD_AFTER_INTERVALS {
+                        client.kill_socket();
+                        continue;
+                    }
+                    if silent < ping_interval {
+                        continue;
+                    }
+                    let Some(mut write) = client.state.write.try_lock() else { continue };
+                    let mut read = client.state.read.lock();
+                    if read.pings_out > 0 && read.last_ping.elapsed() < ping_interval {
+                        continue;
+                    }
+                    read.pings_out = read.pings_out.saturating_add(1);
+                    read.last_ping = Instant::now();
+                    read.pongs.push_back(write.flush_kicker.clone());
+                    if let Some(mut writer) = write.writer.as_mut() {
+                        // a failed write shuts the socket down: the reader reconnects
+                        let res = proto::encode(&mut writer, ClientOp::Ping).and_then(|_| writer.flush());
+                        if res.is_err() {
+                            writer.get_ref().shutdown();
+                            write.writer = None;
+                            read.pongs.clear();
                         }
                     }
+                    // NB see locking protocol for state.write and state.read
+                    drop(read);
+                    drop(write);
                 }
             }
         });
@@ -310,10 +331,15 @@ impl Client {
                     // TODO(stjepang): We probably want to set the deadline
                     // rather than the timeout because right now the timeout
                     // applies to each write syscall individually.
+                    let configured = writer.get_ref().write_timeout();
                     writer.get_ref().set_write_timeout(Some(timeout))?;
-                    proto::encode(&mut writer, ClientOp::Ping)?;
-                    writer.flush()?;
-                    writer.get_ref().set_write_timeout(None)?;
+                    let res = proto::encode(&mut writer, ClientOp::Ping).and_then(|_| writer.flush());
+                    writer.get_ref().set_write_timeout(configured)?;
+                    if let Err(e) = res {
+                        // HarmonyLite patch: a failed write ends the connection (reconnect)
+                        writer.get_ref().shutdown();
+                        return Err(e);
+                    }
                 }
             }
 
@@ -328,9 +354,11 @@ impl Client {
             receiver
         };
 
-        // Wait until the PONG operation is received.
-        match pong.recv() {
+        // Wait until the PONG operation is received. HarmonyLite patch: within the timeout
+        // (unpatched, the timeout bounded only the write and this waited forever).
+        match pong.recv_timeout(timeout) {
             Ok(()) => Ok(()),
+            Err(RecvTimeoutError::Timeout) => Err(Error::new(ErrorKind::TimedOut, "no PONG before the flush timeout")),
             Err(_) => Err(Error::new(ErrorKind::ConnectionReset, "flush failed")),
         }
     }
@@ -387,6 +415,28 @@ impl Client {
         let old = *shutdown;
         *shutdown = true;
         !old
+    }
+
+    /// HarmonyLite patch: shuts the current socket down without taking the write lock. Wakes
+    /// a writer blocked on it and the reader thread (which then reconnects, or exits when the
+    /// client is shut down).
+    pub(crate) fn socket_slot(&self) -> Arc<Mutex<Option<NatsStream>>> {
+        self.state.socket.clone()
+    }
+
+    pub(crate) fn kill_socket(&self) {
+        if let Some(s) = self.state.socket.lock().take() {
+            s.shutdown();
+        }
+    }
+
+    /// HarmonyLite patch: the last handle on the connection is gone: shuts the socket down, so
+    /// neither the reader thread nor the connection outlives the handle on a stalled link.
+    /// What is still buffered is not flushed (a flush into a stalled link would hold the
+    /// dropping thread for the write timeout); callers that need delivery wait for a reply.
+    pub(crate) fn abandon(&self) {
+        self.shutdown();
+        self.kill_socket();
     }
 
     fn check_shutdown(&self) -> io::Result<()> {
@@ -604,8 +654,10 @@ impl Client {
                 // If connected, write into the writer.
                 let res = proto::encode(&mut writer, op);
 
-                // If writing fails, disconnect.
+                // If writing fails, disconnect. HarmonyLite patch: and shut the socket down, so
+                // the reader thread (blocked on a stalled link) notices and reconnects.
                 if res.is_err() {
+                    writer.get_ref().shutdown();
                     write.writer = None;
 
                     // NB see locking protocol for state.write and state.read
@@ -680,6 +732,9 @@ impl Client {
                 // If connected, write into the writer. This is not going to
                 // block because there's enough space in the buffer.
                 let res = proto::encode(&mut writer, op);
+                if res.is_err() {
+                    writer.get_ref().shutdown(); // HarmonyLite patch, as in `publish`
+                }
                 write.flush_kicker.try_send(()).ok();
 
                 // If writing fails, disconnect.
@@ -728,6 +783,7 @@ impl Client {
             // Clear our pings_out.
             let mut read = self.state.read.lock();
             read.pings_out = 0;
+            read.last_active = Instant::now();
             drop(read);
 
             // Inject random delays when testing.
@@ -787,7 +843,12 @@ impl Client {
 
         // All good, continue with this connection.
         *self.server_info.lock() = server_info;
+        *self.state.socket.lock() = Some(writer.get_ref().clone());
         write.writer = Some(writer);
+        // HarmonyLite patch: the liveness timer starts afresh with the new connection (PINGs
+        // counted while reconnecting were never sent).
+        read.pings_out = 0;
+        read.last_active = Instant::now();
 
         // Complete PONGs because the connection is healthy.
         for p in pongs {

@@ -230,9 +230,17 @@ impl Connector {
         // Inject random I/O failures when testing.
         inject_io_failure()?;
 
-        // Connect to the remote socket.
-        let mut stream = TcpStream::connect(addr)?;
+        // Connect to the remote socket. HarmonyLite patch: every step of the handshake has a
+        // deadline (`Options::io_timeout`), so a server (or a box on the way) that accepts and
+        // never answers cannot hold this thread.
+        let io_timeout = self.options.io_timeout;
+        let mut stream = match io_timeout {
+            Some(t) => TcpStream::connect_timeout(&addr, t)?,
+            None => TcpStream::connect(addr)?,
+        };
         stream.set_nodelay(true)?;
+        stream.set_read_timeout(io_timeout)?;
+        stream.set_write_timeout(io_timeout)?;
 
         // Expect an INFO message.
         let mut line = crate::SecureVec::with_capacity(1024);
@@ -283,6 +291,8 @@ impl Connector {
             None
         };
         let mut stream = NatsStream::new(stream, session)?;
+        stream.set_read_timeout(io_timeout)?;
+        stream.set_write_timeout(io_timeout)?;
 
         // Data that will be formatted as a CONNECT message.
         let mut connect_info = ConnectInfo {
@@ -373,6 +383,11 @@ impl Connector {
             }
         }
 
+        // HarmonyLite patch: the reader thread blocks until the server speaks (liveness is the
+        // PING timer's job); writes keep a deadline for the life of the connection.
+        stream.set_read_timeout(None)?;
+        stream.set_write_timeout(self.options.write_timeout)?;
+
         Ok((server_info, stream))
     }
 }
@@ -383,6 +398,9 @@ impl Connector {
 #[derive(Clone)]
 pub(crate) struct NatsStream {
     flavor: Arc<Flavor>,
+    /// HarmonyLite patch: (read, write) deadlines. The TCP flavor sets them on the socket; the
+    /// TLS flavor runs its socket non-blocking and applies them to its `poll`.
+    timeouts: Arc<Mutex<(Option<Duration>, Option<Duration>)>>,
 }
 
 enum Flavor {
@@ -406,14 +424,29 @@ impl NatsStream {
             }
         };
         let flavor = Arc::new(flavor);
-        Ok(NatsStream { flavor })
+        Ok(NatsStream { flavor, timeouts: Arc::new(Mutex::new((None, None))) })
     }
 
     pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.timeouts.lock().1 = timeout;
         match &*self.flavor {
             Flavor::Tcp(tcp) => tcp.set_write_timeout(timeout),
-            Flavor::Tls(tls) => tls.lock().tcp.set_write_timeout(timeout),
+            Flavor::Tls(_) => Ok(()),
         }
+    }
+
+    /// HarmonyLite patch: see `timeouts`.
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.timeouts.lock().0 = timeout;
+        match &*self.flavor {
+            Flavor::Tcp(tcp) => tcp.set_read_timeout(timeout),
+            Flavor::Tls(_) => Ok(()),
+        }
+    }
+
+    /// The write deadline in force (restored after a flush with its own timeout).
+    pub(crate) fn write_timeout(&self) -> Option<Duration> {
+        self.timeouts.lock().1
     }
 
     /// Will attempt to shutdown the underlying stream.
@@ -436,7 +469,7 @@ impl Read for &NatsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &*self.flavor {
             Flavor::Tcp(tcp) => (tcp.deref()).read(buf),
-            Flavor::Tls(tls) => tls_op(tls, |session, eof| match session.reader().read(buf) {
+            Flavor::Tls(tls) => tls_op(tls, self.timeouts.lock().0, |session, eof| match session.reader().read(buf) {
                 Ok(0) if !eof => Err(io::ErrorKind::WouldBlock.into()),
                 res => res,
             }),
@@ -458,14 +491,14 @@ impl Write for &NatsStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &*self.flavor {
             Flavor::Tcp(tcp) => (tcp.deref()).write(buf),
-            Flavor::Tls(tls) => tls_op(tls, |session, _| session.writer().write(buf)),
+            Flavor::Tls(tls) => tls_op(tls, self.timeouts.lock().1, |session, _| session.writer().write(buf)),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match &*self.flavor {
             Flavor::Tcp(tcp) => (tcp.deref()).flush(),
-            Flavor::Tls(tls) => tls_op(tls, |session, _| session.writer().flush()),
+            Flavor::Tls(tls) => tls_op(tls, self.timeouts.lock().1, |session, _| session.writer().flush()),
         }
     }
 }
@@ -475,8 +508,11 @@ impl Write for &NatsStream {
 /// However, note that the inner TCP stream is in non-blocking mode.
 fn tls_op<T: std::fmt::Debug>(
     tls: &Mutex<TlsStream>,
+    timeout: Option<Duration>,
     mut op: impl FnMut(&mut ClientConnection, bool) -> io::Result<T>,
 ) -> io::Result<T> {
+    // HarmonyLite patch: the whole operation has a deadline when a timeout is set.
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
         let mut tls = tls.lock();
         let TlsStream { tcp, session } = &mut *tls;
@@ -511,12 +547,12 @@ fn tls_op<T: std::fmt::Debug>(
             res => return res,
         }
 
-        tls_wait(tls)?;
+        tls_wait(tls, deadline)?;
     }
 }
 
 /// Waits until the TLS stream becomes ready.
-fn tls_wait(mut tls: MutexGuard<'_, TlsStream>) -> io::Result<()> {
+fn tls_wait(mut tls: MutexGuard<'_, TlsStream>, deadline: Option<std::time::Instant>) -> io::Result<()> {
     #[cfg(unix)]
     use {
         libc::{self as sys, poll, pollfd},
@@ -555,15 +591,29 @@ fn tls_wait(mut tls: MutexGuard<'_, TlsStream>) -> io::Result<()> {
     drop(tls);
 
     // Wait until the TCP stream becomes ready.
-    #[allow(unsafe_code)]
-    while unsafe { poll(&mut pollfd, 1, -1) } == -1 {
-        let err = Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+    loop {
+        let wait_ms: i32 = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(Error::new(ErrorKind::TimedOut, "TLS socket not ready before the deadline"));
+                }
+                left.as_millis().clamp(1, i32::MAX as u128) as i32
+            }
+        };
+        #[allow(unsafe_code)]
+        match unsafe { poll(&mut pollfd, 1, wait_ms as _) } {
+            -1 => {
+                let err = Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            0 => continue, // the deadline is checked above
+            _ => return Ok(()),
         }
     }
-
-    Ok(())
 }
 
 /// Address of a NATS server.

@@ -378,6 +378,25 @@ impl ServerInfo {
 #[derive(Clone, Debug)]
 pub struct Connection(pub(crate) Arc<Inner>);
 
+/// HarmonyLite patch: see [`Connection::interrupter`].
+#[derive(Clone)]
+pub struct Interrupter(Arc<parking_lot::Mutex<Option<crate::connector::NatsStream>>>);
+
+impl Interrupter {
+    /// Shuts the socket of the moment down (nothing happens when there is none).
+    pub fn interrupt(&self) {
+        if let Some(s) = self.0.lock().take() {
+            s.shutdown();
+        }
+    }
+}
+
+impl std::fmt::Debug for Interrupter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interrupter")
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Inner {
     client: Client,
@@ -385,7 +404,9 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.client.shutdown();
+        // HarmonyLite patch: also end the socket (see `Client::abandon`); unpatched, a reader
+        // thread blocked on a stalled link outlived the connection until the link came back.
+        self.client.abandon();
     }
 }
 
@@ -918,6 +939,13 @@ impl Connection {
     /// # }
     pub fn max_payload(&self) -> usize {
         self.0.client.server_info.lock().max_payload
+    }
+
+    /// HarmonyLite patch: a handle that shuts the current socket down from any thread without
+    /// keeping the connection alive. A call blocked on a stalled link returns at once with an
+    /// error; the client then reconnects as after any lost connection.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.0.client.socket_slot())
     }
 
     fn do_subscribe(&self, subject: &str, queue: Option<&str>) -> io::Result<Subscription> {

@@ -34,6 +34,10 @@ pub struct Options {
     pub(crate) retry_on_failed_connect: bool,
     pub(crate) max_reconnects: Option<usize>,
     pub(crate) reconnect_buffer_size: usize,
+    // HarmonyLite patch: link deadlines (see PATCHES.md).
+    pub(crate) ping_interval: Duration,
+    pub(crate) io_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
     pub(crate) tls_required: bool,
     pub(crate) certificates: Vec<PathBuf>,
     pub(crate) client_cert: Option<PathBuf>,
@@ -56,6 +60,9 @@ impl fmt::Debug for Options {
             .entry(&"no_echo", &self.no_echo)
             .entry(&"retry_on_failed_connect", &self.retry_on_failed_connect)
             .entry(&"reconnect_buffer_size", &self.reconnect_buffer_size)
+            .entry(&"ping_interval", &self.ping_interval)
+            .entry(&"io_timeout", &self.io_timeout)
+            .entry(&"write_timeout", &self.write_timeout)
             .entry(&"max_reconnects", &self.max_reconnects)
             .entry(&"tls_required", &self.tls_required)
             .entry(&"certificates", &self.certificates)
@@ -80,6 +87,9 @@ impl Default for Options {
             no_echo: false,
             retry_on_failed_connect: false,
             reconnect_buffer_size: 8 * 1024 * 1024,
+            ping_interval: Duration::from_secs(2 * 60),
+            io_timeout: None,
+            write_timeout: None,
             max_reconnects: Some(60),
             tls_required: false,
             certificates: Vec::new(),
@@ -450,6 +460,31 @@ impl Options {
     /// ```
     pub fn reconnect_buffer_size(mut self, reconnect_buffer_size: usize) -> Options {
         self.reconnect_buffer_size = reconnect_buffer_size;
+        self
+    }
+
+    /// HarmonyLite patch: how long the server may stay silent before the client sends a PING.
+    /// The link is declared dead (socket shut down, reconnect started) once the server has
+    /// been silent for three intervals although PINGs were sent. Unpatched: a fixed 2 minutes,
+    /// and only while nothing was being published.
+    pub fn ping_interval(mut self, interval: Duration) -> Options {
+        self.ping_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// HarmonyLite patch: deadline for the TCP connect and for each step of the handshake
+    /// (INFO, TLS, CONNECT/PONG). Unpatched: none, so a server that accepts and never answers
+    /// held the connecting thread forever.
+    pub fn io_timeout(mut self, timeout: Duration) -> Options {
+        self.io_timeout = Some(timeout);
+        self
+    }
+
+    /// HarmonyLite patch: a write to the socket that moves no byte for this long fails, and
+    /// the connection is shut down and re-established. Unpatched: writes into a stalled TCP
+    /// connection blocked forever once the kernel buffers were full.
+    pub fn write_timeout(mut self, timeout: Duration) -> Options {
+        self.write_timeout = Some(timeout);
         self
     }
 

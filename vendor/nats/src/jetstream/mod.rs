@@ -645,7 +645,9 @@ impl JetStream {
             maybe_headers.cloned()
         };
 
-        let maybe_timeout = maybe_options.and_then(|options| options.timeout);
+        // HarmonyLite patch: a publish without a timeout of its own waits as long as the other
+        // JetStream API calls (5 s), not forever (object store and KV writes use this).
+        let maybe_timeout = maybe_options.and_then(|options| options.timeout).or(Some(Duration::from_secs(5)));
 
         let res_msg = self.connection.request_with_headers_or_timeout(
             subject,
