@@ -31,7 +31,8 @@ pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:4222";
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default bounds of the reconnect backoff.
 pub const DEFAULT_RECONNECT_MIN_MS: u64 = 250;
-pub const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
+/// At most 15 s between attempts: a link that comes back is used again within 30 s.
+pub const DEFAULT_RECONNECT_MAX_MS: u64 = 15_000;
 /// Liveness PING after 10 s of server silence: a stalled link is declared down within 30 s.
 pub const DEFAULT_PING_INTERVAL_MS: u64 = 10_000;
 /// A write that moves no byte for 5 s fails (a slow link still moves bytes).
