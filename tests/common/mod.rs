@@ -5,7 +5,7 @@
 //! This file: temp dir, ports, processes, nats-server (single, clustered or from a config file),
 //! nodes, a seeded PRNG. `sql.rs`: the app (one process per script, or a long-lived
 //! `AppSession`), dumps, waits. `proxy.rs`: a fault-injecting TCP proxy (pass, delay, blackhole,
-//! reset, flap) to put between a node and its server or between a leaf and its hub.
+//! stall, reset, flap) to put between a node and its server or between a leaf and its hub.
 //! `workload.rs`: apps writing numbered rows and knowing what they committed, the rows every
 //! node must then hold, log checks (for the fault tests).
 //!
