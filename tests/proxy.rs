@@ -191,9 +191,11 @@ fn blackhole_forwards_nothing_and_holds_the_bytes() {
     );
     // The count covers both directions and the echo's direction is counted just after its
     // bytes were written to us: wait for it, so the baseline is not taken mid-update.
-    common::wait_until("the proxy counted both directions", Duration::from_secs(2), || {
-        p.forwarded_bytes() == 12
-    });
+    common::wait_until(
+        "the proxy counted both directions",
+        Duration::from_secs(2),
+        || p.forwarded_bytes() == 12,
+    );
     let fwd = p.forwarded_bytes();
     p.blackhole();
     c.write_all(b"held").unwrap();
@@ -339,7 +341,8 @@ fn pattern(i: u64, salt: u8) -> u8 {
 /// Writes the pattern into `s` (with a write timeout) until a write times out: the stream is
 /// blocked. Returns how many bytes went in; panics if `cap` bytes went in without a block.
 fn write_until_blocked(s: &mut TcpStream, salt: u8, cap: u64) -> u64 {
-    s.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    s.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut sent = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     while sent < cap {
@@ -366,7 +369,11 @@ fn read_pattern(s: &mut TcpStream, n: u64, salt: u8, timeout: Duration) {
         panic!("byte {i} of {n} differs after pass: a chunk was lost, repeated or reordered");
     }
     let more = read_for(s, 1, Duration::from_millis(200)).expect("connection open");
-    assert!(more.is_empty(), "{} bytes more than were written", more.len());
+    assert!(
+        more.is_empty(),
+        "{} bytes more than were written",
+        more.len()
+    );
 }
 
 /// A listener standing in for the server: the test holds both ends of a proxied connection.
@@ -396,12 +403,17 @@ fn stall_blocks_writers_both_ways_and_pass_delivers_every_byte_in_order() {
     let mut c = connect(&p);
     c.write_all(b"hello").unwrap();
     let mut u = accept_within(&server, Duration::from_secs(2)).expect("proxy connects upstream");
-    assert_eq!(read_for(&mut u, 5, Duration::from_secs(2)).unwrap(), b"hello");
+    assert_eq!(
+        read_for(&mut u, 5, Duration::from_secs(2)).unwrap(),
+        b"hello"
+    );
     u.write_all(b"hi").unwrap();
     assert_eq!(read_for(&mut c, 2, Duration::from_secs(2)).unwrap(), b"hi");
-    common::wait_until("the proxy counted both directions", Duration::from_secs(2), || {
-        p.forwarded_bytes() == 7
-    });
+    common::wait_until(
+        "the proxy counted both directions",
+        Duration::from_secs(2),
+        || p.forwarded_bytes() == 7,
+    );
 
     p.stall();
     let cap = 64 << 20;
@@ -409,7 +421,8 @@ fn stall_blocks_writers_both_ways_and_pass_delivers_every_byte_in_order() {
     let down = write_until_blocked(&mut u, 7, cap);
     eprintln!("a stalled proxy took {up} bytes from the client and {down} from the server before their writes blocked");
     // Still blocked a moment later: nobody reads.
-    c.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    c.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     assert!(
         matches!(c.write(&[pattern(up, 0)]), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
         "the client's write went through a stalled proxy"
@@ -417,7 +430,11 @@ fn stall_blocks_writers_both_ways_and_pass_delivers_every_byte_in_order() {
     for (side, s) in [("server", &mut u), ("client", &mut c)] {
         let got = read_for(s, 1, Duration::from_millis(300))
             .unwrap_or_else(|_| panic!("the stall closed the {side}'s connection"));
-        assert!(got.is_empty(), "the {side} received {} bytes during the stall", got.len());
+        assert!(
+            got.is_empty(),
+            "the {side} received {} bytes during the stall",
+            got.len()
+        );
     }
     assert_eq!(p.forwarded_bytes(), 7, "bytes forwarded during the stall");
     assert_eq!(p.open_connections(), 1);
@@ -426,11 +443,15 @@ fn stall_blocks_writers_both_ways_and_pass_delivers_every_byte_in_order() {
     let (mut c2, mut u2) = (c.try_clone().unwrap(), u.try_clone().unwrap());
     let t = std::thread::spawn(move || read_pattern(&mut c2, down, 7, Duration::from_secs(30)));
     read_pattern(&mut u2, up, 0, Duration::from_secs(30));
-    t.join().expect("the client got every byte the server wrote");
+    t.join()
+        .expect("the client got every byte the server wrote");
     // The connection still works both ways.
     c.set_write_timeout(None).unwrap();
     c.write_all(b"after").unwrap();
-    assert_eq!(read_for(&mut u, 5, Duration::from_secs(2)).unwrap(), b"after");
+    assert_eq!(
+        read_for(&mut u, 5, Duration::from_secs(2)).unwrap(),
+        b"after"
+    );
     assert_eq!(p.accepted(), 1);
 }
 
@@ -443,24 +464,40 @@ fn stall_holds_new_connections_open_and_unanswered() {
     p.stall();
     let mut c = connect(&p);
     c.write_all(b"knock").unwrap();
-    let got = read_for(&mut c, 1, Duration::from_millis(500)).expect("the stall closed a new connection");
-    assert!(got.is_empty(), "a new connection got {got:?} during the stall");
+    let got =
+        read_for(&mut c, 1, Duration::from_millis(500)).expect("the stall closed a new connection");
+    assert!(
+        got.is_empty(),
+        "a new connection got {got:?} during the stall"
+    );
     assert!(
         accept_within(&server, Duration::from_millis(300)).is_none(),
         "the proxy connected upstream during the stall"
     );
-    common::wait_until("the proxy accepted the connection", Duration::from_secs(2), || p.accepted() == 1);
+    common::wait_until(
+        "the proxy accepted the connection",
+        Duration::from_secs(2),
+        || p.accepted() == 1,
+    );
     assert_eq!(p.forwarded_bytes(), 0);
     // Still open: a write goes in and a read sees no end of stream.
     c.write_all(b"!").unwrap();
-    let got = read_for(&mut c, 1, Duration::from_millis(300)).expect("the stall closed a new connection");
+    let got =
+        read_for(&mut c, 1, Duration::from_millis(300)).expect("the stall closed a new connection");
     assert!(got.is_empty());
 
     p.pass();
-    let mut u = accept_within(&server, Duration::from_secs(2)).expect("proxy connects upstream after pass");
-    assert_eq!(read_for(&mut u, 6, Duration::from_secs(2)).unwrap(), b"knock!");
+    let mut u =
+        accept_within(&server, Duration::from_secs(2)).expect("proxy connects upstream after pass");
+    assert_eq!(
+        read_for(&mut u, 6, Duration::from_secs(2)).unwrap(),
+        b"knock!"
+    );
     u.write_all(b"welcome").unwrap();
-    assert_eq!(read_for(&mut c, 7, Duration::from_secs(2)).unwrap(), b"welcome");
+    assert_eq!(
+        read_for(&mut c, 7, Duration::from_secs(2)).unwrap(),
+        b"welcome"
+    );
 }
 
 /// A proxy dropped in the middle of a stall with blocked writers still ends every thread and
@@ -478,7 +515,14 @@ fn dropping_a_stalled_proxy_ends_its_threads() {
     let mut late = connect(&p);
     let t = Instant::now();
     drop(p);
-    assert!(t.elapsed() < Duration::from_secs(2), "drop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "drop took {:?}",
+        t.elapsed()
+    );
     assert!(closed_within(&mut late, Duration::from_secs(1)));
-    assert!(closed_within(&mut u, Duration::from_secs(5)), "the upstream side stayed open");
+    assert!(
+        closed_within(&mut u, Duration::from_secs(5)),
+        "the upstream side stayed open"
+    );
 }

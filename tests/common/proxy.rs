@@ -64,7 +64,6 @@ enum Now {
     Reset,
 }
 
-
 struct Shared {
     upstream: SocketAddr,
     mode: Mutex<Mode>,
