@@ -40,7 +40,9 @@ const SIGTERM_EXIT_WITHIN: Duration = Duration::from_secs(5);
 
 /// Heartbeats every `ping_ms` (None: the default), `/metrics` and `/health` on their own ports.
 fn stall_toml(ping_ms: Option<u64>, metrics: u16, health: u16) -> String {
-    let nats = ping_ms.map_or(String::new(), |ms| format!("[nats]\nping_interval_ms = {ms}\n"));
+    let nats = ping_ms.map_or(String::new(), |ms| {
+        format!("[nats]\nping_interval_ms = {ms}\n")
+    });
     format!(
         "{nats}[prometheus]\nenable = true\nbind = \"127.0.0.1:{metrics}\"\n\
          [health_check]\nenable = true\nbind = \"127.0.0.1:{health}\"\ndetailed = true\n\
@@ -58,14 +60,21 @@ struct Watched {
 impl Watched {
     fn start(dir: &Path, name: &str, ping_ms: Option<u64>, url: &str) -> Watched {
         let [metrics, health] = free_ports::<2>();
-        let mut node = Node::start_ready(dir, name, &stall_toml(ping_ms, metrics, health), Some(url));
+        let mut node =
+            Node::start_ready(dir, name, &stall_toml(ping_ms, metrics, health), Some(url));
         node.wait_connected();
-        Watched { node, metrics, health }
+        Watched {
+            node,
+            metrics,
+            health,
+        }
     }
 
     /// `link_up` of `status --json`: `true`, `false` or `null`.
     fn status_link(&self) -> String {
-        json_scalar(&status_json(&self.node.config), "link_up").unwrap_or("missing").to_string()
+        json_scalar(&status_json(&self.node.config), "link_up")
+            .unwrap_or("missing")
+            .to_string()
     }
 
     /// The `harmonylite_nats_link_up` sample of `/metrics`.
@@ -74,7 +83,12 @@ impl Watched {
         if code != 200 {
             return None;
         }
-        body.lines().find_map(|l| l.strip_prefix("harmonylite_nats_link_up ")?.trim().parse().ok())
+        body.lines().find_map(|l| {
+            l.strip_prefix("harmonylite_nats_link_up ")?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     fn health_code(&self) -> Option<u16> {
@@ -102,7 +116,10 @@ impl Watched {
             diag,
         );
         wait_until_or(
-            &format!("{}: /metrics says harmonylite_nats_link_up 0", self.node.name),
+            &format!(
+                "{}: /metrics says harmonylite_nats_link_up 0",
+                self.node.name
+            ),
             left(by),
             || self.metric_link() == Some(0.0),
             diag,
@@ -126,23 +143,39 @@ impl Watched {
             diag,
         );
         wait_until_or(
-            &format!("{}: /metrics says harmonylite_nats_link_up 1", self.node.name),
+            &format!(
+                "{}: /metrics says harmonylite_nats_link_up 1",
+                self.node.name
+            ),
             left(by),
             || self.metric_link() == Some(1.0),
             diag,
         );
-        wait_until_or(&format!("{}: /health answers 200", self.node.name), left(by), || self.health_code() == Some(200), diag);
+        wait_until_or(
+            &format!("{}: /health answers 200", self.node.name),
+            left(by),
+            || self.health_code() == Some(200),
+            diag,
+        );
     }
 }
 
 /// The moments by which a stall that began at `t` must be reported (status and metrics; health).
 fn down_deadlines(t: Instant) -> (Instant, Instant) {
-    (t + DOWN_WITHIN, t + DOWN_WITHIN + Duration::from_millis(LINK_GRACE_MS))
+    (
+        t + DOWN_WITHIN,
+        t + DOWN_WITHIN + Duration::from_millis(LINK_GRACE_MS),
+    )
 }
 
 /// Waits until the app's row `id` (written on one node) is on `db`: the link carries data.
 fn wait_row(db: &Path, id: i64) {
-    wait_query(db, &format!("SELECT count(*) FROM t WHERE id = {id}"), "integer=1", WORKLOAD_CONVERGE);
+    wait_query(
+        db,
+        &format!("SELECT count(*) FROM t WHERE id = {id}"),
+        "integer=1",
+        WORKLOAD_CONVERGE,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,7 +203,10 @@ fn idle_node_behind_a_stalled_link_reports_it_down_then_up_and_converges() {
     proxy.stall();
     let (by, health_by) = down_deadlines(stalled);
     n1.wait_reported_down(by, health_by);
-    eprintln!("n1 reported the stalled link down {:?} after the stall began", stalled.elapsed());
+    eprintln!(
+        "n1 reported the stalled link down {:?} after the stall began",
+        stalled.elapsed()
+    );
 
     // Both apps write while the link is stalled; n1 keeps saying the link is down (its new
     // connections are held unanswered by the stall).
@@ -179,11 +215,20 @@ fn idle_node_behind_a_stalled_link_reports_it_down_then_up_and_converges() {
     let (c1, c2) = (w1.join(), w2.join());
     let hold_until = Instant::now() + Duration::from_millis(3 * PING_MS);
     while Instant::now() < hold_until {
-        assert_eq!(n1.status_link(), "false", "n1 said the link is up during the stall: {}", n1.seen());
+        assert_eq!(
+            n1.status_link(),
+            "false",
+            "n1 said the link is up during the stall: {}",
+            n1.seen()
+        );
         std::thread::sleep(POLL); // observing the report over the stall
     }
     assert_eq!(n1.health_code(), Some(503), "{}", n1.seen());
-    assert_eq!(rows_from(dbs[1], "n1"), 0, "n1's rows crossed a stalled link (test premise)");
+    assert_eq!(
+        rows_from(dbs[1], "n1"),
+        0,
+        "n1's rows crossed a stalled link (test premise)"
+    );
 
     proxy.pass();
     n1.wait_reported_up(Instant::now() + UP_WITHIN);
@@ -212,7 +257,8 @@ fn sigterm_with_a_large_publish_stuck_in_a_stalled_link_exits_within_5_s() {
     let dir = TestDir::new("stall-sigterm");
     let nats = NatsServer::start(dir.path());
     let proxy = Proxy::start(loopback(nats.port()));
-    let schema = format!("{WORKLOAD_SCHEMA}; CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB NOT NULL)");
+    let schema =
+        format!("{WORKLOAD_SCHEMA}; CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB NOT NULL)");
     for n in ["n1", "n2"] {
         app(&dir.join(&format!("{n}.db")), &schema);
     }
@@ -223,7 +269,12 @@ fn sigterm_with_a_large_publish_stuck_in_a_stalled_link_exits_within_5_s() {
     let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
     n2.wait_connected();
     app(&db1, "INSERT INTO big VALUES (0, x'00')");
-    wait_query(&db2, "SELECT count(*) FROM big", "integer=1", WORKLOAD_CONVERGE);
+    wait_query(
+        &db2,
+        "SELECT count(*) FROM big",
+        "integer=1",
+        WORKLOAD_CONVERGE,
+    );
 
     proxy.stall();
     for first in (1..=BIG_ROWS).step_by(BIG_PER_TX as usize) {
@@ -241,12 +292,19 @@ fn sigterm_with_a_large_publish_stuck_in_a_stalled_link_exits_within_5_s() {
     wait_until_or(
         "n1's outbox holds every row the app wrote",
         WORKLOAD_CONVERGE,
-        || json_scalar(&status_json(&n1.node.config), "outbox_changes").and_then(|v| v.parse::<i64>().ok()) >= Some(BIG_ROWS),
+        || {
+            json_scalar(&status_json(&n1.node.config), "outbox_changes")
+                .and_then(|v| v.parse::<i64>().ok())
+                >= Some(BIG_ROWS)
+        },
         || n1.node.current_log(),
     );
     let pid = n1.node.pid().expect("n1 runs");
     let term = Instant::now();
-    let st = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
     assert!(st.success());
     let log_path = n1.node.log_path.clone();
     wait_until_or(
@@ -255,20 +313,44 @@ fn sigterm_with_a_large_publish_stuck_in_a_stalled_link_exits_within_5_s() {
         || !n1.node.is_running(),
         || {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            format!("n1 still running {:?} after SIGTERM:\n{log}", term.elapsed())
+            format!(
+                "n1 still running {:?} after SIGTERM:\n{log}",
+                term.elapsed()
+            )
         },
     );
-    eprintln!("n1 exited {:?} after SIGTERM with its publish stuck in the stalled link", term.elapsed());
+    eprintln!(
+        "n1 exited {:?} after SIGTERM with its publish stuck in the stalled link",
+        term.elapsed()
+    );
     let status = n1.node.stop(); // already exited: collects the status
-    assert_eq!(status.code(), Some(0), "n1's exit status after SIGTERM: {status}\n{}", n1.node.current_log());
-    assert_eq!(count(&db2, "big"), 1, "rows crossed a stalled link (test premise)");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "n1's exit status after SIGTERM: {status}\n{}",
+        n1.node.current_log()
+    );
+    assert_eq!(
+        count(&db2, "big"),
+        1,
+        "rows crossed a stalled link (test premise)"
+    );
 
     proxy.pass();
     n1.node.restart_ready();
-    wait_query(&db2, "SELECT count(*) FROM big", &format!("integer={}", BIG_ROWS + 1), WORKLOAD_CONVERGE);
+    wait_query(
+        &db2,
+        "SELECT count(*) FROM big",
+        &format!("integer={}", BIG_ROWS + 1),
+        WORKLOAD_CONVERGE,
+    );
     wait_converged(&[&db1, &db2], &["big"], WORKLOAD_CONVERGE);
     assert_eq!(
-        query_one(&db2, "SELECT count(DISTINCT id) || ':' || sum(length(b)) FROM big").unwrap(),
+        query_one(
+            &db2,
+            "SELECT count(DISTINCT id) || ':' || sum(length(b)) FROM big"
+        )
+        .unwrap(),
         format!("text='{}:{}'", BIG_ROWS + 1, BIG_ROWS * BIG_ROW_BYTES + 1)
     );
     assert!(n1.node.stop().success());
@@ -297,10 +379,21 @@ const RSS_SLACK_KB: u64 = 8 * 1024;
 fn threads_and_rss(pid: u32) -> (usize, u64) {
     let mut best = (usize::MAX, u64::MAX);
     for _ in 0..5 {
-        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(usize::MAX);
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX);
         let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()))
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("VmRSS:")?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+            })
             .unwrap_or(u64::MAX);
         best = (best.0.min(threads), best.1.min(rss));
         std::thread::sleep(Duration::from_millis(200)); // spacing of the samples
@@ -313,7 +406,10 @@ fn threads_and_rss(pid: u32) -> (usize, u64) {
 /// are flat compared with after the first cycles (slack above), and every row converges.
 #[test]
 fn twenty_stall_cycles_leave_threads_and_memory_flat_and_converge() {
-    let seed = std::env::var("HL_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let seed = std::env::var("HL_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
     eprintln!("stall cycles: seed {seed} (HL_FAULT_SEED)");
     let mut rng = Rng::new(seed);
     let dir = TestDir::new("stall-cycles");
@@ -326,7 +422,14 @@ fn twenty_stall_cycles_leave_threads_and_memory_flat_and_converge() {
     n2.wait_connected();
     let pid = n1.node.pid().unwrap();
     let mut w1 = Writer::start(dbs[0], "n1", 0, 2, i64::MAX, Duration::from_millis(40));
-    let mut w2 = Writer::start(dbs[1], "n2", 1_000_000, 2, i64::MAX, Duration::from_millis(60));
+    let mut w2 = Writer::start(
+        dbs[1],
+        "n2",
+        1_000_000,
+        2,
+        i64::MAX,
+        Duration::from_millis(60),
+    );
 
     let mut baseline = None;
     for cycle in 0..CYCLES {
@@ -344,7 +447,10 @@ fn twenty_stall_cycles_leave_threads_and_memory_flat_and_converge() {
         );
         if cycle + 1 == WARMUP_CYCLES {
             let b = threads_and_rss(pid);
-            eprintln!("after {WARMUP_CYCLES} cycles: {} threads, VmRSS {} kB", b.0, b.1);
+            eprintln!(
+                "after {WARMUP_CYCLES} cycles: {} threads, VmRSS {} kB",
+                b.0, b.1
+            );
             baseline = Some(b);
         }
     }
@@ -396,7 +502,11 @@ fn node_stalled_past_the_heartbeat_deadline_catches_up_on_the_other_nodes_writes
     n1.wait_reported_down(by, health_by);
     let c2 = w2.join();
     assert_eq!(c2, 50);
-    assert_eq!(rows_from(dbs[0], "n2"), 0, "n2's rows crossed a stalled link (test premise)");
+    assert_eq!(
+        rows_from(dbs[0], "n2"),
+        0,
+        "n2's rows crossed a stalled link (test premise)"
+    );
 
     proxy.pass();
     n1.wait_reported_up(Instant::now() + UP_WITHIN);
