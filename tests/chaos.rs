@@ -1,8 +1,9 @@
 //! A seeded randomized convergence test: three nodes, each behind its own fault-injecting proxy
 //! to one nats-server; each node's app makes random inserts, updates and deletes on shared keys
 //! (any node writes them) and private keys (one node writes them), while random faults hit:
-//! proxy cuts (reset, blackhole, flap), `kill -9` and restart of a sidecar, SIGTERM and restart,
-//! nats-server restart with the same store.
+//! proxy cuts (reset, blackhole, flap), stalls (the link stops, nothing closes, writes block; 1 s
+//! to 60 s, long ones rarely, none past the end of the soak), `kill -9` and restart of a sidecar,
+//! SIGTERM and restart, nats-server restart with the same store.
 //!
 //! The test keeps a model of every committed write. At the end every node holds the same table,
 //! and each key holds the result of the last operation of one of the nodes that wrote it (per
@@ -33,6 +34,11 @@ const CONVERGE: Duration = Duration::from_secs(180);
 const NODES: usize = 3;
 const SHARED_KEYS: u64 = 12;
 const PRIVATE_KEYS: u64 = 15;
+/// Stalls: most last `SHORT_STALL`; one in `LONG_STALL_ONE_IN` lasts `LONG_STALL` (past any
+/// heartbeat or ack deadline), capped at the soak time left so the run keeps its length.
+const SHORT_STALL: (u64, u64) = (1_000, 6_000);
+const LONG_STALL: (u64, u64) = (6_000, 60_000);
+const LONG_STALL_ONE_IN: u64 = 8;
 const SCHEMA: &str =
     "CREATE TABLE kv(k TEXT PRIMARY KEY, v TEXT NOT NULL, node TEXT NOT NULL, seq INTEGER NOT NULL); \
      CREATE TABLE marker(node TEXT PRIMARY KEY)";
@@ -160,7 +166,7 @@ fn run_faults(
         let at = t0.elapsed().as_secs_f64();
         let roll = rng.below(100);
         let kind: &'static str = match roll {
-            0..=19 => {
+            0..=14 => {
                 let d = rng.millis(500, 6000);
                 eprintln!("[{at:6.1}s] cut {name} (reset) for {d:?}");
                 proxies[i].reset();
@@ -168,7 +174,7 @@ fn run_faults(
                 proxies[i].pass();
                 "cut-reset"
             }
-            20..=34 => {
+            15..=26 => {
                 let d = rng.millis(500, 13000);
                 eprintln!("[{at:6.1}s] cut {name} (blackhole) for {d:?}");
                 proxies[i].blackhole();
@@ -176,7 +182,25 @@ fn run_faults(
                 proxies[i].pass();
                 "cut-blackhole"
             }
-            35..=44 => {
+            27..=38 => {
+                let (lo, hi) = if rng.below(LONG_STALL_ONE_IN) == 0 {
+                    LONG_STALL
+                } else {
+                    SHORT_STALL
+                };
+                let drawn = rng.millis(lo, hi);
+                let d = drawn.min(until.saturating_duration_since(Instant::now()));
+                eprintln!("[{at:6.1}s] stall {name} for {d:?} (drawn {drawn:?})");
+                proxies[i].stall();
+                std::thread::sleep(d); // the stall
+                proxies[i].pass();
+                if drawn >= Duration::from_millis(LONG_STALL.0) {
+                    "stall-long"
+                } else {
+                    "stall"
+                }
+            }
+            39..=46 => {
                 let d = rng.millis(2000, 5000);
                 eprintln!("[{at:6.1}s] flap {name} (300/300 ms) for {d:?}");
                 proxies[i].flap(
@@ -188,7 +212,7 @@ fn run_faults(
                 proxies[i].pass();
                 "flap"
             }
-            45..=69 => {
+            47..=69 => {
                 let down = rng.millis(0, 2000);
                 eprintln!("[{at:6.1}s] kill -9 {name}, restart after {down:?}");
                 nodes[i].kill9();

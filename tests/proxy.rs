@@ -1,7 +1,9 @@
 //! The fault-injecting proxy of the test helpers (`tests/common/proxy.rs`), checked against a
 //! local echo server: pass forwards bytes both ways, delay adds latency, blackhole forwards
-//! nothing (and delivers what it held once the link passes again), reset closes connections and
-//! refuses new ones until pass, flap alternates, and dropping the proxy ends everything.
+//! nothing (and delivers what it held once the link passes again), stall blocks the writers of
+//! both sides and holds new connections open and unanswered, then delivers every byte in order,
+//! reset closes connections and refuses new ones until pass, flap alternates, and dropping the
+//! proxy ends everything.
 
 mod common;
 
@@ -189,9 +191,11 @@ fn blackhole_forwards_nothing_and_holds_the_bytes() {
     );
     // The count covers both directions and the echo's direction is counted just after its
     // bytes were written to us: wait for it, so the baseline is not taken mid-update.
-    common::wait_until("the proxy counted both directions", Duration::from_secs(2), || {
-        p.forwarded_bytes() == 12
-    });
+    common::wait_until(
+        "the proxy counted both directions",
+        Duration::from_secs(2),
+        || p.forwarded_bytes() == 12,
+    );
     let fwd = p.forwarded_bytes();
     p.blackhole();
     c.write_all(b"held").unwrap();
@@ -323,4 +327,202 @@ fn start_on_a_chosen_port() {
     let mut c = connect(&p);
     c.write_all(b"ok").unwrap();
     assert_eq!(read_for(&mut c, 2, Duration::from_secs(2)).unwrap(), b"ok");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stall
+
+/// The byte at offset `i` of the stream a test writes (a period prime to every buffer size, so
+/// a lost, repeated or reordered chunk shows).
+fn pattern(i: u64, salt: u8) -> u8 {
+    ((i % 251) as u8).wrapping_add(salt)
+}
+
+/// Writes the pattern into `s` (with a write timeout) until a write times out: the stream is
+/// blocked. Returns how many bytes went in; panics if `cap` bytes went in without a block.
+fn write_until_blocked(s: &mut TcpStream, salt: u8, cap: u64) -> u64 {
+    s.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    while sent < cap {
+        for (k, b) in buf.iter_mut().enumerate() {
+            *b = pattern(sent + k as u64, salt);
+        }
+        match s.write(&buf) {
+            Ok(n) => sent += n as u64,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return sent;
+            }
+            Err(e) => panic!("write into the stalled proxy failed: {e}"),
+        }
+    }
+    panic!("{sent} bytes went into a stalled proxy and no write blocked");
+}
+
+/// Reads exactly `n` pattern bytes from `s` within `timeout` and checks each one, then checks
+/// that nothing more comes.
+fn read_pattern(s: &mut TcpStream, n: u64, salt: u8, timeout: Duration) {
+    let got = read_for(s, n as usize, timeout).expect("connection open");
+    assert_eq!(got.len() as u64, n, "bytes delivered after pass");
+    if let Some(i) = (0..n).find(|&i| got[i as usize] != pattern(i, salt)) {
+        panic!("byte {i} of {n} differs after pass: a chunk was lost, repeated or reordered");
+    }
+    let more = read_for(s, 1, Duration::from_millis(200)).expect("connection open");
+    assert!(
+        more.is_empty(),
+        "{} bytes more than were written",
+        more.len()
+    );
+}
+
+/// A listener standing in for the server: the test holds both ends of a proxied connection.
+fn accept_within(l: &TcpListener, timeout: Duration) -> Option<TcpStream> {
+    l.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                return Some(s);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)), // accept poll
+        }
+    }
+    None
+}
+
+/// During a stall both peers' writes block once the buffers are full, nothing arrives on
+/// either side and the connection stays open; after `pass()` every byte written arrives, in
+/// order, none lost or repeated.
+#[test]
+fn stall_blocks_writers_both_ways_and_pass_delivers_every_byte_in_order() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = Proxy::start(server.local_addr().unwrap());
+    let mut c = connect(&p);
+    c.write_all(b"hello").unwrap();
+    let mut u = accept_within(&server, Duration::from_secs(2)).expect("proxy connects upstream");
+    assert_eq!(
+        read_for(&mut u, 5, Duration::from_secs(2)).unwrap(),
+        b"hello"
+    );
+    u.write_all(b"hi").unwrap();
+    assert_eq!(read_for(&mut c, 2, Duration::from_secs(2)).unwrap(), b"hi");
+    common::wait_until(
+        "the proxy counted both directions",
+        Duration::from_secs(2),
+        || p.forwarded_bytes() == 7,
+    );
+
+    p.stall();
+    let cap = 64 << 20;
+    let up = write_until_blocked(&mut c, 0, cap);
+    let down = write_until_blocked(&mut u, 7, cap);
+    eprintln!("a stalled proxy took {up} bytes from the client and {down} from the server before their writes blocked");
+    // Still blocked a moment later: nobody reads.
+    c.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        matches!(c.write(&[pattern(up, 0)]), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "the client's write went through a stalled proxy"
+    );
+    for (side, s) in [("server", &mut u), ("client", &mut c)] {
+        let got = read_for(s, 1, Duration::from_millis(300))
+            .unwrap_or_else(|_| panic!("the stall closed the {side}'s connection"));
+        assert!(
+            got.is_empty(),
+            "the {side} received {} bytes during the stall",
+            got.len()
+        );
+    }
+    assert_eq!(p.forwarded_bytes(), 7, "bytes forwarded during the stall");
+    assert_eq!(p.open_connections(), 1);
+
+    p.pass();
+    let (mut c2, mut u2) = (c.try_clone().unwrap(), u.try_clone().unwrap());
+    let t = std::thread::spawn(move || read_pattern(&mut c2, down, 7, Duration::from_secs(30)));
+    read_pattern(&mut u2, up, 0, Duration::from_secs(30));
+    t.join()
+        .expect("the client got every byte the server wrote");
+    // The connection still works both ways.
+    c.set_write_timeout(None).unwrap();
+    c.write_all(b"after").unwrap();
+    assert_eq!(
+        read_for(&mut u, 5, Duration::from_secs(2)).unwrap(),
+        b"after"
+    );
+    assert_eq!(p.accepted(), 1);
+}
+
+/// A connection made during a stall is accepted and kept open, but gets no byte and reaches
+/// nothing upstream; after `pass()` it is connected and what it wrote arrives.
+#[test]
+fn stall_holds_new_connections_open_and_unanswered() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = Proxy::start(server.local_addr().unwrap());
+    p.stall();
+    let mut c = connect(&p);
+    c.write_all(b"knock").unwrap();
+    let got =
+        read_for(&mut c, 1, Duration::from_millis(500)).expect("the stall closed a new connection");
+    assert!(
+        got.is_empty(),
+        "a new connection got {got:?} during the stall"
+    );
+    assert!(
+        accept_within(&server, Duration::from_millis(300)).is_none(),
+        "the proxy connected upstream during the stall"
+    );
+    common::wait_until(
+        "the proxy accepted the connection",
+        Duration::from_secs(2),
+        || p.accepted() == 1,
+    );
+    assert_eq!(p.forwarded_bytes(), 0);
+    // Still open: a write goes in and a read sees no end of stream.
+    c.write_all(b"!").unwrap();
+    let got =
+        read_for(&mut c, 1, Duration::from_millis(300)).expect("the stall closed a new connection");
+    assert!(got.is_empty());
+
+    p.pass();
+    let mut u =
+        accept_within(&server, Duration::from_secs(2)).expect("proxy connects upstream after pass");
+    assert_eq!(
+        read_for(&mut u, 6, Duration::from_secs(2)).unwrap(),
+        b"knock!"
+    );
+    u.write_all(b"welcome").unwrap();
+    assert_eq!(
+        read_for(&mut c, 7, Duration::from_secs(2)).unwrap(),
+        b"welcome"
+    );
+}
+
+/// A proxy dropped in the middle of a stall with blocked writers still ends every thread and
+/// closes every connection at once.
+#[test]
+fn dropping_a_stalled_proxy_ends_its_threads() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = Proxy::start(server.local_addr().unwrap());
+    let mut c = connect(&p);
+    c.write_all(b"x").unwrap();
+    let mut u = accept_within(&server, Duration::from_secs(2)).expect("proxy connects upstream");
+    assert_eq!(read_for(&mut u, 1, Duration::from_secs(2)).unwrap(), b"x");
+    p.stall();
+    write_until_blocked(&mut c, 0, 64 << 20);
+    let mut late = connect(&p);
+    let t = Instant::now();
+    drop(p);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "drop took {:?}",
+        t.elapsed()
+    );
+    assert!(closed_within(&mut late, Duration::from_secs(1)));
+    assert!(
+        closed_within(&mut u, Duration::from_secs(5)),
+        "the upstream side stayed open"
+    );
 }

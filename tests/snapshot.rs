@@ -264,9 +264,14 @@ fn corrupt_snapshot_is_refused_and_the_database_untouched() {
     n1.stop();
 }
 
-/// n3 keeps running while its link is down; the app keeps writing to its database the whole
+/// n3 keeps running while its link stalls; the app keeps writing to its database the whole
 /// time, including while n3 restores the snapshot at run time. The app never fails and every
 /// row it committed reaches everyone.
+///
+/// The restore is made certain, not left to timing: the link stays stalled until the stream
+/// no longer holds messages n3 never applied (40 messages from n1 into a 20-message stream)
+/// and n3 reports its link down (its publish waited past the ack deadline), so it reconnects
+/// when the link passes and finds the hole behind the stream's first message.
 #[test]
 fn app_keeps_writing_while_a_running_node_restores() {
     let dir = TestDir::new("snap-live");
@@ -281,14 +286,38 @@ fn app_keeps_writing_while_a_running_node_restores() {
     n3.wait_connected();
     wait_converged(&d, &["t"], CONVERGE);
 
-    proxy.blackhole();
+    proxy.stall();
+    let n3_position: u64 = json_scalar(&status_json(&n3.config), "stream_position")
+        .and_then(|v| v.parse().ok())
+        .expect("n3's stream_position");
     let mut w = Writer::start(d[2], "n3", 100_000, 2, i64::MAX, Duration::from_millis(20));
     write_many(d[0], "n1", 50_000, 40);
     wait_converged(&d[..2], &["t"], CONVERGE);
     save_snapshot(&n2);
+    let first = stream_first_seq(&nats);
+    assert!(
+        first > n3_position + 1,
+        "the stream still holds what n3 missed (test premise): first seq {first}, n3 at {n3_position}"
+    );
+    wait_until_or(
+        "n3 reports its stalled link down",
+        CONVERGE,
+        || json_scalar(&status_json(&n3.config), "link_up") == Some("false"),
+        || n3.log(),
+    );
+    let mark = n3.log().len();
     proxy.pass();
-    n3.wait_log("snapshot restore: installed", Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(500)); // the app goes on after the restore
+    n3.wait_log("snapshot restore: installed", CONVERGE);
+    assert!(
+        log_since(&n3, mark).contains("snapshot restore: installed"),
+        "n3 restored before the link passed (test premise):\n{}",
+        n3.log()
+    );
+    // The app goes on after the restore: wait until it committed more, not a fixed time.
+    let c_after_restore = query_one(d[2], "SELECT n FROM c WHERE origin = 'n3'");
+    wait_until("n3's app commits after the restore", CONVERGE, || {
+        query_one(d[2], "SELECT n FROM c WHERE origin = 'n3'") != c_after_restore
+    });
     let committed = w.stop();
     assert!(committed > 10, "the app committed only {committed} transactions");
     let (t_rows, c_rows) = expected(&[(&w, committed)], &[]);

@@ -5,7 +5,7 @@
 //! This file: temp dir, ports, processes, nats-server (single, clustered or from a config file),
 //! nodes, a seeded PRNG. `sql.rs`: the app (one process per script, or a long-lived
 //! `AppSession`), dumps, waits. `proxy.rs`: a fault-injecting TCP proxy (pass, delay, blackhole,
-//! reset, flap) to put between a node and its server or between a leaf and its hub.
+//! stall, reset, flap) to put between a node and its server or between a leaf and its hub.
 //! `workload.rs`: apps writing numbered rows and knowing what they committed, the rows every
 //! node must then hold, log checks (for the fault tests).
 //!
@@ -762,6 +762,31 @@ pub fn run_bin(args: &[&str], timeout: Duration) -> Output {
         stdout: t1.join().unwrap(),
         stderr: t2.join().unwrap(),
     }
+}
+
+/// `harmonylite status --json --config CONFIG` (read from the database, works while the node
+/// runs); panics unless it succeeds.
+pub fn status_json(config: &Path) -> String {
+    let out = run_bin(
+        &["status", "--json", "--config", config.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "status --json failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The raw value of a top-level scalar `"key":value` in a flat JSON object (`true`, `12`,
+/// `null`), without parsing the rest.
+pub fn json_scalar<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let k = format!("\"{key}\":");
+    let rest = &json[json.find(&k)? + k.len()..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim())
 }
 
 /// Command lines of running processes, split into arguments (scans /proc; zombies skipped).
