@@ -472,7 +472,13 @@ impl Transport {
         };
         let now = Instant::now();
         if self.reconnected.swap(false, Ordering::Relaxed) {
-            p.request = None;
+            // Messages the server handed to the lost connection's pull request are gone with
+            // it, and the consumer acks all up to the last acked one: a later ack would skip
+            // them for good. The caller rebuilds the consumer at its own cursor instead.
+            return Err(TransportError::Fetch(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the link was re-established; reading the stream again from this node's position",
+            )));
         }
         if p.request.as_ref().map_or(true, |r| now > r.expires_at + PULL_GRACE) {
             let expires = Some(PULL_EXPIRES.as_nanos() as usize);
