@@ -517,3 +517,36 @@ fn node_stalled_past_the_heartbeat_deadline_catches_up_on_the_other_nodes_writes
     assert_exactly(&dbs, &t, &c);
     assert_no_panic(&[n1.node, n2]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// One-off commands through a stalled link
+
+/// `snapshot save`, `status --fleet` and `snapshot restore` (of a missing database) through a
+/// stalled link end on their own with exit 1 and an error that names the deadline that fired,
+/// instead of waiting on the link forever (the greeting of a held connection never comes).
+#[test]
+fn one_off_commands_through_a_stalled_link_end_with_the_deadline_named() {
+    let dir = TestDir::new("stall-cli");
+    let nats = NatsServer::start(dir.path());
+    let proxy = Proxy::start(loopback(nats.port()));
+    let dbs = make_dbs(dir.path(), &["n1"]);
+    let extra = "[nats]\nconnect_timeout_ms = 1000\n";
+    let config = dir.join("n1.toml");
+    std::fs::write(&config, node_toml(&dbs[0], extra, Some(&proxy.url()))).unwrap();
+    let missing = dir.join("missing.toml");
+    std::fs::write(&missing, node_toml(&dir.join("missing.db"), extra, Some(&proxy.url()))).unwrap();
+    proxy.stall();
+    let cfg = config.to_str().unwrap();
+    for args in [
+        vec!["snapshot", "save", "--config", cfg],
+        vec!["status", "--fleet", "--config", cfg],
+        vec!["snapshot", "restore", "--config", missing.to_str().unwrap()],
+    ] {
+        // the commands' own deadlines are about 1 s; 30 s here only ends a hang
+        let out = run_bin(&args, Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("connect_timeout_ms"), "{args:?} does not name the deadline: {err}");
+    }
+    assert!(!dir.join("missing.db").exists(), "a failed restore left a database behind");
+}
