@@ -21,6 +21,8 @@ pub const PARKED_TABLE: &str = "__hl_parked";
 pub const FRAGMENT_TABLE: &str = "__hl_frag";
 pub const CURSOR_KEY: &str = "cursor";
 pub const HLC_KEY: &str = "hlc";
+/// See [`own_replay_until`].
+pub const OWN_REPLAY_KEY: &str = "own_replay_until";
 
 /// A message taken from the stream.
 #[derive(Debug, Clone)]
@@ -51,10 +53,26 @@ pub fn prepare(conn: &Connection) -> Result<(), DbError> {
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {PARKED_TABLE}(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, reason TEXT NOT NULL, frame BLOB NOT NULL);
          CREATE TABLE IF NOT EXISTS {FRAGMENT_TABLE}(origin INTEGER NOT NULL, id INTEGER NOT NULL, idx INTEGER NOT NULL,
-             count INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY(origin, id, idx)) WITHOUT ROWID;"
+             count INTEGER NOT NULL, data BLOB NOT NULL, seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(origin, id, idx)) WITHOUT ROWID;"
     ))
-    .ctx("create apply tables")
+    .ctx("create apply tables")?;
+    // databases from before the fragment horizon: the stream position of each piece
+    let has_seq: bool = conn
+        .query_row(&format!("SELECT count(*) FROM pragma_table_info('{FRAGMENT_TABLE}') WHERE name = 'seq'"), [], |r| r.get(0))
+        .ctx("read fragment table columns")?;
+    if !has_seq {
+        conn.execute_batch(&format!("ALTER TABLE {FRAGMENT_TABLE} ADD COLUMN seq INTEGER NOT NULL DEFAULT 0"))
+            .ctx("add the fragment position column")?;
+    }
+    Ok(())
 }
+
+/// An incomplete fragment set whose newest piece lies this many stream messages behind the
+/// cursor is deleted: it can no longer complete. A publisher sends every piece of a change
+/// again whenever it retries (the change leaves its outbox only once all are acknowledged), so a
+/// set is only left incomplete when the stream lost some of its pieces, a hole that a snapshot
+/// restore repairs.
+pub const FRAGMENT_HORIZON_SEQS: u64 = 10_000;
 
 /// Applies a batch of stream messages in one transaction.
 pub fn apply_batch(
@@ -67,25 +85,31 @@ pub fn apply_batch(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin apply")?;
     let mut stats = ApplyStats { stamped: capture::stamp(&tx, schema, hlc, node)?, ..Default::default() };
     let mut cursor = db::get_meta(&tx, CURSOR_KEY)?.unwrap_or(0) as u64;
+    let own_until = own_replay_until(&tx)?;
     let own_suffix = format!(".{node}");
+    let mut fragments = false;
     for m in msgs {
         if m.seq <= cursor {
             continue;
         }
         cursor = m.seq;
         stats.frames += 1;
-        if m.subject.ends_with(&own_suffix) {
+        // Our own frames are in this database already, except those a rebuilt node published
+        // in its previous life (at or below `own_until`): those apply like any other.
+        let replay_own = m.seq <= own_until;
+        if m.subject.ends_with(&own_suffix) && !replay_own {
             stats.own += 1;
             continue;
         }
         match frame::decode(&m.data) {
-            Ok(Frame::Changes(c)) if c.origin == node => stats.own += 1,
+            Ok(Frame::Changes(c)) if c.origin == node && !replay_own => stats.own += 1,
             Ok(Frame::Changes(c)) => apply_changes(&tx, schema, hlc, &c, &mut stats)?,
             Ok(Frame::Fragment(f)) => {
+                fragments = true;
                 tx.prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO {FRAGMENT_TABLE}(origin, id, idx, count, data) VALUES (?1, ?2, ?3, ?4, ?5)"
+                    "INSERT OR REPLACE INTO {FRAGMENT_TABLE}(origin, id, idx, count, data, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
                 ))
-                .and_then(|mut s| s.execute(params![f.origin as i64, f.id as i64, f.index, f.count, f.data]))
+                .and_then(|mut s| s.execute(params![f.origin as i64, f.id as i64, f.index, f.count, f.data, m.seq as i64]))
                 .ctx("store fragment")?;
                 if let Some(whole) = take_complete(&tx, f.origin, f.id, f.count)? {
                     match frame::decode(&whole) {
@@ -102,6 +126,9 @@ pub fn apply_batch(
                 log::warn!("skipping undecodable frame seq={} subject={} bytes={}: {e}", m.seq, m.subject, m.data.len());
             }
         }
+    }
+    if fragments {
+        prune_fragments(&tx, cursor)?;
     }
     capture::discard_echoes(&tx, schema)?;
     db::set_meta(&tx, CURSOR_KEY, cursor as i64)?;
@@ -125,9 +152,10 @@ fn take_complete(conn: &Connection, origin: u64, id: u64, count: u32) -> Result<
     let mut whole = Vec::new();
     {
         let mut s = conn
-            .prepare_cached(&format!("SELECT data FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2 ORDER BY idx"))
+            .prepare_cached(&format!("SELECT data FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2 AND count = ?3 ORDER BY idx"))
             .ctx("read fragments")?;
-        let mut rows = s.query(params![origin as i64, id as i64]).ctx("read fragments")?;
+        // the same filter as the count above: a stray piece of another count is not read
+        let mut rows = s.query(params![origin as i64, id as i64, count]).ctx("read fragments")?;
         while let Some(r) = rows.next().ctx("read fragments")? {
             whole.extend_from_slice(r.get_ref(0).ctx("read fragments")?.as_bytes().unwrap_or_default());
         }
@@ -136,6 +164,29 @@ fn take_complete(conn: &Connection, origin: u64, id: u64, count: u32) -> Result<
         .and_then(|mut s| s.execute(params![origin as i64, id as i64]))
         .ctx("delete fragments")?;
     Ok(Some(whole))
+}
+
+/// Deletes the incomplete fragment sets whose newest piece is [`FRAGMENT_HORIZON_SEQS`]
+/// messages or more behind `cursor`. Returns how many pieces went.
+pub fn prune_fragments(conn: &Connection, cursor: u64) -> Result<u64, DbError> {
+    let Some(horizon) = cursor.checked_sub(FRAGMENT_HORIZON_SEQS) else { return Ok(0) };
+    let n = conn
+        .prepare_cached(&format!(
+            "DELETE FROM {FRAGMENT_TABLE} WHERE (origin, id) IN
+                 (SELECT origin, id FROM {FRAGMENT_TABLE} GROUP BY origin, id HAVING max(seq) <= ?1)"
+        ))
+        .and_then(|mut s| s.execute([horizon as i64]))
+        .ctx("delete abandoned fragments")?;
+    if n > 0 {
+        log::warn!("deleted {n} fragments of changes that never completed (their newest piece is {FRAGMENT_HORIZON_SEQS} or more messages behind seq {cursor})");
+    }
+    Ok(n as u64)
+}
+
+/// Stream position up to which our own frames are applied like any other's: set when the
+/// database was rebuilt from a snapshot (the frames this node published before are not in it).
+pub fn own_replay_until(conn: &Connection) -> Result<u64, DbError> {
+    Ok(db::get_meta(conn, OWN_REPLAY_KEY)?.unwrap_or(0) as u64)
 }
 
 /// How one sender's table maps onto ours.
@@ -224,10 +275,18 @@ fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes,
         }
     }
     let mut warned: HashMap<usize, ()> = HashMap::new();
+    let mut refused = false;
     for ch in &c.changes {
         let idx = ch.table as usize;
         let header = &c.tables[idx];
-        hlc.observe(ch.version);
+        if !hlc.observe(ch.version) && !refused {
+            refused = true;
+            log::warn!(
+                "node {} stamps changes past the year 3000 (version {}): its clock or its database is broken; this node's clock does not follow it",
+                c.origin,
+                ch.version
+            );
+        }
         let outcome = match &targets[idx] {
             Ok(t) => apply_one(conn, t, &mut prepared[idx], header, c.origin, ch)?,
             Err(reason) => Outcome::Park(reason.clone()),
@@ -582,6 +641,66 @@ mod tests {
         let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
         assert_eq!((done, left), (1, 0));
         assert_eq!(rows(&d), vec![(1, "a".to_string())]);
+    }
+
+    fn pieces(origin: u64, id: u64, v: &str) -> Vec<Vec<u8>> {
+        let whole = msg(0, origin, &[(id, up(id as i64, v))]).data;
+        let parts = frame::fragment(origin, id, &whole, 128);
+        assert_eq!(parts.len(), 4, "test premise: a 300-byte change in 128-byte frames");
+        parts
+    }
+
+    fn frag_rows(d: &Db) -> i64 {
+        d.conn.query_row(&format!("SELECT count(*) FROM {FRAGMENT_TABLE}"), [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_stray_fragment_of_another_count_is_not_read() {
+        let mut d = setup("frag-count");
+        let big = "x".repeat(300);
+        let parts = pieces(7, 100, &big);
+        // a leftover piece with the same (origin, id) but another count, past the set's indexes
+        d.conn
+            .execute(&format!("INSERT INTO {FRAGMENT_TABLE}(origin, id, idx, count, data, seq) VALUES (7, 100, 4, 9, x'00', 1)"), [])
+            .unwrap();
+        for (i, p) in parts.iter().enumerate() {
+            let s = apply(&mut d, Incoming { seq: 2 + i as u64, subject: "x.7".into(), data: p.clone() });
+            assert_eq!(s.undecodable, 0);
+        }
+        assert_eq!(rows(&d), vec![(100, big)]);
+        assert_eq!(frag_rows(&d), 0, "the set and the stray piece are gone once the set is read");
+    }
+
+    #[test]
+    fn incomplete_fragment_sets_far_behind_the_cursor_are_deleted() {
+        let mut d = setup("frag-horizon");
+        let a = pieces(7, 100, &"a".repeat(300));
+        let b = pieces(7, 200, &"b".repeat(300));
+        // set a loses its other pieces (a hole in the stream)
+        apply(&mut d, Incoming { seq: 5, subject: "x.7".into(), data: a[0].clone() });
+        assert_eq!(frag_rows(&d), 1);
+        apply(&mut d, Incoming { seq: 4 + FRAGMENT_HORIZON_SEQS, subject: "x.7".into(), data: b[0].clone() });
+        assert_eq!(frag_rows(&d), 2, "a's piece is 9999 messages behind: kept");
+        apply(&mut d, Incoming { seq: 5 + FRAGMENT_HORIZON_SEQS, subject: "x.7".into(), data: b[1].clone() });
+        assert_eq!(frag_rows(&d), 2, "a's piece is 10000 behind: deleted; b's two pieces stay");
+        for (i, p) in b[2..].iter().enumerate() {
+            apply(&mut d, Incoming { seq: 6 + FRAGMENT_HORIZON_SEQS + i as u64, subject: "x.7".into(), data: p.clone() });
+        }
+        assert_eq!(rows(&d), vec![(200, "b".repeat(300))]);
+        assert_eq!(frag_rows(&d), 0);
+    }
+
+    #[test]
+    fn own_frames_apply_only_up_to_the_rebuilt_mark() {
+        let mut d = setup("own-replay");
+        db::set_meta(&d.conn, OWN_REPLAY_KEY, 2).unwrap();
+        let s = apply(&mut d, msg(1, ME, &[(100, up(1, "before"))]));
+        assert_eq!((s.applied, s.own), (1, 0));
+        assert_eq!(d.hlc.last(), 100, "the version of our own earlier write is observed");
+        apply(&mut d, msg(2, ME, &[(110, up(2, "before too"))]));
+        let s = apply(&mut d, msg(3, ME, &[(120, up(3, "this life"))]));
+        assert_eq!((s.applied, s.own), (0, 1));
+        assert_eq!(rows(&d), vec![(1, "before".to_string()), (2, "before too".to_string())]);
     }
 
     #[test]
