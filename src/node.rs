@@ -495,7 +495,7 @@ impl Node {
         // that repairs the hole is a merge and undoes nothing applied meanwhile.
         let position = self.position();
         if let Some(g) = gap::in_batch(position, self.unapplied.iter().map(|m| m.seq)) {
-            self.found_gap(g, &format!("the stream skipped from seq {position} to seq {}", g.to + 1))?;
+            self.found_gap(g, &format!("the stream skipped from seq {} to seq {}", g.from - 1, g.to + 1))?;
         }
         // A batch of nothing but our own frames needs no write transaction (which would make
         // the application wait for the lock): the cursor then advances with the next real
@@ -570,7 +570,6 @@ impl Node {
                 "[snapshot] enabled = false, so nothing can bring them back"
             };
             log::error!("{what}: messages {g} are gone before this node applied them (missing here: {now}); applying what follows and {restore}");
-            self.gap_logged = Some(Instant::now());
         }
         self.restore_check = true;
         self.next_restore = Instant::now();

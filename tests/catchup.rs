@@ -285,3 +285,90 @@ fn node_rebuilt_with_a_1970_clock_stamps_above_its_own_earlier_writes() {
         assert!(n.stop().success());
     }
 }
+
+fn status_json(node: &Node) -> String {
+    let out = run_bin(&["status", "--json", "--config", node.config.to_str().unwrap()], Duration::from_secs(20));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// n3 stopped while n1 wrote 6 rows, then one of them was deleted from the stream.
+/// Returns the deleted sequence.
+fn cut_a_message_n3_missed(nats: &NatsServer, d: &[&Path], n3: &mut Node) -> u64 {
+    write_many(d[0], "n1", 1, 3);
+    wait_converged(d, &["t"], CONVERGE);
+    assert!(n3.stop().success());
+    write_many(d[0], "n1", 100, 6);
+    wait_converged(&d[..2], &["t"], CONVERGE);
+    let (_, last) = stream_state(nats);
+    assert!(js(nats).delete_message(STREAM, last - 2).unwrap());
+    last - 2
+}
+
+/// No snapshot exists when n3 finds the hole: the hole is recorded and shown by `status`,
+/// kept across a restart of n3 (which meanwhile applies what follows and saves no snapshot),
+/// and repaired as soon as a covering snapshot appears.
+#[test]
+fn a_hole_stays_recorded_until_a_covering_snapshot_appears() {
+    let dir = TestDir::new("catchup-persist");
+    let nats = NatsServer::start(dir.path());
+    let dbs = make_dbs(dir.path(), &["n1", "n2", "n3"]);
+    let d: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
+    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
+    let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
+    let mut n3 = Node::start_ready(dir.path(), "n3", "", Some(&nats.url()));
+    for n in [&mut n1, &mut n2, &mut n3] {
+        n.wait_connected();
+    }
+    let cut = cut_a_message_n3_missed(&nats, &d, &mut n3);
+    n3.restart_ready();
+    let expected_gap = format!("\"stream_gap\":{{\"from\":{cut},\"to\":{cut}}}");
+    n3.wait_log("no snapshot covers seq", CONVERGE);
+    assert!(status_json(&n3).contains(&expected_gap), "{}", status_json(&n3));
+    // n3 applies on past the hole: all but the lost row
+    wait_until("n3 applied past the hole", CONVERGE, || count(d[2], "t") == 8);
+    assert!(n3.stop().success());
+    assert!(status_json(&n3).contains(&expected_gap), "the gap is kept across a restart: {}", status_json(&n3));
+    n3.restart_ready();
+    n3.wait_log("no snapshot covers seq", CONVERGE);
+    // a save by n3 would claim a position while it lacks the lost row
+    let out = run_bin(&["snapshot", "save", "--config", n3.config.to_str().unwrap()], Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("misses stream messages {cut}..{cut}")), "{stdout}");
+    write_many(d[0], "n1", 200, 2);
+    wait_until("n3 still applies new changes", CONVERGE, || count(d[2], "t") == 10);
+    assert!(status_json(&n3).contains(&expected_gap));
+
+    save_snapshot(&n2);
+    n3.wait_log("snapshot restore: installed", CONVERGE);
+    wait_converged(&d, &["t"], CONVERGE);
+    assert_eq!(count(d[2], "t"), 11);
+    wait_until("the gap is cleared", CONVERGE, || status_json(&n3).contains("\"stream_gap\":null"));
+    for n in [&mut n1, &mut n2, &mut n3] {
+        assert!(n.stop().success());
+    }
+}
+
+/// With `[snapshot] enabled = false` the hole cannot be repaired: it is an error that names the
+/// range (not silent progress) and `status` shows it.
+#[test]
+fn a_hole_without_snapshots_is_a_clear_error() {
+    let dir = TestDir::new("catchup-nosnap");
+    let nats = NatsServer::start(dir.path());
+    let dbs = make_dbs(dir.path(), &["n1", "n2", "n3"]);
+    let d: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
+    let off = "[snapshot]\nenabled = false\n";
+    let mut n1 = Node::start_ready(dir.path(), "n1", off, Some(&nats.url()));
+    let mut n2 = Node::start_ready(dir.path(), "n2", off, Some(&nats.url()));
+    let mut n3 = Node::start_ready(dir.path(), "n3", off, Some(&nats.url()));
+    for n in [&mut n1, &mut n2, &mut n3] {
+        n.wait_connected();
+    }
+    let cut = cut_a_message_n3_missed(&nats, &d, &mut n3);
+    n3.restart_ready();
+    n3.wait_log(&format!("the stream no longer holds messages {cut}..{cut} that this node never applied, and [snapshot] enabled = false"), CONVERGE);
+    assert!(n3.current_log().contains("ERROR"), "{}", n3.current_log());
+    assert!(status_json(&n3).contains(&format!("\"stream_gap\":{{\"from\":{cut},\"to\":{cut}}}")));
+    for n in [&mut n1, &mut n2, &mut n3] {
+        assert!(n.stop().success());
+    }
+}
