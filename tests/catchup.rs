@@ -372,3 +372,42 @@ fn a_hole_without_snapshots_is_a_clear_error() {
         assert!(n.stop().success());
     }
 }
+
+fn signal(node: &Node, sig: &str) {
+    let pid = node.pid().expect("node running").to_string();
+    assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+}
+
+/// n3 is frozen (SIGSTOP) while n1 commits 60 transactions; its outstanding pull request holds
+/// at most one batch, the rest stays in the stream, which is then purged. After SIGCONT n3
+/// applies what reached its socket and the consumer delivers nothing more, ever: only the
+/// periodic look at the stream's first sequence finds the hole.
+#[test]
+fn a_hole_no_batch_shows_is_found_by_the_periodic_check() {
+    let dir = TestDir::new("catchup-periodic");
+    let nats = NatsServer::start(dir.path());
+    let dbs = make_dbs(dir.path(), &["n1", "n2", "n3"]);
+    let d: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
+    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
+    let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
+    let mut n3 = Node::start_ready(dir.path(), "n3", "", Some(&nats.url()));
+    for n in [&mut n1, &mut n2, &mut n3] {
+        n.wait_connected();
+    }
+    write_many(d[0], "n1", 1, 3);
+    wait_converged(&d, &["t"], CONVERGE);
+    signal(&n3, "-STOP");
+    write_many(d[0], "n1", 100, 60);
+    wait_converged(&d[..2], &["t"], CONVERGE);
+    save_snapshot(&n2);
+    js(&nats).purge_stream(STREAM).unwrap();
+    signal(&n3, "-CONT");
+    let resumed = Instant::now();
+    wait_converged(&d, &["t"], Duration::from_secs(75));
+    assert_eq!(count(d[2], "t"), 63);
+    assert!(n3.current_log().contains("the stream skipped past this node"), "{}", n3.current_log());
+    eprintln!("n3 repaired {:.1} s after it resumed", resumed.elapsed().as_secs_f64());
+    for n in [&mut n1, &mut n2, &mut n3] {
+        assert!(n.stop().success());
+    }
+}
