@@ -357,7 +357,7 @@ impl Node {
 
     /// Logs an unrepaired hole at error level, at most once per [`REPEAT_LOG_EVERY`].
     fn gap_error(&mut self, msg: &str) {
-        if self.gap_logged.map_or(true, |t| t.elapsed() >= REPEAT_LOG_EVERY) {
+        if self.gap_logged.is_none_or(|t| t.elapsed() >= REPEAT_LOG_EVERY) {
             self.gap_logged = Some(Instant::now());
             log::error!("{msg}");
         } else {
