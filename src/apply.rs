@@ -71,8 +71,10 @@ pub fn prepare(conn: &Connection) -> Result<(), DbError> {
 /// cursor is deleted: it can no longer complete. A publisher sends every piece of a change
 /// again whenever it retries (the change leaves its outbox only once all are acknowledged), so a
 /// set is only left incomplete when the stream lost some of its pieces, a hole that a snapshot
-/// restore repairs.
-pub const FRAGMENT_HORIZON_SEQS: u64 = 10_000;
+/// restore repairs. The bound is large because a retry within the server's duplicate window
+/// (2 min by default) is not stored again: pieces kept from the first attempt must still be
+/// here then, and a million messages is far more than a fleet publishes in that window.
+pub const FRAGMENT_HORIZON_SEQS: u64 = 1_000_000;
 
 /// Applies a batch of stream messages in one transaction.
 pub fn apply_batch(

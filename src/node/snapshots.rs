@@ -185,7 +185,13 @@ fn fetch_verified(
     let mut progress = Progress { conn, started: Instant::now(), last: Instant::now(), object: p.object.clone() };
     let fetched = store
         .download(p, &part, &|| stop.is_set(), &mut |d, total| progress.update(d, total))
-        .map_err(|e| if e.kind() == io::ErrorKind::Interrupted || stop.is_set() { RestoreError::Stopped } else { RestoreError::Unavailable(e.to_string()) })?;
+        .map_err(|e| match e.kind() {
+            _ if stop.is_set() => RestoreError::Stopped,
+            io::ErrorKind::Interrupted => RestoreError::Stopped,
+            // size or SHA-256 not the pointer's (the store resumes by itself on link errors)
+            io::ErrorKind::InvalidData => RestoreError::Corrupt(e.to_string()),
+            _ => RestoreError::Unavailable(e.to_string()),
+        })?;
     let meta = snapshot::verify(&part).map_err(|e| {
         transport::discard_download(&part);
         RestoreError::Corrupt(e)
