@@ -190,7 +190,7 @@ fn fetch_verified(
             io::ErrorKind::Interrupted => RestoreError::Stopped,
             // size or SHA-256 not the pointer's (the store resumes by itself on link errors)
             io::ErrorKind::InvalidData => RestoreError::Corrupt(e.to_string()),
-            _ => RestoreError::Unavailable(e.to_string()),
+            _ => RestoreError::Unavailable(format!("downloading {} to {}: {e}", p.object, part.display())),
         })?;
     let meta = snapshot::verify(&part).map_err(|e| {
         transport::discard_download(&part);
