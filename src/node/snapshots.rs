@@ -308,7 +308,11 @@ impl Node {
             return;
         }
         self.last_stream_check = Instant::now();
-        let first = self.transport.as_ref().and_then(|t| t.first_seq());
+        let state = self.transport.as_ref().and_then(|t| t.stream_state());
+        if let Err(e) = self.forget_gap_of_an_old_stream(state.map(|s| s.last_seq)) {
+            log::warn!("{e}");
+        }
+        let first = state.map(|s| s.first_seq);
         let gap = match self.note_stream_start(first) {
             Ok(g) => g,
             Err(e) => {
@@ -365,6 +369,18 @@ impl Node {
                 self.next_restore = Instant::now() + delay;
             }
         }
+    }
+
+    /// A recorded hole past the stream's last sequence belongs to a stream that was deleted and
+    /// created again (the connection then restarted this node's position at 0): its numbers
+    /// mean nothing in the new stream, so it is forgotten.
+    fn forget_gap_of_an_old_stream(&mut self, last_seq: Option<u64>) -> Result<(), crate::db::DbError> {
+        let (Some(last), Some(g)) = (last_seq, gap::read(&self.conn)?) else { return Ok(()) };
+        if g.to > last {
+            log::warn!("the recorded stream gap {g} lies past the stream's last message {last}: the stream was recreated; forgetting the gap");
+            gap::clear_if_covered(&self.conn, u64::MAX)?;
+        }
+        Ok(())
     }
 
     /// Logs an unrepaired hole at error level, at most once per [`REPEAT_LOG_EVERY`].
