@@ -21,6 +21,8 @@ pub const PARKED_TABLE: &str = "__hl_parked";
 pub const FRAGMENT_TABLE: &str = "__hl_frag";
 pub const CURSOR_KEY: &str = "cursor";
 pub const HLC_KEY: &str = "hlc";
+/// See [`own_replay_until`].
+pub const OWN_REPLAY_KEY: &str = "own_replay_until";
 
 /// A message taken from the stream.
 #[derive(Debug, Clone)]
@@ -51,10 +53,28 @@ pub fn prepare(conn: &Connection) -> Result<(), DbError> {
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {PARKED_TABLE}(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, reason TEXT NOT NULL, frame BLOB NOT NULL);
          CREATE TABLE IF NOT EXISTS {FRAGMENT_TABLE}(origin INTEGER NOT NULL, id INTEGER NOT NULL, idx INTEGER NOT NULL,
-             count INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY(origin, id, idx)) WITHOUT ROWID;"
+             count INTEGER NOT NULL, data BLOB NOT NULL, seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(origin, id, idx)) WITHOUT ROWID;"
     ))
-    .ctx("create apply tables")
+    .ctx("create apply tables")?;
+    // databases from before the fragment horizon: the stream position of each piece
+    let has_seq: bool = conn
+        .query_row(&format!("SELECT count(*) FROM pragma_table_info('{FRAGMENT_TABLE}') WHERE name = 'seq'"), [], |r| r.get(0))
+        .ctx("read fragment table columns")?;
+    if !has_seq {
+        conn.execute_batch(&format!("ALTER TABLE {FRAGMENT_TABLE} ADD COLUMN seq INTEGER NOT NULL DEFAULT 0"))
+            .ctx("add the fragment position column")?;
+    }
+    Ok(())
 }
+
+/// An incomplete fragment set whose newest piece lies this many stream messages behind the
+/// cursor is deleted: it can no longer complete. A publisher sends every piece of a change
+/// again whenever it retries (the change leaves its outbox only once all are acknowledged), so a
+/// set is only left incomplete when the stream lost some of its pieces, a hole that a snapshot
+/// restore repairs. The bound is large because a retry within the server's duplicate window
+/// (2 min by default) is not stored again: pieces kept from the first attempt must still be
+/// here then, and a million messages is far more than a fleet publishes in that window.
+pub const FRAGMENT_HORIZON_SEQS: u64 = 1_000_000;
 
 /// Applies a batch of stream messages in one transaction.
 pub fn apply_batch(
@@ -67,25 +87,31 @@ pub fn apply_batch(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin apply")?;
     let mut stats = ApplyStats { stamped: capture::stamp(&tx, schema, hlc, node)?, ..Default::default() };
     let mut cursor = db::get_meta(&tx, CURSOR_KEY)?.unwrap_or(0) as u64;
+    let own_until = own_replay_until(&tx)?;
     let own_suffix = format!(".{node}");
+    let mut fragments = false;
     for m in msgs {
         if m.seq <= cursor {
             continue;
         }
         cursor = m.seq;
         stats.frames += 1;
-        if m.subject.ends_with(&own_suffix) {
+        // Our own frames are in this database already, except those a rebuilt node published
+        // in its previous life (at or below `own_until`): those apply like any other.
+        let replay_own = m.seq <= own_until;
+        if m.subject.ends_with(&own_suffix) && !replay_own {
             stats.own += 1;
             continue;
         }
         match frame::decode(&m.data) {
-            Ok(Frame::Changes(c)) if c.origin == node => stats.own += 1,
+            Ok(Frame::Changes(c)) if c.origin == node && !replay_own => stats.own += 1,
             Ok(Frame::Changes(c)) => apply_changes(&tx, schema, hlc, &c, &mut stats)?,
             Ok(Frame::Fragment(f)) => {
+                fragments = true;
                 tx.prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO {FRAGMENT_TABLE}(origin, id, idx, count, data) VALUES (?1, ?2, ?3, ?4, ?5)"
+                    "INSERT OR REPLACE INTO {FRAGMENT_TABLE}(origin, id, idx, count, data, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
                 ))
-                .and_then(|mut s| s.execute(params![f.origin as i64, f.id as i64, f.index, f.count, f.data]))
+                .and_then(|mut s| s.execute(params![f.origin as i64, f.id as i64, f.index, f.count, f.data, m.seq as i64]))
                 .ctx("store fragment")?;
                 if let Some(whole) = take_complete(&tx, f.origin, f.id, f.count)? {
                     match frame::decode(&whole) {
@@ -102,6 +128,9 @@ pub fn apply_batch(
                 log::warn!("skipping undecodable frame seq={} subject={} bytes={}: {e}", m.seq, m.subject, m.data.len());
             }
         }
+    }
+    if fragments {
+        prune_fragments(&tx, cursor)?;
     }
     capture::discard_echoes(&tx, schema)?;
     db::set_meta(&tx, CURSOR_KEY, cursor as i64)?;
@@ -125,9 +154,10 @@ fn take_complete(conn: &Connection, origin: u64, id: u64, count: u32) -> Result<
     let mut whole = Vec::new();
     {
         let mut s = conn
-            .prepare_cached(&format!("SELECT data FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2 ORDER BY idx"))
+            .prepare_cached(&format!("SELECT data FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2 AND count = ?3 ORDER BY idx"))
             .ctx("read fragments")?;
-        let mut rows = s.query(params![origin as i64, id as i64]).ctx("read fragments")?;
+        // the same filter as the count above: a stray piece of another count is not read
+        let mut rows = s.query(params![origin as i64, id as i64, count]).ctx("read fragments")?;
         while let Some(r) = rows.next().ctx("read fragments")? {
             whole.extend_from_slice(r.get_ref(0).ctx("read fragments")?.as_bytes().unwrap_or_default());
         }
@@ -136,6 +166,29 @@ fn take_complete(conn: &Connection, origin: u64, id: u64, count: u32) -> Result<
         .and_then(|mut s| s.execute(params![origin as i64, id as i64]))
         .ctx("delete fragments")?;
     Ok(Some(whole))
+}
+
+/// Deletes the incomplete fragment sets whose newest piece is [`FRAGMENT_HORIZON_SEQS`]
+/// messages or more behind `cursor`. Returns how many pieces went.
+pub fn prune_fragments(conn: &Connection, cursor: u64) -> Result<u64, DbError> {
+    let Some(horizon) = cursor.checked_sub(FRAGMENT_HORIZON_SEQS) else { return Ok(0) };
+    let n = conn
+        .prepare_cached(&format!(
+            "DELETE FROM {FRAGMENT_TABLE} WHERE (origin, id) IN
+                 (SELECT origin, id FROM {FRAGMENT_TABLE} GROUP BY origin, id HAVING max(seq) <= ?1)"
+        ))
+        .and_then(|mut s| s.execute([horizon as i64]))
+        .ctx("delete abandoned fragments")?;
+    if n > 0 {
+        log::warn!("deleted {n} fragments of changes that never completed (their newest piece is {FRAGMENT_HORIZON_SEQS} or more messages behind seq {cursor})");
+    }
+    Ok(n as u64)
+}
+
+/// Stream position up to which our own frames are applied like any other's: set when the
+/// database was rebuilt from a snapshot (the frames this node published before are not in it).
+pub fn own_replay_until(conn: &Connection) -> Result<u64, DbError> {
+    Ok(db::get_meta(conn, OWN_REPLAY_KEY)?.unwrap_or(0) as u64)
 }
 
 /// How one sender's table maps onto ours.
@@ -224,10 +277,18 @@ fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes,
         }
     }
     let mut warned: HashMap<usize, ()> = HashMap::new();
+    let mut refused = false;
     for ch in &c.changes {
         let idx = ch.table as usize;
         let header = &c.tables[idx];
-        hlc.observe(ch.version);
+        if !hlc.observe(ch.version) && !refused {
+            refused = true;
+            log::warn!(
+                "node {} stamps changes past the year 3000 (version {}): its clock or its database is broken; this node's clock does not follow it",
+                c.origin,
+                ch.version
+            );
+        }
         let outcome = match &targets[idx] {
             Ok(t) => apply_one(conn, t, &mut prepared[idx], header, c.origin, ch)?,
             Err(reason) => Outcome::Park(reason.clone()),
@@ -386,214 +447,4 @@ pub fn parked_len(conn: &Connection) -> Result<u64, DbError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use crate::frame::FrameBuilder;
-
-    struct Db {
-        path: std::path::PathBuf,
-        conn: Connection,
-        schema: Schema,
-        hlc: Hlc,
-    }
-
-    const ME: u64 = 5;
-
-    fn setup(name: &str) -> Db {
-        let path = std::env::temp_dir().join(format!("hl-apply-{name}-{}.db", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").unwrap();
-        let mut conn = db::open(&path).unwrap();
-        prepare(&conn).unwrap();
-        let cfg = Config::parse(&format!("db_path = {:?}", path.display().to_string())).unwrap();
-        let schema = capture::scan(&conn, &cfg).unwrap();
-        capture::install(&mut conn, &schema).unwrap();
-        Db { path, conn, schema, hlc: Hlc::new(0) }
-    }
-
-    impl Drop for Db {
-        fn drop(&mut self) {
-            for ext in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
-            }
-        }
-    }
-
-    fn header() -> TableHeader {
-        TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into()], pk: vec![0] }
-    }
-
-    fn msg(seq: u64, origin: u64, changes: &[(u64, Op)]) -> Incoming {
-        let mut b = FrameBuilder::new(origin, 1 << 16);
-        for (v, op) in changes {
-            b.push(&header(), *v, op.clone());
-        }
-        Incoming { seq, subject: format!("x.{origin}"), data: b.finish() }
-    }
-
-    fn up(id: i64, v: &str) -> Op {
-        Op::Upsert(vec![Value::Integer(id), Value::Text(v.as_bytes().to_vec())])
-    }
-
-    fn del(id: i64) -> Op {
-        Op::Delete(vec![Value::Integer(id)])
-    }
-
-    fn rows(d: &Db) -> Vec<(i64, String)> {
-        d.conn
-            .prepare("SELECT id, v FROM t ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    }
-
-    fn apply(d: &mut Db, m: Incoming) -> ApplyStats {
-        apply_batch(&mut d.conn, &d.schema, &mut d.hlc, ME, &[m]).unwrap()
-    }
-
-    #[test]
-    fn newer_version_wins_older_is_ignored() {
-        let mut d = setup("lww");
-        apply(&mut d, msg(1, 7, &[(100, up(1, "a"))]));
-        let s = apply(&mut d, msg(2, 8, &[(90, up(1, "older"))]));
-        assert_eq!((s.applied, s.stale), (0, 1));
-        assert_eq!(rows(&d), vec![(1, "a".to_string())]);
-        apply(&mut d, msg(3, 8, &[(110, up(1, "newer"))]));
-        assert_eq!(rows(&d), vec![(1, "newer".to_string())]);
-    }
-
-    #[test]
-    fn equal_versions_are_broken_by_node_id() {
-        let mut d = setup("tie");
-        apply(&mut d, msg(1, 7, &[(100, up(1, "from7"))]));
-        apply(&mut d, msg(2, 3, &[(100, up(1, "from3"))]));
-        assert_eq!(rows(&d), vec![(1, "from7".to_string())], "lower node id loses the tie");
-        apply(&mut d, msg(3, 9, &[(100, up(1, "from9"))]));
-        assert_eq!(rows(&d), vec![(1, "from9".to_string())], "higher node id wins the tie");
-    }
-
-    #[test]
-    fn delete_leaves_a_tombstone_that_beats_older_updates() {
-        let mut d = setup("tomb");
-        apply(&mut d, msg(1, 7, &[(100, up(1, "a"))]));
-        apply(&mut d, msg(2, 7, &[(200, del(1))]));
-        assert!(rows(&d).is_empty());
-        let s = apply(&mut d, msg(3, 8, &[(150, up(1, "late"))]));
-        assert_eq!(s.stale, 1);
-        assert!(rows(&d).is_empty(), "an older update must not resurrect a deleted row");
-        apply(&mut d, msg(4, 8, &[(250, up(1, "recreated"))]));
-        assert_eq!(rows(&d), vec![(1, "recreated".to_string())]);
-    }
-
-    #[test]
-    fn replayed_frames_and_own_frames_are_passed_over() {
-        let mut d = setup("cursor");
-        apply(&mut d, msg(1, 7, &[(100, up(1, "a"))]));
-        // the app changes the row locally, then the same stream message arrives again
-        d.conn.execute("UPDATE t SET v = 'local' WHERE id = 1", []).unwrap();
-        let s = apply(&mut d, msg(1, 7, &[(100, up(1, "a"))]));
-        assert_eq!(s.frames, 0, "a sequence at or below the cursor is not applied twice");
-        let s = apply(&mut d, msg(2, ME, &[(u64::MAX >> 2, up(1, "mine"))]));
-        assert_eq!(s.own, 1);
-        assert_eq!(rows(&d), vec![(1, "local".to_string())]);
-    }
-
-    #[test]
-    fn local_write_not_yet_stamped_is_stamped_before_an_older_remote_change() {
-        let mut d = setup("cba");
-        // the application writes; the sidecar has not polled yet
-        d.conn.execute("INSERT INTO t VALUES (1, 'local')", []).unwrap();
-        // a remote change to the same row with a version from the past
-        let s = apply(&mut d, msg(1, 7, &[(1 << 16, up(1, "remote-old"))]));
-        assert_eq!((s.stamped, s.stale), (1, 1));
-        assert_eq!(rows(&d), vec![(1, "local".to_string())]);
-        // the local write is still pending publication, and the apply left no echo in the log
-        assert_eq!(capture::outbox_len(&d.conn, &d.schema).unwrap(), 1);
-        let logged: i64 = d.conn.query_row("SELECT count(*) FROM \"__hl_log_t\"", [], |r| r.get(0)).unwrap();
-        assert_eq!(logged, 0);
-    }
-
-    #[test]
-    fn applied_changes_are_not_captured_again() {
-        let mut d = setup("echo");
-        apply(&mut d, msg(1, 7, &[(100, up(1, "a")), (101, up(2, "b")), (102, del(1))]));
-        assert_eq!(rows(&d), vec![(2, "b".to_string())]);
-        assert_eq!(capture::outbox_len(&d.conn, &d.schema).unwrap(), 0);
-    }
-
-    #[test]
-    fn unknown_tables_and_columns_are_parked_not_dropped() {
-        let mut d = setup("park");
-        let mut b = FrameBuilder::new(7, 1 << 16);
-        let other = TableHeader { name: "missing".into(), columns: vec!["id".into()], pk: vec![0] };
-        b.push(&other, 100, Op::Upsert(vec![Value::Integer(1)]));
-        let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into(), "extra".into()], pk: vec![0] };
-        b.push(&wide, 101, Op::Upsert(vec![Value::Integer(1), Value::Null, Value::Integer(3)]));
-        let s = apply(&mut d, Incoming { seq: 1, subject: "x.7".into(), data: b.finish() });
-        assert_eq!(s.parked, 2);
-        assert_eq!(parked_len(&d.conn).unwrap(), 2);
-        // once the column exists, the parked change applies
-        d.conn.execute_batch("ALTER TABLE t ADD COLUMN extra").unwrap();
-        let cfg = Config::parse(&format!("db_path = {:?}", d.path.display().to_string())).unwrap();
-        d.schema = capture::scan(&d.conn, &cfg).unwrap();
-        let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
-        assert_eq!((done, left), (1, 1));
-        let extra: i64 = d.conn.query_row("SELECT extra FROM t WHERE id = 1", [], |r| r.get(0)).unwrap();
-        assert_eq!(extra, 3);
-    }
-
-    #[test]
-    fn a_sender_on_an_older_schema_sets_newer_columns_to_their_defaults() {
-        let mut d = setup("older");
-        d.conn.execute_batch("ALTER TABLE t ADD COLUMN qty INTEGER NOT NULL DEFAULT 4").unwrap();
-        let cfg = Config::parse(&format!("db_path = {:?}", d.path.display().to_string())).unwrap();
-        d.schema = capture::scan(&d.conn, &cfg).unwrap();
-        let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into(), "qty".into()], pk: vec![0] };
-        let mut b = FrameBuilder::new(7, 1 << 16);
-        b.push(&wide, 100, Op::Upsert(vec![Value::Integer(1), Value::Text(b"a".to_vec()), Value::Integer(9)]));
-        apply(&mut d, Incoming { seq: 1, subject: "x.7".into(), data: b.finish() });
-        // a newer row image from a node without qty: the whole row is its image, qty its default
-        apply(&mut d, msg(2, 8, &[(110, up(1, "b")), (111, up(2, "c"))]));
-        let got: Vec<(i64, String, i64)> = d
-            .conn
-            .prepare("SELECT id, v, qty FROM t ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(got, vec![(1, "b".to_string(), 4), (2, "c".to_string(), 4)]);
-    }
-
-    #[test]
-    fn paused_tables_park_and_accepted_dropped_columns_are_ignored() {
-        let mut d = setup("ignored");
-        d.schema.paused.insert("t".into(), "column extra was dropped".into());
-        let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "extra".into(), "v".into()], pk: vec![0] };
-        let mut b = FrameBuilder::new(7, 1 << 16);
-        b.push(&wide, 100, Op::Upsert(vec![Value::Integer(1), Value::Integer(3), Value::Text(b"a".to_vec())]));
-        let s = apply(&mut d, Incoming { seq: 1, subject: "x.7".into(), data: b.finish() });
-        assert_eq!((s.applied, s.parked), (0, 1));
-        d.schema.paused.clear();
-        d.schema.get_mut("t").unwrap().ignored = vec!["extra".into()];
-        let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
-        assert_eq!((done, left), (1, 0));
-        assert_eq!(rows(&d), vec![(1, "a".to_string())]);
-    }
-
-    #[test]
-    fn deletes_from_a_newer_schema_apply_at_once() {
-        let mut d = setup("newer-delete");
-        apply(&mut d, msg(1, 7, &[(100, up(1, "a")), (101, up(2, "b"))]));
-        let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into(), "extra".into()], pk: vec![0] };
-        let mut b = FrameBuilder::new(8, 1 << 16);
-        b.push(&wide, 110, Op::Delete(vec![Value::Integer(1)]));
-        b.push(&wide, 111, Op::Upsert(vec![Value::Integer(2), Value::Text(b"new".to_vec()), Value::Integer(3)]));
-        let s = apply(&mut d, Incoming { seq: 2, subject: "x.8".into(), data: b.finish() });
-        assert_eq!((s.applied, s.parked), (1, 1));
-        assert_eq!(rows(&d), vec![(2, "b".to_string())]);
-    }
-}
+mod tests;

@@ -6,6 +6,12 @@
 
 /// Bits of the logical counter.
 pub const LOGICAL_BITS: u32 = 16;
+/// The latest wall-clock time a stamp may carry: 3000-01-01T00:00:00Z in Unix milliseconds.
+/// A remote stamp past it comes from a broken clock or a corrupt frame and is not observed (it
+/// would drag every later stamp of ours there, and a little further, to the end of the range).
+pub const MAX_WALL_MS: u64 = 32_503_680_000_000;
+/// The largest stamp [`Hlc::observe`] accepts: [`MAX_WALL_MS`] with a full logical counter.
+pub const MAX_STAMP: u64 = ((MAX_WALL_MS + 1) << LOGICAL_BITS) - 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hlc {
@@ -24,15 +30,22 @@ impl Hlc {
     }
 
     /// A new stamp for a change the application made at `wall_ms` (Unix milliseconds).
+    /// Never panics and never wraps: a corrupt persisted mark at the top of the range makes
+    /// the stamp stay there (saturate) rather than wrap to 0 and lose every conflict.
     pub fn stamp(&mut self, wall_ms: u64) -> u64 {
-        let physical = wall_ms.min((1 << (64 - LOGICAL_BITS)) - 1) << LOGICAL_BITS;
-        self.last = physical.max(self.last + 1);
+        let physical = wall_ms.min(MAX_WALL_MS) << LOGICAL_BITS;
+        self.last = physical.max(self.last.saturating_add(1));
         self.last
     }
 
     /// Takes a stamp seen from another node into account, so our next stamps order after it.
-    pub fn observe(&mut self, remote: u64) {
+    /// A stamp past [`MAX_STAMP`] is refused (returns false) and leaves the clock alone.
+    pub fn observe(&mut self, remote: u64) -> bool {
+        if remote > MAX_STAMP {
+            return false;
+        }
         self.last = self.last.max(remote);
+        true
     }
 }
 
@@ -111,5 +124,41 @@ mod tests {
         let before = h.last();
         h.observe(5);
         assert_eq!(h.last(), before);
+    }
+
+    #[test]
+    fn the_bounds_are_exact() {
+        assert_eq!(MAX_STAMP, 2_130_161_172_480_065_535);
+        assert_eq!(wall_ms(MAX_STAMP), MAX_WALL_MS);
+        assert_eq!(MAX_STAMP & 0xFFFF, 0xFFFF);
+    }
+
+    #[test]
+    fn absurd_remote_stamps_are_refused() {
+        let mut h = Hlc::new(1_000 << 16);
+        assert!(!h.observe(u64::MAX));
+        assert!(!h.observe(MAX_STAMP + 1));
+        assert_eq!(h.last(), 1_000 << 16);
+        assert_eq!(h.stamp(2_000), 2_000 << 16);
+        // the largest plausible one is taken
+        assert!(h.observe(MAX_STAMP));
+        assert_eq!(h.last(), MAX_STAMP);
+    }
+
+    #[test]
+    fn a_stamp_at_the_top_saturates_instead_of_wrapping() {
+        let mut h = Hlc::new(u64::MAX);
+        assert_eq!(h.stamp(1_000), u64::MAX);
+        assert_eq!(h.stamp(u64::MAX), u64::MAX);
+        let mut h = Hlc::new(u64::MAX - 1);
+        assert_eq!(h.stamp(0), u64::MAX);
+        assert_eq!(h.stamp(0), u64::MAX);
+    }
+
+    #[test]
+    fn a_wall_clock_past_the_bound_is_clamped() {
+        let mut h = Hlc::new(0);
+        assert_eq!(h.stamp(u64::MAX), MAX_WALL_MS << 16);
+        assert_eq!(h.stamp(MAX_WALL_MS + 5), (MAX_WALL_MS << 16) + 1);
     }
 }

@@ -14,6 +14,7 @@
 //! - [`capture`]: change-log tables and triggers, stamping, reading the outbox.
 //! - [`frame`]: the wire format (postcard, byte-bounded batches, fragments, checksum).
 //! - [`apply`]: applying remote frames with last-writer-wins, tombstones, no echo, the cursor.
+//! - [`gap`]: holes in the stream: detection and the record kept until a snapshot repairs it.
 //! - [`transport`]: the only user of the `nats` crate: stream, consumer, publish, fetch.
 //! - [`embedded`]: the local nats-server started when no server is configured.
 //! - [`node`]: the loop that joins them (its publish round in `node/publish.rs`).
@@ -35,6 +36,7 @@ pub mod db;
 pub mod embedded;
 pub mod fleet;
 pub mod frame;
+pub mod gap;
 pub mod health;
 pub mod http;
 pub mod hlc;

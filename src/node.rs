@@ -17,6 +17,7 @@ use crate::capture::{self, Schema};
 use crate::config::Config;
 use crate::db::{self, DbError};
 use crate::embedded::EmbeddedServer;
+use crate::gap;
 use crate::hlc::Hlc;
 use crate::schema;
 use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
@@ -43,6 +44,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// How often the position past our own frames is written down.
 const OWN_CURSOR_EVERY: Duration = Duration::from_secs(1);
+/// How often, while connected and replicating, the stream's first sequence is compared with
+/// our position: a hole the consumer would never show (nothing new arrives after it) is
+/// found this way.
+const STREAM_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How often the outbox size is compared with its budget.
 const BUDGET_CHECK_EVERY: Duration = Duration::from_secs(10);
 
@@ -207,8 +212,12 @@ pub struct Node {
     next_restore: Instant,
     /// A snapshot whose download failed verification: not tried again.
     bad_snapshot: Option<String>,
-    /// A hole in the stream was seen and reported; later batches apply past it.
-    gap_reported: bool,
+    /// When an unrepaired hole in the stream was last reported at error level.
+    gap_logged: Option<Instant>,
+    /// Between failed restore attempts.
+    restore_backoff: Backoff,
+    /// When the stream's first sequence was last compared with our position.
+    last_stream_check: Instant,
     /// Held while the node runs: one node per database (released by the OS on any exit).
     _lock: Option<std::fs::File>,
     /// Set when the stop signal comes: a wait for acks ends at once.
@@ -341,7 +350,9 @@ impl Node {
             restore_check: false,
             next_restore: Instant::now(),
             bad_snapshot: None,
-            gap_reported: false,
+            gap_logged: None,
+            restore_backoff: Backoff::new(Duration::from_secs(1), REPEAT_LOG_EVERY),
+            last_stream_check: Instant::now(),
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
             link_cutter: Arc::new(Mutex::new(None)),
@@ -497,7 +508,15 @@ impl Node {
         if !self.link_up() {
             return Ok(false);
         }
-        let Some(t) = self.transport.as_mut().filter(|_| self.cfg.replicate) else {
+        if !self.cfg.replicate {
+            return Ok(false);
+        }
+        if self.last_stream_check.elapsed() >= STREAM_CHECK_EVERY {
+            self.last_stream_check = Instant::now();
+            let first = self.transport.as_ref().and_then(|t| t.first_seq());
+            self.note_stream_start(first)?;
+        }
+        let Some(t) = self.transport.as_mut() else {
             return Ok(false);
         };
         match t.fetch(wait, self.max_frame) {
@@ -515,11 +534,20 @@ impl Node {
     }
 
     fn apply_unapplied(&mut self) -> Result<(), NodeError> {
+        // A hole is looked for in every batch, our own frames included (see `gap::in_batch`
+        // for why consecutive sequences are expected). The batch still applies: the restore
+        // that repairs the hole is a merge and undoes nothing applied meanwhile.
+        let position = self.position();
+        if let Some(g) = gap::in_batch(position, self.unapplied.iter().map(|m| m.seq)) {
+            self.found_gap(g, &format!("the stream skipped from seq {} to seq {}", g.from - 1, g.to + 1))?;
+        }
         // A batch of nothing but our own frames needs no write transaction (which would make
         // the application wait for the lock): the cursor then advances with the next real
-        // batch, and a restart re-reads our own frames only to pass over them again.
+        // batch, and a restart re-reads our own frames only to pass over them again. Frames a
+        // rebuilt node published before its rebuild are applied instead (see `apply`).
         let own = format!(".{}", self.node_id);
-        if self.unapplied.iter().all(|m| m.subject.ends_with(&own)) {
+        let own_until = apply::own_replay_until(&self.conn)?;
+        if self.unapplied.iter().all(|m| m.subject.ends_with(&own) && m.seq > own_until) {
             let last = self.unapplied.iter().map(|m| m.seq).max();
             self.own_cursor = self.own_cursor.max(last);
             self.unapplied.clear();
@@ -528,9 +556,6 @@ impl Node {
                     self.drop_transport(&e);
                 }
             }
-            return Ok(());
-        }
-        if self.hole_in_stream()? {
             return Ok(());
         }
         let stats = apply::apply_batch(&mut self.conn, &self.schema, &mut self.hlc, self.node_id, &self.unapplied)?;
@@ -565,22 +590,34 @@ impl Node {
 }
 
 impl Node {
-    /// The next fetched message lies past messages this node never applied (the stream
-    /// discarded them while it was away): drops the batch and looks for a snapshot instead,
-    /// once; if none helps, the next batches apply past the hole.
-    fn hole_in_stream(&mut self) -> Result<bool, NodeError> {
-        let Some(first) = self.unapplied.iter().map(|m| m.seq).min() else { return Ok(false) };
-        let cursor = (db::get_meta(&self.conn, apply::CURSOR_KEY)?.unwrap_or(0) as u64).max(self.own_cursor.unwrap_or(0));
-        if first <= cursor + 1 || self.gap_reported {
-            return Ok(false);
+    /// Compares the stream's first sequence (None: the server did not say) with our position;
+    /// records a hole between them. Returns the hole recorded, if any.
+    fn note_stream_start(&mut self, first: Option<u64>) -> Result<Option<gap::Gap>, NodeError> {
+        let position = self.position();
+        if let Some(g) = first.and_then(|first| gap::before_stream(position, first)) {
+            if self.unapplied.is_empty() {
+                self.found_gap(g, &format!("the stream skipped past this node: it starts at seq {} but this node applied up to seq {position}", g.to + 1))?;
+            }
         }
-        self.gap_reported = true;
-        log::warn!("the stream skipped from seq {cursor} to {first}: looking for a snapshot");
-        self.unapplied.clear();
+        Ok(gap::read(&self.conn)?)
+    }
+
+    /// Records a hole (merged with any recorded before) and schedules a restore at once. The
+    /// record stays until a snapshot covering it is installed, across restarts.
+    fn found_gap(&mut self, g: gap::Gap, what: &str) -> Result<(), NodeError> {
+        let before = gap::read(&self.conn)?;
+        let now = gap::record(&self.conn, g)?;
+        if before != Some(now) {
+            let restore = if self.cfg.snapshot.enabled {
+                "restoring a snapshot that covers them"
+            } else {
+                "[snapshot] enabled = false, so nothing can bring them back"
+            };
+            log::error!("{what}: messages {g} are gone before this node applied them (missing here: {now}); applying what follows and {restore}");
+        }
         self.restore_check = true;
-        // restart the consumer at our position after the check
-        self.transport = None;
-        self.next_connect = Instant::now();
-        Ok(true)
+        self.next_restore = Instant::now();
+        self.restore_backoff.reset();
+        Ok(())
     }
 }

@@ -6,17 +6,20 @@
 //! fragments, and `__hl_snapshot` saying which stream sequence it reflects. Capture triggers,
 //! change logs, node state and the content of tables that are not replicated stay out.
 //!
-//! Installing into a live database is a logical copy inside one write transaction: the
-//! application reads the old content until the commit and the new content after it, and its
-//! writes wait on the lock like they would for any writer. Local changes not yet published are
-//! stamped first and put back on top of the snapshot's rows when their version is newer, still
-//! pending, so they reach the other nodes as before.
+//! Installing into a live database is a last-writer-wins merge inside one write transaction:
+//! the application reads the old content until the commit and the new content after it, and
+//! its writes wait on the lock like they would for any writer. Local changes not yet captured
+//! are stamped first; then every row whose local version (published or not, from any origin,
+//! tombstones included) beats the snapshot's for that row keeps its local content and version,
+//! with its pending flag, so unpublished ones still reach the other nodes. The result is what
+//! applying every change both sides hold would give, so the position afterwards is the larger of
+//! the two (replaying the stream from there is harmless).
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::apply::{CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, PARKED_TABLE};
+use crate::apply::{CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, OWN_REPLAY_KEY, PARKED_TABLE};
 use crate::capture::{self, Schema};
 use crate::config::Config;
 use crate::db::{self, quote, Context, DbError, META_TABLE};
@@ -55,7 +58,11 @@ pub fn temp_path(db_path: &Path, what: &str) -> PathBuf {
 
 /// Writes a consistent copy of the database to `out` (`VACUUM INTO` reads one snapshot of the
 /// file while the application goes on writing), then strips what belongs to this node only.
-pub fn make(cfg: &Config, out: &Path) -> Result<SnapMeta, DbError> {
+///
+/// A database that misses stream messages (a recorded [`crate::gap::Gap`]) makes no snapshot:
+/// its copy would claim a position while lacking changes before it. The gap is returned
+/// instead, and `out` is left unstripped for the caller to delete.
+pub fn make(cfg: &Config, out: &Path) -> Result<Result<SnapMeta, crate::gap::Gap>, DbError> {
     let conn = db::open(&cfg.db_path)?;
     let _ = std::fs::remove_file(out);
     conn.execute("VACUUM INTO ?1", [out.to_string_lossy()]).ctx("copy the database (VACUUM INTO)")?;
@@ -64,9 +71,12 @@ pub fn make(cfg: &Config, out: &Path) -> Result<SnapMeta, DbError> {
     copy.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=OFF; PRAGMA cache_size=-512;")
         .ctx("prepare the snapshot copy")?;
     let meta = |k: &str| db::get_meta(&copy, k).map(|v| v.unwrap_or(0) as u64);
+    if let Some(gap) = crate::gap::read(&copy)? {
+        return Ok(Err(gap));
+    }
     let snap = SnapMeta { seq: meta(CURSOR_KEY)?, node: meta("node_id")?, created_ms: crate::hlc::now_ms(), hlc: meta(HLC_KEY)? };
     strip(&copy, cfg, &snap)?;
-    Ok(snap)
+    Ok(Ok(snap))
 }
 
 fn strip(copy: &Connection, cfg: &Config, snap: &SnapMeta) -> Result<(), DbError> {
@@ -143,11 +153,14 @@ pub fn verify(path: &Path) -> Result<SnapMeta, String> {
 }
 
 /// Makes a verified snapshot the database when there is none yet: records the position, then
-/// renames the file into place (atomic on one file system).
-pub fn install_new(db_path: &Path, snap_file: &Path, meta: &SnapMeta) -> Result<(), DbError> {
+/// renames the file into place (atomic on one file system). `stream_last` is the stream's last
+/// sequence now: frames of this node's id up to it were published by the database this one
+/// replaces (same path, same id), so they are applied like anyone's, not passed over.
+pub fn install_new(db_path: &Path, snap_file: &Path, meta: &SnapMeta, stream_last: u64) -> Result<(), DbError> {
     {
         let conn = db::open(snap_file)?;
         record_restore(&conn, meta)?;
+        db::set_meta(&conn, OWN_REPLAY_KEY, stream_last as i64)?;
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").ctx("checkpoint the snapshot")?;
     }
     std::fs::rename(snap_file, db_path).map_err(|e| DbError::Open {
@@ -159,7 +172,10 @@ pub fn install_new(db_path: &Path, snap_file: &Path, meta: &SnapMeta) -> Result<
 
 fn record_restore(conn: &Connection, meta: &SnapMeta) -> Result<(), DbError> {
     let hlc = db::get_meta(conn, HLC_KEY)?.unwrap_or(0).max(meta.hlc as i64);
-    db::set_meta(conn, CURSOR_KEY, meta.seq as i64)?;
+    // a merge: what this database applied past the snapshot's position is still here
+    let cursor = db::get_meta(conn, CURSOR_KEY)?.unwrap_or(0).max(meta.seq as i64);
+    db::set_meta(conn, CURSOR_KEY, cursor)?;
+    crate::gap::clear_if_covered(conn, meta.seq)?;
     db::set_meta(conn, HLC_KEY, hlc)?;
     db::set_meta(conn, RESTORED_SEQ_KEY, meta.seq as i64)?;
     db::set_meta(conn, RESTORED_MS_KEY, crate::hlc::now_ms() as i64)?;
@@ -173,8 +189,10 @@ fn record_restore(conn: &Connection, meta: &SnapMeta) -> Result<(), DbError> {
 pub struct Installed {
     pub tables: u64,
     pub rows: u64,
-    /// Local unpublished changes kept on top of the snapshot.
+    /// Local changes (published or not, any origin) newer than the snapshot's, kept.
     pub kept_local: u64,
+    /// Of those, the ones not yet published (still pending, sent as before).
+    pub kept_unpublished: u64,
 }
 
 /// Installs a verified snapshot into the live database in one write transaction. Tables the
@@ -225,9 +243,10 @@ fn install_attached(
         }
         match schema.get(name) {
             Some(t) => {
-                let (rows, kept) = replace_table(&tx, t)?;
+                let (rows, kept, unpublished) = replace_table(&tx, t)?;
                 done.rows += rows;
                 done.kept_local += kept;
+                done.kept_unpublished += unpublished;
             }
             None if !table_exists(&tx, "main", name)? => {
                 // the application has not created this table yet: take the snapshot's
@@ -253,15 +272,20 @@ fn install_attached(
             log::warn!("snapshot: table {} is not in the snapshot; its rows here are left as they are", t.name());
         }
     }
-    // Parked changes and fragments reflect messages up to the snapshot's position.
+    // Parked changes and fragments reflect messages up to the snapshot's position; ours stay
+    // too (a merge), a fragment taking the snapshot's position as its own.
     if table_exists(&tx, "snap", PARKED_TABLE)? {
         tx.execute(&format!("INSERT INTO main.{PARKED_TABLE}(tbl, reason, frame) SELECT tbl, reason, frame FROM snap.{PARKED_TABLE}"), [])
             .ctx("copy parked changes")?;
     }
     if table_exists(&tx, "snap", FRAGMENT_TABLE)? {
-        tx.execute_batch(&format!(
-            "DELETE FROM main.{FRAGMENT_TABLE}; INSERT OR REPLACE INTO main.{FRAGMENT_TABLE} SELECT * FROM snap.{FRAGMENT_TABLE};"
-        ))
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO main.{FRAGMENT_TABLE}(origin, id, idx, count, data, seq)
+                 SELECT origin, id, idx, count, data, ?1 FROM snap.{FRAGMENT_TABLE}"
+            ),
+            [meta.seq as i64],
+        )
         .ctx("copy fragments")?;
     }
     capture::discard_echoes(&tx, schema)?;
@@ -272,9 +296,11 @@ fn install_attached(
     Ok(done)
 }
 
-/// Replaces the rows and versions of `t` with the snapshot's, keeping local pending changes
-/// whose version beats the snapshot's. Returns (rows copied, local changes kept).
-fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64), DbError> {
+/// Merges the snapshot's rows and versions of `t` into ours, last writer wins per row: a local
+/// version (published or not, any origin, a tombstone too) that beats the snapshot's for the
+/// same key, or that the snapshot lacks, keeps its row (or its absence) and its pending flag.
+/// Returns (rows copied, local changes kept, of which unpublished).
+fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64), DbError> {
     let name = quote(t.name());
     let ver = &t.ver;
     let n = t.pk_len();
@@ -302,7 +328,7 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64), DbEr
     }
     tx.execute_batch(&format!(
         "DROP TABLE IF EXISTS temp.__hl_keep_ver; DROP TABLE IF EXISTS temp.__hl_keep_row;
-         CREATE TEMP TABLE __hl_keep_ver AS SELECT v.* FROM main.{ver} v WHERE v.pending = 1 AND NOT EXISTS
+         CREATE TEMP TABLE __hl_keep_ver AS SELECT v.* FROM main.{ver} v WHERE NOT EXISTS
              (SELECT 1 FROM snap.{ver} s WHERE {same_key} AND (s.ver > v.ver OR (s.ver = v.ver AND s.node >= v.node)));
          CREATE TEMP TABLE __hl_keep_row AS SELECT * FROM main.{name} WHERE {pk_tuple} IN
              (SELECT {keys} FROM temp.__hl_keep_ver WHERE del = 0);
@@ -320,9 +346,11 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64), DbEr
          INSERT OR REPLACE INTO main.{ver}({keys}, ver, node, del, pending) SELECT {keys}, ver, node, del, pending FROM temp.__hl_keep_ver;"
     ))
     .ctx("put local changes back")?;
-    let kept: i64 = tx.query_row("SELECT count(*) FROM temp.__hl_keep_ver", [], |r| r.get(0)).ctx("count local changes")?;
+    let (kept, unpublished): (i64, i64) = tx
+        .query_row("SELECT count(*), count(*) FILTER (WHERE pending = 1) FROM temp.__hl_keep_ver", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .ctx("count local changes")?;
     tx.execute_batch("DROP TABLE temp.__hl_keep_ver; DROP TABLE temp.__hl_keep_row;").ctx("drop temporary tables")?;
-    Ok((rows, kept as u64))
+    Ok((rows, kept as u64, unpublished as u64))
 }
 
 fn copy_indexes(tx: &Connection, table: &str) -> Result<(), DbError> {

@@ -28,6 +28,9 @@ pub struct Status {
     pub tables: Vec<String>,
     pub not_replicated: Vec<(String, String)>,
     pub stream_position: u64,
+    /// Stream messages this node never applied and the stream no longer holds (inclusive),
+    /// until a snapshot restore repairs them.
+    pub stream_gap: Option<(u64, u64)>,
     pub hlc: u64,
     pub outbox_changes: u64,
     pub outbox_oldest_age_ms: Option<u64>,
@@ -75,6 +78,7 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.node_id = meta("node_id")?.map(|v| v as u64);
     st.stream_position = meta(CURSOR_KEY)?.unwrap_or(0) as u64;
     st.hlc = meta(HLC_KEY)?.unwrap_or(0) as u64;
+    st.stream_gap = crate::gap::read(&conn)?.map(|g| (g.from, g.to));
     st.outbox_over_budget = meta(OVER_BUDGET_KEY)? == Some(1);
     st.last_publish_ms = meta(LAST_PUBLISH_KEY)?.map(|v| v as u64);
     st.last_apply_ms = meta(LAST_APPLY_KEY)?.map(|v| v as u64);
@@ -158,6 +162,9 @@ impl Status {
         }
         let _ = writeln!(o, "capture:          {}", if self.installed { "installed" } else { "not installed (the node never ran)" });
         let _ = writeln!(o, "stream position:  {}", self.stream_position);
+        if let Some((from, to)) = self.stream_gap {
+            let _ = writeln!(o, "STREAM GAP:       messages {from}..{to} missing here until a snapshot covering them is restored");
+        }
         let link = match self.link_up {
             None => "unknown (never connected)".to_string(),
             Some(up) => format!("{} since {}", if up { "up" } else { "down" }, ago(self.link_since_ms)),
@@ -216,7 +223,7 @@ impl Status {
             .join(",");
         format!(
             "{{\"db_path\":{},\"node_running\":{},\"node_id\":{},\"capture_installed\":{},\"tables\":[{tables}],\"not_replicated\":[{skipped}],\
-             \"stream_position\":{},\"hlc\":{},\"link_up\":{},\"link_since_ms\":{},\"outbox_changes\":{},\
+             \"stream_position\":{},\"stream_gap\":{},\"hlc\":{},\"link_up\":{},\"link_since_ms\":{},\"outbox_changes\":{},\
              \"outbox_oldest_age_ms\":{},\"outbox_over_budget\":{},\"last_publish_ms\":{},\"last_apply_ms\":{},\
              \"parked_changes\":{},\"parked_by_table\":[{parked}],\"paused_tables\":[{paused}],\"fragments_waiting\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
              \"restored_seq\":{},\"restored_ms\":{},\"snapshot_saved_seq\":{},\"snapshot_saved_ms\":{}}}",
@@ -225,6 +232,7 @@ impl Status {
             opt(self.node_id),
             self.installed,
             self.stream_position,
+            self.stream_gap.map_or("null".into(), |(f, t)| format!("{{\"from\":{f},\"to\":{t}}}")),
             self.hlc,
             self.link_up.map_or("null".into(), |b| b.to_string()),
             opt(self.link_since_ms),

@@ -6,17 +6,24 @@
 //! lease (compare-and-set), copies its database, uploads it, points the bucket at it and prunes
 //! the one before. It runs on its own thread with its own connections, so replication goes on.
 //!
-//! Restore: after connecting, a node whose position is 0 (never replicated) or behind the
-//! stream's first message restores the current snapshot when it is ahead of its position, then
-//! replays the stream from the snapshot's sequence.
+//! Restore: after connecting, a node whose position is 0 (never replicated) restores the current
+//! snapshot when there is one. A node with a hole in the stream (see [`crate::gap`]; recorded
+//! wherever it is found) restores the first snapshot whose sequence covers the hole. Until one
+//! exists it keeps applying what the stream still holds: the restore is a last-writer-wins
+//! merge, so nothing applied in the meantime is undone, and the position after it is the larger
+//! of the two. Meanwhile the node saves no snapshot (its copy lacks the hole) and says so once a
+//! minute. A restore attempt that fails for a passing reason (not connected, the store does not
+//! answer) is retried with backoff; only a download that fails verification marks that
+//! snapshot bad.
 
 use std::io;
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Node, Stop};
+use super::{Node, Stop, OWN_CURSOR_EVERY, REPEAT_LOG_EVERY};
 use crate::apply;
+use crate::gap;
 use crate::config::Config;
 use crate::db;
 use crate::snapshot::{self, SnapMeta};
@@ -29,6 +36,36 @@ const LEASE_TTL: Duration = Duration::from_secs(600);
 const FIRST_SAVE_DELAY: Duration = Duration::from_secs(60);
 /// Restore progress is logged at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// With a hole and no snapshot covering it yet, the current snapshot is looked at this often.
+const GAP_RECHECK: Duration = Duration::from_secs(10);
+
+/// Why a restore did not happen.
+#[derive(Debug)]
+pub enum RestoreError {
+    /// Not connected, or the bucket or object store did not answer: retried with backoff.
+    Unavailable(String),
+    /// The download failed verification (checksum, integrity check, wrong position): that
+    /// snapshot is not tried again.
+    Corrupt(String),
+    /// The verified snapshot could not be installed into the database.
+    Install(String),
+    Stopped,
+}
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreError::Unavailable(e) | RestoreError::Corrupt(e) | RestoreError::Install(e) => f.write_str(e),
+            RestoreError::Stopped => f.write_str("stopped"),
+        }
+    }
+}
+
+impl RestoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RestoreError::Unavailable(_) | RestoreError::Install(_))
+    }
+}
 
 /// The background save, while one runs.
 pub(super) struct Saving {
@@ -78,6 +115,12 @@ fn mib(b: u64) -> f64 {
 /// Saves a snapshot through `t` unless a recent one exists (`force` skips that check, not the
 /// lease).
 pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved, String> {
+    // looked at before copying (cheap); `snapshot::make` looks again in the copy itself
+    if let Some(g) = db::open(&cfg.db_path).ok().and_then(|c| gap::read(&c).ok().flatten()) {
+        return Ok(Saved::Skipped(format!(
+            "this node misses stream messages {g} (a hole in the stream, not yet repaired by a restore): its copy would lack them"
+        )));
+    }
     let store = t.snap_store(cfg).map_err(|e| e.to_string())?;
     let latest = store.latest().map_err(|e| e.to_string())?;
     let interval = cfg.snapshot.interval_ms();
@@ -93,7 +136,14 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
     let out = snapshot::temp_path(&cfg.db_path, "save");
     let result = (|| {
         let started = Instant::now();
-        let meta = snapshot::make(cfg, &out).map_err(|e| format!("cannot copy the database: {e}"))?;
+        let meta = match snapshot::make(cfg, &out).map_err(|e| format!("cannot copy the database: {e}"))? {
+            Ok(meta) => meta,
+            Err(gap) => {
+                return Ok(Saved::Skipped(format!(
+                    "this node misses stream messages {gap} (a hole in the stream, not yet repaired by a restore): its copy would lack them"
+                )))
+            }
+        };
         if meta.seq == 0 && !force {
             return Ok(Saved::Skipped("this node has not applied anything from the stream yet".into()));
         }
@@ -128,21 +178,27 @@ fn fetch_verified(
     p: &Pointer,
     stop: &Stop,
     conn: Option<&rusqlite::Connection>,
-) -> Result<(SnapMeta, Fetched), String> {
+) -> Result<(SnapMeta, Fetched), RestoreError> {
     let part = snapshot::temp_path(&cfg.db_path, "download");
-    let store = t.snap_store(cfg).map_err(|e| e.to_string())?;
+    let store = t.snap_store(cfg).map_err(|e| RestoreError::Unavailable(e.to_string()))?;
     log::info!("snapshot restore: downloading {} (seq {}, {:.1} MiB) from {}", p.object, p.seq, mib(p.size), store.bucket());
     let mut progress = Progress { conn, started: Instant::now(), last: Instant::now(), object: p.object.clone() };
     let fetched = store
         .download(p, &part, &|| stop.is_set(), &mut |d, total| progress.update(d, total))
-        .map_err(|e| if e.kind() == io::ErrorKind::Interrupted { "stopped".to_string() } else { e.to_string() })?;
+        .map_err(|e| match e.kind() {
+            _ if stop.is_set() => RestoreError::Stopped,
+            io::ErrorKind::Interrupted => RestoreError::Stopped,
+            // size or SHA-256 not the pointer's (the store resumes by itself on link errors)
+            io::ErrorKind::InvalidData => RestoreError::Corrupt(e.to_string()),
+            _ => RestoreError::Unavailable(format!("downloading {} to {}: {e}", p.object, part.display())),
+        })?;
     let meta = snapshot::verify(&part).map_err(|e| {
         transport::discard_download(&part);
-        e
+        RestoreError::Corrupt(e)
     })?;
     if meta.seq != p.seq {
         transport::discard_download(&part);
-        return Err(format!("snapshot {} says seq {} but its pointer says {}", p.object, meta.seq, p.seq));
+        return Err(RestoreError::Corrupt(format!("snapshot {} says seq {} but its pointer says {}", p.object, meta.seq, p.seq)));
     }
     log::info!(
         "snapshot restore: {} verified (SHA-256, integrity check); fetched {} of {} bytes, {} resumed from disk, {} restarts",
@@ -170,9 +226,12 @@ pub fn restore_missing(cfg: &Config, stop: &Stop) -> Result<bool, String> {
     }
     log::info!("database {} does not exist: restoring it from snapshot {}", cfg.db_path.display(), p.object);
     let _restoring = crate::metrics::restoring();
-    let (meta, _) = fetch_verified(cfg, &t, &p, stop, None)?;
+    let (meta, _) = fetch_verified(cfg, &t, &p, stop, None).map_err(|e| e.to_string())?;
+    // This node's frames already in the stream come from a database this one replaces: they
+    // are applied, not passed over (see `apply::own_replay_until`).
+    let stream_last = t.stream_state().map_or(u64::MAX >> 1, |s| s.last_seq);
     let part = snapshot::temp_path(&cfg.db_path, "download");
-    snapshot::install_new(&cfg.db_path, &part, &meta).map_err(|e| e.to_string())?;
+    snapshot::install_new(&cfg.db_path, &part, &meta, stream_last).map_err(|e| e.to_string())?;
     transport::discard_download(&part);
     log::info!("snapshot restore: database created from {} at seq {}", p.object, meta.seq);
     crate::metrics::add(crate::metrics::Counter::SnapshotRestores, 1);
@@ -235,53 +294,107 @@ impl Node {
         Instant::now() + FIRST_SAVE_DELAY.min(Duration::from_millis(cfg.snapshot.interval_ms()))
     }
 
-    /// After connecting (or when the stream skipped ahead): restores the current snapshot if
-    /// this node cannot catch up from the stream, or never replicated.
+    /// After connecting, when a hole in the stream was found, and again until it is repaired:
+    /// restores the current snapshot if this node never replicated, or if a hole is recorded
+    /// and the snapshot covers it. Schedules the next attempt otherwise (see the module doc).
     pub(super) fn catch_up(&mut self, stop: &Stop) {
-        self.restore_check = false;
-        if !self.cfg.replicate || !self.link_up() {
+        if !self.cfg.replicate {
+            self.restore_check = false;
             return;
         }
-        let cursor = self.position();
-        let Some(first) = self.transport.as_ref().and_then(|t| t.first_seq()) else { return };
-        let gap = first > cursor + 1;
-        if !gap && cursor > 0 {
+        if !self.link_up() {
+            // the check stays due: the next connection runs it (adopt sets it again anyway)
+            self.next_restore = Instant::now() + self.restore_backoff.fail();
+            return;
+        }
+        self.last_stream_check = Instant::now();
+        let state = self.transport.as_ref().and_then(|t| t.stream_state());
+        if let Err(e) = self.forget_gap_of_an_old_stream(state.map(|s| s.last_seq)) {
+            log::warn!("{e}");
+        }
+        let first = state.map(|s| s.first_seq);
+        let gap = match self.note_stream_start(first) {
+            Ok(g) => g,
+            Err(e) => {
+                log::warn!("{e}");
+                self.next_restore = Instant::now() + self.restore_backoff.fail();
+                return;
+            }
+        };
+        let position = self.position();
+        if gap.is_none() && (position > 0 || first.is_none()) {
+            // nothing missing (a failed look at the stream is repeated by the periodic check)
+            self.restore_check = false;
             return;
         }
         if !self.cfg.snapshot.enabled {
-            if gap {
-                log::error!(
-                    "the stream no longer holds messages {}..{} that this node has not applied, and [snapshot] enabled = false: those changes are missing here",
-                    cursor + 1,
-                    first - 1
-                );
+            if let Some(g) = gap {
+                self.gap_error(&format!(
+                    "the stream no longer holds messages {g} that this node never applied, and [snapshot] enabled = false: their changes are missing here (enable snapshots, or rebuild this node's database from another node's copy)"
+                ));
             }
+            self.restore_check = gap.is_some();
+            self.next_restore = Instant::now() + REPEAT_LOG_EVERY;
             return;
         }
-        match self.restore_latest(stop, false) {
-            Ok(Some(msg)) => log::info!("{msg}"),
-            Ok(None) if gap => {
-                self.gap_reported = true;
-                log::error!(
-                "the stream no longer holds messages {}..{} that this node has not applied, and no snapshot ahead of seq {cursor} exists yet: those changes are missing here until one is saved",
-                cursor + 1,
-                first - 1
-                )
+        match self.restore(stop, false) {
+            Ok(Some(msg)) => {
+                log::info!("{msg}");
+                self.restore_check = false;
+                self.restore_backoff.reset();
+                self.gap_logged = None;
             }
-            Ok(None) => {}
-            Err(e) => {
-                log::error!("snapshot restore failed: {e}");
-                if gap {
-                    // try again later rather than apply past the hole
-                    self.restore_check = true;
-                    self.next_restore = Instant::now() + Duration::from_secs(30);
+            Ok(None) => match gap {
+                Some(g) => {
+                    self.gap_error(&format!(
+                        "the stream no longer holds messages {g} that this node never applied, and no snapshot covers seq {} yet: their changes are missing here until one is saved (looking again every {} s; this node saves no snapshot meanwhile)",
+                        g.to,
+                        GAP_RECHECK.as_secs()
+                    ));
+                    self.next_restore = Instant::now() + GAP_RECHECK;
                 }
+                None => self.restore_check = false,
+            },
+            Err(RestoreError::Stopped) => {}
+            Err(e) => {
+                // a passing failure backs off; a corrupt snapshot waits for the next one
+                let delay = if e.is_transient() { self.restore_backoff.fail() } else { GAP_RECHECK };
+                match gap {
+                    Some(g) => self.gap_error(&format!(
+                        "the stream no longer holds messages {g} that this node never applied, and the snapshot restore failed: {e}; retrying in {:.0} s",
+                        delay.as_secs_f64()
+                    )),
+                    None => log::warn!("snapshot restore failed: {e}; retrying in {:.0} s", delay.as_secs_f64()),
+                }
+                self.next_restore = Instant::now() + delay;
             }
         }
     }
 
+    /// A recorded hole past the stream's last sequence belongs to a stream that was deleted and
+    /// created again (the connection then restarted this node's position at 0): its numbers
+    /// mean nothing in the new stream, so it is forgotten.
+    fn forget_gap_of_an_old_stream(&mut self, last_seq: Option<u64>) -> Result<(), crate::db::DbError> {
+        let (Some(last), Some(g)) = (last_seq, gap::read(&self.conn)?) else { return Ok(()) };
+        if g.to > last {
+            log::warn!("the recorded stream gap {g} lies past the stream's last message {last}: the stream was recreated; forgetting the gap");
+            gap::clear_if_covered(&self.conn, u64::MAX)?;
+        }
+        Ok(())
+    }
+
+    /// Logs an unrepaired hole at error level, at most once per [`REPEAT_LOG_EVERY`].
+    fn gap_error(&mut self, msg: &str) {
+        if self.gap_logged.is_none_or(|t| t.elapsed() >= REPEAT_LOG_EVERY) {
+            self.gap_logged = Some(Instant::now());
+            log::error!("{msg}");
+        } else {
+            log::debug!("{msg}");
+        }
+    }
+
     /// Position in the stream, counting our own frames passed over but not yet written down.
-    fn position(&self) -> u64 {
+    pub(super) fn position(&self) -> u64 {
         let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY).ok().flatten().unwrap_or(0) as u64;
         cursor.max(self.own_cursor.unwrap_or(0))
     }
@@ -289,36 +402,50 @@ impl Node {
     /// Restores the current snapshot if it is ahead of this node (or `force`). Returns what it
     /// did, or None when no snapshot applies.
     pub fn restore_latest(&mut self, stop: &Stop, force: bool) -> Result<Option<String>, String> {
-        let Some(t) = self.transport.as_ref() else { return Err("not connected".into()) };
-        let Some(p) = latest(&self.cfg, t)? else {
+        self.restore(stop, force).map_err(|e| e.to_string())
+    }
+
+    /// See [`Node::restore_latest`]. With a hole recorded, only a snapshot covering it applies.
+    fn restore(&mut self, stop: &Stop, force: bool) -> Result<Option<String>, RestoreError> {
+        let Some(t) = self.transport.as_ref() else { return Err(RestoreError::Unavailable("not connected".into())) };
+        let Some(p) = latest(&self.cfg, t).map_err(RestoreError::Unavailable)? else {
             return Ok(None);
         };
         let cursor = self.position();
-        if !force && p.seq <= cursor {
+        let gap = gap::read(&self.conn).map_err(|e| RestoreError::Install(e.to_string()))?;
+        let applies = match gap {
+            Some(g) => p.seq >= g.to,
+            None => p.seq > cursor,
+        };
+        if !force && !applies {
             return Ok(None);
         }
         if self.bad_snapshot.as_deref() == Some(p.nuid.as_str()) && !force {
-            return Err(format!("snapshot {} failed verification before; waiting for a newer one", p.object));
+            return Err(RestoreError::Corrupt(format!("snapshot {} failed verification before; waiting for a newer one", p.object)));
         }
         let started = Instant::now();
         let _restoring = crate::metrics::restoring();
         let (meta, fetched) = match fetch_verified(&self.cfg, t, &p, stop, Some(&self.conn)) {
             Ok(x) => x,
             Err(e) => {
-                if !stop.is_set() && e != "stopped" && !e.contains("interrupted") {
+                // only a failed verification marks the snapshot bad; a passing error is retried
+                if matches!(e, RestoreError::Corrupt(_)) {
                     self.bad_snapshot = Some(p.nuid.clone());
                 }
                 return Err(e);
             }
         };
+        // the merge keeps the larger position: write down the one reached over our own frames
+        self.own_cursor_saved = Instant::now() - OWN_CURSOR_EVERY;
+        self.save_own_cursor().map_err(|e| RestoreError::Install(e.to_string()))?;
         let part = snapshot::temp_path(&self.cfg.db_path, "download");
         let done = snapshot::install_into(&mut self.conn, &self.cfg, &self.schema, &mut self.hlc, self.node_id, &part, &meta)
-            .map_err(|e| format!("installing snapshot {}: {e}", p.object));
+            .map_err(|e| RestoreError::Install(format!("installing snapshot {}: {e}", p.object)));
         transport::discard_download(&part);
         let done = done?;
         crate::metrics::add(crate::metrics::Counter::SnapshotRestores, 1);
         // New tables need capture; parked changes get another try; the consumer restarts at
-        // the snapshot's position.
+        // the position after the merge.
         self.schema_version = -1;
         self.data_version = None;
         self.outbox_dirty = true;
@@ -327,25 +454,30 @@ impl Node {
         self.transport = None;
         self.next_connect = Instant::now();
         self.bad_snapshot = None;
-        self.gap_reported = false;
+        let now_at = self.position();
+        let left = gap::read(&self.conn).ok().flatten().map_or(String::new(), |g| format!("; messages {g} are still missing"));
         Ok(Some(format!(
-            "snapshot restore: installed {} at seq {} from node {}: {} tables, {} rows, {} local unpublished changes kept; {:.1} MiB fetched in {:.1} s (was at seq {cursor})",
+            "snapshot restore: installed {} at seq {} from node {} (a merge): {} tables, {} rows, {} local changes newer than the snapshot kept ({} local unpublished changes kept); {:.1} MiB fetched in {:.1} s (was at seq {cursor}, now at seq {now_at}{left})",
             p.object,
             meta.seq,
             meta.node,
             done.tables,
             done.rows,
             done.kept_local,
+            done.kept_unpublished,
             mib(fetched.bytes_fetched),
             started.elapsed().as_secs_f64()
         )))
     }
 
-    /// Connects now, on this thread (for one-off commands).
+    /// Connects now, on this thread, for a one-off command beside (or instead of) the running
+    /// node: without a consumer, so the running node's durable consumer is left alone, and
+    /// without touching the database's position.
     pub fn connect_now(&mut self) -> Result<(), String> {
-        let cursor = self.position();
-        let t = Transport::connect(&self.cfg, &self.urls, self.node_id, cursor).map_err(|e| e.to_string())?;
-        self.adopt(t);
+        let mut probe = self.cfg.clone();
+        probe.replicate = false;
+        let t = Transport::connect(&probe, &self.urls, self.node_id, self.position()).map_err(|e| e.to_string())?;
+        self.transport = Some(t);
         Ok(())
     }
 
