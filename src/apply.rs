@@ -195,13 +195,15 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
         upsert: format!("INSERT INTO {t}({}) VALUES ({placeholders}) ON CONFLICT({}) {on_conflict}", cols.join(", "), pk_cols.join(", ")),
         delete: format!("DELETE FROM {t} WHERE {}", key_match("", &pk_cols)),
         get_version: format!("SELECT ver, node FROM {ver} WHERE {}", key_match("", &keys)),
+        // `h`: the digest of the row as applied here (NULL once deleted), see capture's resync
         set_version: format!(
-            "INSERT INTO {ver}({k}, ver, node, del, pending) VALUES ({}, ?{}, ?{}, ?{}, 0) \
-             ON CONFLICT({k}) DO UPDATE SET ver = excluded.ver, node = excluded.node, del = excluded.del, pending = 0",
+            "INSERT INTO {ver}({k}, ver, node, del, pending, h) VALUES ({}, ?{}, ?{}, ?{}, 0, ({})) \
+             ON CONFLICT({k}) DO UPDATE SET ver = excluded.ver, node = excluded.node, del = excluded.del, pending = 0, h = excluded.h",
             (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", "),
             n + 1,
             n + 2,
             n + 3,
+            table.digest_by_key(1),
             k = keys.join(", ")
         ),
     })

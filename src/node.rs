@@ -245,9 +245,15 @@ impl Node {
         let mut schema = capture::scan(&conn, &cfg)?;
         replicated.update(&schema);
         report_skipped(&schema, None);
-        let backfilled = capture::install(&mut conn, &schema)?;
-        if backfilled > 0 {
-            log::info!("queued existing rows for replication rows={backfilled}");
+        let queued = capture::install(&mut conn, &schema)?;
+        if queued.total() > 0 {
+            log::info!(
+                "queued existing rows for replication rows={} inserts={} updates={} deletes={}",
+                queued.total(),
+                queued.inserts,
+                queued.updates,
+                queued.deletes
+            );
         }
         schema::reconcile_and_report(&mut conn, &mut schema)?;
         // the schema may have changed while the node was stopped

@@ -24,7 +24,7 @@ impl Node {
             self.conn.flush_prepared_statement_cache();
         }
         report_skipped(&schema, Some(&self.schema));
-        let backfilled = capture::install(&mut self.conn, &schema)?;
+        let queued = capture::install(&mut self.conn, &schema)?.total();
         schema.paused = std::mem::take(&mut self.schema.paused);
         if schema::reconcile_and_report(&mut self.conn, &mut schema)? {
             self.outbox_dirty = true;
@@ -36,7 +36,7 @@ impl Node {
             .map(|t| t.name())
             .collect();
         if !changed.is_empty() {
-            log::info!("schema change adopted tables={} queued_rows={backfilled}", changed.join(","));
+            log::info!("schema change adopted tables={} queued_rows={queued}", changed.join(","));
         }
         self.schema = schema;
         // the version read before the scan: if the application changed the schema meanwhile (or
