@@ -43,6 +43,10 @@ impl Node {
         // the install did), the next tick looks again; a second look changes nothing
         self.schema_version = sv;
         self.data_version = None;
+        // retrying parked changes stamps the log first (capture before apply), the resync's
+        // rows and the application's alike: the outbox must be read again, or they wait there
+        // until the next local write
+        self.outbox_dirty = true;
         retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)
     }
 
