@@ -271,6 +271,9 @@ fn sql_text(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The reason [`Schema::skipped`] gives for a migration tool's bookkeeping table.
+pub const MIGRATION_BOOKKEEPING: &str = "migration bookkeeping (each node's migrations record their own; name it in `tables` to replicate it)";
+
 /// The replicated tables, found by [`scan`].
 #[derive(Debug, Clone, Default)]
 pub struct Schema {
@@ -314,7 +317,14 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
         .ctx("list tables")?;
     let mut schema = Schema::default();
     for (name, kind, without_rowid) in entries {
-        if name.starts_with("sqlite_") || name.starts_with("__hl_") || !cfg.wants_table(&name) {
+        if name.starts_with("sqlite_") || name.starts_with("__hl_") {
+            continue;
+        }
+        if cfg.is_default_excluded(&name) && !cfg.exclude_tables.contains(&name) {
+            schema.skipped.push((name, MIGRATION_BOOKKEEPING.into()));
+            continue;
+        }
+        if !cfg.wants_table(&name) {
             continue;
         }
         match kind.as_str() {

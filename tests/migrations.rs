@@ -136,3 +136,38 @@ fn writes_right_after_a_rebuild_made_while_the_sidecar_runs_travel() {
     // triggers back in time; the others found the writes by the resync
     assert!(nodes.iter().any(|n| n.log().contains("capture resynced table=t")), "no node resynced t");
 }
+
+fn parked(cfg: &Path) -> String {
+    let out = run_bin(&["status", "--config", cfg.to_str().unwrap(), "--json"], T);
+    let s = String::from_utf8(out.stdout).unwrap();
+    let at = s.find("\"parked_changes\":").expect("parked_changes in status");
+    s[at + 17..].split(|c: char| !c.is_ascii_digit()).next().unwrap().to_string()
+}
+
+/// Migration tools' bookkeeping stays on each node: replicated, it would tell the other nodes'
+/// `migrate` that migrations were applied there when their tables lack the change.
+#[test]
+fn migration_bookkeeping_tables_are_not_replicated() {
+    let dir = TestDir::new("migrations-bookkeeping");
+    let nats = NatsServer::start(dir.path());
+    let schema = format!("{SCHEMA} CREATE TABLE alembic_version(version_num VARCHAR(32) NOT NULL PRIMARY KEY);");
+    let nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], &schema, "");
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    n1.wait_log("migration bookkeeping tables are not replicated tables=alembic_version", T);
+    // Django's first `migrate`, with the node running: its table appears at run time
+    app(
+        &n1.db,
+        "CREATE TABLE django_migrations(id INTEGER PRIMARY KEY AUTOINCREMENT, app VARCHAR(255) NOT NULL, name VARCHAR(255) NOT NULL, applied DATETIME NOT NULL); \
+         INSERT INTO django_migrations(app, name, applied) VALUES ('shop', '0001_initial', '2025-01-01'); \
+         INSERT INTO alembic_version VALUES ('ae1027a6acf'); INSERT INTO t VALUES (1, 'one', 1);",
+    );
+    n1.wait_log("migration bookkeeping tables are not replicated tables=django_migrations", T);
+    wait_until("n2 has row 1 of t", T, || dump(&n2.db, "t") == ["integer=1|text='one'|integer=1"]);
+    app(&n2.db, "INSERT INTO t VALUES (2, 'two', 2)");
+    wait_until("n1 has row 2 of t", T, || dump(&n1.db, "t").len() == 2);
+    assert!(dump(&n2.db, "alembic_version").is_empty());
+    assert!(dump(&n2.db, "django_migrations").is_empty());
+    // nothing was sent for them: nothing is parked on n2
+    assert_eq!(parked(&n2.config), "0");
+    assert_eq!(n1.log().matches("migration bookkeeping tables are not replicated").count(), 2, "{}", n1.log());
+}

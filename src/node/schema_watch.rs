@@ -72,10 +72,21 @@ pub(super) fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc
     Ok(())
 }
 
+/// Migration tools' bookkeeping tables are left out on purpose: one info line names them.
 pub(super) fn report_skipped(now: &Schema, before: Option<&Schema>) {
-    for (name, why) in &now.skipped {
-        if before.map_or(true, |b| !b.skipped.iter().any(|(n, _)| n == name)) {
+    let new = |name: &String| before.map_or(true, |b| !b.skipped.iter().any(|(n, _)| n == name));
+    let mut bookkeeping = Vec::new();
+    for (name, why) in now.skipped.iter().filter(|(n, _)| new(n)) {
+        if why == capture::MIGRATION_BOOKKEEPING {
+            bookkeeping.push(name.as_str());
+        } else {
             log::warn!("table {name} is not replicated: {why}");
         }
+    }
+    if !bookkeeping.is_empty() {
+        log::info!(
+            "migration bookkeeping tables are not replicated tables={} (each node's migrations record what they applied to that node; name a table in `tables` to replicate it)",
+            bookkeeping.join(",")
+        );
     }
 }
