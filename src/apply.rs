@@ -239,7 +239,9 @@ fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes,
             Outcome::Stale => stats.stale += 1,
             Outcome::Park(reason) => {
                 if warned.insert(idx, ()).is_none() {
-                    log::warn!("parking changes for table {}: {reason}; they are kept and applied once the schema here allows", header.name);
+                    if let Some(more) = crate::logging::repeated(&format!("park {}", header.name)) {
+                        log::warn!("parking changes for table {}: {reason}; they are kept and applied once the schema here allows{more}", header.name);
+                    }
                 }
                 park(conn, &header.name, &reason, c.origin, header, ch)?;
                 stats.parked += 1;

@@ -540,7 +540,9 @@ pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Re
                 write.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(k)).ctx("stamp change")?;
             }
             if has_null {
-                log::warn!("table {}: a row with a NULL primary-key value cannot be replicated; declare the key NOT NULL", t.name());
+                if let Some(more) = crate::logging::repeated(&format!("null key {}", t.name())) {
+                    log::warn!("table {}: a row with a NULL primary-key value cannot be replicated; declare the key NOT NULL{more}", t.name());
+                }
                 continue;
             }
             let version = hlc.stamp(crate::hlc::adjust_ms(ts));

@@ -171,3 +171,23 @@ fn migration_bookkeeping_tables_are_not_replicated() {
     assert_eq!(parked(&n2.config), "0");
     assert_eq!(n1.log().matches("migration bookkeeping tables are not replicated").count(), 2, "{}", n1.log());
 }
+
+/// A node that parks a stream of changes (another node is on a newer schema) says so once,
+/// not once per frame: the first line, then at most one a minute with a count.
+#[test]
+fn the_parking_warning_does_not_flood_the_log() {
+    let dir = TestDir::new("migrations-park-log");
+    let nats = NatsServer::start(dir.path());
+    let nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], SCHEMA, "");
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    app(&n1.db, "ALTER TABLE t ADD COLUMN extra TEXT");
+    n1.wait_log("schema change adopted tables=t", T);
+    const WRITES: usize = 30;
+    for i in 1..=WRITES {
+        // one process and one commit each: the node publishes them in many frames
+        app(&n1.db, &format!("INSERT INTO t VALUES ({i}, 'v{i}', {i}, 'x')"));
+    }
+    wait_until("n2 parks every change", T, || parked(&n2.config) == WRITES.to_string());
+    let lines = n2.log().lines().filter(|l| l.contains("parking changes for table t")).count();
+    assert_eq!(lines, 1, "{}", n2.log());
+}
