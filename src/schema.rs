@@ -54,15 +54,44 @@ fn columns(t: &Table) -> Vec<Column> {
         .collect()
 }
 
+/// A column's type affinity, from its declared type, by SQLite's rules (section 3.1 of
+/// "Datatypes In SQLite"): what SQLite does to the values stored in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
+}
+
+pub fn affinity(decl: &str) -> Affinity {
+    let d = decl.to_ascii_uppercase();
+    if d.contains("INT") {
+        Affinity::Integer
+    } else if d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT") {
+        Affinity::Text
+    } else if d.contains("BLOB") || d.trim().is_empty() {
+        Affinity::Blob
+    } else if d.contains("REAL") || d.contains("FLOA") || d.contains("DOUB") {
+        Affinity::Real
+    } else {
+        Affinity::Numeric
+    }
+}
+
 /// Why `now` cannot be replicated as a continuation of `before`, if it cannot: a non-key column
-/// dropped or given another declared type. Added columns are fine. A changed primary key is
+/// dropped or given another type affinity. Added columns are fine, and so is a declared type
+/// SQLite treats the same (`varchar(100)` to `varchar(200)`, `INT` to `BIGINT`: a length is not
+/// enforced, the values stored do not change). NOT NULL, defaults, CHECK and foreign keys may
+/// change: a value one node cannot take is parked there, not lost. A changed primary key is
 /// handled by capture (its bookkeeping is reset), not here.
 pub fn incompatible(before: &[Column], now: &[Column]) -> Option<String> {
     let mut reasons = Vec::new();
     for old in before.iter().filter(|c| !c.pk) {
         match now.iter().find(|c| c.name == old.name) {
             None => reasons.push(format!("column {} was dropped", old.name)),
-            Some(c) if !c.decl.eq_ignore_ascii_case(&old.decl) => {
+            Some(c) if affinity(&c.decl) != affinity(&old.decl) => {
                 reasons.push(format!("column {} changed type from {:?} to {:?}", old.name, old.decl, c.decl))
             }
             Some(_) => {}
@@ -245,5 +274,32 @@ mod tests {
         assert_eq!(incompatible(&before, &dropped).as_deref(), Some("column a was dropped"));
         let retyped = [col("id", "INTEGER", true), col("a", "TEXT", false), col("b", "INTEGER", false)];
         assert_eq!(incompatible(&before, &retyped).as_deref(), Some("column b changed type from \"REAL\" to \"INTEGER\""));
+    }
+
+    #[test]
+    fn a_declared_type_with_the_same_affinity_is_no_change() {
+        let before = [col("id", "INTEGER", true), col("a", "varchar(100)", false), col("b", "INT", false), col("c", "DOUBLE", false)];
+        let same = [col("id", "INTEGER", true), col("a", "varchar(200)", false), col("b", "bigint", false), col("c", "FLOAT", false)];
+        assert_eq!(incompatible(&before, &same), None);
+        let text_to_blob = [col("id", "INTEGER", true), col("a", "", false), col("b", "INT", false), col("c", "REAL", false)];
+        assert_eq!(incompatible(&before, &text_to_blob).as_deref(), Some("column a changed type from \"varchar(100)\" to \"\""));
+        let cases = [
+            ("INTEGER", Affinity::Integer),
+            ("tinyint", Affinity::Integer),
+            ("CHARACTER(20)", Affinity::Text),
+            ("NVARCHAR(100)", Affinity::Text),
+            ("CLOB", Affinity::Text),
+            ("BLOB", Affinity::Blob),
+            ("", Affinity::Blob),
+            ("DOUBLE PRECISION", Affinity::Real),
+            ("FLOAT", Affinity::Real),
+            ("DECIMAL(10,5)", Affinity::Numeric),
+            ("BOOLEAN", Affinity::Numeric),
+            ("DATETIME", Affinity::Numeric),
+            ("FLOATING POINT", Affinity::Integer),
+        ];
+        for (decl, a) in cases {
+            assert_eq!(affinity(decl), a, "{decl}");
+        }
     }
 }

@@ -191,3 +191,33 @@ fn the_parking_warning_does_not_flood_the_log() {
     let lines = n2.log().lines().filter(|l| l.contains("parking changes for table t")).count();
     assert_eq!(lines, 1, "{}", n2.log());
 }
+
+/// Django's AlterField(max_length=100 -> 200) rebuilds the table with `varchar(200)`: SQLite
+/// enforces no length, the values stay as they are, and the table goes on replicating.
+#[test]
+fn a_declared_type_with_the_same_affinity_does_not_pause() {
+    let dir = TestDir::new("migrations-varchar");
+    let nats = NatsServer::start(dir.path());
+    let schema = "CREATE TABLE item(id INTEGER PRIMARY KEY, name varchar(100) NOT NULL, qty integer NOT NULL)";
+    let nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], schema, "");
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    app(&n1.db, "INSERT INTO item VALUES (1, 'one', 1)");
+    wait_until("n2 has item 1", T, || dump(&n2.db, "item").len() == 1);
+    let alter = "PRAGMA foreign_keys = OFF; BEGIN; \
+         CREATE TABLE new__item(id INTEGER PRIMARY KEY, name varchar(200) NOT NULL, qty bigint NOT NULL); \
+         INSERT INTO new__item SELECT * FROM item; DROP TABLE item; ALTER TABLE new__item RENAME TO item; COMMIT;";
+    app(&n1.db, alter);
+    app(&n1.db, "UPDATE item SET name = 'ONE' WHERE id = 1; INSERT INTO item VALUES (2, 'two', 2)");
+    app(&n2.db, "INSERT INTO item VALUES (3, 'three', 3)");
+    let rows = ["integer=1|text='ONE'|integer=1", "integer=2|text='two'|integer=2", "integer=3|text='three'|integer=3"];
+    for db in [&n1.db, &n2.db] {
+        wait_dump(db, "item", &rows, T);
+    }
+    app(&n2.db, alter);
+    app(&n2.db, "INSERT INTO item VALUES (4, 'four', 4)");
+    wait_until("n1 has item 4", T, || dump(&n1.db, "item").len() == 4);
+    for n in &nodes {
+        assert!(!n.log().contains("paused"), "{}: {}", n.name, n.log());
+        assert_eq!(parked(&n.config), "0", "{}", n.name);
+    }
+}
