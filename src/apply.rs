@@ -173,15 +173,24 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
     let t = quote(&h.name);
     let cols: Vec<String> = used.iter().map(|&i| quote(&h.columns[i])).collect();
     let pk_cols: Vec<String> = our_pk.iter().map(|c| quote(c)).collect();
-    let placeholders = (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let mut placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     let mut set: Vec<String> = cols.iter().filter(|c| !pk_cols.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
     // A sender on an older schema lacks our newer columns: its row image sets them to their
-    // defaults, so every node ends with the same row whatever order changes arrive in.
+    // defaults, so every node ends with the same row whatever order changes arrive in. A NOT
+    // NULL column without a default takes its affinity's zero value, inserted rows included
+    // (else the change could never apply here).
+    let mut insert_cols = cols.clone();
     for (i, c) in ours.iter().enumerate() {
         if !h.columns.contains(c) && !table.header.pk.contains(&(i as u16)) {
-            set.push(format!("{} = {}", quote(c), table.defaults[i].as_deref().unwrap_or("NULL")));
+            let value = table.defaults[i].as_deref().or(table.zero_fill[i]).unwrap_or("NULL");
+            set.push(format!("{} = {value}", quote(c)));
+            if let (None, Some(zero)) = (&table.defaults[i], table.zero_fill[i]) {
+                insert_cols.push(quote(c));
+                placeholders.push(zero.to_string());
+            }
         }
     }
+    let placeholders = placeholders.join(", ");
     let on_conflict = if set.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", set.join(", ")) };
     let key_match = |prefix: &str, names: &[String]| {
         names.iter().enumerate().map(|(i, c)| format!("{prefix}{c} IS ?{}", i + 1)).collect::<Vec<_>>().join(" AND ")
@@ -192,7 +201,7 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
         table,
         used: (used.len() < h.columns.len()).then_some(used),
         upsert_blocked,
-        upsert: format!("INSERT INTO {t}({}) VALUES ({placeholders}) ON CONFLICT({}) {on_conflict}", cols.join(", "), pk_cols.join(", ")),
+        upsert: format!("INSERT INTO {t}({}) VALUES ({placeholders}) ON CONFLICT({}) {on_conflict}", insert_cols.join(", "), pk_cols.join(", ")),
         delete: format!("DELETE FROM {t} WHERE {}", key_match("", &pk_cols)),
         get_version: format!("SELECT ver, node FROM {ver} WHERE {}", key_match("", &keys)),
         // `h`: the digest of the row as applied here (NULL once deleted), see capture's resync
@@ -570,6 +579,35 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(got, vec![(1, "b".to_string(), 4), (2, "c".to_string(), 4)]);
+    }
+
+    #[test]
+    fn a_not_null_column_without_default_takes_its_zero_where_a_sender_lacks_it() {
+        let mut d = setup("zero");
+        apply(&mut d, msg(1, 7, &[(100, up(1, "a"))]));
+        // Django's AddField(default=5): a rebuild, the default applied in Python only
+        d.conn
+            .execute_batch(
+                "CREATE TABLE new__t(id INTEGER PRIMARY KEY, v TEXT, qty INTEGER NOT NULL, r REAL NOT NULL, s varchar(9) NOT NULL, b BLOB NOT NULL, \
+                 d INTEGER NOT NULL DEFAULT 3); INSERT INTO new__t SELECT id, v, 5, 5.5, 'x', x'01', 4 FROM t; DROP TABLE t; ALTER TABLE new__t RENAME TO t;",
+            )
+            .unwrap();
+        let cfg = Config::parse(&format!("db_path = {:?}", d.path.display().to_string())).unwrap();
+        d.schema = capture::scan(&d.conn, &cfg).unwrap();
+        // an older node updates row 1 and inserts row 2: both apply, nothing is parked
+        let s = apply(&mut d, msg(2, 8, &[(110, up(1, "b")), (111, up(2, "c"))]));
+        assert_eq!((s.applied, s.parked), (2, 0));
+        let got: Vec<String> = d
+            .conn
+            .prepare("SELECT id, v, qty, r, s, quote(b), d FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |r| {
+                Ok(format!("{}|{}|{:?}|{:?}|{}|{}|{}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, rusqlite::types::Value>(2)?, r.get::<_, rusqlite::types::Value>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, i64>(6)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, vec!["1|b|Integer(0)|Real(0.0)||X''|3", "2|c|Integer(0)|Real(0.0)||X''|3"]);
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub struct Table {
     pub decl: Vec<String>,
     /// Default value of each column as SQL text (`PRAGMA table_info`'s `dflt_value`).
     pub defaults: Vec<Option<String>>,
+    /// For a NOT NULL column without a default, its affinity's zero value as SQL text: what it
+    /// takes where a row image from a node on an older schema lacks it.
+    pub zero_fill: Vec<Option<&'static str>>,
     /// Columns other nodes may still send that were dropped here by an accepted schema change
     /// (see [`crate::schema`]): their values are ignored on apply.
     pub ignored: Vec<String>,
@@ -147,6 +150,8 @@ impl Table {
     fn new(name: &str, cols: Vec<ColumnInfo>, pk: Vec<u16>, without_rowid: bool) -> Table {
         let decl = cols.iter().map(|c| c.decl.clone()).collect();
         let defaults = cols.iter().map(|c| c.default.clone()).collect();
+        let zero_fill =
+            cols.iter().map(|c| (c.notnull && c.default.is_none()).then(|| crate::db::affinity(&c.decl).zero())).collect();
         let header = TableHeader { name: name.to_string(), columns: cols.into_iter().map(|c| c.name).collect(), pk };
         let log = quote(&format!("__hl_log_{name}"));
         let ver = quote(&format!("__hl_ver_{name}"));
@@ -187,7 +192,7 @@ impl Table {
             ),
             mark_published: format!("UPDATE OR IGNORE {ver} SET pending = 0 WHERE pending = 1 AND ver <= ?1"),
         };
-        Table { header, decl, defaults, ignored: Vec::new(), without_rowid, log, ver, keys, sql }
+        Table { header, decl, defaults, zero_fill, ignored: Vec::new(), without_rowid, log, ver, keys, sql }
     }
 
     /// A scalar subquery: the digest of the row whose key is bound to `?first..`, NULL when
@@ -290,6 +295,7 @@ pub struct Schema {
 struct ColumnInfo {
     name: String,
     decl: String,
+    notnull: bool,
     default: Option<String>,
     pk: i64,
 }
@@ -337,7 +343,7 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
         }
         let mut info = conn.prepare(&format!("PRAGMA main.table_info({})", quote(&name))).ctx("read table columns")?;
         let cols: Vec<ColumnInfo> = info
-            .query_map([], |r| Ok(ColumnInfo { name: r.get(1)?, decl: r.get(2)?, default: r.get(4)?, pk: r.get(5)? }))
+            .query_map([], |r| Ok(ColumnInfo { name: r.get(1)?, decl: r.get(2)?, notnull: r.get(3)?, default: r.get(4)?, pk: r.get(5)? }))
             .and_then(|rows| rows.collect())
             .ctx("read table columns")?;
         let mut pk: Vec<(i64, u16)> = cols.iter().enumerate().filter(|(_, c)| c.pk > 0).map(|(i, c)| (c.pk, i as u16)).collect();

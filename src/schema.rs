@@ -18,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::{Schema, Table};
+pub use crate::db::{affinity, Affinity};
 use crate::db::{Context, DbError};
 
 pub const TABLES_TABLE: &str = "__hl_tables";
@@ -52,32 +53,6 @@ fn columns(t: &Table) -> Vec<Column> {
         .enumerate()
         .map(|(i, name)| Column { name: name.clone(), decl: t.decl[i].clone(), pk: h.pk.contains(&(i as u16)) })
         .collect()
-}
-
-/// A column's type affinity, from its declared type, by SQLite's rules (section 3.1 of
-/// "Datatypes In SQLite"): what SQLite does to the values stored in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Affinity {
-    Integer,
-    Text,
-    Blob,
-    Real,
-    Numeric,
-}
-
-pub fn affinity(decl: &str) -> Affinity {
-    let d = decl.to_ascii_uppercase();
-    if d.contains("INT") {
-        Affinity::Integer
-    } else if d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT") {
-        Affinity::Text
-    } else if d.contains("BLOB") || d.trim().is_empty() {
-        Affinity::Blob
-    } else if d.contains("REAL") || d.contains("FLOA") || d.contains("DOUB") {
-        Affinity::Real
-    } else {
-        Affinity::Numeric
-    }
 }
 
 /// Why `now` cannot be replicated as a continuation of `before`, if it cannot: a non-key column

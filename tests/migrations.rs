@@ -221,3 +221,38 @@ fn a_declared_type_with_the_same_affinity_does_not_pause() {
         assert_eq!(parked(&n.config), "0", "{}", n.name);
     }
 }
+
+/// Django's AddField(default=5) on SQLite: a rebuild with a NOT NULL column whose default lives
+/// in Python only. Rows from nodes still on the old schema lack it: they apply with the
+/// column's zero value on upgraded nodes instead of waiting forever, and after the rolling
+/// upgrade every node holds the same rows.
+#[test]
+fn a_not_null_column_without_sql_default_does_not_park_older_nodes_writes() {
+    let dir = TestDir::new("migrations-notnull");
+    let nats = NatsServer::start(dir.path());
+    let schema = "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT NOT NULL)";
+    let nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2", "n3"], schema, "");
+    let dbs: Vec<PathBuf> = nodes.iter().map(|n| n.db.clone()).collect();
+    app(&dbs[0], "INSERT INTO item VALUES (1, 'one'), (2, 'two')");
+    for db in &dbs {
+        wait_dump(db, "item", &["integer=1|text='one'", "integer=2|text='two'"], T);
+    }
+    let add_field = "PRAGMA foreign_keys = OFF; BEGIN; \
+         CREATE TABLE new__item(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty integer NOT NULL); \
+         INSERT INTO new__item(id, name, qty) SELECT id, name, 5 FROM item; DROP TABLE item; \
+         ALTER TABLE new__item RENAME TO item; COMMIT;";
+    app(&dbs[0], add_field);
+    // n2, still on the old schema, writes: n1 takes the rows with qty at 0
+    app(&dbs[1], "INSERT INTO item VALUES (3, 'three'); UPDATE item SET name = 'ONE' WHERE id = 1");
+    wait_dump(&dbs[0], "item", &["integer=1|text='ONE'|integer=0", "integer=2|text='two'|integer=5", "integer=3|text='three'|integer=0"], T);
+    assert_eq!(parked(&nodes[0].config), "0");
+    app(&dbs[1], add_field);
+    app(&dbs[2], add_field);
+    let rows = ["integer=1|text='ONE'|integer=5", "integer=2|text='two'|integer=5", "integer=3|text='three'|integer=5"];
+    for db in &dbs {
+        wait_dump(db, "item", &rows, T);
+    }
+    for n in &nodes {
+        wait_until(&format!("{} has nothing parked", n.name), T, || parked(&n.config) == "0");
+    }
+}
