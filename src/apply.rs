@@ -421,7 +421,7 @@ mod tests {
         prepare(&conn).unwrap();
         let cfg = Config::parse(&format!("db_path = {:?}", path.display().to_string())).unwrap();
         let schema = capture::scan(&conn, &cfg).unwrap();
-        capture::install(&mut conn, &schema).unwrap();
+        capture::install(&mut conn, &schema, &Default::default(), ME).unwrap();
         Db { path, conn, schema, hlc: Hlc::new(0) }
     }
 

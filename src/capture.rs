@@ -99,13 +99,21 @@ pub struct Resync {
     pub updates: u64,
     /// Live versions whose row is gone.
     pub deletes: u64,
+    /// Rows changed only in columns added since their digest was taken (the migration filled
+    /// them), to values other nodes would not give them: re-sent just above their version.
+    pub fills: u64,
 }
 
 impl Resync {
     pub fn total(&self) -> u64 {
-        self.inserts + self.updates + self.deletes
+        self.inserts + self.updates + self.deletes + self.fills
     }
 }
+
+/// The columns each table had when this node last looked at it (its recorded definition, see
+/// [`crate::schema`]): what the row digests of its versions were computed over. A table not in
+/// it: all its columns.
+pub type Recorded = HashMap<String, Vec<String>>;
 
 /// A replicated table and the SQL we run against it.
 #[derive(Debug, Clone)]
@@ -256,7 +264,11 @@ impl Table {
 
 /// `__hl_digest('c1', a."c1", ...)` over every column of the table aliased `a`.
 fn digest_sql(header: &TableHeader) -> String {
-    let args = header.columns.iter().map(|c| format!("{}, a.{}", sql_text(c), quote(c))).collect::<Vec<_>>().join(", ");
+    digest_sql_of(header.columns.iter())
+}
+
+fn digest_sql_of<'a>(columns: impl Iterator<Item = &'a String>) -> String {
+    let args = columns.map(|c| format!("{}, a.{}", sql_text(c), quote(c))).collect::<Vec<_>>().join(", ");
     format!("{DIGEST_FN}({args})")
 }
 
@@ -370,7 +382,7 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
 ///
 /// A table whose columns differ from `schema` (the application changed it after the scan) is
 /// left alone: the caller read `PRAGMA schema_version` before its scan and looks again.
-pub fn install(conn: &mut Connection, schema: &Schema) -> Result<Resync, DbError> {
+pub fn install(conn: &mut Connection, schema: &Schema, recorded: &Recorded, node: u64) -> Result<Resync, DbError> {
     register_functions(conn)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin install")?;
     let mut queued = Resync::default();
@@ -425,18 +437,42 @@ pub fn install(conn: &mut Connection, schema: &Schema) -> Result<Resync, DbError
             }
         }
         if missing {
-            let r = resync(&tx, t)?;
+            let r = resync(&tx, t, recorded.get(t.name()).map(|c| c.as_slice()), node)?;
             if r.total() > 0 {
-                log::info!("capture resynced table={} inserts={} updates={} deletes={}", t.name(), r.inserts, r.updates, r.deletes);
+                log::info!(
+                    "capture resynced table={} inserts={} updates={} deletes={} fills={}",
+                    t.name(),
+                    r.inserts,
+                    r.updates,
+                    r.deletes,
+                    r.fills
+                );
             }
             queued.inserts += r.inserts;
             queued.updates += r.updates;
             queued.deletes += r.deletes;
+            queued.fills += r.fills;
         } else if !had_digests {
             // The triggers were in place: every change since the last stamp is in the log, so
             // the rows as they are now are what the versions (plus the log) captured.
             tx.execute(&format!("UPDATE {ver} SET h = ({}) WHERE del = 0", digest_of_version_row(t)), [])
                 .ctx("fill row digests")?;
+        }
+        if let Some(old) = recorded.get(t.name()).filter(|old| **old != t.header.columns) {
+            // Columns came or went: the digests of rows unchanged since are taken again over
+            // today's columns, so that the next resync compares like with like.
+            let old_cols = t.header.columns.iter().filter(|c| old.contains(c));
+            let key = t.pk_columns().iter().enumerate().map(|(i, c)| format!("a.{c} IS {ver}.k{i}")).collect::<Vec<_>>().join(" AND ");
+            tx.execute(
+                &format!(
+                    "UPDATE {ver} SET h = ({}) WHERE del = 0 AND EXISTS (SELECT 1 FROM {} a WHERE {key} AND {ver}.h IS {})",
+                    digest_of_version_row(t),
+                    quote(t.name()),
+                    digest_sql_of(old_cols)
+                ),
+                [],
+            )
+            .ctx("take row digests again")?;
         }
     }
     tx.commit().ctx("commit install")?;
@@ -467,13 +503,47 @@ fn digest_of_version_row(t: &Table) -> String {
     format!("SELECT {} FROM {} a WHERE {key}", digest_sql(&t.header), quote(t.name()))
 }
 
-/// Queues what changed in `t` while no trigger captured it (see the module doc).
-fn resync(tx: &Connection, t: &Table) -> Result<Resync, DbError> {
-    Ok(Resync {
-        deletes: tx.execute(&resync_deletes_sql(t), []).ctx("queue rows deleted without capture")? as u64,
-        updates: tx.execute(&resync_updates_sql(t), []).ctx("queue rows changed without capture")? as u64,
-        inserts: tx.execute(&backfill_sql(t), []).ctx("queue existing rows")? as u64,
-    })
+/// Queues what changed in `t` while no trigger captured it (see the module doc). `old`: the
+/// columns its digests were computed over (None: all of them).
+///
+/// A difference in those columns is a write of the application: queued, it gets a fresh
+/// version. A difference only in columns added since is the migration filling them (each node
+/// runs its own): given a fresh version, it would carry the row's other values, as this node
+/// last knew them, over newer writes that other nodes made meanwhile and this node has not
+/// applied yet (parked for lack of the column, or still in the stream), and lose them. So it
+/// is re-sent just above the row's current version, `(ver + 1, this node)`: it replaces
+/// exactly the version it was computed from, and anything newer wins over it. Only rows whose
+/// new columns hold something else than what a node on the new schema gives a row image that
+/// lacks them (the column's default, else [`Table::zero_fill`], else NULL) are re-sent.
+fn resync(tx: &Connection, t: &Table, old: Option<&[String]>, node: u64) -> Result<Resync, DbError> {
+    let h = &t.header;
+    let old_cols: Vec<&String> = h.columns.iter().filter(|c| old.map_or(true, |o| o.contains(c))).collect();
+    let deletes = tx.execute(&resync_deletes_sql(t), []).ctx("queue rows deleted without capture")? as u64;
+    let digest_old = digest_sql_of(old_cols.iter().copied());
+    let updates = tx.execute(&resync_updates_sql(t, &digest_old), []).ctx("queue rows changed without capture")? as u64;
+    let filled: Vec<String> = h
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| !old_cols.contains(c) && !h.pk.contains(&(*i as u16)))
+        .map(|(i, c)| format!("a.{} IS ({})", quote(c), t.defaults[i].as_deref().or(t.zero_fill[i]).unwrap_or("NULL")))
+        .collect();
+    let fills = if filled.is_empty() {
+        0
+    } else {
+        let key = t.pk_columns().iter().enumerate().map(|(i, c)| format!("a.{c} IS {}.k{i}", t.ver)).collect::<Vec<_>>().join(" AND ");
+        let sql = format!(
+            "UPDATE {ver} SET ver = ver + 1, node = ?1, pending = 1, h = ({full}) \
+             WHERE del = 0 AND EXISTS (SELECT 1 FROM {tbl} a WHERE {key} AND {ver}.h IS {digest_old} AND NOT ({same}))",
+            ver = t.ver,
+            full = digest_of_version_row(t),
+            tbl = quote(t.name()),
+            same = filled.join(" AND ")
+        );
+        tx.execute(&sql, [node as i64]).ctx("re-send rows the migration filled")? as u64
+    };
+    let inserts = tx.execute(&backfill_sql(t), []).ctx("queue existing rows")? as u64;
+    Ok(Resync { inserts, updates, deletes, fills })
 }
 
 /// `v.k0 IS +a.c0 AND ...`: `+a.c` drops the column's affinity, so keys are compared as stored and
@@ -496,8 +566,8 @@ fn backfill_sql(t: &Table) -> String {
     )
 }
 
-/// Queues the rows of `t` whose content differs from the digest of their live version.
-fn resync_updates_sql(t: &Table) -> String {
+/// Queues the rows of `t` whose content (`digest`) differs from the digest of their live version.
+fn resync_updates_sql(t: &Table, digest: &str) -> String {
     let cols = t.pk_columns().iter().map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
     format!(
         "INSERT INTO {}(op, ts, {}) SELECT {OP_UPSERT}, {TS_SQL}, {cols} FROM {} a JOIN {} v ON {} \
@@ -507,7 +577,7 @@ fn resync_updates_sql(t: &Table) -> String {
         quote(t.name()),
         t.ver,
         known_key(t),
-        digest_sql(&t.header)
+        digest
     )
 }
 
@@ -722,7 +792,7 @@ mod tests {
             .unwrap();
         let cfg = Config::parse("db_path = \"x.db\"").unwrap();
         let schema = scan(&conn, &cfg).unwrap();
-        install(&mut conn, &schema).unwrap();
+        install(&mut conn, &schema, &Recorded::new(), 1).unwrap();
         assert_eq!(schema.tables.len(), 2);
         for t in &schema.tables {
             let plan: Vec<String> = conn
@@ -745,9 +815,9 @@ mod tests {
             .unwrap();
         let cfg = Config::parse("db_path = \"x.db\"").unwrap();
         let schema = scan(&conn, &cfg).unwrap();
-        install(&mut conn, &schema).unwrap();
+        install(&mut conn, &schema, &Recorded::new(), 1).unwrap();
         for t in &schema.tables {
-            for (sql, inner) in [(resync_updates_sql(t), " v "), (resync_deletes_sql(t), " a ")] {
+            for (sql, inner) in [(resync_updates_sql(t, &digest_sql(&t.header)), " v "), (resync_deletes_sql(t), " a ")] {
                 let plan: Vec<String> = conn
                     .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                     .unwrap()
@@ -784,7 +854,7 @@ mod tests {
         let mut node = crate::db::open(&path).unwrap();
         let cfg = Config::parse("db_path = \"x.db\"").unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema).unwrap(), Resync { inserts: 4, updates: 0, deletes: 0 });
+        assert_eq!(install(&mut node, &schema, &Recorded::new(), 1).unwrap(), Resync { inserts: 4, ..Default::default() });
         let mut hlc = Hlc::new(0);
         stamp(&node, &schema, &mut hlc, 1).unwrap();
         let app = Connection::open(&path).unwrap();
@@ -797,21 +867,71 @@ mod tests {
         // a pure rebuild and an added nullable column change no row: nothing to send
         app.execute_batch(&rebuild(", extra INTEGER", "id, v, r")).unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema).unwrap(), Resync::default());
+        assert_eq!(install(&mut node, &schema, &Recorded::new(), 1).unwrap(), Resync::default());
         // a rebuild, then writes before the triggers are back: one of each, and a real value
         // rewritten to the same bits is no change
         app.execute_batch(&rebuild(", extra INTEGER", "id, v, r")).unwrap();
         app.execute_batch("UPDATE t SET v = 'B' WHERE id = 2; UPDATE t SET r = 0.0 WHERE id = 4; DELETE FROM t WHERE id = 3; INSERT INTO t VALUES (5, 'e', NULL, NULL); UPDATE t SET extra = 7 WHERE id = 1;")
             .unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema).unwrap(), Resync { inserts: 1, updates: 2, deletes: 1 });
+        assert_eq!(install(&mut node, &schema, &Recorded::new(), 1).unwrap(), Resync { inserts: 1, updates: 2, deletes: 1, fills: 0 });
         assert_eq!(logged(&node, "t"), vec![(1, 1), (1, 2), (2, 3), (1, 5)]);
         // stamped, the digests are current again: a second look finds nothing
         stamp(&node, &schema, &mut hlc, 1).unwrap();
         app.execute_batch(&rebuild(", extra INTEGER", "id, v, r, extra")).unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema).unwrap(), Resync::default());
+        assert_eq!(install(&mut node, &schema, &Recorded::new(), 1).unwrap(), Resync::default());
         drop((node, app));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A column the migration added and filled is no write of the application: rows that differ
+    /// only there are re-sent just above their version (newer writes elsewhere win over them),
+    /// and only where a node lacking the column's value would give them another one.
+    #[test]
+    fn rows_a_migration_filled_are_resent_just_above_their_version() {
+        let path = std::env::temp_dir().join(format!("hl-fill-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');")
+            .unwrap();
+        let mut node = crate::db::open(&path).unwrap();
+        let cfg = Config::parse("db_path = \"x.db\"").unwrap();
+        let schema = scan(&node, &cfg).unwrap();
+        let recorded: Recorded = [("t".to_string(), vec!["id".to_string(), "v".to_string()])].into_iter().collect();
+        install(&mut node, &schema, &recorded, 9).unwrap();
+        let mut hlc = Hlc::new(0);
+        stamp(&node, &schema, &mut hlc, 9).unwrap();
+        node.execute_batch("UPDATE __hl_ver_t SET pending = 0, node = 4").unwrap();
+        let before: Vec<i64> = node.prepare("SELECT ver FROM __hl_ver_t ORDER BY k0").unwrap().query_map([], |r| r.get(0)).unwrap().map(|v| v.unwrap()).collect();
+        // Django's AddField(default=5): a rebuild filling a NOT NULL column without a SQL
+        // default; a nullable column left NULL; row 3 filled with the zero a lacking image gets
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "BEGIN; CREATE TABLE new__t(id INTEGER PRIMARY KEY, v TEXT, qty INTEGER NOT NULL, note TEXT); \
+                 INSERT INTO new__t SELECT id, v, CASE id WHEN 3 THEN 0 ELSE 5 END, NULL FROM t; DROP TABLE t; ALTER TABLE new__t RENAME TO t; COMMIT; \
+                 UPDATE t SET v = 'B' WHERE id = 2;",
+            )
+            .unwrap();
+        let schema = scan(&node, &cfg).unwrap();
+        assert_eq!(install(&mut node, &schema, &recorded, 9).unwrap(), Resync { updates: 1, fills: 1, ..Default::default() });
+        let after: Vec<(i64, i64, i64)> = node
+            .prepare("SELECT ver, node, pending FROM __hl_ver_t ORDER BY k0")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(|v| v.unwrap())
+            .collect();
+        assert_eq!(after, vec![(before[0] + 1, 9, 1), (before[1], 4, 0), (before[2], 4, 0)]);
+        assert_eq!(logged(&node, "t"), vec![(1, 2)], "the application's update gets a fresh stamp");
+        // with its digest current, the next look finds nothing
+        stamp(&node, &schema, &mut hlc, 9).unwrap();
+        node.execute_batch("DROP TRIGGER __hl_i_t").unwrap();
+        let now: Recorded = [("t".to_string(), schema.get("t").unwrap().header.columns.clone())].into_iter().collect();
+        assert_eq!(install(&mut node, &schema, &now, 9).unwrap(), Resync::default());
+        drop(node);
         let _ = std::fs::remove_file(&path);
     }
 
@@ -847,7 +967,7 @@ mod tests {
         let cfg = Config::parse("db_path = \"x.db\"\nexclude_tables = [\"local_audit\"]").unwrap();
         let schema = scan(&node, &cfg).unwrap();
         assert_eq!(schema.tables.iter().map(|t| t.name()).collect::<Vec<_>>(), vec!["audit", "t"]);
-        install(&mut node, &schema).unwrap();
+        install(&mut node, &schema, &Recorded::new(), 1).unwrap();
         let names = ReplicatedNames::default();
         assert!(names.update(&schema));
         assert!(!names.update(&schema));

@@ -245,14 +245,16 @@ impl Node {
         let mut schema = capture::scan(&conn, &cfg)?;
         replicated.update(&schema);
         report_skipped(&schema, None);
-        let queued = capture::install(&mut conn, &schema)?;
+        let recorded = schema::recorded_columns(&conn)?;
+        let queued = capture::install(&mut conn, &schema, &recorded, node_id)?;
         if queued.total() > 0 {
             log::info!(
-                "queued existing rows for replication rows={} inserts={} updates={} deletes={}",
+                "queued existing rows for replication rows={} inserts={} updates={} deletes={} fills={}",
                 queued.total(),
                 queued.inserts,
                 queued.updates,
-                queued.deletes
+                queued.deletes,
+                queued.fills
             );
         }
         schema::reconcile_and_report(&mut conn, &mut schema)?;

@@ -75,6 +75,19 @@ pub fn incompatible(before: &[Column], now: &[Column]) -> Option<String> {
     (!reasons.is_empty()).then(|| reasons.join(", "))
 }
 
+/// The column names of every recorded definition: what each table's row digests were computed
+/// over (see [`crate::capture::Recorded`]).
+pub fn recorded_columns(conn: &Connection) -> Result<crate::capture::Recorded, DbError> {
+    let rows: Vec<(String, Vec<u8>)> = conn
+        .prepare(&format!("SELECT tbl, def FROM {TABLES_TABLE}"))
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .ctx("read table definitions")?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(t, def)| postcard::from_bytes::<Vec<Column>>(&def).ok().map(|d| (t, d.into_iter().map(|c| c.name).collect())))
+        .collect())
+}
+
 fn load(conn: &Connection, table: &str) -> Result<Option<Record>, DbError> {
     let row: Option<(Vec<u8>, Option<Vec<u8>>, Option<String>)> = conn
         .prepare_cached(&format!("SELECT def, dropped, paused FROM {TABLES_TABLE} WHERE tbl = ?1"))

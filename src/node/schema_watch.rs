@@ -24,7 +24,8 @@ impl Node {
             self.conn.flush_prepared_statement_cache();
         }
         report_skipped(&schema, Some(&self.schema));
-        let queued = capture::install(&mut self.conn, &schema)?.total();
+        let recorded = schema::recorded_columns(&self.conn)?;
+        let queued = capture::install(&mut self.conn, &schema, &recorded, self.node_id)?.total();
         schema.paused = std::mem::take(&mut self.schema.paused);
         if schema::reconcile_and_report(&mut self.conn, &mut schema)? {
             self.outbox_dirty = true;
