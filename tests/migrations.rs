@@ -256,3 +256,137 @@ fn a_not_null_column_without_sql_default_does_not_park_older_nodes_writes() {
         wait_until(&format!("{} has nothing parked", n.name), T, || parked(&n.config) == "0");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A real Django application
+
+const DJANGO_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/django_app/run.py");
+
+/// Where Django is installed (scripts/tools.sh exports it).
+fn django_path() -> String {
+    std::env::var("HL_DJANGO_PATH").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/django").to_string())
+}
+
+fn django(db: &Path, version: u8, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    c.arg(DJANGO_APP).arg(db).args(args).env("PYTHONPATH", django_path()).env("SHOP_VERSION", version.to_string());
+    c
+}
+
+/// `manage.py` of release `version`; its stdout.
+fn manage(db: &Path, version: u8, args: &[&str]) -> String {
+    let out = django(db, version, args).output().expect("run python3 tests/django_app/run.py (is Django installed? source scripts/tools.sh)");
+    assert!(out.status.success(), "django {args:?} on {}: {}", db.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The application's ORM writer on one node: creates, updates and deletes items in its own id
+/// block until told to stop, then says what it committed.
+struct Writer {
+    child: std::process::Child,
+    stop: PathBuf,
+    out: PathBuf,
+}
+
+impl Writer {
+    fn start(dir: &Path, db: &Path, base: i64, version: u8) -> Writer {
+        let stop = dir.join(format!("writer-{base}-v{version}.stop"));
+        let out = dir.join(format!("writer-{base}-v{version}.json"));
+        let child = django(db, version, &["write", &base.to_string(), stop.to_str().unwrap(), out.to_str().unwrap()])
+            .stderr(std::fs::File::create(dir.join(format!("writer-{base}-v{version}.err"))).unwrap())
+            .spawn()
+            .expect("start the Django writer");
+        Writer { child, stop, out }
+    }
+
+    /// Stops the writer; returns the items of its block as it committed them (id -> name).
+    fn finish(mut self) -> std::collections::BTreeMap<i64, String> {
+        std::fs::write(&self.stop, "").unwrap();
+        let status = self.child.wait().unwrap();
+        let err = std::fs::read_to_string(self.stop.with_extension("err")).unwrap_or_default();
+        assert!(status.success(), "the Django writer failed: {err}");
+        let text = std::fs::read_to_string(&self.out).unwrap();
+        let m: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).unwrap();
+        m.into_iter().map(|(k, v)| (k.parse().unwrap(), v)).collect()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn block_count(db: &Path, base: i64) -> i64 {
+    query_one(db, &format!("SELECT count(*) FROM shop_item WHERE id > {base} AND id < {}", base + 10000))
+        .and_then(|s| s.strip_prefix("integer=").map(|n| n.parse().unwrap()))
+        .unwrap_or(0)
+}
+
+/// Three nodes run a Django 5.2 application with an ORM writer each; one node after the other
+/// stops its writer, runs `migrate` (AddField qty, default=1: a table rebuild leaving a NOT
+/// NULL column without a SQL default) and starts the new release's writer, while the other
+/// nodes' writers go on. Every node's `migrate` really migrates (its bookkeeping is its own),
+/// nothing is parked or paused at the end, every writer's last committed state is on every
+/// node, and all nodes hold the same rows.
+#[test]
+fn a_django_app_upgrades_one_node_at_a_time_with_writers_running() {
+    let dir = TestDir::new("migrations-django");
+    let nats = NatsServer::start(dir.path());
+    let names = ["n1", "n2", "n3"];
+    let dbs: Vec<PathBuf> = names.iter().map(|n| dir.join(&format!("{n}.db"))).collect();
+    for db in &dbs {
+        manage(db, 1, &["migrate", "0001"]);
+    }
+    let mut nodes: Vec<Node> = names.iter().map(|n| Node::start(dir.path(), n, "", Some(&nats.url()))).collect();
+    for n in &mut nodes {
+        n.wait_ready();
+        assert!(n.log().contains("migration bookkeeping tables are not replicated tables=django_migrations"), "{}", n.log());
+    }
+    let bases = [10000, 20000, 30000];
+    let mut writers: Vec<Option<Writer>> = dbs.iter().zip(bases).map(|(db, b)| Some(Writer::start(dir.path(), db, b, 1))).collect();
+    let progress = |db: &Path, base: i64, at_least: i64| {
+        wait_until(&format!("{} holds {at_least} items of block {base}", db.display()), T, || block_count(db, base) >= at_least)
+    };
+    for (db, b) in dbs.iter().zip(bases) {
+        progress(db, b, 10);
+    }
+    for i in 0..3 {
+        // the release upgrade on node i: stop the app, migrate, start the new release
+        writers[i].take().unwrap().finish();
+        manage(&dbs[i], 2, &["migrate"]);
+        assert_eq!(manage(&dbs[i], 2, &["applied"]), "shop.0001_initial\nshop.0002_item_qty\n", "{}", names[i]);
+        writers[i] = Some(Writer::start(dir.path(), &dbs[i], bases[i], 2));
+        // every node goes on receiving node i's new writes (parked on the nodes not yet migrated)
+        let now = block_count(&dbs[i], bases[i]);
+        progress(&dbs[i], bases[i], now + 10);
+    }
+    for (db, b) in dbs.iter().zip(bases) {
+        let now = block_count(db, b);
+        progress(db, b, now + 10);
+    }
+    let committed: Vec<_> = writers.iter_mut().map(|w| w.take().unwrap().finish()).collect();
+    for (model, b) in committed.iter().zip(bases) {
+        let want: Vec<String> = model.iter().map(|(id, name)| format!("integer={id}|text='{name}'")).collect();
+        for db in &dbs {
+            let sql = format!("SELECT id, name FROM shop_item WHERE id > {b} AND id < {} ORDER BY id", b + 10000);
+            wait_until_or(
+                &format!("{} holds what the writer of block {b} committed", db.display()),
+                T,
+                || dump_query(db, &sql) == want,
+                || format!("want {want:?}\nhave {:?}", dump_query(db, &sql)),
+            );
+        }
+    }
+    wait_until_or(
+        "all nodes hold the same items",
+        T,
+        || dump(&dbs[1], "shop_item") == dump(&dbs[0], "shop_item") && dump(&dbs[2], "shop_item") == dump(&dbs[0], "shop_item"),
+        || dbs.iter().map(|db| format!("{}: {} rows", db.display(), dump(db, "shop_item").len())).collect::<Vec<_>>().join("\n"),
+    );
+    for n in &nodes {
+        wait_until(&format!("{} has nothing parked", n.name), T, || parked(&n.config) == "0");
+        assert!(!n.log().contains("is paused"), "{}: {}", n.name, n.log());
+    }
+}
