@@ -57,6 +57,11 @@ pub const MIGRATION_TABLES: &[&str] = &[
     "__drizzle_migrations",
 ];
 
+/// Prefixes of the temporary tables ORMs rebuild a table in (Django's `new__t`, Alembic batch
+/// mode's `_alembic_tmp_t`): a node that looks between two steps of a migration run outside a
+/// transaction must not replicate them.
+pub const MIGRATION_TEMP_PREFIXES: &[&str] = &["new__", "_alembic_tmp_"];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -358,7 +363,9 @@ impl Config {
     /// `tables` does not name: each node's migrations record what they applied to that node's
     /// schema; replicated, they tell a node it has applied migrations it has not.
     pub fn is_default_excluded(&self, table: &str) -> bool {
-        MIGRATION_TABLES.iter().any(|m| m.eq_ignore_ascii_case(table)) && !self.tables.iter().any(|t| t == table)
+        let lower = table.to_ascii_lowercase();
+        (MIGRATION_TABLES.iter().any(|m| m.eq_ignore_ascii_case(table)) || MIGRATION_TEMP_PREFIXES.iter().any(|p| lower.starts_with(p)))
+            && !self.tables.iter().any(|t| t == table)
     }
 
     /// The subject a status request for `node` (a node id, or `all`) goes to.
@@ -535,7 +542,7 @@ mod tests {
     fn migration_bookkeeping_is_left_out_unless_listed() {
         let c = Config::parse("db_path = \"a\"\n").unwrap();
         assert!(c.wants_table("app_item"));
-        for t in ["django_migrations", "alembic_version", "__efmigrationshistory", "__EFMigrationsHistory", "knex_migrations_lock"] {
+        for t in ["django_migrations", "alembic_version", "__efmigrationshistory", "__EFMigrationsHistory", "knex_migrations_lock", "new__shop_item", "_alembic_tmp_user"] {
             assert!(!c.wants_table(t), "{t}");
             assert!(c.is_default_excluded(t), "{t}");
         }
