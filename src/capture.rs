@@ -528,20 +528,21 @@ fn resync(tx: &Connection, t: &Table, old: Option<&[String]>, node: u64) -> Resu
         .filter(|(i, c)| !old_cols.contains(c) && !h.pk.contains(&(*i as u16)))
         .map(|(i, c)| format!("a.{} IS ({})", quote(c), t.defaults[i].as_deref().or(t.zero_fill[i]).unwrap_or("NULL")))
         .collect();
-    let fills = if filled.is_empty() {
-        0
-    } else {
-        let key = t.pk_columns().iter().enumerate().map(|(i, c)| format!("a.{c} IS {}.k{i}", t.ver)).collect::<Vec<_>>().join(" AND ");
-        let sql = format!(
-            "UPDATE {ver} SET ver = ver + 1, node = ?1, pending = 1, h = ({full}) \
-             WHERE del = 0 AND EXISTS (SELECT 1 FROM {tbl} a WHERE {key} AND {ver}.h IS {digest_old} AND NOT ({same}))",
-            ver = t.ver,
-            full = digest_of_version_row(t),
-            tbl = quote(t.name()),
-            same = filled.join(" AND ")
-        );
-        tx.execute(&sql, [node as i64]).ctx("re-send rows the migration filled")? as u64
-    };
+    // A version without a digest (restored from a snapshot, or from before digests) cannot
+    // tell: re-sent the same way, it loses nothing newer and costs one row of traffic.
+    let mut which = format!("{}.h IS NULL", t.ver);
+    if !filled.is_empty() {
+        which = format!("{which} OR ({}.h IS {digest_old} AND NOT ({}))", t.ver, filled.join(" AND "));
+    }
+    let key = t.pk_columns().iter().enumerate().map(|(i, c)| format!("a.{c} IS {}.k{i}", t.ver)).collect::<Vec<_>>().join(" AND ");
+    let sql = format!(
+        "UPDATE {ver} SET ver = ver + 1, node = ?1, pending = 1, h = ({full}) \
+         WHERE del = 0 AND EXISTS (SELECT 1 FROM {tbl} a WHERE {key} AND ({which}))",
+        ver = t.ver,
+        full = digest_of_version_row(t),
+        tbl = quote(t.name()),
+    );
+    let fills = tx.execute(&sql, [node as i64]).ctx("re-send rows the migration filled")? as u64;
     let inserts = tx.execute(&backfill_sql(t), []).ctx("queue existing rows")? as u64;
     Ok(Resync { inserts, updates, deletes, fills })
 }
@@ -566,12 +567,13 @@ fn backfill_sql(t: &Table) -> String {
     )
 }
 
-/// Queues the rows of `t` whose content (`digest`) differs from the digest of their live version.
+/// Queues the rows of `t` whose content (`digest`) differs from the digest of their live
+/// version (a version without a digest is left to the fills, see [`resync`]).
 fn resync_updates_sql(t: &Table, digest: &str) -> String {
     let cols = t.pk_columns().iter().map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
     format!(
         "INSERT INTO {}(op, ts, {}) SELECT {OP_UPSERT}, {TS_SQL}, {cols} FROM {} a JOIN {} v ON {} \
-         WHERE v.del = 0 AND v.h IS NOT {}",
+         WHERE v.del = 0 AND v.h IS NOT NULL AND v.h IS NOT {}",
         t.log,
         t.keys,
         quote(t.name()),
@@ -965,6 +967,27 @@ mod tests {
             .collect();
         assert_eq!(triggers, vec!["__hl_d_t", "__hl_i_t", "__hl_u_t"]);
         drop((node, app));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Versions without a digest (restored from a snapshot) are re-sent just above their version
+    /// after a rebuild, never with a fresh one: that could carry old values over newer writes.
+    #[test]
+    fn versions_without_a_digest_are_resent_just_above_their_version() {
+        let path = std::env::temp_dir().join(format!("hl-nodigest-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');").unwrap();
+        let mut node = crate::db::open(&path).unwrap();
+        let cfg = Config::parse("db_path = \"x.db\"").unwrap();
+        let schema = scan(&node, &cfg).unwrap();
+        install(&mut node, &schema, &Recorded::new(), 9).unwrap();
+        stamp(&node, &schema, &mut Hlc::new(0), 9).unwrap();
+        node.execute_batch("UPDATE __hl_ver_t SET h = NULL, pending = 0 WHERE k0 = 1; DROP TRIGGER __hl_u_t;").unwrap();
+        let ver: i64 = node.query_row("SELECT ver FROM __hl_ver_t WHERE k0 = 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(install(&mut node, &schema, &Recorded::new(), 9).unwrap(), Resync { fills: 1, ..Default::default() });
+        let after: (i64, i64) = node.query_row("SELECT ver, pending FROM __hl_ver_t WHERE k0 = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!(after, (ver + 1, 1));
+        drop(node);
         let _ = std::fs::remove_file(&path);
     }
 
