@@ -517,7 +517,7 @@ fn digest_of_version_row(t: &Table) -> String {
 /// lacks them (the column's default, else [`Table::zero_fill`], else NULL) are re-sent.
 fn resync(tx: &Connection, t: &Table, old: Option<&[String]>, node: u64) -> Result<Resync, DbError> {
     let h = &t.header;
-    let old_cols: Vec<&String> = h.columns.iter().filter(|c| old.map_or(true, |o| o.contains(c))).collect();
+    let old_cols: Vec<&String> = h.columns.iter().filter(|c| old.is_none_or(|o| o.contains(c))).collect();
     let deletes = tx.execute(&resync_deletes_sql(t), []).ctx("queue rows deleted without capture")? as u64;
     let digest_old = digest_sql_of(old_cols.iter().copied());
     let updates = tx.execute(&resync_updates_sql(t, &digest_old), []).ctx("queue rows changed without capture")? as u64;
