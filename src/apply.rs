@@ -226,15 +226,24 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
     let t = quote(&h.name);
     let cols: Vec<String> = used.iter().map(|&i| quote(&h.columns[i])).collect();
     let pk_cols: Vec<String> = our_pk.iter().map(|c| quote(c)).collect();
-    let placeholders = (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let mut placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     let mut set: Vec<String> = cols.iter().filter(|c| !pk_cols.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
     // A sender on an older schema lacks our newer columns: its row image sets them to their
-    // defaults, so every node ends with the same row whatever order changes arrive in.
+    // defaults, so every node ends with the same row whatever order changes arrive in. A NOT
+    // NULL column without a default takes its affinity's zero value, inserted rows included
+    // (else the change could never apply here).
+    let mut insert_cols = cols.clone();
     for (i, c) in ours.iter().enumerate() {
         if !h.columns.contains(c) && !table.header.pk.contains(&(i as u16)) {
-            set.push(format!("{} = {}", quote(c), table.defaults[i].as_deref().unwrap_or("NULL")));
+            let value = table.defaults[i].as_deref().or(table.zero_fill[i]).unwrap_or("NULL");
+            set.push(format!("{} = {value}", quote(c)));
+            if let (None, Some(zero)) = (&table.defaults[i], table.zero_fill[i]) {
+                insert_cols.push(quote(c));
+                placeholders.push(zero.to_string());
+            }
         }
     }
+    let placeholders = placeholders.join(", ");
     let on_conflict = if set.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", set.join(", ")) };
     let key_match = |prefix: &str, names: &[String]| {
         names.iter().enumerate().map(|(i, c)| format!("{prefix}{c} IS ?{}", i + 1)).collect::<Vec<_>>().join(" AND ")
@@ -245,16 +254,18 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
         table,
         used: (used.len() < h.columns.len()).then_some(used),
         upsert_blocked,
-        upsert: format!("INSERT INTO {t}({}) VALUES ({placeholders}) ON CONFLICT({}) {on_conflict}", cols.join(", "), pk_cols.join(", ")),
+        upsert: format!("INSERT INTO {t}({}) VALUES ({placeholders}) ON CONFLICT({}) {on_conflict}", insert_cols.join(", "), pk_cols.join(", ")),
         delete: format!("DELETE FROM {t} WHERE {}", key_match("", &pk_cols)),
         get_version: format!("SELECT ver, node FROM {ver} WHERE {}", key_match("", &keys)),
+        // `h`: the digest of the row as applied here (NULL once deleted), see capture's resync
         set_version: format!(
-            "INSERT INTO {ver}({k}, ver, node, del, pending) VALUES ({}, ?{}, ?{}, ?{}, 0) \
-             ON CONFLICT({k}) DO UPDATE SET ver = excluded.ver, node = excluded.node, del = excluded.del, pending = 0",
+            "INSERT INTO {ver}({k}, ver, node, del, pending, h) VALUES ({}, ?{}, ?{}, ?{}, 0, ({})) \
+             ON CONFLICT({k}) DO UPDATE SET ver = excluded.ver, node = excluded.node, del = excluded.del, pending = 0, h = excluded.h",
             (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", "),
             n + 1,
             n + 2,
             n + 3,
+            table.digest_by_key(1),
             k = keys.join(", ")
         ),
     })
@@ -298,7 +309,9 @@ fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes,
             Outcome::Stale => stats.stale += 1,
             Outcome::Park(reason) => {
                 if warned.insert(idx, ()).is_none() {
-                    log::warn!("parking changes for table {}: {reason}; they are kept and applied once the schema here allows", header.name);
+                    if let Some(more) = crate::logging::repeated(&format!("park {}", header.name)) {
+                        log::warn!("parking changes for table {}: {reason}; they are kept and applied once the schema here allows{more}", header.name);
+                    }
                 }
                 park(conn, &header.name, &reason, c.origin, header, ch)?;
                 stats.parked += 1;

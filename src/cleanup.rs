@@ -346,7 +346,7 @@ mod tests {
         crate::apply::prepare(&conn).unwrap();
         let cfg = Config::parse("db_path = \"x.db\"").unwrap();
         let schema = crate::capture::scan(&conn, &cfg).unwrap();
-        assert_eq!(crate::capture::install(&mut conn, &schema).unwrap(), 3, "backfilled rows");
+        assert_eq!(crate::capture::install(&mut conn, &schema, &Default::default(), 1).unwrap().total(), 3, "backfilled rows");
         before
     }
 

@@ -40,6 +40,33 @@ pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// A remote stamp this far ahead of our clock is reported.
 pub const DEFAULT_MAX_CLOCK_DRIFT_MS: u64 = 60_000;
 
+/// Migration tools' bookkeeping tables, not replicated unless `tables` names them: Django,
+/// Alembic, Rails, knex, goose, Flyway, EF Core, Prisma, sqlx, Diesel, SeaORM, refinery,
+/// Sequelize, Drizzle.
+pub const MIGRATION_TABLES: &[&str] = &[
+    "django_migrations",
+    "alembic_version",
+    "schema_migrations",
+    "ar_internal_metadata",
+    "knex_migrations",
+    "knex_migrations_lock",
+    "goose_db_version",
+    "flyway_schema_history",
+    "__EFMigrationsHistory",
+    "_prisma_migrations",
+    "_sqlx_migrations",
+    "__diesel_schema_migrations",
+    "seaql_migrations",
+    "refinery_schema_history",
+    "SequelizeMeta",
+    "__drizzle_migrations",
+];
+
+/// Prefixes of the temporary tables ORMs rebuild a table in (Django's `new__t`, Alembic batch
+/// mode's `_alembic_tmp_t`): a node that looks between two steps of a migration run outside a
+/// transaction must not replicate them.
+pub const MIGRATION_TEMP_PREFIXES: &[&str] = &["new__", "_alembic_tmp_"];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -335,10 +362,21 @@ impl Config {
         Ok(())
     }
 
-    /// Whether `table` is selected by the include and exclude lists.
+    /// Whether `table` is selected by the include and exclude lists, and is not a migration
+    /// tool's bookkeeping table left out by default ([`Config::is_default_excluded`]).
     pub fn wants_table(&self, table: &str) -> bool {
         (self.tables.is_empty() || self.tables.iter().any(|t| t == table))
             && !self.exclude_tables.iter().any(|t| t == table)
+            && !self.is_default_excluded(table)
+    }
+
+    /// Whether `table` is a migration tool's bookkeeping table ([`MIGRATION_TABLES`]) that
+    /// `tables` does not name: each node's migrations record what they applied to that node's
+    /// schema; replicated, they tell a node it has applied migrations it has not.
+    pub fn is_default_excluded(&self, table: &str) -> bool {
+        let lower = table.to_ascii_lowercase();
+        (MIGRATION_TABLES.iter().any(|m| m.eq_ignore_ascii_case(table)) || MIGRATION_TEMP_PREFIXES.iter().any(|p| lower.starts_with(p)))
+            && !self.tables.iter().any(|t| t == table)
     }
 
     /// The subject a status request for `node` (a node id, or `all`) goes to.
@@ -509,5 +547,21 @@ mod tests {
         assert!(c.wants_table("a"));
         assert!(!c.wants_table("b"));
         assert!(!c.wants_table("c"));
+    }
+
+    #[test]
+    fn migration_bookkeeping_is_left_out_unless_listed() {
+        let c = Config::parse("db_path = \"a\"\n").unwrap();
+        assert!(c.wants_table("app_item"));
+        for t in ["django_migrations", "alembic_version", "__efmigrationshistory", "__EFMigrationsHistory", "knex_migrations_lock", "new__shop_item", "_alembic_tmp_user"] {
+            assert!(!c.wants_table(t), "{t}");
+            assert!(c.is_default_excluded(t), "{t}");
+        }
+        let c = Config::parse("db_path = \"a\"\ntables = [\"app_item\", \"alembic_version\"]\n").unwrap();
+        assert!(c.wants_table("alembic_version"));
+        assert!(!c.is_default_excluded("alembic_version"));
+        assert!(!c.wants_table("django_migrations"));
+        let c = Config::parse("db_path = \"a\"\ntables = [\"alembic_version\"]\nexclude_tables = [\"alembic_version\"]\n").unwrap();
+        assert!(!c.wants_table("alembic_version"));
     }
 }

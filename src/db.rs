@@ -118,6 +118,45 @@ pub fn set_meta(conn: &Connection, key: &str, value: i64) -> Result<(), DbError>
     Ok(())
 }
 
+/// A column's type affinity, from its declared type, by SQLite's rules (section 3.1 of
+/// "Datatypes In SQLite"): what SQLite does to the values stored in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
+}
+
+impl Affinity {
+    /// The value a NOT NULL column without a default takes where a row image lacks it: the
+    /// same on every node (SQL text).
+    pub fn zero(self) -> &'static str {
+        match self {
+            Affinity::Integer | Affinity::Numeric => "0",
+            Affinity::Real => "0.0",
+            Affinity::Text => "''",
+            Affinity::Blob => "x''",
+        }
+    }
+}
+
+pub fn affinity(decl: &str) -> Affinity {
+    let d = decl.to_ascii_uppercase();
+    if d.contains("INT") {
+        Affinity::Integer
+    } else if d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT") {
+        Affinity::Text
+    } else if d.contains("BLOB") || d.trim().is_empty() {
+        Affinity::Blob
+    } else if d.contains("REAL") || d.contains("FLOA") || d.contains("DOUB") {
+        Affinity::Real
+    } else {
+        Affinity::Numeric
+    }
+}
+
 /// Quotes an SQL identifier.
 pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

@@ -7,10 +7,16 @@
 //!
 //! A few dozen lines instead of a logging crate: the binary stays small and both formats share
 //! one filter and one clock.
+//!
+//! Warnings that can repeat per frame or per row (a parked table, a NULL key) go
+//! through [`repeated`]: the first occurrence of a cause is logged, then at most one line per
+//! [`REPEAT_WINDOW`], saying how many occurrences it stands for.
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
 
@@ -146,6 +152,58 @@ impl fmt::Write for JsonEscape<'_> {
     }
 }
 
+/// A repeated warning is logged again at most this often after its first occurrence.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(60);
+/// Causes remembered at most; when full, all are forgotten (each logs once more).
+const MAX_CAUSES: usize = 256;
+
+/// Rate limit per cause: the first occurrence passes, then one per `window`.
+pub struct Throttle {
+    window: Duration,
+    causes: HashMap<String, Held>,
+}
+
+struct Held {
+    last: Instant,
+    count: u64,
+}
+
+impl Throttle {
+    pub fn new(window: Duration) -> Throttle {
+        Throttle { window, causes: HashMap::new() }
+    }
+
+    /// Whether this occurrence of `cause` at `now` is logged: `Some(n)` with the number of
+    /// occurrences held back since the last line, or `None` (counted, to be told later).
+    pub fn check(&mut self, cause: &str, now: Instant) -> Option<u64> {
+        if let Some(h) = self.causes.get_mut(cause) {
+            if now.duration_since(h.last) < self.window {
+                h.count += 1;
+                return None;
+            }
+            let held = h.count;
+            *h = Held { last: now, count: 0 };
+            return Some(held);
+        }
+        if self.causes.len() >= MAX_CAUSES {
+            self.causes.clear();
+        }
+        self.causes.insert(cause.to_string(), Held { last: now, count: 0 });
+        Some(0)
+    }
+}
+
+static REPEATS: Mutex<Option<Throttle>> = Mutex::new(None);
+
+/// Whether to log this occurrence of a warning that can repeat; `cause` names what repeats
+/// (`park t`). `Some(suffix)`: log, ending the line with `suffix` (empty, or
+/// ` repeated=N` for the N occurrences held back in the last [`REPEAT_WINDOW`]).
+pub fn repeated(cause: &str) -> Option<String> {
+    let mut guard = REPEATS.lock().unwrap_or_else(|e| e.into_inner());
+    let held = guard.get_or_insert_with(|| Throttle::new(REPEAT_WINDOW)).check(cause, Instant::now())?;
+    Some(if held > 0 { format!(" repeated={held}") } else { String::new() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +254,22 @@ mod tests {
         let v = Logger::new(Format::Json, true);
         assert!(v.enabled(&Metadata::builder().target("harmonylite::node").level(Level::Debug).build()));
         assert!(!v.enabled(&Metadata::builder().target("harmonylite::node").level(Level::Trace).build()));
+    }
+
+    #[test]
+    fn a_repeated_cause_is_logged_first_then_once_a_window_with_its_count() {
+        let mut t = Throttle::new(Duration::from_secs(60));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(t.check("park t", at(0)), Some(0));
+        assert_eq!(t.check("park u", at(0)), Some(0), "each cause has its own window");
+        for s in 1..=40 {
+            assert_eq!(t.check("park t", at(s)), None);
+        }
+        assert_eq!(t.check("park t", at(59)), None);
+        assert_eq!(t.check("park t", at(60)), Some(41));
+        assert_eq!(t.check("park t", at(61)), None);
+        assert_eq!(t.check("park t", at(200)), Some(1));
+        assert_eq!(t.check("park u", at(200)), Some(0));
     }
 }

@@ -284,9 +284,17 @@ impl Node {
         let mut schema = capture::scan(&conn, &cfg)?;
         replicated.update(&schema);
         report_skipped(&schema, None);
-        let backfilled = capture::install(&mut conn, &schema)?;
-        if backfilled > 0 {
-            log::info!("queued existing rows for replication rows={backfilled}");
+        let recorded = schema::recorded_columns(&conn)?;
+        let queued = capture::install(&mut conn, &schema, &recorded, node_id)?;
+        if queued.total() > 0 {
+            log::info!(
+                "queued existing rows for replication rows={} inserts={} updates={} deletes={} fills={}",
+                queued.total(),
+                queued.inserts,
+                queued.updates,
+                queued.deletes,
+                queued.fills
+            );
         }
         schema::reconcile_and_report(&mut conn, &mut schema)?;
         // the schema may have changed while the node was stopped

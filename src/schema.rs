@@ -18,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::{Schema, Table};
+pub use crate::db::{affinity, Affinity};
 use crate::db::{Context, DbError};
 
 pub const TABLES_TABLE: &str = "__hl_tables";
@@ -55,20 +56,36 @@ fn columns(t: &Table) -> Vec<Column> {
 }
 
 /// Why `now` cannot be replicated as a continuation of `before`, if it cannot: a non-key column
-/// dropped or given another declared type. Added columns are fine. A changed primary key is
+/// dropped or given another type affinity. Added columns are fine, and so is a declared type
+/// SQLite treats the same (`varchar(100)` to `varchar(200)`, `INT` to `BIGINT`: a length is not
+/// enforced, the values stored do not change). NOT NULL, defaults, CHECK and foreign keys may
+/// change: a value one node cannot take is parked there, not lost. A changed primary key is
 /// handled by capture (its bookkeeping is reset), not here.
 pub fn incompatible(before: &[Column], now: &[Column]) -> Option<String> {
     let mut reasons = Vec::new();
     for old in before.iter().filter(|c| !c.pk) {
         match now.iter().find(|c| c.name == old.name) {
             None => reasons.push(format!("column {} was dropped", old.name)),
-            Some(c) if !c.decl.eq_ignore_ascii_case(&old.decl) => {
+            Some(c) if affinity(&c.decl) != affinity(&old.decl) => {
                 reasons.push(format!("column {} changed type from {:?} to {:?}", old.name, old.decl, c.decl))
             }
             Some(_) => {}
         }
     }
     (!reasons.is_empty()).then(|| reasons.join(", "))
+}
+
+/// The column names of every recorded definition: what each table's row digests were computed
+/// over (see [`crate::capture::Recorded`]).
+pub fn recorded_columns(conn: &Connection) -> Result<crate::capture::Recorded, DbError> {
+    let rows: Vec<(String, Vec<u8>)> = conn
+        .prepare(&format!("SELECT tbl, def FROM {TABLES_TABLE}"))
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .ctx("read table definitions")?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(t, def)| postcard::from_bytes::<Vec<Column>>(&def).ok().map(|d| (t, d.into_iter().map(|c| c.name).collect())))
+        .collect())
 }
 
 fn load(conn: &Connection, table: &str) -> Result<Option<Record>, DbError> {
@@ -245,5 +262,32 @@ mod tests {
         assert_eq!(incompatible(&before, &dropped).as_deref(), Some("column a was dropped"));
         let retyped = [col("id", "INTEGER", true), col("a", "TEXT", false), col("b", "INTEGER", false)];
         assert_eq!(incompatible(&before, &retyped).as_deref(), Some("column b changed type from \"REAL\" to \"INTEGER\""));
+    }
+
+    #[test]
+    fn a_declared_type_with_the_same_affinity_is_no_change() {
+        let before = [col("id", "INTEGER", true), col("a", "varchar(100)", false), col("b", "INT", false), col("c", "DOUBLE", false)];
+        let same = [col("id", "INTEGER", true), col("a", "varchar(200)", false), col("b", "bigint", false), col("c", "FLOAT", false)];
+        assert_eq!(incompatible(&before, &same), None);
+        let text_to_blob = [col("id", "INTEGER", true), col("a", "", false), col("b", "INT", false), col("c", "REAL", false)];
+        assert_eq!(incompatible(&before, &text_to_blob).as_deref(), Some("column a changed type from \"varchar(100)\" to \"\""));
+        let cases = [
+            ("INTEGER", Affinity::Integer),
+            ("tinyint", Affinity::Integer),
+            ("CHARACTER(20)", Affinity::Text),
+            ("NVARCHAR(100)", Affinity::Text),
+            ("CLOB", Affinity::Text),
+            ("BLOB", Affinity::Blob),
+            ("", Affinity::Blob),
+            ("DOUBLE PRECISION", Affinity::Real),
+            ("FLOAT", Affinity::Real),
+            ("DECIMAL(10,5)", Affinity::Numeric),
+            ("BOOLEAN", Affinity::Numeric),
+            ("DATETIME", Affinity::Numeric),
+            ("FLOATING POINT", Affinity::Integer),
+        ];
+        for (decl, a) in cases {
+            assert_eq!(affinity(decl), a, "{decl}");
+        }
     }
 }

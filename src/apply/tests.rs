@@ -21,7 +21,7 @@ fn setup(name: &str) -> Db {
     prepare(&conn).unwrap();
     let cfg = Config::parse(&format!("db_path = {:?}", path.display().to_string())).unwrap();
     let schema = capture::scan(&conn, &cfg).unwrap();
-    capture::install(&mut conn, &schema).unwrap();
+    capture::install(&mut conn, &schema, &Default::default(), ME).unwrap();
     Db { path, conn, schema, hlc: Hlc::new(0) }
 }
 
@@ -179,6 +179,35 @@ fn a_sender_on_an_older_schema_sets_newer_columns_to_their_defaults() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(got, vec![(1, "b".to_string(), 4), (2, "c".to_string(), 4)]);
+}
+
+#[test]
+fn a_not_null_column_without_default_takes_its_zero_where_a_sender_lacks_it() {
+    let mut d = setup("zero");
+    apply(&mut d, msg(1, 7, &[(100, up(1, "a"))]));
+    // Django's AddField(default=5): a rebuild, the default applied in Python only
+    d.conn
+        .execute_batch(
+            "CREATE TABLE new__t(id INTEGER PRIMARY KEY, v TEXT, qty INTEGER NOT NULL, r REAL NOT NULL, s varchar(9) NOT NULL, b BLOB NOT NULL, \
+             d INTEGER NOT NULL DEFAULT 3); INSERT INTO new__t SELECT id, v, 5, 5.5, 'x', x'01', 4 FROM t; DROP TABLE t; ALTER TABLE new__t RENAME TO t;",
+        )
+        .unwrap();
+    let cfg = Config::parse(&format!("db_path = {:?}", d.path.display().to_string())).unwrap();
+    d.schema = capture::scan(&d.conn, &cfg).unwrap();
+    // an older node updates row 1 and inserts row 2: both apply, nothing is parked
+    let s = apply(&mut d, msg(2, 8, &[(110, up(1, "b")), (111, up(2, "c"))]));
+    assert_eq!((s.applied, s.parked), (2, 0));
+    let got: Vec<String> = d
+        .conn
+        .prepare("SELECT id, v, qty, r, s, quote(b), d FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok(format!("{}|{}|{:?}|{:?}|{}|{}|{}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, rusqlite::types::Value>(2)?, r.get::<_, rusqlite::types::Value>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, i64>(6)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(got, vec!["1|b|Integer(0)|Real(0.0)||X''|3", "2|c|Integer(0)|Real(0.0)||X''|3"]);
 }
 
 #[test]

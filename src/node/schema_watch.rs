@@ -24,7 +24,8 @@ impl Node {
             self.conn.flush_prepared_statement_cache();
         }
         report_skipped(&schema, Some(&self.schema));
-        let backfilled = capture::install(&mut self.conn, &schema)?;
+        let recorded = schema::recorded_columns(&self.conn)?;
+        let queued = capture::install(&mut self.conn, &schema, &recorded, self.node_id)?.total();
         schema.paused = std::mem::take(&mut self.schema.paused);
         if schema::reconcile_and_report(&mut self.conn, &mut schema)? {
             self.outbox_dirty = true;
@@ -36,13 +37,17 @@ impl Node {
             .map(|t| t.name())
             .collect();
         if !changed.is_empty() {
-            log::info!("schema change adopted tables={} queued_rows={backfilled}", changed.join(","));
+            log::info!("schema change adopted tables={} queued_rows={queued}", changed.join(","));
         }
         self.schema = schema;
         // the version read before the scan: if the application changed the schema meanwhile (or
         // the install did), the next tick looks again; a second look changes nothing
         self.schema_version = sv;
         self.data_version = None;
+        // retrying parked changes stamps the log first (capture before apply), the resync's
+        // rows and the application's alike: the outbox must be read again, or they wait there
+        // until the next local write
+        self.outbox_dirty = true;
         retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)
     }
 
@@ -68,10 +73,21 @@ pub(super) fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc
     Ok(())
 }
 
+/// Migration tools' bookkeeping tables are left out on purpose: one info line names them.
 pub(super) fn report_skipped(now: &Schema, before: Option<&Schema>) {
-    for (name, why) in &now.skipped {
-        if before.map_or(true, |b| !b.skipped.iter().any(|(n, _)| n == name)) {
+    let new = |name: &String| before.map_or(true, |b| !b.skipped.iter().any(|(n, _)| n == name));
+    let mut bookkeeping = Vec::new();
+    for (name, why) in now.skipped.iter().filter(|(n, _)| new(n)) {
+        if why == capture::MIGRATION_BOOKKEEPING {
+            bookkeeping.push(name.as_str());
+        } else {
             log::warn!("table {name} is not replicated: {why}");
         }
+    }
+    if !bookkeeping.is_empty() {
+        log::info!(
+            "migration bookkeeping tables are not replicated tables={} (each node's migrations record what they applied to that node; name a table in `tables` to replicate it)",
+            bookkeeping.join(",")
+        );
     }
 }

@@ -82,7 +82,7 @@ pub fn install_capture(path: &Path) -> Result<(), String> {
     let cfg = Config::parse(&format!("db_path = {}", toml_str(&path.display().to_string())))?;
     let mut conn = harmonylite::db::open(path).map_err(|e| e.to_string())?;
     let schema = capture::scan(&conn, &cfg).map_err(|e| e.to_string())?;
-    capture::install(&mut conn, &schema).map_err(|e| e.to_string())?;
+    capture::install(&mut conn, &schema, &Default::default(), 0).map_err(|e| e.to_string())?;
     Ok(())
 }
 
