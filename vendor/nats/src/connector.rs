@@ -469,10 +469,14 @@ impl Read for &NatsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &*self.flavor {
             Flavor::Tcp(tcp) => (tcp.deref()).read(buf),
-            Flavor::Tls(tls) => tls_op(tls, self.timeouts.lock().0, |session, eof| match session.reader().read(buf) {
+            Flavor::Tls(tls) => {
+                // the guard must not live through the blocking call (a writer needs the lock)
+                let timeout = self.timeouts.lock().0;
+                tls_op(tls, timeout, |session, eof| match session.reader().read(buf) {
                 Ok(0) if !eof => Err(io::ErrorKind::WouldBlock.into()),
                 res => res,
-            }),
+            })
+            }
         }
     }
 }
@@ -491,14 +495,20 @@ impl Write for &NatsStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &*self.flavor {
             Flavor::Tcp(tcp) => (tcp.deref()).write(buf),
-            Flavor::Tls(tls) => tls_op(tls, self.timeouts.lock().1, |session, _| session.writer().write(buf)),
+            Flavor::Tls(tls) => {
+                let timeout = self.timeouts.lock().1;
+                tls_op(tls, timeout, |session, _| session.writer().write(buf))
+            }
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match &*self.flavor {
             Flavor::Tcp(tcp) => (tcp.deref()).flush(),
-            Flavor::Tls(tls) => tls_op(tls, self.timeouts.lock().1, |session, _| session.writer().flush()),
+            Flavor::Tls(tls) => {
+                let timeout = self.timeouts.lock().1;
+                tls_op(tls, timeout, |session, _| session.writer().flush())
+            }
         }
     }
 }
