@@ -58,11 +58,19 @@ pub fn prepare(conn: &Connection) -> Result<(), DbError> {
     .ctx("create apply tables")?;
     // databases from before the fragment horizon: the stream position of each piece
     let has_seq: bool = conn
-        .query_row(&format!("SELECT count(*) FROM pragma_table_info('{FRAGMENT_TABLE}') WHERE name = 'seq'"), [], |r| r.get(0))
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM pragma_table_info('{FRAGMENT_TABLE}') WHERE name = 'seq'"
+            ),
+            [],
+            |r| r.get(0),
+        )
         .ctx("read fragment table columns")?;
     if !has_seq {
-        conn.execute_batch(&format!("ALTER TABLE {FRAGMENT_TABLE} ADD COLUMN seq INTEGER NOT NULL DEFAULT 0"))
-            .ctx("add the fragment position column")?;
+        conn.execute_batch(&format!(
+            "ALTER TABLE {FRAGMENT_TABLE} ADD COLUMN seq INTEGER NOT NULL DEFAULT 0"
+        ))
+        .ctx("add the fragment position column")?;
     }
     Ok(())
 }
@@ -84,8 +92,13 @@ pub fn apply_batch(
     node: u64,
     msgs: &[Incoming],
 ) -> Result<ApplyStats, DbError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin apply")?;
-    let mut stats = ApplyStats { stamped: capture::stamp(&tx, schema, hlc, node)?, ..Default::default() };
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .ctx("begin apply")?;
+    let mut stats = ApplyStats {
+        stamped: capture::stamp(&tx, schema, hlc, node)?,
+        ..Default::default()
+    };
     let mut cursor = db::get_meta(&tx, CURSOR_KEY)?.unwrap_or(0) as u64;
     let own_until = own_replay_until(&tx)?;
     let own_suffix = format!(".{node}");
@@ -125,7 +138,12 @@ pub fn apply_batch(
             }
             Err(e) => {
                 stats.undecodable += 1;
-                log::warn!("skipping undecodable frame seq={} subject={} bytes={}: {e}", m.seq, m.subject, m.data.len());
+                log::warn!(
+                    "skipping undecodable frame seq={} subject={} bytes={}: {e}",
+                    m.seq,
+                    m.subject,
+                    m.data.len()
+                );
             }
         }
     }
@@ -136,16 +154,27 @@ pub fn apply_batch(
     db::set_meta(&tx, CURSOR_KEY, cursor as i64)?;
     db::set_meta(&tx, HLC_KEY, hlc.last() as i64)?;
     if stats.applied > 0 {
-        db::set_meta(&tx, crate::status::LAST_APPLY_KEY, crate::hlc::now_ms() as i64)?;
+        db::set_meta(
+            &tx,
+            crate::status::LAST_APPLY_KEY,
+            crate::hlc::now_ms() as i64,
+        )?;
     }
     tx.commit().ctx("commit apply")?;
     Ok(stats)
 }
 
 /// Returns the reassembled bytes once every fragment of (origin, id) is stored, and removes them.
-fn take_complete(conn: &Connection, origin: u64, id: u64, count: u32) -> Result<Option<Vec<u8>>, DbError> {
+fn take_complete(
+    conn: &Connection,
+    origin: u64,
+    id: u64,
+    count: u32,
+) -> Result<Option<Vec<u8>>, DbError> {
     let have: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2 AND count = ?3"))
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2 AND count = ?3"
+        ))
         .and_then(|mut s| s.query_row(params![origin as i64, id as i64, count], |r| r.get(0)))
         .ctx("count fragments")?;
     if have < count as i64 {
@@ -157,21 +186,32 @@ fn take_complete(conn: &Connection, origin: u64, id: u64, count: u32) -> Result<
             .prepare_cached(&format!("SELECT data FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2 AND count = ?3 ORDER BY idx"))
             .ctx("read fragments")?;
         // the same filter as the count above: a stray piece of another count is not read
-        let mut rows = s.query(params![origin as i64, id as i64, count]).ctx("read fragments")?;
+        let mut rows = s
+            .query(params![origin as i64, id as i64, count])
+            .ctx("read fragments")?;
         while let Some(r) = rows.next().ctx("read fragments")? {
-            whole.extend_from_slice(r.get_ref(0).ctx("read fragments")?.as_bytes().unwrap_or_default());
+            whole.extend_from_slice(
+                r.get_ref(0)
+                    .ctx("read fragments")?
+                    .as_bytes()
+                    .unwrap_or_default(),
+            );
         }
     }
-    conn.prepare_cached(&format!("DELETE FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2"))
-        .and_then(|mut s| s.execute(params![origin as i64, id as i64]))
-        .ctx("delete fragments")?;
+    conn.prepare_cached(&format!(
+        "DELETE FROM {FRAGMENT_TABLE} WHERE origin = ?1 AND id = ?2"
+    ))
+    .and_then(|mut s| s.execute(params![origin as i64, id as i64]))
+    .ctx("delete fragments")?;
     Ok(Some(whole))
 }
 
 /// Deletes the incomplete fragment sets whose newest piece is [`FRAGMENT_HORIZON_SEQS`]
 /// messages or more behind `cursor`. Returns how many pieces went.
 pub fn prune_fragments(conn: &Connection, cursor: u64) -> Result<u64, DbError> {
-    let Some(horizon) = cursor.checked_sub(FRAGMENT_HORIZON_SEQS) else { return Ok(0) };
+    let Some(horizon) = cursor.checked_sub(FRAGMENT_HORIZON_SEQS) else {
+        return Ok(0);
+    };
     let n = conn
         .prepare_cached(&format!(
             "DELETE FROM {FRAGMENT_TABLE} WHERE (origin, id) IN
@@ -206,7 +246,12 @@ struct Target<'a> {
 }
 
 fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String> {
-    let table = schema.get(&h.name).ok_or_else(|| format!("table {} is not replicated here (missing, or no primary key)", h.name))?;
+    let table = schema.get(&h.name).ok_or_else(|| {
+        format!(
+            "table {} is not replicated here (missing, or no primary key)",
+            h.name
+        )
+    })?;
     if let Some(why) = schema.paused.get(&h.name) {
         return Err(format!("table {} is paused here ({why})", h.name));
     }
@@ -219,15 +264,24 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
     let their_pk: Vec<&String> = h.pk.iter().map(|&i| &h.columns[i as usize]).collect();
     let our_pk: Vec<&String> = table.header.pk.iter().map(|&i| &ours[i as usize]).collect();
     if their_pk != our_pk {
-        return Err(format!("primary key of table {} differs: sender has {their_pk:?}, here {our_pk:?}", h.name));
+        return Err(format!(
+            "primary key of table {} differs: sender has {their_pk:?}, here {our_pk:?}",
+            h.name
+        ));
     }
-    let used: Vec<usize> = (0..h.columns.len()).filter(|&i| ours.contains(&h.columns[i])).collect();
+    let used: Vec<usize> = (0..h.columns.len())
+        .filter(|&i| ours.contains(&h.columns[i]))
+        .collect();
     let n = our_pk.len();
     let t = quote(&h.name);
     let cols: Vec<String> = used.iter().map(|&i| quote(&h.columns[i])).collect();
     let pk_cols: Vec<String> = our_pk.iter().map(|c| quote(c)).collect();
     let mut placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-    let mut set: Vec<String> = cols.iter().filter(|c| !pk_cols.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+    let mut set: Vec<String> = cols
+        .iter()
+        .filter(|c| !pk_cols.contains(c))
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
     // A sender on an older schema lacks our newer columns: its row image sets them to their
     // defaults, so every node ends with the same row whatever order changes arrive in. A NOT
     // NULL column without a default takes its affinity's zero value, inserted rows included
@@ -235,7 +289,10 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
     let mut insert_cols = cols.clone();
     for (i, c) in ours.iter().enumerate() {
         if !h.columns.contains(c) && !table.header.pk.contains(&(i as u16)) {
-            let value = table.defaults[i].as_deref().or(table.zero_fill[i]).unwrap_or("NULL");
+            let value = table.defaults[i]
+                .as_deref()
+                .or(table.zero_fill[i])
+                .unwrap_or("NULL");
             set.push(format!("{} = {value}", quote(c)));
             if let (None, Some(zero)) = (&table.defaults[i], table.zero_fill[i]) {
                 insert_cols.push(quote(c));
@@ -244,9 +301,18 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
         }
     }
     let placeholders = placeholders.join(", ");
-    let on_conflict = if set.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", set.join(", ")) };
+    let on_conflict = if set.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", set.join(", "))
+    };
     let key_match = |prefix: &str, names: &[String]| {
-        names.iter().enumerate().map(|(i, c)| format!("{prefix}{c} IS ?{}", i + 1)).collect::<Vec<_>>().join(" AND ")
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{prefix}{c} IS ?{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
     };
     let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
     let ver = &table.ver;
@@ -271,13 +337,24 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
     })
 }
 
-fn apply_changes(conn: &Connection, schema: &Schema, hlc: &mut Hlc, c: &Changes, stats: &mut ApplyStats) -> Result<(), DbError> {
+fn apply_changes(
+    conn: &Connection,
+    schema: &Schema,
+    hlc: &mut Hlc,
+    c: &Changes,
+    stats: &mut ApplyStats,
+) -> Result<(), DbError> {
     let targets: Vec<Result<Target, String>> = c.tables.iter().map(|h| target(schema, h)).collect();
     // each table's statements, taken from the cache once per frame rather than once per row
     let mut prepared: Vec<Prepared> = targets.iter().map(|_| Prepared::default()).collect();
     let now = crate::hlc::now_ms();
-    if let Some(max) = c.changes.iter().map(|ch| crate::hlc::wall_ms(ch.version)).max() {
-        if max > now && stats.ahead.map_or(true, |(_, a)| max - now > a) {
+    if let Some(max) = c
+        .changes
+        .iter()
+        .map(|ch| crate::hlc::wall_ms(ch.version))
+        .max()
+    {
+        if max > now && stats.ahead.is_none_or(|(_, a)| max - now > a) {
             stats.ahead = Some((c.origin, max - now));
         }
     }
@@ -336,7 +413,11 @@ struct Prepared<'c> {
     set_version: Option<CachedStatement<'c>>,
 }
 
-fn prepared<'s, 'c>(slot: &'s mut Option<CachedStatement<'c>>, conn: &'c Connection, sql: &str) -> rusqlite::Result<&'s mut CachedStatement<'c>> {
+fn prepared<'s, 'c>(
+    slot: &'s mut Option<CachedStatement<'c>>,
+    conn: &'c Connection,
+    sql: &str,
+) -> rusqlite::Result<&'s mut CachedStatement<'c>> {
     Ok(match slot {
         Some(stmt) => stmt,
         None => slot.insert(conn.prepare_cached(sql)?),
@@ -344,7 +425,10 @@ fn prepared<'s, 'c>(slot: &'s mut Option<CachedStatement<'c>>, conn: &'c Connect
 }
 
 /// Binds `values` to parameters `?1..`, leaving the statement ready to run.
-fn bind<'v>(stmt: &mut CachedStatement, values: impl Iterator<Item = &'v Value>) -> rusqlite::Result<usize> {
+fn bind<'v>(
+    stmt: &mut CachedStatement,
+    values: impl Iterator<Item = &'v Value>,
+) -> rusqlite::Result<usize> {
     let mut n = 0;
     for (i, v) in values.enumerate() {
         stmt.raw_bind_parameter(i + 1, v)?;
@@ -402,33 +486,55 @@ fn apply_one<'c>(
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
             return Ok(Outcome::Park(format!("table {}: {e}", t.table.name())));
         }
-        return Err(DbError::Sql { op: "apply change", source: e });
+        return Err(DbError::Sql {
+            op: "apply change",
+            source: e,
+        });
     }
     let deleted = matches!(ch.op, Op::Delete(_));
     let stmt = prepared(&mut stmts.set_version, conn, &t.set_version).ctx("write row version")?;
     let n = bind(stmt, keys()).ctx("write row version")?;
-    stmt.raw_bind_parameter(n + 1, ch.version as i64).ctx("write row version")?;
-    stmt.raw_bind_parameter(n + 2, origin as i64).ctx("write row version")?;
-    stmt.raw_bind_parameter(n + 3, deleted as i64).ctx("write row version")?;
+    stmt.raw_bind_parameter(n + 1, ch.version as i64)
+        .ctx("write row version")?;
+    stmt.raw_bind_parameter(n + 2, origin as i64)
+        .ctx("write row version")?;
+    stmt.raw_bind_parameter(n + 3, deleted as i64)
+        .ctx("write row version")?;
     stmt.raw_execute().ctx("write row version")?;
     Ok(Outcome::Applied)
 }
 
-fn park(conn: &Connection, table: &str, reason: &str, origin: u64, header: &TableHeader, ch: &Change) -> Result<(), DbError> {
+fn park(
+    conn: &Connection,
+    table: &str,
+    reason: &str,
+    origin: u64,
+    header: &TableHeader,
+    ch: &Change,
+) -> Result<(), DbError> {
     let bytes = frame::encode_single(origin, header, ch.version, ch.op.clone());
-    conn.prepare_cached(&format!("INSERT INTO {PARKED_TABLE}(tbl, reason, frame) VALUES (?1, ?2, ?3)"))
-        .and_then(|mut s| s.execute(params![table, reason, bytes]))
-        .ctx("park change")?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO {PARKED_TABLE}(tbl, reason, frame) VALUES (?1, ?2, ?3)"
+    ))
+    .and_then(|mut s| s.execute(params![table, reason, bytes]))
+    .ctx("park change")?;
     Ok(())
 }
 
 /// Retries parked changes (after a schema change). Returns (applied or stale, still parked).
-pub fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Result<(u64, u64), DbError> {
+pub fn retry_parked(
+    conn: &mut Connection,
+    schema: &Schema,
+    hlc: &mut Hlc,
+    node: u64,
+) -> Result<(u64, u64), DbError> {
     // nothing parked (the usual case): no write transaction
     if parked_len(conn)? == 0 {
         return Ok((0, 0));
     }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin retry parked")?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .ctx("begin retry parked")?;
     capture::stamp(&tx, schema, hlc, node)?;
     let parked: Vec<(i64, Vec<u8>)> = tx
         .prepare(&format!("SELECT id, frame FROM {PARKED_TABLE} ORDER BY id"))
@@ -439,8 +545,11 @@ pub fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc, node:
     }
     let (mut done, mut left) = (0, 0);
     for (id, bytes) in parked {
-        tx.execute(&format!("DELETE FROM {PARKED_TABLE} WHERE id = ?1"), [id]).ctx("unpark")?;
-        let Ok(Frame::Changes(c)) = frame::decode(&bytes) else { continue };
+        tx.execute(&format!("DELETE FROM {PARKED_TABLE} WHERE id = ?1"), [id])
+            .ctx("unpark")?;
+        let Ok(Frame::Changes(c)) = frame::decode(&bytes) else {
+            continue;
+        };
         let mut stats = ApplyStats::default();
         apply_changes(&tx, schema, hlc, &c, &mut stats)?;
         done += stats.applied + stats.stale;
@@ -454,9 +563,11 @@ pub fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc, node:
 
 /// Number of parked changes.
 pub fn parked_len(conn: &Connection) -> Result<u64, DbError> {
-    conn.query_row(&format!("SELECT count(*) FROM {PARKED_TABLE}"), [], |r| r.get::<_, i64>(0))
-        .map(|n| n as u64)
-        .ctx("count parked changes")
+    conn.query_row(&format!("SELECT count(*) FROM {PARKED_TABLE}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as u64)
+    .ctx("count parked changes")
 }
 
 #[cfg(test)]

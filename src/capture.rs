@@ -55,10 +55,15 @@ pub const DIGEST_FN: &str = "__hl_digest";
 /// Registers [`DIGEST_FN`] on `conn` (again is harmless).
 pub fn register_functions(conn: &Connection) -> Result<(), DbError> {
     use rusqlite::functions::FunctionFlags;
-    conn.create_scalar_function(DIGEST_FN, -1, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, |ctx| {
-        let args = (0..ctx.len()).map(|i| ctx.get_raw(i));
-        Ok(digest(args))
-    })
+    conn.create_scalar_function(
+        DIGEST_FN,
+        -1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let args = (0..ctx.len()).map(|i| ctx.get_raw(i));
+            Ok(digest(args))
+        },
+    )
     .ctx("register the row digest")
 }
 
@@ -158,14 +163,30 @@ impl Table {
     fn new(name: &str, cols: Vec<ColumnInfo>, pk: Vec<u16>, without_rowid: bool) -> Table {
         let decl = cols.iter().map(|c| c.decl.clone()).collect();
         let defaults = cols.iter().map(|c| c.default.clone()).collect();
-        let zero_fill =
-            cols.iter().map(|c| (c.notnull && c.default.is_none()).then(|| crate::db::affinity(&c.decl).zero())).collect();
-        let header = TableHeader { name: name.to_string(), columns: cols.into_iter().map(|c| c.name).collect(), pk };
+        let zero_fill = cols
+            .iter()
+            .map(|c| {
+                (c.notnull && c.default.is_none()).then(|| crate::db::affinity(&c.decl).zero())
+            })
+            .collect();
+        let header = TableHeader {
+            name: name.to_string(),
+            columns: cols.into_iter().map(|c| c.name).collect(),
+            pk,
+        };
         let log = quote(&format!("__hl_log_{name}"));
         let ver = quote(&format!("__hl_ver_{name}"));
         let n = header.pk.len();
-        let keys = (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>().join(", ");
-        let params = |from: usize| (from..from + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let keys = (0..n)
+            .map(|i| format!("k{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let params = |from: usize| {
+            (from..from + n)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let t = quote(name);
         let join = header
             .pk
@@ -175,12 +196,23 @@ impl Table {
             .collect::<Vec<_>>()
             .join(" AND ");
         let exists = if without_rowid {
-            format!("t.{} IS NOT NULL", quote(&header.columns[header.pk[0] as usize]))
+            format!(
+                "t.{} IS NOT NULL",
+                quote(&header.columns[header.pk[0] as usize])
+            )
         } else {
             "t.rowid IS NOT NULL".to_string()
         };
-        let cols = header.columns.iter().map(|c| format!("t.{}", quote(c))).collect::<Vec<_>>().join(", ");
-        let vkeys = (0..n).map(|i| format!("v.k{i}")).collect::<Vec<_>>().join(", ");
+        let cols = header
+            .columns
+            .iter()
+            .map(|c| format!("t.{}", quote(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let vkeys = (0..n)
+            .map(|i| format!("v.k{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = TableSql {
             read_log: format!("SELECT seq, op, ts, {keys} FROM {log} ORDER BY seq"),
             // the digest of the row as it is now: what this version captured
@@ -200,7 +232,18 @@ impl Table {
             ),
             mark_published: format!("UPDATE OR IGNORE {ver} SET pending = 0 WHERE pending = 1 AND ver <= ?1"),
         };
-        Table { header, decl, defaults, zero_fill, ignored: Vec::new(), without_rowid, log, ver, keys, sql }
+        Table {
+            header,
+            decl,
+            defaults,
+            zero_fill,
+            ignored: Vec::new(),
+            without_rowid,
+            log,
+            ver,
+            keys,
+            sql,
+        }
     }
 
     /// A scalar subquery: the digest of the row whose key is bound to `?first..`, NULL when
@@ -211,14 +254,22 @@ impl Table {
 
     /// Quoted primary-key column names, in key order.
     pub fn pk_columns(&self) -> Vec<String> {
-        self.header.pk.iter().map(|&c| quote(&self.header.columns[c as usize])).collect()
+        self.header
+            .pk
+            .iter()
+            .map(|&c| quote(&self.header.columns[c as usize]))
+            .collect()
     }
 
     fn trigger_sql(&self) -> [(String, String); 3] {
         let t = quote(&self.header.name);
         let name = |kind: &str| format!("__hl_{kind}_{}", self.header.name);
         let row = |which: &str| {
-            self.pk_columns().iter().map(|c| format!("{which}.{c}")).collect::<Vec<_>>().join(", ")
+            self.pk_columns()
+                .iter()
+                .map(|c| format!("{which}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let (log, keys) = (&self.log, &self.keys);
         let changed = self
@@ -268,7 +319,10 @@ fn digest_sql(header: &TableHeader) -> String {
 }
 
 fn digest_sql_of<'a>(columns: impl Iterator<Item = &'a String>) -> String {
-    let args = columns.map(|c| format!("{}, a.{}", sql_text(c), quote(c))).collect::<Vec<_>>().join(", ");
+    let args = columns
+        .map(|c| format!("{}, a.{}", sql_text(c), quote(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("{DIGEST_FN}({args})")
 }
 
@@ -280,7 +334,11 @@ fn digest_by_key(name: &str, header: &TableHeader, first: usize) -> String {
         .map(|(i, &c)| format!("a.{} IS ?{}", quote(&header.columns[c as usize]), first + i))
         .collect::<Vec<_>>()
         .join(" AND ");
-    format!("SELECT {} FROM {} a WHERE {key}", digest_sql(header), quote(name))
+    format!(
+        "SELECT {} FROM {} a WHERE {key}",
+        digest_sql(header),
+        quote(name)
+    )
 }
 
 /// A SQL string literal.
@@ -330,7 +388,13 @@ impl Schema {
 pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
     let mut list = conn.prepare("PRAGMA main.table_list").ctx("list tables")?;
     let entries: Vec<(String, String, bool)> = list
-        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(4)? != 0)))
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(4)? != 0,
+            ))
+        })
         .and_then(|rows| rows.collect())
         .ctx("list tables")?;
     let mut schema = Schema::default();
@@ -348,29 +412,58 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
         match kind.as_str() {
             "table" => {}
             "virtual" => {
-                schema.skipped.push((name, "a virtual table; its content cannot be captured by triggers".into()));
+                schema.skipped.push((
+                    name,
+                    "a virtual table; its content cannot be captured by triggers".into(),
+                ));
                 continue;
             }
             _ => continue, // views, shadow tables of virtual tables
         }
-        let mut info = conn.prepare(&format!("PRAGMA main.table_info({})", quote(&name))).ctx("read table columns")?;
+        let mut info = conn
+            .prepare(&format!("PRAGMA main.table_info({})", quote(&name)))
+            .ctx("read table columns")?;
         let cols: Vec<ColumnInfo> = info
-            .query_map([], |r| Ok(ColumnInfo { name: r.get(1)?, decl: r.get(2)?, notnull: r.get(3)?, default: r.get(4)?, pk: r.get(5)? }))
+            .query_map([], |r| {
+                Ok(ColumnInfo {
+                    name: r.get(1)?,
+                    decl: r.get(2)?,
+                    notnull: r.get(3)?,
+                    default: r.get(4)?,
+                    pk: r.get(5)?,
+                })
+            })
             .and_then(|rows| rows.collect())
             .ctx("read table columns")?;
-        let mut pk: Vec<(i64, u16)> = cols.iter().enumerate().filter(|(_, c)| c.pk > 0).map(|(i, c)| (c.pk, i as u16)).collect();
+        let mut pk: Vec<(i64, u16)> = cols
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.pk > 0)
+            .map(|(i, c)| (c.pk, i as u16))
+            .collect();
         if pk.is_empty() {
-            schema.skipped.push((name, "it has no PRIMARY KEY; add one to replicate it".into()));
+            schema.skipped.push((
+                name,
+                "it has no PRIMARY KEY; add one to replicate it".into(),
+            ));
             continue;
         }
         pk.sort();
-        let table = Table::new(&name, cols, pk.into_iter().map(|p| p.1).collect(), without_rowid);
+        let table = Table::new(
+            &name,
+            cols,
+            pk.into_iter().map(|p| p.1).collect(),
+            without_rowid,
+        );
         schema.by_name.insert(name, schema.tables.len());
         schema.tables.push(table);
     }
     for t in &cfg.tables {
         if schema.get(t).is_none() && !schema.skipped.iter().any(|s| &s.0 == t) {
-            schema.skipped.push((t.clone(), "listed in `tables` but not in the database".into()));
+            schema.skipped.push((
+                t.clone(),
+                "listed in `tables` but not in the database".into(),
+            ));
         }
     }
     Ok(schema)
@@ -382,31 +475,50 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
 ///
 /// A table whose columns differ from `schema` (the application changed it after the scan) is
 /// left alone: the caller read `PRAGMA schema_version` before its scan and looks again.
-pub fn install(conn: &mut Connection, schema: &Schema, recorded: &Recorded, node: u64) -> Result<Resync, DbError> {
+pub fn install(
+    conn: &mut Connection,
+    schema: &Schema,
+    recorded: &Recorded,
+    node: u64,
+) -> Result<Resync, DbError> {
     register_functions(conn)?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin install")?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .ctx("begin install")?;
     let mut queued = Resync::default();
     drop_stray_triggers(&tx, schema)?;
     for t in &schema.tables {
         let (log, ver, keys) = (&t.log, &t.ver, &t.keys);
         let n = t.pk_len();
         let now: Vec<String> = tx
-            .prepare(&format!("SELECT name FROM pragma_table_info({})", sql_text(t.name())))
+            .prepare(&format!(
+                "SELECT name FROM pragma_table_info({})",
+                sql_text(t.name())
+            ))
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .ctx("read table columns")?;
         if now != t.header.columns {
-            log::debug!("table {} changed since the scan: capture is installed at the next look", t.name());
+            log::debug!(
+                "table {} changed since the scan: capture is installed at the next look",
+                t.name()
+            );
             continue;
         }
         // A table whose key changed shape needs new bookkeeping tables.
         let old_keys: Option<i64> = tx
-            .query_row(&format!("SELECT count(*) FROM pragma_table_info('__hl_log_' || ?1) WHERE name GLOB 'k[0-9]*'"), [t.name()], |r| r.get(0))
+            .query_row("SELECT count(*) FROM pragma_table_info('__hl_log_' || ?1) WHERE name GLOB 'k[0-9]*'", [t.name()], |r| r.get(0))
             .ctx("inspect change log")
             .ok()
             .filter(|&c| c > 0);
         if old_keys.is_some_and(|k| k as usize != n) {
-            log::warn!("table {} changed its primary key: resetting its replication state", t.name());
-            tx.execute_batch(&format!("DROP TABLE IF EXISTS {log}; DROP TABLE IF EXISTS {ver};")).ctx("reset bookkeeping")?;
+            log::warn!(
+                "table {} changed its primary key: resetting its replication state",
+                t.name()
+            );
+            tx.execute_batch(&format!(
+                "DROP TABLE IF EXISTS {log}; DROP TABLE IF EXISTS {ver};"
+            ))
+            .ctx("reset bookkeeping")?;
         }
         let pend = quote(&format!("__hl_pend_{}", t.name()));
         tx.execute_batch(&format!(
@@ -417,23 +529,42 @@ pub fn install(conn: &mut Connection, schema: &Schema, recorded: &Recorded, node
         ))
         .ctx("create change log")?;
         let had_digests: bool = tx
-            .query_row(&format!("SELECT count(*) FROM pragma_table_info({}) WHERE name = 'h'", sql_text(&format!("__hl_ver_{}", t.name()))), [], |r| r.get::<_, i64>(0))
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM pragma_table_info({}) WHERE name = 'h'",
+                    sql_text(&format!("__hl_ver_{}", t.name()))
+                ),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .ctx("inspect version table")?
             > 0;
         if !had_digests {
             // a version table from before digests: filled below when the triggers were in place
-            tx.execute_batch(&format!("ALTER TABLE {ver} ADD COLUMN h INTEGER")).ctx("add row digests")?;
+            tx.execute_batch(&format!("ALTER TABLE {ver} ADD COLUMN h INTEGER"))
+                .ctx("add row digests")?;
         }
         let mut missing = false;
         for (name, sql) in t.trigger_sql() {
             let current: Option<String> = tx
-                .query_row("SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?1", [&name], |r| r.get(0))
+                .query_row(
+                    "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
                 .map(Some)
-                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+                .or_else(|e| {
+                    if e == rusqlite::Error::QueryReturnedNoRows {
+                        Ok(None)
+                    } else {
+                        Err(e)
+                    }
+                })
                 .ctx("read triggers")?;
             if current.as_deref() != Some(sql.as_str()) {
                 missing |= current.is_none();
-                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}; {sql};", quote(&name))).ctx("install trigger")?;
+                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}; {sql};", quote(&name)))
+                    .ctx("install trigger")?;
             }
         }
         if missing {
@@ -455,14 +586,29 @@ pub fn install(conn: &mut Connection, schema: &Schema, recorded: &Recorded, node
         } else if !had_digests {
             // The triggers were in place: every change since the last stamp is in the log, so
             // the rows as they are now are what the versions (plus the log) captured.
-            tx.execute(&format!("UPDATE {ver} SET h = ({}) WHERE del = 0", digest_of_version_row(t)), [])
-                .ctx("fill row digests")?;
+            tx.execute(
+                &format!(
+                    "UPDATE {ver} SET h = ({}) WHERE del = 0",
+                    digest_of_version_row(t)
+                ),
+                [],
+            )
+            .ctx("fill row digests")?;
         }
-        if let Some(old) = recorded.get(t.name()).filter(|old| **old != t.header.columns) {
+        if let Some(old) = recorded
+            .get(t.name())
+            .filter(|old| **old != t.header.columns)
+        {
             // Columns came or went: the digests of rows unchanged since are taken again over
             // today's columns, so that the next resync compares like with like.
             let old_cols = t.header.columns.iter().filter(|c| old.contains(c));
-            let key = t.pk_columns().iter().enumerate().map(|(i, c)| format!("a.{c} IS {ver}.k{i}")).collect::<Vec<_>>().join(" AND ");
+            let key = t
+                .pk_columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("a.{c} IS {ver}.k{i}"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
             tx.execute(
                 &format!(
                     "UPDATE {ver} SET h = ({}) WHERE del = 0 AND EXISTS (SELECT 1 FROM {} a WHERE {key} AND {ver}.h IS {})",
@@ -488,10 +634,13 @@ fn drop_stray_triggers(tx: &Connection, schema: &Schema) -> Result<(), DbError> 
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .ctx("read triggers")?;
     for (name, table) in ours {
-        let expected = schema.get(&table).is_some_and(|t| t.trigger_sql().iter().any(|(n, _)| *n == name));
+        let expected = schema
+            .get(&table)
+            .is_some_and(|t| t.trigger_sql().iter().any(|(n, _)| *n == name));
         if !expected {
             log::info!("dropping capture trigger {name} on table {table}: it belongs to no replicated table of that name");
-            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote(&name))).ctx("drop stray trigger")?;
+            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote(&name)))
+                .ctx("drop stray trigger")?;
         }
     }
     Ok(())
@@ -499,8 +648,18 @@ fn drop_stray_triggers(tx: &Connection, schema: &Schema) -> Result<(), DbError> 
 
 /// `(SELECT digest FROM t a WHERE a.key IS v.k...)` for an UPDATE of the version table.
 fn digest_of_version_row(t: &Table) -> String {
-    let key = t.pk_columns().iter().enumerate().map(|(i, c)| format!("a.{c} IS {}.k{i}", t.ver)).collect::<Vec<_>>().join(" AND ");
-    format!("SELECT {} FROM {} a WHERE {key}", digest_sql(&t.header), quote(t.name()))
+    let key = t
+        .pk_columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("a.{c} IS {}.k{i}", t.ver))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "SELECT {} FROM {} a WHERE {key}",
+        digest_sql(&t.header),
+        quote(t.name())
+    )
 }
 
 /// Queues what changed in `t` while no trigger captured it (see the module doc). `old`: the
@@ -515,26 +674,58 @@ fn digest_of_version_row(t: &Table) -> String {
 /// exactly the version it was computed from, and anything newer wins over it. Only rows whose
 /// new columns hold something else than what a node on the new schema gives a row image that
 /// lacks them (the column's default, else [`Table::zero_fill`], else NULL) are re-sent.
-fn resync(tx: &Connection, t: &Table, old: Option<&[String]>, node: u64) -> Result<Resync, DbError> {
+fn resync(
+    tx: &Connection,
+    t: &Table,
+    old: Option<&[String]>,
+    node: u64,
+) -> Result<Resync, DbError> {
     let h = &t.header;
-    let old_cols: Vec<&String> = h.columns.iter().filter(|c| old.is_none_or(|o| o.contains(c))).collect();
-    let deletes = tx.execute(&resync_deletes_sql(t), []).ctx("queue rows deleted without capture")? as u64;
+    let old_cols: Vec<&String> = h
+        .columns
+        .iter()
+        .filter(|c| old.is_none_or(|o| o.contains(c)))
+        .collect();
+    let deletes = tx
+        .execute(&resync_deletes_sql(t), [])
+        .ctx("queue rows deleted without capture")? as u64;
     let digest_old = digest_sql_of(old_cols.iter().copied());
-    let updates = tx.execute(&resync_updates_sql(t, &digest_old), []).ctx("queue rows changed without capture")? as u64;
+    let updates = tx
+        .execute(&resync_updates_sql(t, &digest_old), [])
+        .ctx("queue rows changed without capture")? as u64;
     let filled: Vec<String> = h
         .columns
         .iter()
         .enumerate()
         .filter(|(i, c)| !old_cols.contains(c) && !h.pk.contains(&(*i as u16)))
-        .map(|(i, c)| format!("a.{} IS ({})", quote(c), t.defaults[i].as_deref().or(t.zero_fill[i]).unwrap_or("NULL")))
+        .map(|(i, c)| {
+            format!(
+                "a.{} IS ({})",
+                quote(c),
+                t.defaults[i]
+                    .as_deref()
+                    .or(t.zero_fill[i])
+                    .unwrap_or("NULL")
+            )
+        })
         .collect();
     // A version without a digest (restored from a snapshot, or from before digests) cannot
     // tell: re-sent the same way, it loses nothing newer and costs one row of traffic.
     let mut which = format!("{}.h IS NULL", t.ver);
     if !filled.is_empty() {
-        which = format!("{which} OR ({}.h IS {digest_old} AND NOT ({}))", t.ver, filled.join(" AND "));
+        which = format!(
+            "{which} OR ({}.h IS {digest_old} AND NOT ({}))",
+            t.ver,
+            filled.join(" AND ")
+        );
     }
-    let key = t.pk_columns().iter().enumerate().map(|(i, c)| format!("a.{c} IS {}.k{i}", t.ver)).collect::<Vec<_>>().join(" AND ");
+    let key = t
+        .pk_columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("a.{c} IS {}.k{i}", t.ver))
+        .collect::<Vec<_>>()
+        .join(" AND ");
     let sql = format!(
         "UPDATE {ver} SET ver = ver + 1, node = ?1, pending = 1, h = ({full}) \
          WHERE del = 0 AND EXISTS (SELECT 1 FROM {tbl} a WHERE {key} AND ({which}))",
@@ -542,20 +733,39 @@ fn resync(tx: &Connection, t: &Table, old: Option<&[String]>, node: u64) -> Resu
         full = digest_of_version_row(t),
         tbl = quote(t.name()),
     );
-    let fills = tx.execute(&sql, [node as i64]).ctx("re-send rows the migration filled")? as u64;
-    let inserts = tx.execute(&backfill_sql(t), []).ctx("queue existing rows")? as u64;
-    Ok(Resync { inserts, updates, deletes, fills })
+    let fills = tx
+        .execute(&sql, [node as i64])
+        .ctx("re-send rows the migration filled")? as u64;
+    let inserts = tx
+        .execute(&backfill_sql(t), [])
+        .ctx("queue existing rows")? as u64;
+    Ok(Resync {
+        inserts,
+        updates,
+        deletes,
+        fills,
+    })
 }
 
 /// `v.k0 IS +a.c0 AND ...`: `+a.c` drops the column's affinity, so keys are compared as stored and
 /// the lookup uses the version table's key (with the affinity applied, SQLite scans it for every row).
 fn known_key(t: &Table) -> String {
-    t.pk_columns().iter().enumerate().map(|(i, c)| format!("v.k{i} IS +a.{c}")).collect::<Vec<_>>().join(" AND ")
+    t.pk_columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("v.k{i} IS +a.{c}"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// Queues the rows of `t` that have no live version here.
 fn backfill_sql(t: &Table) -> String {
-    let cols = t.pk_columns().iter().map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
+    let cols = t
+        .pk_columns()
+        .iter()
+        .map(|c| format!("a.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "INSERT INTO {}(op, ts, {}) SELECT {OP_UPSERT}, {TS_SQL}, {cols} FROM {} a \
          WHERE NOT EXISTS (SELECT 1 FROM {} v WHERE {} AND v.del = 0)",
@@ -570,7 +780,12 @@ fn backfill_sql(t: &Table) -> String {
 /// Queues the rows of `t` whose content (`digest`) differs from the digest of their live
 /// version (a version without a digest is left to the fills, see [`resync`]).
 fn resync_updates_sql(t: &Table, digest: &str) -> String {
-    let cols = t.pk_columns().iter().map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
+    let cols = t
+        .pk_columns()
+        .iter()
+        .map(|c| format!("a.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "INSERT INTO {}(op, ts, {}) SELECT {OP_UPSERT}, {TS_SQL}, {cols} FROM {} a JOIN {} v ON {} \
          WHERE v.del = 0 AND v.h IS NOT NULL AND v.h IS NOT {}",
@@ -585,8 +800,17 @@ fn resync_updates_sql(t: &Table, digest: &str) -> String {
 
 /// Queues deletes of the live versions of `t` whose row is gone.
 fn resync_deletes_sql(t: &Table) -> String {
-    let vkeys = (0..t.pk_len()).map(|i| format!("v.k{i}")).collect::<Vec<_>>().join(", ");
-    let row = t.pk_columns().iter().enumerate().map(|(i, c)| format!("a.{c} IS v.k{i}")).collect::<Vec<_>>().join(" AND ");
+    let vkeys = (0..t.pk_len())
+        .map(|i| format!("v.k{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let row = t
+        .pk_columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("a.{c} IS v.k{i}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
     format!(
         "INSERT INTO {}(op, ts, {}) SELECT {OP_DELETE}, {TS_SQL}, {vkeys} FROM {} v \
          WHERE v.del = 0 AND NOT EXISTS (SELECT 1 FROM {} a WHERE {row})",
@@ -604,8 +828,12 @@ pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Re
     let mut stamped = 0;
     for t in &schema.tables {
         let n = t.pk_len();
-        let mut read = conn.prepare_cached(&t.sql.read_log).ctx("read change log")?;
-        let mut write = conn.prepare_cached(&t.sql.upsert_local_version).ctx("stamp change")?;
+        let mut read = conn
+            .prepare_cached(&t.sql.read_log)
+            .ctx("read change log")?;
+        let mut write = conn
+            .prepare_cached(&t.sql.upsert_local_version)
+            .ctx("stamp change")?;
         let mut rows = read.query([]).ctx("read change log")?;
         let mut any = false;
         while let Some(r) = rows.next().ctx("read change log")? {
@@ -615,7 +843,9 @@ pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Re
             for i in 0..n {
                 let k = r.get_ref(3 + i).ctx("read change log")?;
                 has_null |= k == ValueRef::Null;
-                write.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(k)).ctx("stamp change")?;
+                write
+                    .raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(k))
+                    .ctx("stamp change")?;
             }
             if has_null {
                 if let Some(more) = crate::logging::repeated(&format!("null key {}", t.name())) {
@@ -624,16 +854,24 @@ pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Re
                 continue;
             }
             let version = hlc.stamp(crate::hlc::adjust_ms(ts));
-            write.raw_bind_parameter(n + 1, version as i64).ctx("stamp change")?;
-            write.raw_bind_parameter(n + 2, node as i64).ctx("stamp change")?;
-            write.raw_bind_parameter(n + 3, (op == OP_DELETE) as i64).ctx("stamp change")?;
+            write
+                .raw_bind_parameter(n + 1, version as i64)
+                .ctx("stamp change")?;
+            write
+                .raw_bind_parameter(n + 2, node as i64)
+                .ctx("stamp change")?;
+            write
+                .raw_bind_parameter(n + 3, (op == OP_DELETE) as i64)
+                .ctx("stamp change")?;
             write.raw_execute().ctx("stamp change")?;
             stamped += 1;
             any = true;
         }
         drop(rows);
         if any {
-            conn.prepare_cached(&t.sql.clear_log).and_then(|mut s| s.execute([])).ctx("clear change log")?;
+            conn.prepare_cached(&t.sql.clear_log)
+                .and_then(|mut s| s.execute([]))
+                .ctx("clear change log")?;
         }
     }
     Ok(stamped)
@@ -646,7 +884,11 @@ pub struct ReplicatedNames(Arc<RwLock<HashSet<String>>>);
 impl ReplicatedNames {
     /// Takes the names of `schema`; returns whether they changed.
     pub fn update(&self, schema: &Schema) -> bool {
-        let names: HashSet<String> = schema.tables.iter().map(|t| t.name().to_ascii_lowercase()).collect();
+        let names: HashSet<String> = schema
+            .tables
+            .iter()
+            .map(|t| t.name().to_ascii_lowercase())
+            .collect();
         let mut held = self.0.write().unwrap_or_else(|e| e.into_inner());
         let changed = *held != names;
         *held = names;
@@ -654,7 +896,10 @@ impl ReplicatedNames {
     }
 
     fn contains(&self, table: &str) -> bool {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(&table.to_ascii_lowercase())
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&table.to_ascii_lowercase())
     }
 }
 
@@ -670,11 +915,16 @@ impl ReplicatedNames {
 ///   DELETE this way: a trigger's deletes from replicated tables still run on replicas.
 ///
 /// The application's connections have no authorizer: there, every trigger runs and captures.
-pub fn guard_node_connection(conn: &mut Connection, names: &ReplicatedNames) -> Result<(), DbError> {
+pub fn guard_node_connection(
+    conn: &mut Connection,
+    names: &ReplicatedNames,
+) -> Result<(), DbError> {
     use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
     let names = names.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-        let Some(trigger) = ctx.accessor else { return Authorization::Allow };
+        let Some(trigger) = ctx.accessor else {
+            return Authorization::Allow;
+        };
         let table = match ctx.action {
             AuthAction::Insert { table_name } | AuthAction::Update { table_name, .. } => table_name,
             _ => return Authorization::Allow,
@@ -683,7 +933,8 @@ pub fn guard_node_connection(conn: &mut Connection, names: &ReplicatedNames) -> 
             return Authorization::Allow;
         }
         // our capture triggers' logs, or a replicated table (`scan` never lists `__hl_` tables)
-        if (table.starts_with("__hl_log_") && trigger.starts_with("__hl_")) || names.contains(table) {
+        if (table.starts_with("__hl_log_") && trigger.starts_with("__hl_")) || names.contains(table)
+        {
             Authorization::Ignore
         } else {
             Authorization::Allow
@@ -695,7 +946,9 @@ pub fn guard_node_connection(conn: &mut Connection, names: &ReplicatedNames) -> 
 /// Deletes log rows written inside our own apply transaction: they are echoes of the apply.
 pub fn discard_echoes(conn: &Connection, schema: &Schema) -> Result<(), DbError> {
     for t in &schema.tables {
-        conn.prepare_cached(&t.sql.clear_log).and_then(|mut s| s.execute([])).ctx("discard echoes")?;
+        conn.prepare_cached(&t.sql.clear_log)
+            .and_then(|mut s| s.execute([]))
+            .ctx("discard echoes")?;
     }
     Ok(())
 }
@@ -716,7 +969,9 @@ pub fn read_pending(
 ) -> Result<Option<u64>, DbError> {
     let n = t.pk_len();
     let ncols = t.header.columns.len();
-    let mut stmt = conn.prepare_cached(&t.sql.read_pending).ctx("read outbox")?;
+    let mut stmt = conn
+        .prepare_cached(&t.sql.read_pending)
+        .ctx("read outbox")?;
     let mut rows = stmt.query([]).ctx("read outbox")?;
     let mut last = None;
     while let Some(r) = rows.next().ctx("read outbox")? {
@@ -724,9 +979,19 @@ pub fn read_pending(
         let deleted: bool = r.get(1).ctx("read outbox")?;
         let exists: bool = r.get(2).ctx("read outbox")?;
         let change = if deleted {
-            Pending::Delete((0..n).map(|i| r.get_ref(3 + i).map(value_of)).collect::<Result<_, _>>().ctx("read outbox")?)
+            Pending::Delete(
+                (0..n)
+                    .map(|i| r.get_ref(3 + i).map(value_of))
+                    .collect::<Result<_, _>>()
+                    .ctx("read outbox")?,
+            )
         } else if exists {
-            Pending::Upsert((0..ncols).map(|i| r.get_ref(3 + n + i).map(value_of)).collect::<Result<_, _>>().ctx("read outbox")?)
+            Pending::Upsert(
+                (0..ncols)
+                    .map(|i| r.get_ref(3 + n + i).map(value_of))
+                    .collect::<Result<_, _>>()
+                    .ctx("read outbox")?,
+            )
         } else {
             last = Some(version as u64);
             continue;
@@ -751,7 +1016,11 @@ pub fn outbox_len(conn: &Connection, schema: &Schema) -> Result<u64, DbError> {
     let mut total = 0u64;
     for t in &schema.tables {
         let n: i64 = conn
-            .query_row(&format!("SELECT count(*) FROM {} WHERE pending = 1", t.ver), [], |r| r.get(0))
+            .query_row(
+                &format!("SELECT count(*) FROM {} WHERE pending = 1", t.ver),
+                [],
+                |r| r.get(0),
+            )
             .ctx("count outbox")?;
         total += n as u64;
     }
@@ -804,8 +1073,15 @@ mod tests {
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
-            let v = plan.iter().find(|p| p.contains(" v ")).unwrap_or_else(|| panic!("{plan:?}"));
-            assert!(v.starts_with("SEARCH") && v.contains("PRIMARY KEY"), "table {}: {plan:?}", t.name());
+            let v = plan
+                .iter()
+                .find(|p| p.contains(" v "))
+                .unwrap_or_else(|| panic!("{plan:?}"));
+            assert!(
+                v.starts_with("SEARCH") && v.contains("PRIMARY KEY"),
+                "table {}: {plan:?}",
+                t.name()
+            );
         }
     }
 
@@ -819,7 +1095,10 @@ mod tests {
         let schema = scan(&conn, &cfg).unwrap();
         install(&mut conn, &schema, &Recorded::new(), 1).unwrap();
         for t in &schema.tables {
-            for (sql, inner) in [(resync_updates_sql(t, &digest_sql(&t.header)), " v "), (resync_deletes_sql(t), " a ")] {
+            for (sql, inner) in [
+                (resync_updates_sql(t, &digest_sql(&t.header)), " v "),
+                (resync_deletes_sql(t), " a "),
+            ] {
                 let plan: Vec<String> = conn
                     .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                     .unwrap()
@@ -827,19 +1106,28 @@ mod tests {
                     .unwrap()
                     .collect::<Result<_, _>>()
                     .unwrap();
-                let step = plan.iter().find(|p| p.contains(inner)).unwrap_or_else(|| panic!("{plan:?}"));
-                assert!(step.starts_with("SEARCH") && step.contains("PRIMARY KEY"), "table {}: {plan:?}", t.name());
+                let step = plan
+                    .iter()
+                    .find(|p| p.contains(inner))
+                    .unwrap_or_else(|| panic!("{plan:?}"));
+                assert!(
+                    step.starts_with("SEARCH") && step.contains("PRIMARY KEY"),
+                    "table {}: {plan:?}",
+                    t.name()
+                );
             }
         }
     }
 
     fn logged(conn: &Connection, table: &str) -> Vec<(i64, i64)> {
-        conn.prepare(&format!("SELECT op, k0 FROM __hl_log_{table} ORDER BY k0, op"))
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        conn.prepare(&format!(
+            "SELECT op, k0 FROM __hl_log_{table} ORDER BY k0, op"
+        ))
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
     }
 
     /// A table rebuilt the way ORMs do it loses our triggers; what the application wrote before
@@ -856,7 +1144,13 @@ mod tests {
         let mut node = crate::db::open(&path).unwrap();
         let cfg = Config::parse("db_path = \"x.db\"").unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema, &Recorded::new(), 1).unwrap(), Resync { inserts: 4, ..Default::default() });
+        assert_eq!(
+            install(&mut node, &schema, &Recorded::new(), 1).unwrap(),
+            Resync {
+                inserts: 4,
+                ..Default::default()
+            }
+        );
         let mut hlc = Hlc::new(0);
         stamp(&node, &schema, &mut hlc, 1).unwrap();
         let app = Connection::open(&path).unwrap();
@@ -867,22 +1161,39 @@ mod tests {
             )
         };
         // a pure rebuild and an added nullable column change no row: nothing to send
-        app.execute_batch(&rebuild(", extra INTEGER", "id, v, r")).unwrap();
+        app.execute_batch(&rebuild(", extra INTEGER", "id, v, r"))
+            .unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema, &Recorded::new(), 1).unwrap(), Resync::default());
+        assert_eq!(
+            install(&mut node, &schema, &Recorded::new(), 1).unwrap(),
+            Resync::default()
+        );
         // a rebuild, then writes before the triggers are back: one of each, and a real value
         // rewritten to the same bits is no change
-        app.execute_batch(&rebuild(", extra INTEGER", "id, v, r")).unwrap();
+        app.execute_batch(&rebuild(", extra INTEGER", "id, v, r"))
+            .unwrap();
         app.execute_batch("UPDATE t SET v = 'B' WHERE id = 2; UPDATE t SET r = 0.0 WHERE id = 4; DELETE FROM t WHERE id = 3; INSERT INTO t VALUES (5, 'e', NULL, NULL); UPDATE t SET extra = 7 WHERE id = 1;")
             .unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema, &Recorded::new(), 1).unwrap(), Resync { inserts: 1, updates: 2, deletes: 1, fills: 0 });
+        assert_eq!(
+            install(&mut node, &schema, &Recorded::new(), 1).unwrap(),
+            Resync {
+                inserts: 1,
+                updates: 2,
+                deletes: 1,
+                fills: 0
+            }
+        );
         assert_eq!(logged(&node, "t"), vec![(1, 1), (1, 2), (2, 3), (1, 5)]);
         // stamped, the digests are current again: a second look finds nothing
         stamp(&node, &schema, &mut hlc, 1).unwrap();
-        app.execute_batch(&rebuild(", extra INTEGER", "id, v, r, extra")).unwrap();
+        app.execute_batch(&rebuild(", extra INTEGER", "id, v, r, extra"))
+            .unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema, &Recorded::new(), 1).unwrap(), Resync::default());
+        assert_eq!(
+            install(&mut node, &schema, &Recorded::new(), 1).unwrap(),
+            Resync::default()
+        );
         drop((node, app));
         let _ = std::fs::remove_file(&path);
     }
@@ -901,12 +1212,21 @@ mod tests {
         let mut node = crate::db::open(&path).unwrap();
         let cfg = Config::parse("db_path = \"x.db\"").unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        let recorded: Recorded = [("t".to_string(), vec!["id".to_string(), "v".to_string()])].into_iter().collect();
+        let recorded: Recorded = [("t".to_string(), vec!["id".to_string(), "v".to_string()])]
+            .into_iter()
+            .collect();
         install(&mut node, &schema, &recorded, 9).unwrap();
         let mut hlc = Hlc::new(0);
         stamp(&node, &schema, &mut hlc, 9).unwrap();
-        node.execute_batch("UPDATE __hl_ver_t SET pending = 0, node = 4").unwrap();
-        let before: Vec<i64> = node.prepare("SELECT ver FROM __hl_ver_t ORDER BY k0").unwrap().query_map([], |r| r.get(0)).unwrap().map(|v| v.unwrap()).collect();
+        node.execute_batch("UPDATE __hl_ver_t SET pending = 0, node = 4")
+            .unwrap();
+        let before: Vec<i64> = node
+            .prepare("SELECT ver FROM __hl_ver_t ORDER BY k0")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|v| v.unwrap())
+            .collect();
         // Django's AddField(default=5): a rebuild filling a NOT NULL column without a SQL
         // default; a nullable column left NULL; row 3 filled with the zero a lacking image gets
         Connection::open(&path)
@@ -918,7 +1238,14 @@ mod tests {
             )
             .unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema, &recorded, 9).unwrap(), Resync { updates: 1, fills: 1, ..Default::default() });
+        assert_eq!(
+            install(&mut node, &schema, &recorded, 9).unwrap(),
+            Resync {
+                updates: 1,
+                fills: 1,
+                ..Default::default()
+            }
+        );
         let after: Vec<(i64, i64, i64)> = node
             .prepare("SELECT ver, node, pending FROM __hl_ver_t ORDER BY k0")
             .unwrap()
@@ -926,13 +1253,28 @@ mod tests {
             .unwrap()
             .map(|v| v.unwrap())
             .collect();
-        assert_eq!(after, vec![(before[0] + 1, 9, 1), (before[1], 4, 0), (before[2], 4, 0)]);
-        assert_eq!(logged(&node, "t"), vec![(1, 2)], "the application's update gets a fresh stamp");
+        assert_eq!(
+            after,
+            vec![(before[0] + 1, 9, 1), (before[1], 4, 0), (before[2], 4, 0)]
+        );
+        assert_eq!(
+            logged(&node, "t"),
+            vec![(1, 2)],
+            "the application's update gets a fresh stamp"
+        );
         // with its digest current, the next look finds nothing
         stamp(&node, &schema, &mut hlc, 9).unwrap();
         node.execute_batch("DROP TRIGGER __hl_i_t").unwrap();
-        let now: Recorded = [("t".to_string(), schema.get("t").unwrap().header.columns.clone())].into_iter().collect();
-        assert_eq!(install(&mut node, &schema, &now, 9).unwrap(), Resync::default());
+        let now: Recorded = [(
+            "t".to_string(),
+            schema.get("t").unwrap().header.columns.clone(),
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            install(&mut node, &schema, &now, 9).unwrap(),
+            Resync::default()
+        );
         drop(node);
         let _ = std::fs::remove_file(&path);
     }
@@ -943,7 +1285,12 @@ mod tests {
     fn a_rebuild_seen_half_done_leaves_no_stray_capture() {
         let path = std::env::temp_dir().join(format!("hl-stray-{}.db", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');").unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+            )
+            .unwrap();
         let mut node = crate::db::open(&path).unwrap();
         let cfg = Config::parse("db_path = \"x.db\"").unwrap();
         let schema = scan(&node, &cfg).unwrap();
@@ -952,12 +1299,29 @@ mod tests {
         let app = Connection::open(&path).unwrap();
         app.execute_batch("CREATE TABLE new__t(id INTEGER PRIMARY KEY, v TEXT, w TEXT); INSERT INTO new__t(id, v) SELECT id, v FROM t;").unwrap();
         let half = scan(&node, &cfg).unwrap();
-        assert_eq!(half.tables.iter().map(|t| t.name()).collect::<Vec<_>>(), vec!["t"], "{:?}", half.skipped);
+        assert_eq!(
+            half.tables.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            vec!["t"],
+            "{:?}",
+            half.skipped
+        );
         // an older node (or a table listed in `tables`) did capture it: a trigger on new__t
-        node.execute_batch("CREATE TRIGGER __hl_i_new__t AFTER INSERT ON new__t BEGIN SELECT 1; END;").unwrap();
-        app.execute_batch("DROP TABLE t; ALTER TABLE new__t RENAME TO t; UPDATE t SET v = 'b' WHERE id = 1;").unwrap();
+        node.execute_batch(
+            "CREATE TRIGGER __hl_i_new__t AFTER INSERT ON new__t BEGIN SELECT 1; END;",
+        )
+        .unwrap();
+        app.execute_batch(
+            "DROP TABLE t; ALTER TABLE new__t RENAME TO t; UPDATE t SET v = 'b' WHERE id = 1;",
+        )
+        .unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(install(&mut node, &schema, &Recorded::new(), 1).unwrap(), Resync { updates: 1, ..Default::default() });
+        assert_eq!(
+            install(&mut node, &schema, &Recorded::new(), 1).unwrap(),
+            Resync {
+                updates: 1,
+                ..Default::default()
+            }
+        );
         let triggers: Vec<String> = node
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name")
             .unwrap()
@@ -982,10 +1346,27 @@ mod tests {
         let schema = scan(&node, &cfg).unwrap();
         install(&mut node, &schema, &Recorded::new(), 9).unwrap();
         stamp(&node, &schema, &mut Hlc::new(0), 9).unwrap();
-        node.execute_batch("UPDATE __hl_ver_t SET h = NULL, pending = 0 WHERE k0 = 1; DROP TRIGGER __hl_u_t;").unwrap();
-        let ver: i64 = node.query_row("SELECT ver FROM __hl_ver_t WHERE k0 = 1", [], |r| r.get(0)).unwrap();
-        assert_eq!(install(&mut node, &schema, &Recorded::new(), 9).unwrap(), Resync { fills: 1, ..Default::default() });
-        let after: (i64, i64) = node.query_row("SELECT ver, pending FROM __hl_ver_t WHERE k0 = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        node.execute_batch(
+            "UPDATE __hl_ver_t SET h = NULL, pending = 0 WHERE k0 = 1; DROP TRIGGER __hl_u_t;",
+        )
+        .unwrap();
+        let ver: i64 = node
+            .query_row("SELECT ver FROM __hl_ver_t WHERE k0 = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            install(&mut node, &schema, &Recorded::new(), 9).unwrap(),
+            Resync {
+                fills: 1,
+                ..Default::default()
+            }
+        );
+        let after: (i64, i64) = node
+            .query_row(
+                "SELECT ver, pending FROM __hl_ver_t WHERE k0 = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
         assert_eq!(after, (ver + 1, 1));
         drop(node);
         let _ = std::fs::remove_file(&path);
@@ -996,12 +1377,33 @@ mod tests {
     fn the_digest_is_stable() {
         let conn = Connection::open_in_memory().unwrap();
         register_functions(&conn).unwrap();
-        let d: i64 = conn.query_row("SELECT __hl_digest('id', 1, 'V', 'x', 'r', 1.5, 'b', x'00', 'n', NULL)", [], |r| r.get(0)).unwrap();
-        let same: i64 = conn.query_row("SELECT __hl_digest('id', 1, 'v', 'x', 'r', 1.5, 'b', x'00')", [], |r| r.get(0)).unwrap();
+        let d: i64 = conn
+            .query_row(
+                "SELECT __hl_digest('id', 1, 'V', 'x', 'r', 1.5, 'b', x'00', 'n', NULL)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let same: i64 = conn
+            .query_row(
+                "SELECT __hl_digest('id', 1, 'v', 'x', 'r', 1.5, 'b', x'00')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
         assert_eq!(d, same, "NULL values and the case of names do not count");
-        let text: i64 = conn.query_row("SELECT __hl_digest('id', '1', 'v', 'x', 'r', 1.5, 'b', x'00')", [], |r| r.get(0)).unwrap();
+        let text: i64 = conn
+            .query_row(
+                "SELECT __hl_digest('id', '1', 'v', 'x', 'r', 1.5, 'b', x'00')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
         assert_ne!(d, text, "the storage class counts");
-        assert_eq!(d, 8083825602864067539, "a stored digest never changes meaning");
+        assert_eq!(
+            d, 8083825602864067539,
+            "a stored digest never changes meaning"
+        );
     }
 
     /// A guarded connection's writes leave nothing in the change log, an application's
@@ -1022,7 +1424,10 @@ mod tests {
         .unwrap();
         let cfg = Config::parse("db_path = \"x.db\"\nexclude_tables = [\"local_audit\"]").unwrap();
         let schema = scan(&node, &cfg).unwrap();
-        assert_eq!(schema.tables.iter().map(|t| t.name()).collect::<Vec<_>>(), vec!["audit", "t"]);
+        assert_eq!(
+            schema.tables.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            vec!["audit", "t"]
+        );
         install(&mut node, &schema, &Recorded::new(), 1).unwrap();
         let names = ReplicatedNames::default();
         assert!(names.update(&schema));
@@ -1031,19 +1436,39 @@ mod tests {
         node.execute_batch("INSERT INTO t VALUES (1, 'node', NULL); UPDATE t SET v = 'node2' WHERE id = 1; INSERT INTO t VALUES (3, 'x', NULL); DELETE FROM t WHERE id = 3;")
             .unwrap();
         let app = Connection::open(&path).unwrap();
-        app.execute_batch("INSERT INTO t VALUES (2, 'app', NULL); UPDATE t SET v = 'app2' WHERE id = 1;").unwrap();
+        app.execute_batch(
+            "INSERT INTO t VALUES (2, 'app', NULL); UPDATE t SET v = 'app2' WHERE id = 1;",
+        )
+        .unwrap();
         let all = |sql: &str| -> Vec<String> {
-            node.prepare(sql).unwrap().query_map([], |r| r.get::<_, rusqlite::types::Value>(0)).unwrap().map(|v| format!("{:?}", v.unwrap())).collect()
+            node.prepare(sql)
+                .unwrap()
+                .query_map([], |r| r.get::<_, rusqlite::types::Value>(0))
+                .unwrap()
+                .map(|v| format!("{:?}", v.unwrap()))
+                .collect()
         };
         // only the application's writes are logged: its insert of 2, its update of 1, and the
         // trigger writes they caused (audit 2; t 1 again, stamped)
-        assert_eq!(all("SELECT k0 FROM __hl_log_t ORDER BY seq"), vec!["Integer(2)", "Integer(1)", "Integer(1)"]);
-        assert_eq!(all("SELECT k0 FROM __hl_log_audit ORDER BY seq"), vec!["Integer(2)"]);
+        assert_eq!(
+            all("SELECT k0 FROM __hl_log_t ORDER BY seq"),
+            vec!["Integer(2)", "Integer(1)", "Integer(1)"]
+        );
+        assert_eq!(
+            all("SELECT k0 FROM __hl_log_audit ORDER BY seq"),
+            vec!["Integer(2)"]
+        );
         // replicated tables: the node's writes did not run the application's trigger effects
         assert_eq!(all("SELECT n FROM audit ORDER BY n"), vec!["Integer(2)"]);
-        assert_eq!(all("SELECT coalesce(stamp, 'none') FROM t ORDER BY id"), vec!["Text(\"app\")", "Text(\"none\")"]);
+        assert_eq!(
+            all("SELECT coalesce(stamp, 'none') FROM t ORDER BY id"),
+            vec!["Text(\"app\")", "Text(\"none\")"]
+        );
         // a table that is not replicated: every trigger write happened
-        assert_eq!(all("SELECT n FROM local_audit ORDER BY rowid"), vec!["Integer(1)", "Integer(3)", "Integer(2)"]);
+        assert_eq!(
+            all("SELECT n FROM local_audit ORDER BY rowid"),
+            vec!["Integer(1)", "Integer(3)", "Integer(2)"]
+        );
         drop((node, app));
         let _ = std::fs::remove_file(&path);
     }

@@ -29,11 +29,20 @@ pub const PREFIX: &str = "__hl_";
 pub enum CleanupError {
     Db(DbError),
     /// A node process holds the database's lock file.
-    Running { db: PathBuf, lock: PathBuf },
+    Running {
+        db: PathBuf,
+        lock: PathBuf,
+    },
     /// Local changes that never reached the stream would be lost.
-    Unpublished { db: PathBuf, changes: u64 },
+    Unpublished {
+        db: PathBuf,
+        changes: u64,
+    },
     /// The lock file cannot be created or locked.
-    Lock { path: PathBuf, source: std::io::Error },
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for CleanupError {
@@ -86,7 +95,10 @@ pub struct Report {
 impl Report {
     /// The application tables HarmonyLite replicated (those that had a version table).
     pub fn replicated(&self) -> Vec<&str> {
-        self.tables.iter().filter_map(|t| t.strip_prefix("__hl_ver_")).collect()
+        self.tables
+            .iter()
+            .filter_map(|t| t.strip_prefix("__hl_ver_"))
+            .collect()
     }
 
     pub fn to_text(&self) -> String {
@@ -94,7 +106,10 @@ impl Report {
         let db = self.db.display();
         // writing into a String cannot fail
         if self.triggers.is_empty() && self.indexes.is_empty() && self.tables.is_empty() {
-            let _ = writeln!(s, "nothing to remove in {db}: it has no HarmonyLite triggers, tables or indexes");
+            let _ = writeln!(
+                s,
+                "nothing to remove in {db}: it has no HarmonyLite triggers, tables or indexes"
+            );
         } else {
             let _ = writeln!(
                 s,
@@ -102,11 +117,19 @@ impl Report {
                 self.triggers.len(),
                 self.tables.len(),
                 self.indexes.len(),
-                if self.replicated().is_empty() { "no table".to_string() } else { self.replicated().join(", ") }
+                if self.replicated().is_empty() {
+                    "no table".to_string()
+                } else {
+                    self.replicated().join(", ")
+                }
             );
         }
         if self.discarded > 0 {
-            let _ = writeln!(s, "discarded {} unpublished local change(s) (--force)", self.discarded);
+            let _ = writeln!(
+                s,
+                "discarded {} unpublished local change(s) (--force)",
+                self.discarded
+            );
         }
         for f in &self.files {
             let _ = writeln!(s, "removed file {}", f.display());
@@ -165,12 +188,20 @@ fn take_lock(db_path: &Path) -> Result<Held, CleanupError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| CleanupError::Lock { path: path.clone(), source })?;
+        .map_err(|source| CleanupError::Lock {
+            path: path.clone(),
+            source,
+        })?;
     match file.try_lock() {
-        Ok(()) => Ok(Held { path, _file: file, remove: !existed }),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(CleanupError::Running { db: db_path.to_path_buf(), lock: path })
-        }
+        Ok(()) => Ok(Held {
+            path,
+            _file: file,
+            remove: !existed,
+        }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CleanupError::Running {
+            db: db_path.to_path_buf(),
+            lock: path,
+        }),
         Err(std::fs::TryLockError::Error(source)) => {
             if !existed {
                 let _ = std::fs::remove_file(&path);
@@ -186,7 +217,10 @@ fn ours(conn: &Connection, kind: &str) -> Result<Vec<String>, DbError> {
     let mut st = conn
         .prepare("SELECT name FROM main.sqlite_schema WHERE type = ?1 AND name GLOB '__hl_*' ORDER BY name")
         .ctx("read schema")?;
-    let names = st.query_map([kind], |r| r.get::<_, String>(0)).and_then(|r| r.collect()).ctx("read schema")?;
+    let names = st
+        .query_map([kind], |r| r.get::<_, String>(0))
+        .and_then(|r| r.collect())
+        .ctx("read schema")?;
     Ok(names)
 }
 
@@ -203,18 +237,29 @@ pub fn unpublished(conn: &Connection) -> Result<u64, DbError> {
         } else {
             continue;
         };
-        n += conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).ctx("count unpublished changes")? as u64;
+        n += conn
+            .query_row(&sql, [], |r| r.get::<_, i64>(0))
+            .ctx("count unpublished changes")? as u64;
     }
     Ok(n)
 }
 
 /// Drops every `__hl_*` trigger, index and table of `conn` in one transaction. Refuses when
 /// unpublished local changes exist, unless `force`. Returns what was dropped (no files yet).
-pub fn drop_all(conn: &mut Connection, db_path: &Path, force: bool) -> Result<Report, CleanupError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).ctx("begin cleanup")?;
+pub fn drop_all(
+    conn: &mut Connection,
+    db_path: &Path,
+    force: bool,
+) -> Result<Report, CleanupError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .ctx("begin cleanup")?;
     let pending = unpublished(&tx)?;
     if pending > 0 && !force {
-        return Err(CleanupError::Unpublished { db: db_path.to_path_buf(), changes: pending });
+        return Err(CleanupError::Unpublished {
+            db: db_path.to_path_buf(),
+            changes: pending,
+        });
     }
     let report = Report {
         db: db_path.to_path_buf(),
@@ -227,7 +272,11 @@ pub fn drop_all(conn: &mut Connection, db_path: &Path, force: bool) -> Result<Re
     // Triggers first: an application write between two statements cannot happen (we hold the
     // write lock), but the order also keeps every intermediate schema valid.
     let mut sql = String::new();
-    for (kind, names) in [("TRIGGER", &report.triggers), ("INDEX", &report.indexes), ("TABLE", &report.tables)] {
+    for (kind, names) in [
+        ("TRIGGER", &report.triggers),
+        ("INDEX", &report.indexes),
+        ("TABLE", &report.tables),
+    ] {
         for n in names {
             let _ = write!(sql, "DROP {kind} IF EXISTS main.{};", quote(n));
         }
@@ -239,7 +288,10 @@ pub fn drop_all(conn: &mut Connection, db_path: &Path, force: bool) -> Result<Re
 
 /// Leftover `<db>.hl-snapshot-*` files (an interrupted download or save).
 fn snapshot_leftovers(db_path: &Path) -> Vec<PathBuf> {
-    let Some(name) = db_path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+    let Some(name) = db_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+    else {
         return Vec::new();
     };
     let prefix = format!("{name}.hl-snapshot-");
@@ -267,11 +319,20 @@ pub fn run(db_path: &Path, force: bool) -> Result<Report, CleanupError> {
     }
     let mut lock = take_lock(db_path)?;
     // Not db::open: that switches to WAL and creates our state table.
-    let mut conn = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|source| DbError::Open { path: db_path.to_path_buf(), source })?;
-    conn.busy_timeout(db::BUSY_TIMEOUT).ctx("set busy timeout")?;
+    let mut conn = Connection::open_with_flags(
+        db_path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| DbError::Open {
+        path: db_path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(db::BUSY_TIMEOUT)
+        .ctx("set busy timeout")?;
     let mut report = drop_all(&mut conn, db_path, force)?;
-    report.journal_mode = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).ctx("read journal mode")?;
+    report.journal_mode = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .ctx("read journal mode")?;
     drop(conn);
     for f in snapshot_leftovers(db_path) {
         match std::fs::remove_file(&f) {
@@ -285,7 +346,10 @@ pub fn run(db_path: &Path, force: bool) -> Result<Report, CleanupError> {
     }
     lock.remove = true;
     drop(lock);
-    let name = db_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = db_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let store = db_path.with_file_name(format!("{name}-nats"));
     report.nats_store = store.is_dir().then_some(store);
     Ok(report)
@@ -300,8 +364,14 @@ mod tests {
 
     impl Tmp {
         fn new(label: &str) -> Tmp {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-            let p = std::env::temp_dir().join(format!("hl-unit-cleanup-{label}-{}-{nanos}", std::process::id()));
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+            let p = std::env::temp_dir().join(format!(
+                "hl-unit-cleanup-{label}-{}-{nanos}",
+                std::process::id()
+            ));
             std::fs::create_dir_all(&p).unwrap();
             Tmp(p)
         }
@@ -332,7 +402,12 @@ mod tests {
     }
 
     fn hl_objects(conn: &Connection) -> i64 {
-        conn.query_row("SELECT count(*) FROM sqlite_schema WHERE name GLOB '__hl_*'", [], |r| r.get(0)).unwrap()
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name GLOB '__hl_*'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
     }
 
     /// An app database with capture installed, as a node leaves it; returns the app schema
@@ -346,7 +421,13 @@ mod tests {
         crate::apply::prepare(&conn).unwrap();
         let cfg = Config::parse("db_path = \"x.db\"").unwrap();
         let schema = crate::capture::scan(&conn, &cfg).unwrap();
-        assert_eq!(crate::capture::install(&mut conn, &schema, &Default::default(), 1).unwrap().total(), 3, "backfilled rows");
+        assert_eq!(
+            crate::capture::install(&mut conn, &schema, &Default::default(), 1)
+                .unwrap()
+                .total(),
+            3,
+            "backfilled rows"
+        );
         before
     }
 
@@ -362,17 +443,31 @@ mod tests {
             Err(CleanupError::Unpublished { changes: 3, .. }) => {}
             other => panic!("{other:?}"),
         }
-        assert!(!lock_path(&path).exists(), "a refusal leaves no lock file behind");
+        assert!(
+            !lock_path(&path).exists(),
+            "a refusal leaves no lock file behind"
+        );
         let conn = Connection::open(&path).unwrap();
         assert_eq!(hl_objects(&conn), 15, "nothing dropped by the refusal");
         drop(conn);
 
         let report = run(&path, true).unwrap();
-        assert_eq!(report.triggers, ["__hl_d_t", "__hl_d_w", "__hl_i_t", "__hl_i_w", "__hl_u_t", "__hl_u_w"]);
+        assert_eq!(
+            report.triggers,
+            ["__hl_d_t", "__hl_d_w", "__hl_i_t", "__hl_i_w", "__hl_u_t", "__hl_u_w"]
+        );
         assert_eq!(report.indexes, ["__hl_pend_t", "__hl_pend_w"]);
         assert_eq!(
             report.tables,
-            ["__hl_frag", "__hl_log_t", "__hl_log_w", "__hl_meta", "__hl_parked", "__hl_ver_t", "__hl_ver_w"]
+            [
+                "__hl_frag",
+                "__hl_log_t",
+                "__hl_log_w",
+                "__hl_meta",
+                "__hl_parked",
+                "__hl_ver_t",
+                "__hl_ver_w"
+            ]
         );
         assert_eq!(report.replicated(), ["t", "w"]);
         assert_eq!(report.discarded, 3);
@@ -381,8 +476,14 @@ mod tests {
         assert_eq!(report.nats_store, None);
         let text = report.to_text();
         assert!(text.starts_with("removed from "), "{text}");
-        assert!(text.contains(": 6 triggers, 7 tables, 2 indexes (replication of: t, w)\n"), "{text}");
-        assert!(text.contains("discarded 3 unpublished local change(s) (--force)\n"), "{text}");
+        assert!(
+            text.contains(": 6 triggers, 7 tables, 2 indexes (replication of: t, w)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("discarded 3 unpublished local change(s) (--force)\n"),
+            "{text}"
+        );
         assert!(text.contains("stays in WAL mode"), "{text}");
 
         let conn = Connection::open(&path).unwrap();
@@ -390,13 +491,24 @@ mod tests {
         assert_eq!(app_schema(&conn), before);
         assert!(!lock_path(&path).exists());
         // the application's own trigger still works, and nothing of ours is left to fail a write
-        conn.execute_batch("INSERT INTO t VALUES (3, 3); UPDATE w SET c = 1; DELETE FROM t WHERE id = 1;").unwrap();
-        let audit: i64 = conn.query_row("SELECT count(*) FROM nokey WHERE y = 'audit'", [], |r| r.get(0)).unwrap();
+        conn.execute_batch(
+            "INSERT INTO t VALUES (3, 3); UPDATE w SET c = 1; DELETE FROM t WHERE id = 1;",
+        )
+        .unwrap();
+        let audit: i64 = conn
+            .query_row("SELECT count(*) FROM nokey WHERE y = 'audit'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
         assert_eq!(audit, 3);
 
         // a second run finds nothing
         let again = run(&path, false).unwrap();
-        assert!(again.to_text().starts_with("nothing to remove in "), "{}", again.to_text());
+        assert!(
+            again.to_text().starts_with("nothing to remove in "),
+            "{}",
+            again.to_text()
+        );
     }
 
     #[test]
@@ -417,7 +529,11 @@ mod tests {
         drop(conn);
         drop(node);
         let report = run(&path, true).unwrap();
-        assert_eq!(report.files, [lock_path(&path)], "a lock file a node left is removed");
+        assert_eq!(
+            report.files,
+            [lock_path(&path)],
+            "a lock file a node left is removed"
+        );
         assert!(!lock_path(&path).exists());
     }
 
@@ -430,8 +546,14 @@ mod tests {
         let before = app_schema(&app);
         drop(app);
         let report = run(&path, false).unwrap();
-        assert_eq!(report.tables.len() + report.triggers.len() + report.indexes.len(), 0);
-        assert_eq!(report.journal_mode, "delete", "cleanup does not switch the journal mode");
+        assert_eq!(
+            report.tables.len() + report.triggers.len() + report.indexes.len(),
+            0
+        );
+        assert_eq!(
+            report.journal_mode, "delete",
+            "cleanup does not switch the journal mode"
+        );
         assert!(report.files.is_empty());
         assert!(!lock_path(&path).exists());
         assert_eq!(app_schema(&Connection::open(&path).unwrap()), before);

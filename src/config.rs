@@ -153,7 +153,12 @@ pub struct Snapshot {
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Snapshot { enabled: true, interval: 0, store: None, save: true }
+        Snapshot {
+            enabled: true,
+            interval: 0,
+            store: None,
+            save: true,
+        }
     }
 }
 
@@ -230,14 +235,23 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads, parses and validates the file. Relative `db_path`s are taken from the config's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError { path: path.to_path_buf(), message };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(format!("cannot read the file: {e}")))?;
+        let err = |message: String| ConfigError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the file: {e}")))?;
         let mut cfg = Config::parse(&text).map_err(err)?;
         // relative paths are taken from the config's folder, not the working directory
         let base = path.parent().unwrap_or(Path::new("."));
         let n = &mut cfg.nats;
-        let nats_files = [&mut n.seed_file, &mut n.creds_file, &mut n.ca_file, &mut n.cert_file, &mut n.key_file];
+        let nats_files = [
+            &mut n.seed_file,
+            &mut n.creds_file,
+            &mut n.ca_file,
+            &mut n.cert_file,
+            &mut n.key_file,
+        ];
         for p in nats_files.into_iter().flatten().chain([&mut cfg.db_path]) {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -289,7 +303,9 @@ impl Config {
         let subject_ok = |s: &str| {
             !s.is_empty()
                 && s.split('.').all(|t| {
-                    !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
                 })
         };
         if !subject_ok(&self.nats.subject_prefix) {
@@ -299,7 +315,10 @@ impl Config {
             ));
         }
         if !subject_ok(&self.nats.status_subject) {
-            return Err(format!("[nats] status_subject: {:?} is not a NATS subject", self.nats.status_subject));
+            return Err(format!(
+                "[nats] status_subject: {:?} is not a NATS subject",
+                self.nats.status_subject
+            ));
         }
         // the stream captures `<subject_prefix>.>`: status requests must not land in it
         let status = format!("{}.{}.", self.nats.status_subject, self.nats.stream_prefix);
@@ -310,7 +329,11 @@ impl Config {
             ));
         }
         let s = &self.nats.stream_prefix;
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
             return Err(format!(
                 "[nats] stream_prefix: {s:?} is not a valid stream name (letters, digits, - and _)"
             ));
@@ -318,7 +341,13 @@ impl Config {
         for url in &self.nats.urls {
             check_url(url).map_err(|why| format!("[nats] urls: {url:?}: {why}"))?;
         }
-        if self.nats.urls.is_empty() && self.nats.embedded_listen.parse::<std::net::SocketAddr>().is_err() {
+        if self.nats.urls.is_empty()
+            && self
+                .nats
+                .embedded_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
             return Err(format!(
                 "[nats] embedded_listen: {:?} is not an address like 127.0.0.1:4222",
                 self.nats.embedded_listen
@@ -333,24 +362,37 @@ impl Config {
         if self.nats.write_timeout_ms < 100 {
             return Err("[nats] write_timeout_ms: expected at least 100".into());
         }
-        if self.nats.reconnect_min_ms == 0 || self.nats.reconnect_min_ms > self.nats.reconnect_max_ms {
-            return Err("[nats] reconnect_min_ms: expected at least 1 and at most reconnect_max_ms".into());
+        if self.nats.reconnect_min_ms == 0
+            || self.nats.reconnect_min_ms > self.nats.reconnect_max_ms
+        {
+            return Err(
+                "[nats] reconnect_min_ms: expected at least 1 and at most reconnect_max_ms".into(),
+            );
         }
         if self.nats.user_name.is_some() != self.nats.user_password.is_some() {
             return Err("[nats] user_name and user_password: set both or neither".into());
         }
-        if self.nats.token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+        if self
+            .nats
+            .token
+            .as_ref()
+            .is_some_and(|t| t.expose().is_empty())
+        {
             return Err("[nats] token: must not be empty (remove the key for no token)".into());
         }
         if let [a, b, ..] = self.nats.auth_methods()[..] {
-            return Err(format!("[nats] {a} and {b}: set one authentication method, not both"));
+            return Err(format!(
+                "[nats] {a} and {b}: set one authentication method, not both"
+            ));
         }
         if self.nats.cert_file.is_some() != self.nats.key_file.is_some() {
             return Err("[nats] cert_file and key_file: set both or neither".into());
         }
         if let Some(f) = &self.logging.format {
             if f != "text" && f != "json" {
-                return Err(format!("[logging] format: expected \"text\" or \"json\", got {f:?}"));
+                return Err(format!(
+                    "[logging] format: expected \"text\" or \"json\", got {f:?}"
+                ));
             }
         }
         ops::validate(&self.prometheus, &self.health_check)?;
@@ -375,13 +417,19 @@ impl Config {
     /// schema; replicated, they tell a node it has applied migrations it has not.
     pub fn is_default_excluded(&self, table: &str) -> bool {
         let lower = table.to_ascii_lowercase();
-        (MIGRATION_TABLES.iter().any(|m| m.eq_ignore_ascii_case(table)) || MIGRATION_TEMP_PREFIXES.iter().any(|p| lower.starts_with(p)))
+        (MIGRATION_TABLES
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(table))
+            || MIGRATION_TEMP_PREFIXES.iter().any(|p| lower.starts_with(p)))
             && !self.tables.iter().any(|t| t == table)
     }
 
     /// The subject a status request for `node` (a node id, or `all`) goes to.
     pub fn status_subject(&self, node: &str) -> String {
-        format!("{}.{}.{node}", self.nats.status_subject, self.nats.stream_prefix)
+        format!(
+            "{}.{}.{node}",
+            self.nats.status_subject, self.nats.stream_prefix
+        )
     }
 
     /// The subject this node publishes to.
@@ -477,21 +525,38 @@ mod tests {
     fn bad_url_is_named() {
         let e = Config::parse("db_path = \"a\"\n[nats]\nurls = [\"http://x:1\"]\n").unwrap_err();
         assert!(e.contains("[nats] urls"), "{e}");
-        let e = Config::parse("db_path = \"a\"\n[nats]\nurls = [\"nats://x:99999\"]\n").unwrap_err();
+        let e =
+            Config::parse("db_path = \"a\"\n[nats]\nurls = [\"nats://x:99999\"]\n").unwrap_err();
         assert!(e.contains("port"), "{e}");
-        Config::parse("db_path = \"a\"\n[nats]\nurls = [\"nats://u:p@x:4222\", \"127.0.0.1:4222\"]\n")
-            .unwrap();
+        Config::parse(
+            "db_path = \"a\"\n[nats]\nurls = [\"nats://u:p@x:4222\", \"127.0.0.1:4222\"]\n",
+        )
+        .unwrap();
     }
 
     #[test]
     fn one_authentication_method_at_most() {
-        let both = |a: &str, b: &str| Config::parse(&format!("db_path = \"a\"\n[nats]\n{a}\n{b}\n")).unwrap_err();
-        let e = both("user_name = \"u\"\nuser_password = \"hunter2\"", "token = \"t0k3n\"");
-        assert_eq!(e, "[nats] user_name/user_password and token: set one authentication method, not both");
+        let both = |a: &str, b: &str| {
+            Config::parse(&format!("db_path = \"a\"\n[nats]\n{a}\n{b}\n")).unwrap_err()
+        };
+        let e = both(
+            "user_name = \"u\"\nuser_password = \"hunter2\"",
+            "token = \"t0k3n\"",
+        );
+        assert_eq!(
+            e,
+            "[nats] user_name/user_password and token: set one authentication method, not both"
+        );
         let e = both("token = \"t0k3n\"", "seed_file = \"u.nk\"");
-        assert_eq!(e, "[nats] token and seed_file: set one authentication method, not both");
+        assert_eq!(
+            e,
+            "[nats] token and seed_file: set one authentication method, not both"
+        );
         let e = both("seed_file = \"u.nk\"", "creds_file = \"u.creds\"");
-        assert_eq!(e, "[nats] seed_file and creds_file: set one authentication method, not both");
+        assert_eq!(
+            e,
+            "[nats] seed_file and creds_file: set one authentication method, not both"
+        );
         let e = Config::parse("db_path = \"a\"\n[nats]\ntoken = \"\"\n").unwrap_err();
         assert!(e.starts_with("[nats] token: must not be empty"), "{e}");
         let c = Config::parse("db_path = \"a\"\n[nats]\ntoken = \"t0k3n\"\n").unwrap();
@@ -501,14 +566,21 @@ mod tests {
 
     #[test]
     fn secrets_are_not_shown() {
-        let c = Config::parse("db_path = \"a\"\n[nats]\nuser_name = \"u\"\nuser_password = \"hunter2\"\n").unwrap();
+        let c = Config::parse(
+            "db_path = \"a\"\n[nats]\nuser_name = \"u\"\nuser_password = \"hunter2\"\n",
+        )
+        .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         let c = Config::parse("db_path = \"a\"\n[nats]\ntoken = \"t0k3n\"\n").unwrap();
         assert!(!format!("{c:?}").contains("t0k3n"));
         let e = Config::parse("db_path = \"a\"\n[nats]\ntoken = 31415926\n").unwrap_err();
         assert_eq!(e, "line 3 `token = <hidden>`: invalid value, expected a quoted string (not shown: it is a secret)");
-        let e = Config::parse("db_path = \"a\"\n[nats]\nuser_password = \"hunter2\" x\n").unwrap_err();
-        assert!(e.contains("user_password = <hidden>") && !e.contains("hunter2"), "{e}");
+        let e =
+            Config::parse("db_path = \"a\"\n[nats]\nuser_password = \"hunter2\" x\n").unwrap_err();
+        assert!(
+            e.contains("user_password = <hidden>") && !e.contains("hunter2"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -525,16 +597,39 @@ mod tests {
         let path = dir.join("u.nk");
         assert_eq!(n.seed_file.as_deref(), Some(path.as_path()));
         let e = n.check_files().unwrap_err();
-        assert!(e.starts_with(&format!("[nats] seed_file: cannot read {}: ", path.display())), "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "[nats] seed_file: cannot read {}: ",
+                path.display()
+            )),
+            "{e}"
+        );
         let kp = nkeys::KeyPair::new_user();
         std::fs::write(&path, format!("# a comment\n{}\n", kp.seed().unwrap())).unwrap();
         n.check_files().unwrap();
-        assert_eq!(n.user_seed().unwrap().unwrap().public_key(), kp.public_key());
+        assert_eq!(
+            n.user_seed().unwrap().unwrap().public_key(),
+            kp.public_key()
+        );
         std::fs::write(&path, nkeys::KeyPair::new_account().seed().unwrap()).unwrap();
         let e = n.check_files().unwrap_err();
-        assert_eq!(e, format!("[nats] seed_file: {} holds no user nkey seed (a line starting with SU)", path.display()));
-        let e = load("cert_file = \"u.nk\"\nkey_file = \"u.nk\"").check_files().unwrap_err();
-        assert_eq!(e, format!("[nats] cert_file: {} does not hold a PEM certificate", path.display()));
+        assert_eq!(
+            e,
+            format!(
+                "[nats] seed_file: {} holds no user nkey seed (a line starting with SU)",
+                path.display()
+            )
+        );
+        let e = load("cert_file = \"u.nk\"\nkey_file = \"u.nk\"")
+            .check_files()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "[nats] cert_file: {} does not hold a PEM certificate",
+                path.display()
+            )
+        );
         let abs = load("ca_file = \"/etc/ca.pem\"");
         assert_eq!(abs.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
         let _ = std::fs::remove_dir_all(&dir);
@@ -542,8 +637,9 @@ mod tests {
 
     #[test]
     fn table_selection() {
-        let c = Config::parse("db_path = \"a\"\ntables = [\"a\", \"b\"]\nexclude_tables = [\"b\"]\n")
-            .unwrap();
+        let c =
+            Config::parse("db_path = \"a\"\ntables = [\"a\", \"b\"]\nexclude_tables = [\"b\"]\n")
+                .unwrap();
         assert!(c.wants_table("a"));
         assert!(!c.wants_table("b"));
         assert!(!c.wants_table("c"));
@@ -553,11 +649,20 @@ mod tests {
     fn migration_bookkeeping_is_left_out_unless_listed() {
         let c = Config::parse("db_path = \"a\"\n").unwrap();
         assert!(c.wants_table("app_item"));
-        for t in ["django_migrations", "alembic_version", "__efmigrationshistory", "__EFMigrationsHistory", "knex_migrations_lock", "new__shop_item", "_alembic_tmp_user"] {
+        for t in [
+            "django_migrations",
+            "alembic_version",
+            "__efmigrationshistory",
+            "__EFMigrationsHistory",
+            "knex_migrations_lock",
+            "new__shop_item",
+            "_alembic_tmp_user",
+        ] {
             assert!(!c.wants_table(t), "{t}");
             assert!(c.is_default_excluded(t), "{t}");
         }
-        let c = Config::parse("db_path = \"a\"\ntables = [\"app_item\", \"alembic_version\"]\n").unwrap();
+        let c = Config::parse("db_path = \"a\"\ntables = [\"app_item\", \"alembic_version\"]\n")
+            .unwrap();
         assert!(c.wants_table("alembic_version"));
         assert!(!c.is_default_excluded("alembic_version"));
         assert!(!c.wants_table("django_migrations"));

@@ -20,9 +20,15 @@ pub const META_TABLE: &str = "__hl_meta";
 pub enum DbError {
     /// The database file does not exist.
     Missing(PathBuf),
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     /// A statement failed; `op` names what we were doing.
-    Sql { op: &'static str, source: rusqlite::Error },
+    Sql {
+        op: &'static str,
+        source: rusqlite::Error,
+    },
 }
 
 impl DbError {
@@ -80,13 +86,22 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
     if !path.exists() {
         return Err(DbError::Missing(path.to_path_buf()));
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| DbError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     conn.busy_timeout(BUSY_TIMEOUT).ctx("set busy timeout")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
+        .map_err(|source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if !mode.eq_ignore_ascii_case("wal") {
         log::warn!("journal mode is {mode}, not wal: the application may see more lock waits");
     }
@@ -164,12 +179,16 @@ pub fn quote(name: &str) -> String {
 
 /// `PRAGMA data_version`: changes when another connection commits.
 pub fn data_version(conn: &Connection) -> Result<i64, DbError> {
-    conn.prepare_cached("PRAGMA data_version").and_then(|mut s| s.query_row([], |r| r.get(0))).ctx("read data_version")
+    conn.prepare_cached("PRAGMA data_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .ctx("read data_version")
 }
 
 /// `PRAGMA schema_version`: changes with every schema change.
 pub fn schema_version(conn: &Connection) -> Result<i64, DbError> {
-    conn.prepare_cached("PRAGMA schema_version").and_then(|mut s| s.query_row([], |r| r.get(0))).ctx("read schema_version")
+    conn.prepare_cached("PRAGMA schema_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .ctx("read schema_version")
 }
 
 /// The node id: configured, else persisted, else derived from the machine id and the database
@@ -191,7 +210,9 @@ pub fn node_id(conn: &Connection, configured: Option<u64>, db_path: &Path) -> Re
     } else {
         machine.trim().to_string()
     };
-    let canonical = db_path.canonicalize().unwrap_or_else(|_| db_path.to_path_buf());
+    let canonical = db_path
+        .canonicalize()
+        .unwrap_or_else(|_| db_path.to_path_buf());
     let seed = format!("{salt}\0{}", canonical.display());
     // 53 bits: readable, positive as i64 and exact in JSON.
     let id = (crate::frame::fnv64(seed.as_bytes()) & ((1 << 53) - 1)).max(1);

@@ -20,15 +20,33 @@ pub struct EmbeddedServer {
 impl EmbeddedServer {
     /// Starts `bin` on `listen` with its store in `<db folder>/<db name>-nats/`.
     pub fn start(bin: &Path, listen: &str, db_path: &Path) -> Result<EmbeddedServer, String> {
-        let addr: SocketAddr = listen.parse().map_err(|_| format!("[nats] embedded_listen: {listen:?} is not an address"))?;
-        let stem = db_path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "db".into());
-        let store = db_path.parent().unwrap_or(Path::new(".")).join(format!("{stem}-nats"));
-        fs::create_dir_all(&store).map_err(|e| format!("cannot create {}: {e}", store.display()))?;
+        let addr: SocketAddr = listen
+            .parse()
+            .map_err(|_| format!("[nats] embedded_listen: {listen:?} is not an address"))?;
+        let stem = db_path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "db".into());
+        let store = db_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(format!("{stem}-nats"));
+        fs::create_dir_all(&store)
+            .map_err(|e| format!("cannot create {}: {e}", store.display()))?;
         stop_orphan(&store);
         let child = spawn(bin, addr, &store)?;
-        let mut server = EmbeddedServer { child, bin: bin.to_path_buf(), addr, store };
+        let mut server = EmbeddedServer {
+            child,
+            bin: bin.to_path_buf(),
+            addr,
+            store,
+        };
         server.wait_ready()?;
-        log::info!("embedded nats-server started addr={} store={}", server.addr, server.store.display());
+        log::info!(
+            "embedded nats-server started addr={} store={}",
+            server.addr,
+            server.store.display()
+        );
         Ok(server)
     }
 
@@ -49,7 +67,11 @@ impl EmbeddedServer {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("embedded nats-server did not accept connections on {} within {}s", self.addr, START_TIMEOUT.as_secs()));
+                return Err(format!(
+                    "embedded nats-server did not accept connections on {} within {}s",
+                    self.addr,
+                    START_TIMEOUT.as_secs()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -72,7 +94,10 @@ impl EmbeddedServer {
     }
 
     pub fn stop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -99,7 +124,10 @@ const PID_FILE: &str = "nats-server.pid";
 /// A node killed with SIGKILL leaves its nats-server running. Its pid file and command line
 /// (which names our store folder) identify it; stop it so this start can take the port back.
 fn stop_orphan(store: &Path) {
-    let Some(pid) = fs::read_to_string(store.join(PID_FILE)).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+    let Some(pid) = fs::read_to_string(store.join(PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
         return;
     };
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -108,7 +136,10 @@ fn stop_orphan(store: &Path) {
         return;
     }
     log::warn!("stopping the embedded nats-server left running by an earlier run pid={pid}");
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
         // a zombie (already exited, not reaped by its dead parent) still has a /proc entry
@@ -119,7 +150,10 @@ fn stop_orphan(store: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     if Path::new(&format!("/proc/{pid}/cmdline")).exists() {
-        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
     }
 }
 
@@ -128,7 +162,8 @@ fn spawn(bin: &Path, addr: SocketAddr, store: &Path) -> Result<Child, String> {
     TcpListener::bind(addr).map_err(|e| {
         format!("embedded nats-server: {addr} is not free ({e}); point [nats] urls at the server there, or set [nats] embedded_listen to a free address")
     })?;
-    let log = File::create(store.join("nats-server.log")).map_err(|e| format!("cannot create the server log in {}: {e}", store.display()))?;
+    let log = File::create(store.join("nats-server.log"))
+        .map_err(|e| format!("cannot create the server log in {}: {e}", store.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let child = Command::new(bin)
         .arg("-a")

@@ -141,10 +141,18 @@ impl Frame {
                     .map(|ch| {
                         let d = delta(prev, ch.version);
                         prev = ch.version;
-                        WireChange { table: ch.table, version_delta: d, op: ch.op.clone() }
+                        WireChange {
+                            table: ch.table,
+                            version_delta: d,
+                            op: ch.op.clone(),
+                        }
                     })
                     .collect();
-                WireFrame::Changes(WireChanges { origin: c.origin, tables: c.tables.clone(), changes })
+                WireFrame::Changes(WireChanges {
+                    origin: c.origin,
+                    tables: c.tables.clone(),
+                    changes,
+                })
             }
         }
     }
@@ -159,10 +167,18 @@ impl Frame {
                     .into_iter()
                     .map(|ch| {
                         prev = prev.wrapping_add(ch.version_delta as u64);
-                        Change { table: ch.table, version: prev, op: ch.op }
+                        Change {
+                            table: ch.table,
+                            version: prev,
+                            op: ch.op,
+                        }
                     })
                     .collect();
-                Frame::Changes(Changes { origin: c.origin, tables: c.tables, changes })
+                Frame::Changes(Changes {
+                    origin: c.origin,
+                    tables: c.tables,
+                    changes,
+                })
             }
         }
     }
@@ -184,7 +200,10 @@ impl fmt::Display for FrameError {
         match self {
             FrameError::TooShort(n) => write!(f, "too short ({n} bytes)"),
             FrameError::BadMagic => write!(f, "not a HarmonyLite frame (bad magic)"),
-            FrameError::UnknownVersion(v) => write!(f, "unknown frame version {v} (this build reads {VERSION}): upgrade this node"),
+            FrameError::UnknownVersion(v) => write!(
+                f,
+                "unknown frame version {v} (this build reads {VERSION}): upgrade this node"
+            ),
             FrameError::Checksum => write!(f, "checksum mismatch"),
             FrameError::Decode(e) => write!(f, "does not decode: {e}"),
             FrameError::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the frame"),
@@ -253,13 +272,18 @@ fn validate(frame: &Frame) -> Result<(), FrameError> {
                 }
             }
             for ch in &c.changes {
-                let t = c.tables.get(ch.table as usize).ok_or(FrameError::Invalid("table index out of range"))?;
+                let t = c
+                    .tables
+                    .get(ch.table as usize)
+                    .ok_or(FrameError::Invalid("table index out of range"))?;
                 let ok = match &ch.op {
                     Op::Upsert(v) => v.len() == t.columns.len(),
                     Op::Delete(k) => k.len() == t.pk.len(),
                 };
                 if !ok {
-                    return Err(FrameError::Invalid("value count does not match the table header"));
+                    return Err(FrameError::Invalid(
+                        "value count does not match the table header",
+                    ));
                 }
             }
         }
@@ -274,13 +298,21 @@ fn validate(frame: &Frame) -> Result<(), FrameError> {
 
 /// Splits an encoded frame into fragment frames, each at most `max_frame` bytes.
 pub fn fragment(origin: u64, id: u64, encoded: &[u8], max_frame: usize) -> Vec<Vec<u8>> {
-    let chunk = max_frame.saturating_sub(ENVELOPE + FRAGMENT_OVERHEAD).max(1);
+    let chunk = max_frame
+        .saturating_sub(ENVELOPE + FRAGMENT_OVERHEAD)
+        .max(1);
     let count = encoded.len().div_ceil(chunk) as u32;
     encoded
         .chunks(chunk)
         .enumerate()
         .map(|(i, data)| {
-            encode(&Frame::Fragment(Fragment { origin, id, index: i as u32, count, data: data.to_vec() }))
+            encode(&Frame::Fragment(Fragment {
+                origin,
+                id,
+                index: i as u32,
+                count,
+                data: data.to_vec(),
+            }))
         })
         .collect()
 }
@@ -339,14 +371,20 @@ impl FrameBuilder {
         };
         let new_table_bytes = if is_new { header_len } else { 0 };
         let start = self.body.len();
-        let change = WireChange { table: index, version_delta: delta(self.prev_version, version), op };
+        let change = WireChange {
+            table: index,
+            version_delta: delta(self.prev_version, version),
+            op,
+        };
         self.body = postcard::to_extend(&change, std::mem::take(&mut self.body)).expect("Vec");
         let change_len = self.body.len() - start;
         if ENVELOPE + CHANGES_OVERHEAD + header_len + change_len > self.max_frame {
             self.body.truncate(start);
             return Pushed::TooLarge;
         }
-        if ENVELOPE + CHANGES_OVERHEAD + self.tables_bytes + new_table_bytes + self.body.len() > self.max_frame {
+        if ENVELOPE + CHANGES_OVERHEAD + self.tables_bytes + new_table_bytes + self.body.len()
+            > self.max_frame
+        {
             self.body.truncate(start);
             return Pushed::Full;
         }
@@ -385,7 +423,11 @@ pub fn encode_single(origin: u64, table: &TableHeader, version: u64, op: Op) -> 
     encode(&Frame::Changes(Changes {
         origin,
         tables: vec![table.clone()],
-        changes: vec![Change { table: 0, version, op }],
+        changes: vec![Change {
+            table: 0,
+            version,
+            op,
+        }],
     }))
 }
 
@@ -402,7 +444,11 @@ pub fn crc32(bytes: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             table[i] = c;
@@ -432,7 +478,11 @@ mod tests {
     use super::*;
 
     fn header() -> TableHeader {
-        TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into()], pk: vec![0] }
+        TableHeader {
+            name: "t".into(),
+            columns: vec!["id".into(), "v".into()],
+            pk: vec![0],
+        }
     }
 
     fn all_values() -> Vec<Value> {
@@ -454,17 +504,29 @@ mod tests {
     fn round_trip_keeps_every_value_exactly() {
         let mut b = FrameBuilder::new(7, 1 << 20);
         for (i, v) in all_values().into_iter().enumerate() {
-            assert_eq!(b.push(&header(), 100 + i as u64, Op::Upsert(vec![Value::Integer(i as i64), v])), Pushed::Added);
+            assert_eq!(
+                b.push(
+                    &header(),
+                    100 + i as u64,
+                    Op::Upsert(vec![Value::Integer(i as i64), v])
+                ),
+                Pushed::Added
+            );
         }
         b.push(&header(), 200, Op::Delete(vec![Value::Integer(3)]));
         let bytes = b.finish();
-        let Frame::Changes(c) = decode(&bytes).unwrap() else { panic!("not changes") };
+        let Frame::Changes(c) = decode(&bytes).unwrap() else {
+            panic!("not changes")
+        };
         assert_eq!(c.origin, 7);
         assert_eq!(c.tables, vec![header()]);
         assert_eq!(c.changes.len(), 11);
         for (i, v) in all_values().into_iter().enumerate() {
             assert_eq!(c.changes[i].version, 100 + i as u64);
-            assert_eq!(c.changes[i].op, Op::Upsert(vec![Value::Integer(i as i64), v]));
+            assert_eq!(
+                c.changes[i].op,
+                Op::Upsert(vec![Value::Integer(i as i64), v])
+            );
         }
         assert_eq!(c.changes[10].op, Op::Delete(vec![Value::Integer(3)]));
         // the hand-assembled frame is exactly postcard's encoding of the same struct
@@ -476,9 +538,14 @@ mod tests {
         let versions = [u64::MAX >> 1, 1, 7 << 16, (7 << 16) + 1, 3, u64::MAX >> 1];
         let mut b = FrameBuilder::new(2, 1 << 16);
         for v in versions {
-            assert_eq!(b.push(&header(), v, Op::Delete(vec![Value::Integer(1)])), Pushed::Added);
+            assert_eq!(
+                b.push(&header(), v, Op::Delete(vec![Value::Integer(1)])),
+                Pushed::Added
+            );
         }
-        let Frame::Changes(c) = decode(&b.finish()).unwrap() else { panic!() };
+        let Frame::Changes(c) = decode(&b.finish()).unwrap() else {
+            panic!()
+        };
         let got: Vec<u64> = c.changes.iter().map(|c| c.version).collect();
         assert_eq!(got, versions);
     }
@@ -496,7 +563,12 @@ mod tests {
         let mut frames = Vec::new();
         let mut n = 0;
         for i in 0..1000i64 {
-            let op = || Op::Upsert(vec![Value::Integer(i), Value::Text(vec![b'x'; (i % 97) as usize])]);
+            let op = || {
+                Op::Upsert(vec![
+                    Value::Integer(i),
+                    Value::Text(vec![b'x'; (i % 97) as usize]),
+                ])
+            };
             match b.push(&header(), i as u64, op()) {
                 Pushed::Added => {}
                 Pushed::Full => {
@@ -509,7 +581,9 @@ mod tests {
         frames.push(b.finish());
         for f in &frames {
             assert!(f.len() <= max, "frame of {} bytes over {max}", f.len());
-            let Frame::Changes(c) = decode(f).unwrap() else { panic!() };
+            let Frame::Changes(c) = decode(f).unwrap() else {
+                panic!()
+            };
             n += c.changes.len();
         }
         assert_eq!(n, 1000);
@@ -521,7 +595,10 @@ mod tests {
     #[test]
     fn oversized_row_is_reported_then_fragmented_and_reassembled() {
         let max = 2048;
-        let big = Op::Upsert(vec![Value::Integer(1), Value::Blob((0..10_000u32).map(|i| i as u8).collect())]);
+        let big = Op::Upsert(vec![
+            Value::Integer(1),
+            Value::Blob((0..10_000u32).map(|i| i as u8).collect()),
+        ]);
         let mut b = FrameBuilder::new(1, max);
         assert_eq!(b.push(&header(), 5, big.clone()), Pushed::TooLarge);
         assert!(b.is_empty());
@@ -531,18 +608,29 @@ mod tests {
         let mut joined = Vec::new();
         for (i, p) in parts.iter().enumerate() {
             assert!(p.len() <= max);
-            let Frame::Fragment(f) = decode(p).unwrap() else { panic!() };
-            assert_eq!((f.index as usize, f.count as usize, f.id), (i, parts.len(), 5));
+            let Frame::Fragment(f) = decode(p).unwrap() else {
+                panic!()
+            };
+            assert_eq!(
+                (f.index as usize, f.count as usize, f.id),
+                (i, parts.len(), 5)
+            );
             joined.extend_from_slice(&f.data);
         }
-        let Frame::Changes(c) = decode(&joined).unwrap() else { panic!() };
+        let Frame::Changes(c) = decode(&joined).unwrap() else {
+            panic!()
+        };
         assert_eq!(c.changes[0].op, big);
     }
 
     #[test]
     fn corrupt_input_is_an_error_not_a_panic() {
         let mut b = FrameBuilder::new(1, 4096);
-        b.push(&header(), 1, Op::Upsert(vec![Value::Integer(1), Value::Null]));
+        b.push(
+            &header(),
+            1,
+            Op::Upsert(vec![Value::Integer(1), Value::Null]),
+        );
         let good = b.finish();
         assert_eq!(decode(b"garbage"), Err(FrameError::BadMagic));
         assert_eq!(decode(b"HL"), Err(FrameError::TooShort(2)));
@@ -567,7 +655,11 @@ mod tests {
         let bad = encode(&Frame::Changes(Changes {
             origin: 1,
             tables: vec![],
-            changes: vec![Change { table: 3, version: 1, op: Op::Delete(vec![]) }],
+            changes: vec![Change {
+                table: 3,
+                version: 1,
+                op: Op::Delete(vec![]),
+            }],
         }));
         assert!(matches!(decode(&bad), Err(FrameError::Invalid(_))));
     }

@@ -25,7 +25,10 @@ pub struct Gap {
 impl Gap {
     /// The smallest range holding both.
     pub fn union(self, other: Gap) -> Gap {
-        Gap { from: self.from.min(other.from), to: self.to.max(other.to) }
+        Gap {
+            from: self.from.min(other.from),
+            to: self.to.max(other.to),
+        }
     }
 }
 
@@ -50,7 +53,10 @@ pub fn in_batch(position: u64, seqs: impl IntoIterator<Item = u64>) -> Option<Ga
             continue;
         }
         if seq > next {
-            let g = Gap { from: next, to: seq - 1 };
+            let g = Gap {
+                from: next,
+                to: seq - 1,
+            };
             found = Some(found.map_or(g, |f| f.union(g)));
         }
         next = seq + 1;
@@ -60,7 +66,10 @@ pub fn in_batch(position: u64, seqs: impl IntoIterator<Item = u64>) -> Option<Ga
 
 /// The hole between our position and the stream's first message, if any.
 pub fn before_stream(position: u64, first_seq: u64) -> Option<Gap> {
-    (first_seq > position + 1).then(|| Gap { from: position + 1, to: first_seq - 1 })
+    (first_seq > position + 1).then(|| Gap {
+        from: position + 1,
+        to: first_seq - 1,
+    })
 }
 
 /// The recorded hole, if any.
@@ -68,7 +77,10 @@ pub fn read(conn: &Connection) -> Result<Option<Gap>, DbError> {
     let from = db::get_meta(conn, GAP_FROM_KEY)?;
     let to = db::get_meta(conn, GAP_TO_KEY)?;
     Ok(match (from, to) {
-        (Some(from), Some(to)) => Some(Gap { from: from as u64, to: to as u64 }),
+        (Some(from), Some(to)) => Some(Gap {
+            from: from as u64,
+            to: to as u64,
+        }),
         _ => None,
     })
 }
@@ -86,8 +98,14 @@ pub fn record(conn: &Connection, g: Gap) -> Result<Gap, DbError> {
 pub fn clear_if_covered(conn: &Connection, seq: u64) -> Result<bool, DbError> {
     match read(conn)? {
         Some(g) if g.to <= seq => {
-            conn.execute(&format!("DELETE FROM {} WHERE key IN (?1, ?2)", db::META_TABLE), [GAP_FROM_KEY, GAP_TO_KEY])
-                .map_err(|source| DbError::Sql { op: "clear the recorded gap", source })?;
+            conn.execute(
+                &format!("DELETE FROM {} WHERE key IN (?1, ?2)", db::META_TABLE),
+                [GAP_FROM_KEY, GAP_TO_KEY],
+            )
+            .map_err(|source| DbError::Sql {
+                op: "clear the recorded gap",
+                source,
+            })?;
             Ok(false)
         }
         Some(_) => Ok(true),
@@ -116,7 +134,10 @@ mod tests {
 
     #[test]
     fn a_jump_inside_a_batch_is_a_hole() {
-        assert_eq!(in_batch(10, [11, 12, 14, 15]), Some(Gap { from: 13, to: 13 }));
+        assert_eq!(
+            in_batch(10, [11, 12, 14, 15]),
+            Some(Gap { from: 13, to: 13 })
+        );
         // two holes: one range covering both
         assert_eq!(in_batch(10, [12, 13, 20]), Some(Gap { from: 11, to: 19 }));
     }
@@ -133,12 +154,25 @@ mod tests {
     #[test]
     fn the_record_merges_and_is_cleared_only_by_a_covering_snapshot() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(&format!("CREATE TABLE {}(key TEXT PRIMARY KEY, value) WITHOUT ROWID", db::META_TABLE)).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE {}(key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+            db::META_TABLE
+        ))
+        .unwrap();
         assert_eq!(read(&conn).unwrap(), None);
-        assert_eq!(record(&conn, Gap { from: 11, to: 14 }).unwrap(), Gap { from: 11, to: 14 });
-        assert_eq!(record(&conn, Gap { from: 30, to: 31 }).unwrap(), Gap { from: 11, to: 31 });
+        assert_eq!(
+            record(&conn, Gap { from: 11, to: 14 }).unwrap(),
+            Gap { from: 11, to: 14 }
+        );
+        assert_eq!(
+            record(&conn, Gap { from: 30, to: 31 }).unwrap(),
+            Gap { from: 11, to: 31 }
+        );
         assert_eq!(read(&conn).unwrap(), Some(Gap { from: 11, to: 31 }));
-        assert!(clear_if_covered(&conn, 30).unwrap(), "a snapshot at 30 does not cover 31");
+        assert!(
+            clear_if_covered(&conn, 30).unwrap(),
+            "a snapshot at 30 does not cover 31"
+        );
         assert_eq!(read(&conn).unwrap(), Some(Gap { from: 11, to: 31 }));
         assert!(!clear_if_covered(&conn, 31).unwrap());
         assert_eq!(read(&conn).unwrap(), None);

@@ -17,7 +17,13 @@ pub fn stall_limit_ms(polling_interval_ms: u64) -> u64 {
 }
 
 /// The reasons the node is unhealthy, empty when it is healthy.
-pub fn reasons(live: &Liveness, db: Result<&Status, &str>, stall_ms: u64, grace_ms: u64, now_ms: u64) -> Vec<String> {
+pub fn reasons(
+    live: &Liveness,
+    db: Result<&Status, &str>,
+    stall_ms: u64,
+    grace_ms: u64,
+    now_ms: u64,
+) -> Vec<String> {
     let mut out = Vec::new();
     let secs = |ms: u64| ms as f64 / 1000.0;
     if !live.restoring {
@@ -25,14 +31,20 @@ pub fn reasons(live: &Liveness, db: Result<&Status, &str>, stall_ms: u64, grace_
             out.push("starting: the main loop has not run yet".to_string());
         } else if now_ms.saturating_sub(live.last_tick_ms) > stall_ms {
             let age = now_ms.saturating_sub(live.last_tick_ms);
-            out.push(format!("main loop stalled: last ran {:.1} s ago (limit {:.1} s)", secs(age), secs(stall_ms)));
+            out.push(format!(
+                "main loop stalled: last ran {:.1} s ago (limit {:.1} s)",
+                secs(age),
+                secs(stall_ms)
+            ));
         }
     }
     match db {
         Err(e) => out.push(format!("database not readable: {e}")),
         Ok(st) => {
             for (t, why) in &st.paused_tables {
-                out.push(format!("table {t} is paused: {why} (see harmonylite schema accept)"));
+                out.push(format!(
+                    "table {t} is paused: {why} (see harmonylite schema accept)"
+                ));
             }
         }
     }
@@ -51,9 +63,18 @@ pub fn answer(cfg: &Config) -> (u16, String) {
     let now = crate::hlc::now_ms();
     let live = metrics::liveness();
     let st = status::read(cfg).map_err(|e| e.to_string());
-    let reasons = reasons(&live, st.as_ref().map_err(String::as_str), stall_limit_ms(cfg.polling_interval), cfg.health_check.link_grace_ms, now);
+    let reasons = reasons(
+        &live,
+        st.as_ref().map_err(String::as_str),
+        stall_limit_ms(cfg.polling_interval),
+        cfg.health_check.link_grace_ms,
+        now,
+    );
     let code = if reasons.is_empty() { 200 } else { 503 };
-    let mut body = format!("{{\"status\":\"{}\"", if code == 200 { "ok" } else { "unhealthy" });
+    let mut body = format!(
+        "{{\"status\":\"{}\"",
+        if code == 200 { "ok" } else { "unhealthy" }
+    );
     if !reasons.is_empty() {
         let list: Vec<String> = reasons.iter().map(|r| json_str(r)).collect();
         body.push_str(&format!(",\"reasons\":[{}]", list.join(",")));
@@ -97,35 +118,78 @@ mod tests {
     const NOW: u64 = 1_000_000;
 
     fn live(tick: u64, link_up: Option<bool>, since: u64) -> Liveness {
-        Liveness { last_tick_ms: tick, link_up, link_since_ms: since, restoring: false }
+        Liveness {
+            last_tick_ms: tick,
+            link_up,
+            link_since_ms: since,
+            restoring: false,
+        }
     }
 
     #[test]
     fn a_running_connected_node_is_healthy() {
         let st = Status::default();
-        assert!(reasons(&live(NOW - 100, Some(true), 0), Ok(&st), 10_000, 30_000, NOW).is_empty());
+        assert!(reasons(
+            &live(NOW - 100, Some(true), 0),
+            Ok(&st),
+            10_000,
+            30_000,
+            NOW
+        )
+        .is_empty());
         // link down, but within the grace
-        assert!(reasons(&live(NOW - 100, Some(false), NOW - 29_000), Ok(&st), 10_000, 30_000, NOW).is_empty());
+        assert!(reasons(
+            &live(NOW - 100, Some(false), NOW - 29_000),
+            Ok(&st),
+            10_000,
+            30_000,
+            NOW
+        )
+        .is_empty());
     }
 
     #[test]
     fn each_failure_is_named() {
         let st = Status::default();
-        assert_eq!(reasons(&live(0, None, 0), Ok(&st), 10_000, 30_000, NOW), ["starting: the main loop has not run yet"]);
         assert_eq!(
-            reasons(&live(NOW - 12_000, Some(true), 0), Ok(&st), 10_000, 30_000, NOW),
+            reasons(&live(0, None, 0), Ok(&st), 10_000, 30_000, NOW),
+            ["starting: the main loop has not run yet"]
+        );
+        assert_eq!(
+            reasons(
+                &live(NOW - 12_000, Some(true), 0),
+                Ok(&st),
+                10_000,
+                30_000,
+                NOW
+            ),
             ["main loop stalled: last ran 12.0 s ago (limit 10.0 s)"]
         );
         assert_eq!(
-            reasons(&live(NOW, Some(false), NOW - 31_000), Err("gone"), 10_000, 30_000, NOW),
-            ["database not readable: gone", "NATS link down for 31.0 s ([health_check] link_grace_ms = 30000)"]
+            reasons(
+                &live(NOW, Some(false), NOW - 31_000),
+                Err("gone"),
+                10_000,
+                30_000,
+                NOW
+            ),
+            [
+                "database not readable: gone",
+                "NATS link down for 31.0 s ([health_check] link_grace_ms = 30000)"
+            ]
         );
-        let paused = Status { paused_tables: vec![("t".into(), "column x was dropped".into())], ..Default::default() };
+        let paused = Status {
+            paused_tables: vec![("t".into(), "column x was dropped".into())],
+            ..Default::default()
+        };
         assert_eq!(
             reasons(&live(NOW, Some(true), 0), Ok(&paused), 10_000, 30_000, NOW),
             ["table t is paused: column x was dropped (see harmonylite schema accept)"]
         );
-        let restoring = Liveness { restoring: true, ..live(NOW - 60_000, Some(true), 0) };
+        let restoring = Liveness {
+            restoring: true,
+            ..live(NOW - 60_000, Some(true), 0)
+        };
         assert!(reasons(&restoring, Ok(&st), 10_000, 30_000, NOW).is_empty());
         assert_eq!(stall_limit_ms(100), 10_000);
         assert_eq!(stall_limit_ms(1_000), 20_000);

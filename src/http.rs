@@ -33,7 +33,11 @@ pub struct Response {
 
 impl Response {
     fn text(status: u16, body: &str) -> Response {
-        Response { status, content_type: "text/plain; charset=utf-8", body: format!("{body}\n") }
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{body}\n"),
+        }
     }
 }
 
@@ -53,11 +57,19 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
     let end = find(buf, b"\r\n\r\n").or_else(|| find(buf, b"\n\n"));
     let line_end = find(buf, b"\n");
     let Some(line_end) = line_end else {
-        return if buf.len() > MAX_HEAD_BYTES { Parsed::Bad } else { Parsed::Incomplete };
+        return if buf.len() > MAX_HEAD_BYTES {
+            Parsed::Bad
+        } else {
+            Parsed::Incomplete
+        };
     };
-    let Ok(line) = std::str::from_utf8(&buf[..line_end]) else { return Parsed::Bad };
+    let Ok(line) = std::str::from_utf8(&buf[..line_end]) else {
+        return Parsed::Bad;
+    };
     let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Parsed::Bad;
     };
     let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
@@ -101,7 +113,11 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn write_response(w: &mut impl Write, r: &Response) -> std::io::Result<()> {
-    let allow = if r.status == 405 { "Allow: GET\r\n" } else { "" };
+    let allow = if r.status == 405 {
+        "Allow: GET\r\n"
+    } else {
+        ""
+    };
     write!(
         w,
         "HTTP/1.0 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{}",
@@ -124,7 +140,9 @@ fn handle(mut s: TcpStream, routes: &[(String, Handler)]) {
         match parse(&buf) {
             Parsed::Request { method, path } => break route(routes, method, path),
             Parsed::Bad => break Response::text(400, "bad request"),
-            Parsed::Incomplete if buf.len() > MAX_HEAD_BYTES => break Response::text(431, "request head too large"),
+            Parsed::Incomplete if buf.len() > MAX_HEAD_BYTES => {
+                break Response::text(431, "request head too large")
+            }
             Parsed::Incomplete => {}
         }
         match s.read(&mut chunk) {
@@ -158,24 +176,41 @@ pub fn start(cfg: &Config) -> Result<(), String> {
         let prefix = crate::metrics::prefix(&cfg.prometheus.namespace, &cfg.prometheus.subsystem);
         let h: Handler = Arc::new(move || {
             let st = crate::status::read(&c).map_err(|e| e.to_string());
-            let body = crate::metrics::render(&prefix, st.as_ref().map_err(String::as_str), crate::hlc::now_ms());
-            Response { status: 200, content_type: "text/plain; version=0.0.4; charset=utf-8", body }
+            let body = crate::metrics::render(
+                &prefix,
+                st.as_ref().map_err(String::as_str),
+                crate::hlc::now_ms(),
+            );
+            Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            }
         });
-        let entry = listeners.entry(listen_addr(&cfg.prometheus.bind)).or_insert(("[prometheus] bind", Vec::new()));
+        let entry = listeners
+            .entry(listen_addr(&cfg.prometheus.bind))
+            .or_insert(("[prometheus] bind", Vec::new()));
         entry.1.push((cfg.prometheus.path.clone(), h));
     }
     if cfg.health_check.enable {
         let c = cfg.clone();
         let h: Handler = Arc::new(move || {
             let (status, body) = crate::health::answer(&c);
-            Response { status, content_type: "application/json", body }
+            Response {
+                status,
+                content_type: "application/json",
+                body,
+            }
         });
-        let entry = listeners.entry(listen_addr(&cfg.health_check.bind)).or_insert(("[health_check] bind", Vec::new()));
+        let entry = listeners
+            .entry(listen_addr(&cfg.health_check.bind))
+            .or_insert(("[health_check] bind", Vec::new()));
         entry.1.push((cfg.health_check.path.clone(), h));
     }
     let mut bound = Vec::new();
     for (addr, (key, routes)) in listeners {
-        let l = TcpListener::bind(&addr).map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+        let l =
+            TcpListener::bind(&addr).map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
         let paths: Vec<&str> = routes.iter().map(|(p, _)| p.as_str()).collect();
         log::info!("http listening addr={addr} paths={}", paths.join(","));
         bound.push((l, routes));
@@ -202,12 +237,30 @@ mod tests {
 
     #[test]
     fn requests_parse_and_garbage_is_bad() {
-        assert_eq!(parse(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Parsed::Request { method: "GET", path: "/metrics" });
-        assert_eq!(parse(b"GET /health?x=1 HTTP/1.0\n\n"), Parsed::Request { method: "GET", path: "/health" });
-        assert_eq!(parse(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"), Parsed::Incomplete);
+        assert_eq!(
+            parse(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Parsed::Request {
+                method: "GET",
+                path: "/metrics"
+            }
+        );
+        assert_eq!(
+            parse(b"GET /health?x=1 HTTP/1.0\n\n"),
+            Parsed::Request {
+                method: "GET",
+                path: "/health"
+            }
+        );
+        assert_eq!(
+            parse(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"),
+            Parsed::Incomplete
+        );
         assert_eq!(parse(b"GET /metr"), Parsed::Incomplete);
         assert_eq!(parse(b""), Parsed::Incomplete);
-        assert_eq!(parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n"), Parsed::Bad); // a TLS hello
+        assert_eq!(
+            parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n"),
+            Parsed::Bad
+        ); // a TLS hello
         assert_eq!(parse(b"get / HTTP/1.1\r\n\r\n"), Parsed::Bad);
         assert_eq!(parse(b"GET metrics HTTP/1.1\r\n\r\n"), Parsed::Bad);
         assert_eq!(parse(b"GET / SPDY/3\r\n\r\n"), Parsed::Bad);

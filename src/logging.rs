@@ -12,9 +12,9 @@
 //! through [`repeated`]: the first occurrence of a cause is logged, then at most one line per
 //! [`REPEAT_WINDOW`], saying how many occurrences it stands for.
 
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,7 +36,14 @@ pub struct Logger {
 
 impl Logger {
     pub fn new(format: Format, verbose: bool) -> Logger {
-        Logger { format, ours: if verbose { LevelFilter::Debug } else { LevelFilter::Info } }
+        Logger {
+            format,
+            ours: if verbose {
+                LevelFilter::Debug
+            } else {
+                LevelFilter::Info
+            },
+        }
     }
 
     fn level_for(&self, target: &str) -> LevelFilter {
@@ -51,7 +58,13 @@ impl Logger {
     }
 
     /// One line, newline included. `unix_ms`: the record's time.
-    pub fn line(&self, unix_ms: u64, level: log::Level, target: &str, msg: &fmt::Arguments<'_>) -> String {
+    pub fn line(
+        &self,
+        unix_ms: u64,
+        level: log::Level,
+        target: &str,
+        msg: &fmt::Arguments<'_>,
+    ) -> String {
         let mut out = String::with_capacity(128);
         let ts = rfc3339_ms(unix_ms);
         // writing into a String cannot fail
@@ -106,7 +119,9 @@ pub fn init(format: Format, verbose: bool) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `1970-01-01T00:00:00.000Z`: RFC 3339, UTC, milliseconds.
@@ -114,7 +129,13 @@ pub fn rfc3339_ms(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, unix_ms % 1000)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        unix_ms % 1000
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
@@ -170,7 +191,10 @@ struct Held {
 
 impl Throttle {
     pub fn new(window: Duration) -> Throttle {
-        Throttle { window, causes: HashMap::new() }
+        Throttle {
+            window,
+            causes: HashMap::new(),
+        }
     }
 
     /// Whether this occurrence of `cause` at `now` is logged: `Some(n)` with the number of
@@ -182,13 +206,22 @@ impl Throttle {
                 return None;
             }
             let held = h.count;
-            *h = Held { last: now, count: 0 };
+            *h = Held {
+                last: now,
+                count: 0,
+            };
             return Some(held);
         }
         if self.causes.len() >= MAX_CAUSES {
             self.causes.clear();
         }
-        self.causes.insert(cause.to_string(), Held { last: now, count: 0 });
+        self.causes.insert(
+            cause.to_string(),
+            Held {
+                last: now,
+                count: 0,
+            },
+        );
         Some(0)
     }
 }
@@ -200,8 +233,14 @@ static REPEATS: Mutex<Option<Throttle>> = Mutex::new(None);
 /// ` repeated=N` for the N occurrences held back in the last [`REPEAT_WINDOW`]).
 pub fn repeated(cause: &str) -> Option<String> {
     let mut guard = REPEATS.lock().unwrap_or_else(|e| e.into_inner());
-    let held = guard.get_or_insert_with(|| Throttle::new(REPEAT_WINDOW)).check(cause, Instant::now())?;
-    Some(if held > 0 { format!(" repeated={held}") } else { String::new() })
+    let held = guard
+        .get_or_insert_with(|| Throttle::new(REPEAT_WINDOW))
+        .check(cause, Instant::now())?;
+    Some(if held > 0 {
+        format!(" repeated={held}")
+    } else {
+        String::new()
+    })
 }
 
 #[cfg(test)]
@@ -221,8 +260,16 @@ mod tests {
     #[test]
     fn text_lines_look_like_before() {
         let l = Logger::new(Format::Text, false);
-        let line = l.line(1_735_689_600_123, Level::Info, "harmonylite::node", &format_args!("node ready node_id={}", 7));
-        assert_eq!(line, "2025-01-01T00:00:00.123Z INFO  [harmonylite::node] node ready node_id=7\n");
+        let line = l.line(
+            1_735_689_600_123,
+            Level::Info,
+            "harmonylite::node",
+            &format_args!("node ready node_id={}", 7),
+        );
+        assert_eq!(
+            line,
+            "2025-01-01T00:00:00.123Z INFO  [harmonylite::node] node ready node_id=7\n"
+        );
         let line = l.line(0, Level::Warn, "nats", &format_args!("x"));
         assert_eq!(line, "1970-01-01T00:00:00.000Z WARN  [nats] x\n");
     }
@@ -231,7 +278,12 @@ mod tests {
     fn json_lines_escape_and_keep_the_message_whole() {
         let l = Logger::new(Format::Json, false);
         let name = "a\"b\\c\nd\te\u{1}é✓";
-        let line = l.line(1_735_689_600_123, Level::Warn, "harmonylite::node", &format_args!("table {name} is not replicated k=v"));
+        let line = l.line(
+            1_735_689_600_123,
+            Level::Warn,
+            "harmonylite::node",
+            &format_args!("table {name} is not replicated k=v"),
+        );
         assert_eq!(
             line,
             "{\"ts\":\"2025-01-01T00:00:00.123Z\",\"level\":\"warn\",\"target\":\"harmonylite::node\",\
@@ -242,7 +294,9 @@ mod tests {
     #[test]
     fn module_filters() {
         let l = Logger::new(Format::Text, false);
-        let on = |target: &str, level: Level| l.enabled(&Metadata::builder().target(target).level(level).build());
+        let on = |target: &str, level: Level| {
+            l.enabled(&Metadata::builder().target(target).level(level).build())
+        };
         assert!(on("harmonylite::node", Level::Info));
         assert!(!on("harmonylite::node", Level::Debug));
         assert!(on("harmonylite", Level::Info));
@@ -252,8 +306,18 @@ mod tests {
         assert!(!on("nats::connector", Level::Info));
         assert!(!on("rusqlite", Level::Info));
         let v = Logger::new(Format::Json, true);
-        assert!(v.enabled(&Metadata::builder().target("harmonylite::node").level(Level::Debug).build()));
-        assert!(!v.enabled(&Metadata::builder().target("harmonylite::node").level(Level::Trace).build()));
+        assert!(v.enabled(
+            &Metadata::builder()
+                .target("harmonylite::node")
+                .level(Level::Debug)
+                .build()
+        ));
+        assert!(!v.enabled(
+            &Metadata::builder()
+                .target("harmonylite::node")
+                .level(Level::Trace)
+                .build()
+        ));
     }
 
     #[test]
@@ -262,7 +326,11 @@ mod tests {
         let start = Instant::now();
         let at = |s: u64| start + Duration::from_secs(s);
         assert_eq!(t.check("park t", at(0)), Some(0));
-        assert_eq!(t.check("park u", at(0)), Some(0), "each cause has its own window");
+        assert_eq!(
+            t.check("park u", at(0)),
+            Some(0),
+            "each cause has its own window"
+        );
         for s in 1..=40 {
             assert_eq!(t.check("park t", at(s)), None);
         }

@@ -55,7 +55,11 @@ fn main() -> ExitCode {
         args.next();
         match args.next().as_deref() {
             Some(c @ ("save" | "restore")) => snapshot_cmd = Some(c.to_string()),
-            Some(other) => return usage_error(&format!("unknown snapshot command {other:?}: expected save or restore")),
+            Some(other) => {
+                return usage_error(&format!(
+                    "unknown snapshot command {other:?}: expected save or restore"
+                ))
+            }
             None => return usage_error("snapshot needs a command: save or restore"),
         }
     }
@@ -64,12 +68,21 @@ fn main() -> ExitCode {
         args.next();
         match (args.next().as_deref(), args.next()) {
             (Some("accept"), Some(t)) if !t.starts_with('-') => accept_table = Some(t),
-            (Some("accept"), _) => return usage_error("schema accept needs a table name: harmonylite schema accept TABLE --config PATH"),
-            (Some(other), _) => return usage_error(&format!("unknown schema command {other:?}: expected accept")),
+            (Some("accept"), _) => return usage_error(
+                "schema accept needs a table name: harmonylite schema accept TABLE --config PATH",
+            ),
+            (Some(other), _) => {
+                return usage_error(&format!(
+                    "unknown schema command {other:?}: expected accept"
+                ))
+            }
             (None, _) => return usage_error("schema needs a command: accept"),
         }
     }
-    let cleanup = snapshot_cmd.is_none() && !status && accept_table.is_none() && args.peek().map(String::as_str) == Some("cleanup");
+    let cleanup = snapshot_cmd.is_none()
+        && !status
+        && accept_table.is_none()
+        && args.peek().map(String::as_str) == Some("cleanup");
     if cleanup {
         args.next();
     }
@@ -96,7 +109,11 @@ fn main() -> ExitCode {
             "--json" if status => json = true,
             "--fleet" if status => fleet = true,
             "--node" | "--timeout-ms" if status => {
-                let Some(n) = args.next().and_then(|v| v.parse::<u64>().ok()).filter(|n| *n > 0) else {
+                let Some(n) = args
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|n| *n > 0)
+                else {
                     return usage_error(&format!("{arg} needs a positive number"));
                 };
                 if arg == "--node" {
@@ -118,7 +135,14 @@ fn main() -> ExitCode {
     if status {
         return match harmonylite::status::for_config(&path) {
             Ok(st) => {
-                print!("{}", if json { st.to_json() + "\n" } else { st.to_text() });
+                print!(
+                    "{}",
+                    if json {
+                        st.to_json() + "\n"
+                    } else {
+                        st.to_text()
+                    }
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -200,7 +224,12 @@ fn main() -> ExitCode {
 }
 
 /// `status --fleet`: the answers of the nodes through NATS; exit 1 when none answered.
-fn fleet_status(path: &std::path::Path, node: Option<u64>, timeout: Duration, json: bool) -> ExitCode {
+fn fleet_status(
+    path: &std::path::Path,
+    node: Option<u64>,
+    timeout: Duration,
+    json: bool,
+) -> ExitCode {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -230,7 +259,10 @@ fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
         return match harmonylite::node::restore_missing(&cfg, stop) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
-                log::error!("no snapshot exists yet for stream {}", cfg.nats.stream_prefix);
+                log::error!(
+                    "no snapshot exists yet for stream {}",
+                    cfg.nats.stream_prefix
+                );
                 ExitCode::from(1)
             }
             Err(e) => {
@@ -242,7 +274,9 @@ fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
     let mut node = match Node::open_with(cfg, cmd == "restore") {
         Ok(n) => n,
         Err(e @ harmonylite::node::NodeError::Busy(_)) => {
-            log::error!("{e}: a running node restores a snapshot by itself when it falls behind the stream");
+            log::error!(
+                "{e}: a running node restores a snapshot by itself when it falls behind the stream"
+            );
             return ExitCode::from(1);
         }
         Err(e) => {
@@ -257,7 +291,10 @@ fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
     let result = if cmd == "save" {
         node.save_now().map(|s| match s {
             harmonylite::node::Saved::Uploaded(p) => {
-                println!("saved snapshot {} at seq {} ({} bytes)", p.object, p.seq, p.size);
+                println!(
+                    "saved snapshot {} at seq {} ({} bytes)",
+                    p.object, p.seq, p.size
+                );
                 true
             }
             harmonylite::node::Saved::Skipped(why) => {
@@ -289,7 +326,11 @@ fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
 
 fn init_logging(cfg: &Config) {
     use harmonylite::logging::{self, Format};
-    let format = if cfg.logging.format.as_deref() == Some("json") { Format::Json } else { Format::Text };
+    let format = if cfg.logging.format.as_deref() == Some("json") {
+        Format::Json
+    } else {
+        Format::Text
+    };
     logging::init(format, cfg.logging.verbose);
 }
 

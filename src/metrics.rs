@@ -157,43 +157,146 @@ pub fn liveness() -> Liveness {
 
 /// `<namespace>_<subsystem>_`, leaving out empty parts.
 pub fn prefix(namespace: &str, subsystem: &str) -> String {
-    [namespace, subsystem].iter().filter(|s| !s.is_empty()).map(|s| format!("{s}_")).collect()
+    [namespace, subsystem]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("{s}_"))
+        .collect()
 }
 
 /// The whole scrape: counters, process gauges, and the database's gauges when `status` is Ok.
 pub fn render(prefix: &str, status: Result<&Status, &str>, now_ms: u64) -> String {
     let mut o = String::with_capacity(4096);
     for (i, (name, help)) in COUNTERS.iter().enumerate() {
-        metric(&mut o, prefix, name, "counter", help, &[("", VALUES[i].load(Relaxed) as f64)]);
+        metric(
+            &mut o,
+            prefix,
+            name,
+            "counter",
+            help,
+            &[("", VALUES[i].load(Relaxed) as f64)],
+        );
     }
     let live = liveness();
     let secs = |ms: u64| ms as f64 / 1000.0;
-    let loop_age = if live.last_tick_ms == 0 { f64::NAN } else { secs(now_ms.saturating_sub(live.last_tick_ms)) };
-    metric(&mut o, prefix, "main_loop_age_seconds", "gauge", "Seconds since the main loop last ran (NaN before its first run).", &[("", loop_age)]);
-    metric(&mut o, prefix, "snapshot_restoring", "gauge", "1 while a snapshot restore runs.", &[("", live.restoring as u8 as f64)]);
-    metric(&mut o, prefix, "snapshot_restore_done_bytes", "gauge", "Bytes downloaded by the restore in progress.", &[("", RESTORE_DONE.load(Relaxed) as f64)]);
-    metric(&mut o, prefix, "snapshot_restore_size_bytes", "gauge", "Size of the snapshot being restored (0: none).", &[("", RESTORE_SIZE.load(Relaxed) as f64)]);
+    let loop_age = if live.last_tick_ms == 0 {
+        f64::NAN
+    } else {
+        secs(now_ms.saturating_sub(live.last_tick_ms))
+    };
+    metric(
+        &mut o,
+        prefix,
+        "main_loop_age_seconds",
+        "gauge",
+        "Seconds since the main loop last ran (NaN before its first run).",
+        &[("", loop_age)],
+    );
+    metric(
+        &mut o,
+        prefix,
+        "snapshot_restoring",
+        "gauge",
+        "1 while a snapshot restore runs.",
+        &[("", live.restoring as u8 as f64)],
+    );
+    metric(
+        &mut o,
+        prefix,
+        "snapshot_restore_done_bytes",
+        "gauge",
+        "Bytes downloaded by the restore in progress.",
+        &[("", RESTORE_DONE.load(Relaxed) as f64)],
+    );
+    metric(
+        &mut o,
+        prefix,
+        "snapshot_restore_size_bytes",
+        "gauge",
+        "Size of the snapshot being restored (0: none).",
+        &[("", RESTORE_SIZE.load(Relaxed) as f64)],
+    );
     let lag: Vec<(String, f64)> = {
         let lag = LAG_MS.lock().unwrap_or_else(|e| e.into_inner());
-        lag.iter().map(|(origin, ms)| (format!("origin=\"{origin}\""), secs(*ms))).collect()
+        lag.iter()
+            .map(|(origin, ms)| (format!("origin=\"{origin}\""), secs(*ms)))
+            .collect()
     };
     let lag: Vec<(&str, f64)> = lag.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-    metric(&mut o, prefix, "replication_lag_seconds", "gauge", "Age of the newest change applied from each origin node, when it was applied.", &lag);
-    metric(&mut o, prefix, "database_readable", "gauge", "1 when the scrape could read the node's state from the database.", &[("", status.is_ok() as u8 as f64)]);
+    metric(
+        &mut o,
+        prefix,
+        "replication_lag_seconds",
+        "gauge",
+        "Age of the newest change applied from each origin node, when it was applied.",
+        &lag,
+    );
+    metric(
+        &mut o,
+        prefix,
+        "database_readable",
+        "gauge",
+        "1 when the scrape could read the node's state from the database.",
+        &[("", status.is_ok() as u8 as f64)],
+    );
     let Ok(st) = status else { return o };
     let opt = |v: Option<u64>| v.map_or(f64::NAN, secs);
     let gauges: [(&str, &str, f64); 11] = [
-        ("node_id", "This node's id.", st.node_id.map_or(f64::NAN, |n| n as f64)),
-        ("nats_link_up", "1 when the link to NATS is up (as last recorded by the node).", st.link_up.map_or(f64::NAN, |u| u as u8 as f64)),
-        ("stream_position", "Stream sequence this node applied up to.", st.stream_position as f64),
-        ("outbox_changes", "Local changes not yet acknowledged by JetStream.", st.outbox_changes as f64),
-        ("outbox_oldest_age_seconds", "Age of the oldest unpublished change (0: outbox empty).", st.outbox_oldest_age_ms.map_or(0.0, secs)),
-        ("outbox_over_budget", "1 when the outbox is over outbox_budget_bytes.", st.outbox_over_budget as u8 as f64),
-        ("parked_changes", "Remote changes waiting for a schema change here.", st.parked_changes as f64),
-        ("paused_tables", "Tables paused by a dropped or retyped column (see harmonylite schema accept).", st.paused_tables.len() as f64),
-        ("fragments_waiting", "Fragments of large rows waiting for the rest.", st.fragments_waiting as f64),
-        ("last_publish_timestamp_seconds", "Unix time of the last acknowledged publish (NaN: never).", opt(st.last_publish_ms)),
-        ("last_apply_timestamp_seconds", "Unix time of the last applied batch (NaN: never).", opt(st.last_apply_ms)),
+        (
+            "node_id",
+            "This node's id.",
+            st.node_id.map_or(f64::NAN, |n| n as f64),
+        ),
+        (
+            "nats_link_up",
+            "1 when the link to NATS is up (as last recorded by the node).",
+            st.link_up.map_or(f64::NAN, |u| u as u8 as f64),
+        ),
+        (
+            "stream_position",
+            "Stream sequence this node applied up to.",
+            st.stream_position as f64,
+        ),
+        (
+            "outbox_changes",
+            "Local changes not yet acknowledged by JetStream.",
+            st.outbox_changes as f64,
+        ),
+        (
+            "outbox_oldest_age_seconds",
+            "Age of the oldest unpublished change (0: outbox empty).",
+            st.outbox_oldest_age_ms.map_or(0.0, secs),
+        ),
+        (
+            "outbox_over_budget",
+            "1 when the outbox is over outbox_budget_bytes.",
+            st.outbox_over_budget as u8 as f64,
+        ),
+        (
+            "parked_changes",
+            "Remote changes waiting for a schema change here.",
+            st.parked_changes as f64,
+        ),
+        (
+            "paused_tables",
+            "Tables paused by a dropped or retyped column (see harmonylite schema accept).",
+            st.paused_tables.len() as f64,
+        ),
+        (
+            "fragments_waiting",
+            "Fragments of large rows waiting for the rest.",
+            st.fragments_waiting as f64,
+        ),
+        (
+            "last_publish_timestamp_seconds",
+            "Unix time of the last acknowledged publish (NaN: never).",
+            opt(st.last_publish_ms),
+        ),
+        (
+            "last_apply_timestamp_seconds",
+            "Unix time of the last applied batch (NaN: never).",
+            opt(st.last_apply_ms),
+        ),
     ];
     for (name, help, v) in gauges {
         metric(&mut o, prefix, name, "gauge", help, &[("", v)]);
@@ -202,10 +305,24 @@ pub fn render(prefix: &str, status: Result<&Status, &str>, now_ms: u64) -> Strin
 }
 
 /// One metric family: HELP, TYPE, then one sample per (labels, value).
-fn metric(o: &mut String, prefix: &str, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
-    let _ = writeln!(o, "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} {kind}");
+fn metric(
+    o: &mut String,
+    prefix: &str,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(&str, f64)],
+) {
+    let _ = writeln!(
+        o,
+        "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} {kind}"
+    );
     for (labels, v) in samples {
-        let labels = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(o, "{prefix}{name}{labels} {}", number(*v));
     }
 }
@@ -215,7 +332,11 @@ fn number(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {
@@ -241,7 +362,14 @@ mod tests {
     #[test]
     fn a_family_has_help_type_and_labelled_samples() {
         let mut o = String::new();
-        metric(&mut o, "hl_", "replication_lag_seconds", "gauge", "Lag.", &[("origin=\"7\"", 0.5), ("origin=\"9\"", 2.0)]);
+        metric(
+            &mut o,
+            "hl_",
+            "replication_lag_seconds",
+            "gauge",
+            "Lag.",
+            &[("origin=\"7\"", 0.5), ("origin=\"9\"", 2.0)],
+        );
         assert_eq!(
             o,
             "# HELP hl_replication_lag_seconds Lag.\n# TYPE hl_replication_lag_seconds gauge\n\
@@ -251,24 +379,51 @@ mod tests {
 
     #[test]
     fn a_scrape_holds_every_counter_and_the_status_gauges() {
-        let st = Status { node_id: Some(7), outbox_changes: 3, outbox_oldest_age_ms: Some(1500), link_up: Some(true), ..Default::default() };
+        let st = Status {
+            node_id: Some(7),
+            outbox_changes: 3,
+            outbox_oldest_age_ms: Some(1500),
+            link_up: Some(true),
+            ..Default::default()
+        };
         let text = render("harmonylite_", Ok(&st), 0);
         for (name, _) in COUNTERS {
-            assert!(text.contains(&format!("# TYPE harmonylite_{name} counter\nharmonylite_{name} ")), "{name}");
+            assert!(
+                text.contains(&format!(
+                    "# TYPE harmonylite_{name} counter\nharmonylite_{name} "
+                )),
+                "{name}"
+            );
         }
         assert!(text.contains("\nharmonylite_node_id 7\n"), "{text}");
         assert!(text.contains("\nharmonylite_outbox_changes 3\n"), "{text}");
-        assert!(text.contains("\nharmonylite_outbox_oldest_age_seconds 1.5\n"), "{text}");
+        assert!(
+            text.contains("\nharmonylite_outbox_oldest_age_seconds 1.5\n"),
+            "{text}"
+        );
         assert!(text.contains("\nharmonylite_nats_link_up 1\n"), "{text}");
-        assert!(text.contains("\nharmonylite_last_apply_timestamp_seconds NaN\n"), "{text}");
-        assert!(text.contains("\nharmonylite_database_readable 1\n"), "{text}");
+        assert!(
+            text.contains("\nharmonylite_last_apply_timestamp_seconds NaN\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nharmonylite_database_readable 1\n"),
+            "{text}"
+        );
         // every line is a comment or `name[{labels}] value`
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
-            assert!(name.starts_with("harmonylite_") && !name.contains(' '), "{line}");
+            assert!(
+                name.starts_with("harmonylite_") && !name.contains(' '),
+                "{line}"
+            );
             assert!(value == "NaN" || value.parse::<f64>().is_ok(), "{line}");
         }
         let failed = render("harmonylite_", Err("gone"), 0);
-        assert!(failed.contains("\nharmonylite_database_readable 0\n") && !failed.contains("outbox_changes"), "{failed}");
+        assert!(
+            failed.contains("\nharmonylite_database_readable 0\n")
+                && !failed.contains("outbox_changes"),
+            "{failed}"
+        );
     }
 }

@@ -113,13 +113,21 @@ impl Stop {
 
     /// Registers what to do when stopping takes too long (see [`Stop::overdue`]).
     pub fn on_overdue(&self, hook: impl Fn() + Send + 'static) {
-        self.overdue_hooks.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(hook));
+        self.overdue_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(hook));
     }
 
     /// Stopping takes too long (called by the signal handling, from another thread): a node
     /// still held by a network call on a stalled link cuts that link, so the call returns.
     pub fn overdue(&self) {
-        for hook in self.overdue_hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for hook in self
+            .overdue_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             hook();
         }
     }
@@ -131,7 +139,10 @@ impl Stop {
     /// Waits up to `d`; returns true if stopped.
     pub fn wait(&self, d: Duration) -> bool {
         let guard = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = self.cv.wait_timeout_while(guard, d, |s| !*s).unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .cv
+            .wait_timeout_while(guard, d, |s| !*s)
+            .unwrap_or_else(|e| e.into_inner());
         *guard
     }
 }
@@ -147,7 +158,12 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { next: min, min, max, seed: crate::hlc::now_ms() | 1 }
+        Backoff {
+            next: min,
+            min,
+            max,
+            seed: crate::hlc::now_ms() | 1,
+        }
     }
 
     /// The delay before the next attempt: the current step plus up to 25% jitter, then doubled.
@@ -235,7 +251,8 @@ fn lock_path(db_path: &std::path::Path) -> std::path::PathBuf {
 
 /// Whether a node process holds the lock of this database now (for `status`).
 pub fn is_locked(db_path: &std::path::Path) -> bool {
-    std::fs::File::open(lock_path(db_path)).is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+    std::fs::File::open(lock_path(db_path))
+        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
 }
 
 /// Takes the node lock of a database: a file next to it, locked exclusively.
@@ -246,7 +263,9 @@ fn lock_db(db_path: &std::path::Path) -> Result<std::fs::File, NodeError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| NodeError::Busy(format!("cannot open the lock file {}: {e}", path.display())))?;
+        .map_err(|e| {
+            NodeError::Busy(format!("cannot open the lock file {}: {e}", path.display()))
+        })?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::Busy(format!(
@@ -254,7 +273,10 @@ fn lock_db(db_path: &std::path::Path) -> Result<std::fs::File, NodeError> {
             db_path.display(),
             path.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(NodeError::Busy(format!("cannot lock {}: {e}", path.display()))),
+        Err(std::fs::TryLockError::Error(e)) => Err(NodeError::Busy(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -268,12 +290,19 @@ impl Node {
     /// Like [`Node::open`]; `exclusive = false` skips the one-node-per-database lock (for
     /// one-off commands that only read, like `snapshot save`).
     pub fn open_with(cfg: Config, exclusive: bool) -> Result<Node, NodeError> {
-        let lock = if exclusive && cfg.db_path.exists() { Some(lock_db(&cfg.db_path)?) } else { None };
+        let lock = if exclusive && cfg.db_path.exists() {
+            Some(lock_db(&cfg.db_path)?)
+        } else {
+            None
+        };
         let mut conn = db::open(&cfg.db_path)?;
         let replicated = capture::ReplicatedNames::default();
         capture::guard_node_connection(&mut conn, &replicated)?;
         if cfg.prometheus.enable {
-            crate::metrics::count_statements(&mut conn).map_err(|source| DbError::Sql { op: "count statements", source })?;
+            crate::metrics::count_statements(&mut conn).map_err(|source| DbError::Sql {
+                op: "count statements",
+                source,
+            })?;
         }
         apply::prepare(&conn)?;
         schema::prepare(&conn)?;
@@ -300,8 +329,12 @@ impl Node {
         // the schema may have changed while the node was stopped
         schema_watch::retry_parked(&mut conn, &schema, &mut hlc, node_id)?;
         let (embedded, urls) = if cfg.nats.urls.is_empty() {
-            let server = EmbeddedServer::start(&cfg.nats.server_bin, &cfg.nats.embedded_listen, &cfg.db_path)
-                .map_err(NodeError::Embedded)?;
+            let server = EmbeddedServer::start(
+                &cfg.nats.server_bin,
+                &cfg.nats.embedded_listen,
+                &cfg.db_path,
+            )
+            .map_err(NodeError::Embedded)?;
             let url = server.url();
             (Some(server), url)
         } else {
@@ -419,7 +452,10 @@ impl Node {
     pub fn shutdown(&mut self) {
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
         // the loop came back: the flush below has its own deadline
-        self.link_cutter.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.link_cutter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if !self.unapplied.is_empty() && self.transport.is_some() {
             if let Err(e) = self.apply_unapplied() {
                 log::warn!("shutdown: {e}");
@@ -461,7 +497,8 @@ impl Node {
         self.stamp_if_changed()?;
         self.save_own_cursor()?;
         self.maybe_save();
-        if self.cfg.outbox_budget_bytes > 0 && self.last_budget_check.elapsed() > BUDGET_CHECK_EVERY {
+        if self.cfg.outbox_budget_bytes > 0 && self.last_budget_check.elapsed() > BUDGET_CHECK_EVERY
+        {
             self.last_budget_check = Instant::now();
             self.check_budget()?;
         }
@@ -473,7 +510,9 @@ impl Node {
 
     /// Writes the position reached by passing over our own frames, at most once a second.
     fn save_own_cursor(&mut self) -> Result<(), NodeError> {
-        let Some(seq) = self.own_cursor else { return Ok(()) };
+        let Some(seq) = self.own_cursor else {
+            return Ok(());
+        };
         if self.own_cursor_saved.elapsed() < OWN_CURSOR_EVERY {
             return Ok(());
         }
@@ -490,16 +529,23 @@ impl Node {
     fn stamp_if_changed(&mut self) -> Result<(), NodeError> {
         let dv = db::data_version(&self.conn)?;
         if self.data_version != Some(dv) {
-            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|source| {
-                DbError::Sql { op: "begin stamp", source }
-            })?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|source| DbError::Sql {
+                    op: "begin stamp",
+                    source,
+                })?;
             let n = capture::stamp(&tx, &self.schema, &mut self.hlc, self.node_id)?;
             if n > 0 {
                 db::set_meta(&tx, apply::HLC_KEY, self.hlc.last() as i64)?;
                 self.outbox_dirty = true;
                 log::debug!("stamped changes={n}");
             }
-            tx.commit().map_err(|source| DbError::Sql { op: "commit stamp", source })?;
+            tx.commit().map_err(|source| DbError::Sql {
+                op: "commit stamp",
+                source,
+            })?;
             crate::metrics::add(crate::metrics::Counter::Captured, n);
             self.data_version = Some(dv);
         }
@@ -547,7 +593,14 @@ impl Node {
         // that repairs the hole is a merge and undoes nothing applied meanwhile.
         let position = self.position();
         if let Some(g) = gap::in_batch(position, self.unapplied.iter().map(|m| m.seq)) {
-            self.found_gap(g, &format!("the stream skipped from seq {} to seq {}", g.from - 1, g.to + 1))?;
+            self.found_gap(
+                g,
+                &format!(
+                    "the stream skipped from seq {} to seq {}",
+                    g.from - 1,
+                    g.to + 1
+                ),
+            )?;
         }
         // A batch of nothing but our own frames needs no write transaction (which would make
         // the application wait for the lock): the cursor then advances with the next real
@@ -555,7 +608,11 @@ impl Node {
         // rebuilt node published before its rebuild are applied instead (see `apply`).
         let own = format!(".{}", self.node_id);
         let own_until = apply::own_replay_until(&self.conn)?;
-        if self.unapplied.iter().all(|m| m.subject.ends_with(&own) && m.seq > own_until) {
+        if self
+            .unapplied
+            .iter()
+            .all(|m| m.subject.ends_with(&own) && m.seq > own_until)
+        {
             let last = self.unapplied.iter().map(|m| m.seq).max();
             self.own_cursor = self.own_cursor.max(last);
             self.unapplied.clear();
@@ -566,12 +623,21 @@ impl Node {
             }
             return Ok(());
         }
-        let stats = apply::apply_batch(&mut self.conn, &self.schema, &mut self.hlc, self.node_id, &self.unapplied)?;
+        let stats = apply::apply_batch(
+            &mut self.conn,
+            &self.schema,
+            &mut self.hlc,
+            self.node_id,
+            &self.unapplied,
+        )?;
         self.unapplied.clear();
         self.own_cursor = None; // the apply moved the cursor past them
         Node::count_applied(&stats);
         if let Some((origin, ahead)) = stats.ahead.filter(|a| a.1 > self.cfg.max_clock_drift_ms) {
-            let due = self.clock_reports.get(&origin).map_or(true, |t| t.elapsed() > REPEAT_LOG_EVERY);
+            let due = self
+                .clock_reports
+                .get(&origin)
+                .is_none_or(|t| t.elapsed() > REPEAT_LOG_EVERY);
             if due {
                 self.clock_reports.insert(origin, Instant::now());
                 log::warn!(
@@ -586,7 +652,12 @@ impl Node {
         }
         log::debug!(
             "apply ok frames={} applied={} stale={} parked={} undecodable={} own={}",
-            stats.frames, stats.applied, stats.stale, stats.parked, stats.undecodable, stats.own
+            stats.frames,
+            stats.applied,
+            stats.stale,
+            stats.parked,
+            stats.undecodable,
+            stats.own
         );
         if let Some(t) = self.transport.as_mut() {
             if let Err(e) = t.ack_fetched() {

@@ -51,7 +51,11 @@ fn columns(t: &Table) -> Vec<Column> {
     h.columns
         .iter()
         .enumerate()
-        .map(|(i, name)| Column { name: name.clone(), decl: t.decl[i].clone(), pk: h.pk.contains(&(i as u16)) })
+        .map(|(i, name)| Column {
+            name: name.clone(),
+            decl: t.decl[i].clone(),
+            pk: h.pk.contains(&(i as u16)),
+        })
         .collect()
 }
 
@@ -66,9 +70,10 @@ pub fn incompatible(before: &[Column], now: &[Column]) -> Option<String> {
     for old in before.iter().filter(|c| !c.pk) {
         match now.iter().find(|c| c.name == old.name) {
             None => reasons.push(format!("column {} was dropped", old.name)),
-            Some(c) if affinity(&c.decl) != affinity(&old.decl) => {
-                reasons.push(format!("column {} changed type from {:?} to {:?}", old.name, old.decl, c.decl))
-            }
+            Some(c) if affinity(&c.decl) != affinity(&old.decl) => reasons.push(format!(
+                "column {} changed type from {:?} to {:?}",
+                old.name, old.decl, c.decl
+            )),
             Some(_) => {}
         }
     }
@@ -84,18 +89,29 @@ pub fn recorded_columns(conn: &Connection) -> Result<crate::capture::Recorded, D
         .ctx("read table definitions")?;
     Ok(rows
         .into_iter()
-        .filter_map(|(t, def)| postcard::from_bytes::<Vec<Column>>(&def).ok().map(|d| (t, d.into_iter().map(|c| c.name).collect())))
+        .filter_map(|(t, def)| {
+            postcard::from_bytes::<Vec<Column>>(&def)
+                .ok()
+                .map(|d| (t, d.into_iter().map(|c| c.name).collect()))
+        })
         .collect())
 }
 
 fn load(conn: &Connection, table: &str) -> Result<Option<Record>, DbError> {
     let row: Option<(Vec<u8>, Option<Vec<u8>>, Option<String>)> = conn
-        .prepare_cached(&format!("SELECT def, dropped, paused FROM {TABLES_TABLE} WHERE tbl = ?1"))
-        .and_then(|mut s| s.query_row([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
+        .prepare_cached(&format!(
+            "SELECT def, dropped, paused FROM {TABLES_TABLE} WHERE tbl = ?1"
+        ))
+        .and_then(|mut s| {
+            s.query_row([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
         .ctx("read table definition")?;
     Ok(row.map(|(def, dropped, paused)| Record {
         def: postcard::from_bytes(&def).unwrap_or_default(),
-        dropped: dropped.and_then(|d| postcard::from_bytes(&d).ok()).unwrap_or_default(),
+        dropped: dropped
+            .and_then(|d| postcard::from_bytes(&d).ok())
+            .unwrap_or_default(),
         paused,
     }))
 }
@@ -133,7 +149,11 @@ pub fn reconcile(conn: &Connection, schema: &mut Schema) -> Result<Changes, DbEr
         let table = schema.get_mut(&name).expect("listed table");
         let now = columns(table);
         let stored = load(conn, &name)?;
-        let mut rec = stored.clone().unwrap_or(Record { def: now.clone(), dropped: Vec::new(), paused: None });
+        let mut rec = stored.clone().unwrap_or(Record {
+            def: now.clone(),
+            dropped: Vec::new(),
+            paused: None,
+        });
         let was = rec.paused.take();
         match incompatible(&rec.def, &now) {
             Some(reason) => {
@@ -166,7 +186,9 @@ pub fn reconcile(conn: &Connection, schema: &mut Schema) -> Result<Changes, DbEr
 /// table resumed (its held changes can be published and its parked ones applied).
 pub fn reconcile_and_report(conn: &mut Connection, schema: &mut Schema) -> Result<bool, DbError> {
     let before: Vec<String> = schema.paused.keys().cloned().collect();
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin schema check")?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .ctx("begin schema check")?;
     let changes = reconcile(&tx, schema)?;
     tx.commit().ctx("commit schema check")?;
     for (t, why) in &changes.paused {
@@ -176,9 +198,14 @@ pub fn reconcile_and_report(conn: &mut Connection, schema: &mut Schema) -> Resul
              run `harmonylite schema accept {t} --config <this node's config>`"
         );
     }
-    let resumed: Vec<&String> = before.iter().filter(|t| !schema.paused.contains_key(*t)).collect();
+    let resumed: Vec<&String> = before
+        .iter()
+        .filter(|t| !schema.paused.contains_key(*t))
+        .collect();
     for t in &resumed {
-        log::info!("table {t} resumed: held local changes are published and parked changes applied");
+        log::info!(
+            "table {t} resumed: held local changes are published and parked changes applied"
+        );
     }
     Ok(!resumed.is_empty())
 }
@@ -186,16 +213,26 @@ pub fn reconcile_and_report(conn: &mut Connection, schema: &mut Schema) -> Resul
 /// Read-only variant for `status`: fills `schema.paused` from what the node recorded.
 pub fn load_paused(conn: &Connection, schema: &mut Schema) -> Result<(), DbError> {
     let present: bool = conn
-        .query_row("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1", [TABLES_TABLE], |_| Ok(()))
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [TABLES_TABLE],
+            |_| Ok(()),
+        )
         .optional()
         .ctx("read schema")?
         .is_some();
     if !present {
         return Ok(());
     }
-    let mut s = conn.prepare(&format!("SELECT tbl, paused FROM {TABLES_TABLE} WHERE paused IS NOT NULL")).ctx("read paused tables")?;
-    let rows: Vec<(String, String)> =
-        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|r| r.collect()).ctx("read paused tables")?;
+    let mut s = conn
+        .prepare(&format!(
+            "SELECT tbl, paused FROM {TABLES_TABLE} WHERE paused IS NOT NULL"
+        ))
+        .ctx("read paused tables")?;
+    let rows: Vec<(String, String)> = s
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|r| r.collect())
+        .ctx("read paused tables")?;
     for (t, why) in rows {
         if schema.get(&t).is_some() {
             schema.paused.insert(t, why);
@@ -207,9 +244,11 @@ pub fn load_paused(conn: &Connection, schema: &mut Schema) -> Result<(), DbError
 /// The names of the tables recorded as paused (the node compares this with what it holds, to
 /// notice an `accept` made by another process).
 pub fn paused_names(conn: &Connection) -> Result<Vec<String>, DbError> {
-    conn.prepare_cached(&format!("SELECT tbl FROM {TABLES_TABLE} WHERE paused IS NOT NULL ORDER BY tbl"))
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .ctx("read paused tables")
+    conn.prepare_cached(&format!(
+        "SELECT tbl FROM {TABLES_TABLE} WHERE paused IS NOT NULL ORDER BY tbl"
+    ))
+    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+    .ctx("read paused tables")
 }
 
 /// `harmonylite schema accept TABLE` for the database of `cfg`.
@@ -222,12 +261,18 @@ pub fn accept_in(cfg: &crate::config::Config, table: &str) -> Result<String, Str
 /// Adopts the table's current definition. Values other nodes
 /// still send for columns dropped here are ignored from now on. Returns what was accepted.
 pub fn accept(conn: &mut Connection, schema: &Schema, table: &str) -> Result<String, String> {
-    let t = schema.get(table).ok_or_else(|| format!("table {table} is not replicated here"))?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| format!("begin: {e}"))?;
+    let t = schema
+        .get(table)
+        .ok_or_else(|| format!("table {table} is not replicated here"))?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| format!("begin: {e}"))?;
     prepare(&tx).map_err(|e| e.to_string())?;
     let now = columns(t);
     let Some(mut rec) = load(&tx, table).map_err(|e| e.to_string())? else {
-        return Err(format!("table {table} has no recorded definition yet: start the node once first"));
+        return Err(format!(
+            "table {table} has no recorded definition yet: start the node once first"
+        ));
     };
     let Some(reason) = rec.paused.take() else {
         return Ok(format!("table {table} is not paused; nothing to accept"));
@@ -240,7 +285,9 @@ pub fn accept(conn: &mut Connection, schema: &Schema, table: &str) -> Result<Str
     rec.def = now;
     store(&tx, table, &rec).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| format!("commit: {e}"))?;
-    Ok(format!("table {table}: accepted its new definition ({reason}); replication of it resumes"))
+    Ok(format!(
+        "table {table}: accepted its new definition ({reason}); replication of it resumes"
+    ))
 }
 
 #[cfg(test)]
@@ -248,29 +295,74 @@ mod tests {
     use super::*;
 
     fn col(name: &str, decl: &str, pk: bool) -> Column {
-        Column { name: name.into(), decl: decl.into(), pk }
+        Column {
+            name: name.into(),
+            decl: decl.into(),
+            pk,
+        }
     }
 
     #[test]
     fn added_columns_are_compatible_dropped_and_retyped_are_not() {
-        let before = [col("id", "INTEGER", true), col("a", "TEXT", false), col("b", "REAL", false)];
-        let added = [col("id", "INTEGER", true), col("a", "text", false), col("b", "REAL", false), col("c", "BLOB", false)];
+        let before = [
+            col("id", "INTEGER", true),
+            col("a", "TEXT", false),
+            col("b", "REAL", false),
+        ];
+        let added = [
+            col("id", "INTEGER", true),
+            col("a", "text", false),
+            col("b", "REAL", false),
+            col("c", "BLOB", false),
+        ];
         assert_eq!(incompatible(&before, &added), None);
-        let reordered = [col("id", "INTEGER", true), col("b", "REAL", false), col("a", "TEXT", false)];
+        let reordered = [
+            col("id", "INTEGER", true),
+            col("b", "REAL", false),
+            col("a", "TEXT", false),
+        ];
         assert_eq!(incompatible(&before, &reordered), None);
         let dropped = [col("id", "INTEGER", true), col("b", "REAL", false)];
-        assert_eq!(incompatible(&before, &dropped).as_deref(), Some("column a was dropped"));
-        let retyped = [col("id", "INTEGER", true), col("a", "TEXT", false), col("b", "INTEGER", false)];
-        assert_eq!(incompatible(&before, &retyped).as_deref(), Some("column b changed type from \"REAL\" to \"INTEGER\""));
+        assert_eq!(
+            incompatible(&before, &dropped).as_deref(),
+            Some("column a was dropped")
+        );
+        let retyped = [
+            col("id", "INTEGER", true),
+            col("a", "TEXT", false),
+            col("b", "INTEGER", false),
+        ];
+        assert_eq!(
+            incompatible(&before, &retyped).as_deref(),
+            Some("column b changed type from \"REAL\" to \"INTEGER\"")
+        );
     }
 
     #[test]
     fn a_declared_type_with_the_same_affinity_is_no_change() {
-        let before = [col("id", "INTEGER", true), col("a", "varchar(100)", false), col("b", "INT", false), col("c", "DOUBLE", false)];
-        let same = [col("id", "INTEGER", true), col("a", "varchar(200)", false), col("b", "bigint", false), col("c", "FLOAT", false)];
+        let before = [
+            col("id", "INTEGER", true),
+            col("a", "varchar(100)", false),
+            col("b", "INT", false),
+            col("c", "DOUBLE", false),
+        ];
+        let same = [
+            col("id", "INTEGER", true),
+            col("a", "varchar(200)", false),
+            col("b", "bigint", false),
+            col("c", "FLOAT", false),
+        ];
         assert_eq!(incompatible(&before, &same), None);
-        let text_to_blob = [col("id", "INTEGER", true), col("a", "", false), col("b", "INT", false), col("c", "REAL", false)];
-        assert_eq!(incompatible(&before, &text_to_blob).as_deref(), Some("column a changed type from \"varchar(100)\" to \"\""));
+        let text_to_blob = [
+            col("id", "INTEGER", true),
+            col("a", "", false),
+            col("b", "INT", false),
+            col("c", "REAL", false),
+        ];
+        assert_eq!(
+            incompatible(&before, &text_to_blob).as_deref(),
+            Some("column a changed type from \"varchar(100)\" to \"\"")
+        );
         let cases = [
             ("INTEGER", Affinity::Integer),
             ("tinyint", Affinity::Integer),

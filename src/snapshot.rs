@@ -65,16 +65,27 @@ pub fn temp_path(db_path: &Path, what: &str) -> PathBuf {
 pub fn make(cfg: &Config, out: &Path) -> Result<Result<SnapMeta, crate::gap::Gap>, DbError> {
     let conn = db::open(&cfg.db_path)?;
     let _ = std::fs::remove_file(out);
-    conn.execute("VACUUM INTO ?1", [out.to_string_lossy()]).ctx("copy the database (VACUUM INTO)")?;
+    conn.execute("VACUUM INTO ?1", [out.to_string_lossy()])
+        .ctx("copy the database (VACUUM INTO)")?;
     drop(conn);
-    let copy = Connection::open(out).map_err(|source| DbError::Open { path: out.to_path_buf(), source })?;
-    copy.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=OFF; PRAGMA cache_size=-512;")
-        .ctx("prepare the snapshot copy")?;
+    let copy = Connection::open(out).map_err(|source| DbError::Open {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    copy.execute_batch(
+        "PRAGMA journal_mode=DELETE; PRAGMA synchronous=OFF; PRAGMA cache_size=-512;",
+    )
+    .ctx("prepare the snapshot copy")?;
     let meta = |k: &str| db::get_meta(&copy, k).map(|v| v.unwrap_or(0) as u64);
     if let Some(gap) = crate::gap::read(&copy)? {
         return Ok(Err(gap));
     }
-    let snap = SnapMeta { seq: meta(CURSOR_KEY)?, node: meta("node_id")?, created_ms: crate::hlc::now_ms(), hlc: meta(HLC_KEY)? };
+    let snap = SnapMeta {
+        seq: meta(CURSOR_KEY)?,
+        node: meta("node_id")?,
+        created_ms: crate::hlc::now_ms(),
+        hlc: meta(HLC_KEY)?,
+    };
     strip(&copy, cfg, &snap)?;
     Ok(Ok(snap))
 }
@@ -82,8 +93,13 @@ pub fn make(cfg: &Config, out: &Path) -> Result<Result<SnapMeta, crate::gap::Gap
 fn strip(copy: &Connection, cfg: &Config, snap: &SnapMeta) -> Result<(), DbError> {
     let schema = capture::scan(copy, cfg)?;
     let names = |kind: &str| -> Result<Vec<String>, DbError> {
-        let mut s = copy.prepare("SELECT name FROM sqlite_schema WHERE type = ?1 ORDER BY name").ctx("read snapshot schema")?;
-        let v = s.query_map([kind], |r| r.get::<_, String>(0)).and_then(|r| r.collect()).ctx("read snapshot schema")?;
+        let mut s = copy
+            .prepare("SELECT name FROM sqlite_schema WHERE type = ?1 ORDER BY name")
+            .ctx("read snapshot schema")?;
+        let v = s
+            .query_map([kind], |r| r.get::<_, String>(0))
+            .and_then(|r| r.collect())
+            .ctx("read snapshot schema")?;
         Ok(v)
     };
     let mut sql = String::from("BEGIN;");
@@ -100,7 +116,11 @@ fn strip(copy: &Connection, cfg: &Config, snap: &SnapMeta) -> Result<(), DbError
         } else if !t.starts_with("__hl_") && !t.starts_with("sqlite_") && schema.get(&t).is_none() {
             // not replicated: local data of the node that made the snapshot
             let virtual_table: bool = copy
-                .query_row("SELECT sql LIKE 'CREATE VIRTUAL%' FROM sqlite_schema WHERE name = ?1", [&t], |r| r.get(0))
+                .query_row(
+                    "SELECT sql LIKE 'CREATE VIRTUAL%' FROM sqlite_schema WHERE name = ?1",
+                    [&t],
+                    |r| r.get(0),
+                )
                 .ctx("read snapshot schema")?;
             if !virtual_table {
                 sql += &format!("DELETE FROM {};", quote(&t));
@@ -125,24 +145,42 @@ fn strip(copy: &Connection, cfg: &Config, snap: &SnapMeta) -> Result<(), DbError
 /// Checks a downloaded snapshot: SQLite's integrity check, then our own table. Errors say what
 /// is wrong; the file is not used.
 pub fn verify(path: &Path) -> Result<SnapMeta, String> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    conn.execute_batch("PRAGMA cache_size=-512;").map_err(|e| e.to_string())?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    conn.execute_batch("PRAGMA cache_size=-512;")
+        .map_err(|e| e.to_string())?;
     let check: String = conn
         .query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))
         .map_err(|e| format!("{} is not a SQLite database: {e}", path.display()))?;
     if check != "ok" {
-        return Err(format!("{} failed SQLite's integrity check: {check}", path.display()));
+        return Err(format!(
+            "{} failed SQLite's integrity check: {check}",
+            path.display()
+        ));
     }
     let get = |k: &str| -> Result<i64, String> {
-        conn.query_row(&format!("SELECT value FROM {SNAPSHOT_TABLE} WHERE key = ?1"), [k], |r| r.get(0))
-            .optional()
-            .map_err(|e| format!("{} is not a HarmonyLite snapshot: {e}", path.display()))?
-            .ok_or_else(|| format!("{} is not a HarmonyLite snapshot: {k} missing", path.display()))
+        conn.query_row(
+            &format!("SELECT value FROM {SNAPSHOT_TABLE} WHERE key = ?1"),
+            [k],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| format!("{} is not a HarmonyLite snapshot: {e}", path.display()))?
+        .ok_or_else(|| {
+            format!(
+                "{} is not a HarmonyLite snapshot: {k} missing",
+                path.display()
+            )
+        })
     };
     let format = get("format")?;
     if format != FORMAT {
-        return Err(format!("snapshot layout {format} is not supported by this version (it reads layout {FORMAT})"));
+        return Err(format!(
+            "snapshot layout {format} is not supported by this version (it reads layout {FORMAT})"
+        ));
     }
     Ok(SnapMeta {
         seq: get("seq")? as u64,
@@ -156,12 +194,18 @@ pub fn verify(path: &Path) -> Result<SnapMeta, String> {
 /// renames the file into place (atomic on one file system). `stream_last` is the stream's last
 /// sequence now: frames of this node's id up to it were published by the database this one
 /// replaces (same path, same id), so they are applied like anyone's, not passed over.
-pub fn install_new(db_path: &Path, snap_file: &Path, meta: &SnapMeta, stream_last: u64) -> Result<(), DbError> {
+pub fn install_new(
+    db_path: &Path,
+    snap_file: &Path,
+    meta: &SnapMeta,
+    stream_last: u64,
+) -> Result<(), DbError> {
     {
         let conn = db::open(snap_file)?;
         record_restore(&conn, meta)?;
         db::set_meta(&conn, OWN_REPLAY_KEY, stream_last as i64)?;
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").ctx("checkpoint the snapshot")?;
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .ctx("checkpoint the snapshot")?;
     }
     std::fs::rename(snap_file, db_path).map_err(|e| DbError::Open {
         path: db_path.to_path_buf(),
@@ -171,16 +215,23 @@ pub fn install_new(db_path: &Path, snap_file: &Path, meta: &SnapMeta, stream_las
 }
 
 fn record_restore(conn: &Connection, meta: &SnapMeta) -> Result<(), DbError> {
-    let hlc = db::get_meta(conn, HLC_KEY)?.unwrap_or(0).max(meta.hlc as i64);
+    let hlc = db::get_meta(conn, HLC_KEY)?
+        .unwrap_or(0)
+        .max(meta.hlc as i64);
     // a merge: what this database applied past the snapshot's position is still here
-    let cursor = db::get_meta(conn, CURSOR_KEY)?.unwrap_or(0).max(meta.seq as i64);
+    let cursor = db::get_meta(conn, CURSOR_KEY)?
+        .unwrap_or(0)
+        .max(meta.seq as i64);
     db::set_meta(conn, CURSOR_KEY, cursor)?;
     crate::gap::clear_if_covered(conn, meta.seq)?;
     db::set_meta(conn, HLC_KEY, hlc)?;
     db::set_meta(conn, RESTORED_SEQ_KEY, meta.seq as i64)?;
     db::set_meta(conn, RESTORED_MS_KEY, crate::hlc::now_ms() as i64)?;
-    conn.execute(&format!("DELETE FROM {META_TABLE} WHERE key IN (?1, ?2)"), [RESTORE_DONE_KEY, RESTORE_TOTAL_KEY])
-        .ctx("write state")?;
+    conn.execute(
+        &format!("DELETE FROM {META_TABLE} WHERE key IN (?1, ?2)"),
+        [RESTORE_DONE_KEY, RESTORE_TOTAL_KEY],
+    )
+    .ctx("write state")?;
     Ok(())
 }
 
@@ -206,9 +257,12 @@ pub fn install_into(
     snap_file: &Path,
     meta: &SnapMeta,
 ) -> Result<Installed, DbError> {
-    conn.execute("ATTACH DATABASE ?1 AS snap", [snap_file.to_string_lossy()]).ctx("attach the snapshot")?;
+    conn.execute("ATTACH DATABASE ?1 AS snap", [snap_file.to_string_lossy()])
+        .ctx("attach the snapshot")?;
     let result = install_attached(conn, cfg, schema, hlc, node, meta);
-    let detach = conn.execute_batch("DETACH DATABASE snap").ctx("detach the snapshot");
+    let detach = conn
+        .execute_batch("DETACH DATABASE snap")
+        .ctx("detach the snapshot");
     let done = result?;
     detach?;
     Ok(done)
@@ -222,7 +276,9 @@ fn install_attached(
     node: u64,
     meta: &SnapMeta,
 ) -> Result<Installed, DbError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).ctx("begin snapshot install")?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .ctx("begin snapshot install")?;
     // capture before install: every local write is a versioned pending change now
     capture::stamp(&tx, schema, hlc, node)?;
     let mut done = Installed::default();
@@ -230,7 +286,10 @@ fn install_attached(
         let mut s = tx
             .prepare("SELECT name, sql FROM snap.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_\\_hl\\_%' ESCAPE '\\'")
             .ctx("read snapshot schema")?;
-        let v = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|r| r.collect()).ctx("read snapshot schema")?;
+        let v = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|r| r.collect())
+            .ctx("read snapshot schema")?;
         v
     };
     for (name, create) in &snap_tables {
@@ -250,14 +309,23 @@ fn install_attached(
             }
             None if !table_exists(&tx, "main", name)? => {
                 // the application has not created this table yet: take the snapshot's
-                tx.execute_batch(create).ctx("create a table from the snapshot")?;
+                tx.execute_batch(create)
+                    .ctx("create a table from the snapshot")?;
                 let ver_sql: String = tx
-                    .query_row("SELECT sql FROM snap.sqlite_schema WHERE name = ?1", [format!("__hl_ver_{name}")], |r| r.get(0))
+                    .query_row(
+                        "SELECT sql FROM snap.sqlite_schema WHERE name = ?1",
+                        [format!("__hl_ver_{name}")],
+                        |r| r.get(0),
+                    )
                     .ctx("read snapshot schema")?;
-                tx.execute_batch(&ver_sql).ctx("create a version table from the snapshot")?;
+                tx.execute_batch(&ver_sql)
+                    .ctx("create a version table from the snapshot")?;
                 let (t, v) = (quote(name), quote(&format!("__hl_ver_{name}")));
-                done.rows += tx.execute(&format!("INSERT INTO main.{t} SELECT * FROM snap.{t}"), []).ctx("copy snapshot rows")? as u64;
-                tx.execute(&format!("INSERT INTO main.{v} SELECT * FROM snap.{v}"), []).ctx("copy snapshot versions")?;
+                done.rows += tx
+                    .execute(&format!("INSERT INTO main.{t} SELECT * FROM snap.{t}"), [])
+                    .ctx("copy snapshot rows")? as u64;
+                tx.execute(&format!("INSERT INTO main.{v} SELECT * FROM snap.{v}"), [])
+                    .ctx("copy snapshot versions")?;
                 copy_indexes(&tx, name)?;
             }
             None => {
@@ -269,7 +337,10 @@ fn install_attached(
     }
     for t in &schema.tables {
         if !snap_tables.iter().any(|(n, _)| n == t.name()) {
-            log::warn!("snapshot: table {} is not in the snapshot; its rows here are left as they are", t.name());
+            log::warn!(
+                "snapshot: table {} is not in the snapshot; its rows here are left as they are",
+                t.name()
+            );
         }
     }
     // Parked changes and fragments reflect messages up to the snapshot's position; ours stay
@@ -305,13 +376,27 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64),
     let ver = &t.ver;
     let n = t.pk_len();
     let pk = t.pk_columns();
-    let keys = (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>().join(", ");
-    let same_key = (0..n).map(|i| format!("s.k{i} IS v.k{i}")).collect::<Vec<_>>().join(" AND ");
+    let keys = (0..n)
+        .map(|i| format!("k{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let same_key = (0..n)
+        .map(|i| format!("s.k{i} IS v.k{i}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
     // (pk columns) IN (SELECT keys ...): one lookup per key through an index, not a scan
     let pk_tuple = format!("({})", pk.join(", "));
     let snap_cols: Vec<String> = {
-        let mut s = tx.prepare(&format!("SELECT name FROM snap.pragma_table_info({})", sql_str(t.name()))).ctx("read snapshot columns")?;
-        let v = s.query_map([], |r| r.get::<_, String>(0)).and_then(|r| r.collect()).ctx("read snapshot columns")?;
+        let mut s = tx
+            .prepare(&format!(
+                "SELECT name FROM snap.pragma_table_info({})",
+                sql_str(t.name())
+            ))
+            .ctx("read snapshot columns")?;
+        let v = s
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|r| r.collect())
+            .ctx("read snapshot columns")?;
         v
     };
     let common = t
@@ -322,9 +407,17 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64),
         .map(|c| quote(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let missing: Vec<&String> = t.header.columns.iter().filter(|c| !snap_cols.contains(c)).collect();
+    let missing: Vec<&String> = t
+        .header
+        .columns
+        .iter()
+        .filter(|c| !snap_cols.contains(c))
+        .collect();
     if !missing.is_empty() {
-        log::warn!("snapshot: table {} lacks columns {missing:?} here; they take their defaults", t.name());
+        log::warn!(
+            "snapshot: table {} lacks columns {missing:?} here; they take their defaults",
+            t.name()
+        );
     }
     tx.execute_batch(&format!(
         "DROP TABLE IF EXISTS temp.__hl_keep_ver; DROP TABLE IF EXISTS temp.__hl_keep_row;
@@ -336,7 +429,10 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64),
     ))
     .ctx("set local changes aside")?;
     let rows = tx
-        .execute(&format!("INSERT INTO main.{name}({common}) SELECT {common} FROM snap.{name}"), [])
+        .execute(
+            &format!("INSERT INTO main.{name}({common}) SELECT {common} FROM snap.{name}"),
+            [],
+        )
         .ctx("copy snapshot rows")? as u64;
     tx.execute_batch(&format!(
         "DELETE FROM main.{name} WHERE {pk_tuple} IN (SELECT {keys} FROM temp.__hl_keep_ver);
@@ -347,9 +443,14 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64),
     ))
     .ctx("put local changes back")?;
     let (kept, unpublished): (i64, i64) = tx
-        .query_row("SELECT count(*), count(*) FILTER (WHERE pending = 1) FROM temp.__hl_keep_ver", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT count(*), count(*) FILTER (WHERE pending = 1) FROM temp.__hl_keep_ver",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .ctx("count local changes")?;
-    tx.execute_batch("DROP TABLE temp.__hl_keep_ver; DROP TABLE temp.__hl_keep_row;").ctx("drop temporary tables")?;
+    tx.execute_batch("DROP TABLE temp.__hl_keep_ver; DROP TABLE temp.__hl_keep_row;")
+        .ctx("drop temporary tables")?;
     Ok((rows, kept as u64, unpublished as u64))
 }
 
@@ -358,20 +459,28 @@ fn copy_indexes(tx: &Connection, table: &str) -> Result<(), DbError> {
         let mut s = tx
             .prepare("SELECT sql FROM snap.sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL")
             .ctx("read snapshot indexes")?;
-        let v = s.query_map([table], |r| r.get(0)).and_then(|r| r.collect()).ctx("read snapshot indexes")?;
+        let v = s
+            .query_map([table], |r| r.get(0))
+            .and_then(|r| r.collect())
+            .ctx("read snapshot indexes")?;
         v
     };
     for sql in sqls {
-        tx.execute_batch(&sql).ctx("create an index from the snapshot")?;
+        tx.execute_batch(&sql)
+            .ctx("create an index from the snapshot")?;
     }
     Ok(())
 }
 
 fn table_exists(conn: &Connection, schema: &str, name: &str) -> Result<bool, DbError> {
-    conn.query_row(&format!("SELECT 1 FROM {schema}.sqlite_schema WHERE type = 'table' AND name = ?1"), [name], |_| Ok(()))
-        .optional()
-        .map(|o| o.is_some())
-        .ctx("read schema")
+    conn.query_row(
+        &format!("SELECT 1 FROM {schema}.sqlite_schema WHERE type = 'table' AND name = ?1"),
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+    .ctx("read schema")
 }
 
 fn sql_str(s: &str) -> String {
@@ -380,5 +489,6 @@ fn sql_str(s: &str) -> String {
 
 /// Writes the restore progress for `harmonylite status` (best effort).
 pub fn record_progress(conn: &Connection, done: u64, total: u64) {
-    let _ = db::set_meta(conn, RESTORE_DONE_KEY, done as i64).and_then(|_| db::set_meta(conn, RESTORE_TOTAL_KEY, total as i64));
+    let _ = db::set_meta(conn, RESTORE_DONE_KEY, done as i64)
+        .and_then(|_| db::set_meta(conn, RESTORE_TOTAL_KEY, total as i64));
 }

@@ -60,13 +60,27 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     if !path.exists() {
         return Err(DbError::Missing(path.to_path_buf()));
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?;
-    conn.busy_timeout(db::BUSY_TIMEOUT).ctx("set busy timeout")?;
-    let mut st = Status { db_path: path.display().to_string(), node_running: crate::node::is_locked(path), ..Default::default() };
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            DbError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    conn.busy_timeout(db::BUSY_TIMEOUT)
+        .ctx("set busy timeout")?;
+    let mut st = Status {
+        db_path: path.display().to_string(),
+        node_running: crate::node::is_locked(path),
+        ..Default::default()
+    };
     let mut schema = capture::scan(&conn, cfg)?;
     crate::schema::load_paused(&conn, &mut schema)?;
-    st.paused_tables = schema.paused.iter().map(|(t, w)| (t.clone(), w.clone())).collect();
+    st.paused_tables = schema
+        .paused
+        .iter()
+        .map(|(t, w)| (t.clone(), w.clone()))
+        .collect();
     st.paused_tables.sort();
     st.tables = schema.tables.iter().map(|t| t.name().to_string()).collect();
     st.not_replicated = schema.skipped.clone();
@@ -85,7 +99,8 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.link_up = meta(LINK_UP_KEY)?.map(|v| v == 1);
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
     let u = |v: Option<i64>| v.map(|v| v as u64);
-    st.restore_progress = u(meta(snapshot::RESTORE_DONE_KEY)?).zip(u(meta(snapshot::RESTORE_TOTAL_KEY)?));
+    st.restore_progress =
+        u(meta(snapshot::RESTORE_DONE_KEY)?).zip(u(meta(snapshot::RESTORE_TOTAL_KEY)?));
     st.restored_seq = u(meta(snapshot::RESTORED_SEQ_KEY)?);
     st.restored_ms = u(meta(snapshot::RESTORED_MS_KEY)?);
     st.snapshot_saved_seq = u(meta(snapshot::SAVED_SEQ_KEY)?);
@@ -96,19 +111,23 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
             continue;
         }
         let (n, oldest): (i64, Option<i64>) = conn
-            .query_row(&format!("SELECT count(*), min(ver) FROM {} WHERE pending = 1", t.ver), [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                &format!("SELECT count(*), min(ver) FROM {} WHERE pending = 1", t.ver),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .ctx("read outbox")?;
         let logged: i64 = if exists(&conn, &format!("__hl_log_{}", t.name()))? {
-            conn.query_row(&format!("SELECT count(*) FROM {}", t.log), [], |r| r.get(0)).ctx("read change log")?
+            conn.query_row(&format!("SELECT count(*) FROM {}", t.log), [], |r| r.get(0))
+                .ctx("read change log")?
         } else {
             0
         };
         st.outbox_changes += (n + logged) as u64;
         if let Some(v) = oldest {
             let age = now.saturating_sub(hlc::wall_ms(v as u64));
-            st.outbox_oldest_age_ms = Some(st.outbox_oldest_age_ms.map_or(age, |a: u64| a.max(age)));
+            st.outbox_oldest_age_ms =
+                Some(st.outbox_oldest_age_ms.map_or(age, |a: u64| a.max(age)));
         }
     }
     if exists(&conn, PARKED_TABLE)? {
@@ -120,7 +139,9 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
             ))
             .ctx("read parked changes")?;
         st.parked_by_table = s
-            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)))
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })
             .and_then(|rows| rows.collect())
             .ctx("read parked changes")?;
     }
@@ -131,22 +152,33 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
 }
 
 fn exists(conn: &Connection, table: &str) -> Result<bool, DbError> {
-    conn.query_row("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1", [table], |_| Ok(()))
-        .optional()
-        .map(|o| o.is_some())
-        .ctx("read schema")
+    conn.query_row(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [table],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+    .ctx("read schema")
 }
 
 fn count(conn: &Connection, table: &str) -> Result<u64, DbError> {
-    conn.query_row(&format!("SELECT count(*) FROM {}", db::quote(table)), [], |r| r.get::<_, i64>(0))
-        .map(|n| n as u64)
-        .ctx("count rows")
+    conn.query_row(
+        &format!("SELECT count(*) FROM {}", db::quote(table)),
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+    .ctx("count rows")
 }
 
 fn ago(ms: Option<u64>) -> String {
     match ms {
         None => "never".into(),
-        Some(t) => format!("{:.1} s ago", hlc::now_ms().saturating_sub(t) as f64 / 1000.0),
+        Some(t) => format!(
+            "{:.1} s ago",
+            hlc::now_ms().saturating_sub(t) as f64 / 1000.0
+        ),
     }
 }
 
@@ -154,29 +186,75 @@ impl Status {
     pub fn to_text(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "database:         {}", self.db_path);
-        let _ = writeln!(o, "node id:          {}", self.node_id.map_or("not assigned (never ran)".into(), |n| n.to_string()));
-        let _ = writeln!(o, "node process:     {}", if self.node_running { "running" } else { "not running" });
-        let _ = writeln!(o, "replicated:       {}", if self.tables.is_empty() { "(none)".into() } else { self.tables.join(", ") });
+        let _ = writeln!(
+            o,
+            "node id:          {}",
+            self.node_id
+                .map_or("not assigned (never ran)".into(), |n| n.to_string())
+        );
+        let _ = writeln!(
+            o,
+            "node process:     {}",
+            if self.node_running {
+                "running"
+            } else {
+                "not running"
+            }
+        );
+        let _ = writeln!(
+            o,
+            "replicated:       {}",
+            if self.tables.is_empty() {
+                "(none)".into()
+            } else {
+                self.tables.join(", ")
+            }
+        );
         for (t, why) in &self.not_replicated {
             let _ = writeln!(o, "not replicated:   {t}: {why}");
         }
-        let _ = writeln!(o, "capture:          {}", if self.installed { "installed" } else { "not installed (the node never ran)" });
+        let _ = writeln!(
+            o,
+            "capture:          {}",
+            if self.installed {
+                "installed"
+            } else {
+                "not installed (the node never ran)"
+            }
+        );
         let _ = writeln!(o, "stream position:  {}", self.stream_position);
         if let Some((from, to)) = self.stream_gap {
             let _ = writeln!(o, "STREAM GAP:       messages {from}..{to} missing here until a snapshot covering them is restored");
         }
         let link = match self.link_up {
             None => "unknown (never connected)".to_string(),
-            Some(up) => format!("{} since {}", if up { "up" } else { "down" }, ago(self.link_since_ms)),
+            Some(up) => format!(
+                "{} since {}",
+                if up { "up" } else { "down" },
+                ago(self.link_since_ms)
+            ),
         };
         let _ = writeln!(o, "link:             {link}");
-        let oldest = self.outbox_oldest_age_ms.map_or(String::new(), |a| format!(", oldest {:.1} s", a as f64 / 1000.0));
-        let budget = if self.outbox_over_budget { ", OVER BUDGET" } else { "" };
-        let _ = writeln!(o, "outbox:           {} changes{oldest}{budget}", self.outbox_changes);
+        let oldest = self.outbox_oldest_age_ms.map_or(String::new(), |a| {
+            format!(", oldest {:.1} s", a as f64 / 1000.0)
+        });
+        let budget = if self.outbox_over_budget {
+            ", OVER BUDGET"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "outbox:           {} changes{oldest}{budget}",
+            self.outbox_changes
+        );
         let _ = writeln!(o, "last publish:     {}", ago(self.last_publish_ms));
         let _ = writeln!(o, "last apply:       {}", ago(self.last_apply_ms));
         for (t, why) in &self.paused_tables {
-            let _ = writeln!(o, "PAUSED:           {t}: {why} (see `harmonylite schema accept`)");
+            let _ = writeln!(
+                o,
+                "PAUSED:           {t}: {why} (see `harmonylite schema accept`)"
+            );
         }
         let _ = writeln!(o, "parked changes:   {}", self.parked_changes);
         for (t, n, why) in &self.parked_by_table {
@@ -185,7 +263,10 @@ impl Status {
         let _ = writeln!(o, "fragments held:   {}", self.fragments_waiting);
         if let Some((done, total)) = self.restore_progress {
             let pct = done as f64 * 100.0 / total.max(1) as f64;
-            let _ = writeln!(o, "snapshot restore: in progress, {done} of {total} bytes ({pct:.0}%)");
+            let _ = writeln!(
+                o,
+                "snapshot restore: in progress, {done} of {total} bytes ({pct:.0}%)"
+            );
         }
         let restored = match (self.restored_seq, self.restored_ms) {
             (Some(seq), ms) => format!("at seq {seq}, {}", ago(ms)),
@@ -202,7 +283,12 @@ impl Status {
 
     pub fn to_json(&self) -> String {
         let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
-        let tables = self.tables.iter().map(|t| json_str(t)).collect::<Vec<_>>().join(",");
+        let tables = self
+            .tables
+            .iter()
+            .map(|t| json_str(t))
+            .collect::<Vec<_>>()
+            .join(",");
         let skipped = self
             .not_replicated
             .iter()
@@ -218,7 +304,13 @@ impl Status {
         let parked = self
             .parked_by_table
             .iter()
-            .map(|(t, n, w)| format!("{{\"table\":{},\"changes\":{n},\"reason\":{}}}", json_str(t), json_str(w)))
+            .map(|(t, n, w)| {
+                format!(
+                    "{{\"table\":{},\"changes\":{n},\"reason\":{}}}",
+                    json_str(t),
+                    json_str(w)
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         format!(

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nats::jetstream::{
-    AckPolicy, BatchOptions, ConsumerConfig, DeliverPolicy, JetStream, PullSubscribeOptions, PullSubscription,
-    ReplayPolicy, StorageType, StreamConfig,
+    AckPolicy, BatchOptions, ConsumerConfig, DeliverPolicy, JetStream, PullSubscribeOptions,
+    PullSubscription, ReplayPolicy, StorageType, StreamConfig,
 };
 
 use crate::apply::Incoming;
@@ -53,11 +53,21 @@ const MAX_ACK_PENDING: i64 = 4096;
 #[derive(Debug)]
 pub enum TransportError {
     /// `auth`: the configured authentication method's keys, for the hint on a refusal.
-    Connect { urls: String, source: io::Error, auth: Option<&'static str> },
+    Connect {
+        urls: String,
+        source: io::Error,
+        auth: Option<&'static str>,
+    },
     /// A credentials or TLS file named in `[nats]` is missing or wrong (the message names it).
     Files(String),
-    Setup { what: String, source: io::Error },
-    Publish { subject: String, reason: String },
+    Setup {
+        what: String,
+        source: io::Error,
+    },
+    Publish {
+        subject: String,
+        reason: String,
+    },
     Fetch(io::Error),
 }
 
@@ -72,11 +82,17 @@ impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TransportError::Connect { urls, source, auth } => {
-                write!(f, "cannot connect to NATS at {urls}: {source}{}", connect_hint(source, *auth))
+                write!(
+                    f,
+                    "cannot connect to NATS at {urls}: {source}{}",
+                    connect_hint(source, *auth)
+                )
             }
             TransportError::Files(msg) => f.write_str(msg),
             TransportError::Setup { what, source } => write!(f, "{what}: {source}"),
-            TransportError::Publish { subject, reason } => write!(f, "publish to {subject} not acknowledged: {reason}"),
+            TransportError::Publish { subject, reason } => {
+                write!(f, "publish to {subject} not acknowledged: {reason}")
+            }
             TransportError::Fetch(e) => write!(f, "fetch from the stream failed: {e}"),
         }
     }
@@ -123,14 +139,21 @@ fn auth_options(n: &crate::config::Nats) -> Result<nats::Options, TransportError
     }
     if let Some(kp) = n.user_seed().map_err(TransportError::Files)? {
         // signing with a seeded key pair does not fail; an empty signature would be refused
-        return Ok(nats::Options::with_nkey(&kp.public_key(), move |nonce| kp.sign(nonce).unwrap_or_default()));
+        return Ok(nats::Options::with_nkey(&kp.public_key(), move |nonce| {
+            kp.sign(nonce).unwrap_or_default()
+        }));
     }
     if let Some(creds) = &n.creds_file {
         // parse once here for an error that names the file; the client re-reads it per connect
-        let text = std::fs::read_to_string(creds)
-            .map_err(|e| TransportError::Files(format!("[nats] creds_file: cannot read {}: {e}", creds.display())))?;
-        nats::Options::with_static_credentials(&text)
-            .map_err(|e| TransportError::Files(format!("[nats] creds_file: {}: {e}", creds.display())))?;
+        let text = std::fs::read_to_string(creds).map_err(|e| {
+            TransportError::Files(format!(
+                "[nats] creds_file: cannot read {}: {e}",
+                creds.display()
+            ))
+        })?;
+        nats::Options::with_static_credentials(&text).map_err(|e| {
+            TransportError::Files(format!("[nats] creds_file: {}: {e}", creds.display()))
+        })?;
         return Ok(nats::Options::with_credentials(creds));
     }
     Ok(nats::Options::new())
@@ -256,7 +279,12 @@ const RECONNECT_BUFFER: usize = 64 * 1024;
 impl Transport {
     /// Connects, makes sure the stream exists, and (when replicating) binds our durable consumer
     /// at `cursor + 1`: the database, not the server, says where we are.
-    pub fn connect(cfg: &Config, urls: &str, node: u64, mut cursor: u64) -> Result<Transport, TransportError> {
+    pub fn connect(
+        cfg: &Config,
+        urls: &str,
+        node: u64,
+        mut cursor: u64,
+    ) -> Result<Transport, TransportError> {
         let disconnected = Arc::new(AtomicBool::new(false));
         let opts = client_options(&cfg.nats)?;
         let (down, up) = (disconnected.clone(), disconnected.clone());
@@ -329,16 +357,24 @@ impl Transport {
                     ..Default::default()
                 })
                 .map_err(setup(&format!("create stream {stream}")))?;
-                log::info!("stream created name={stream} subjects={filter} max_entries={}", cfg.replication_log.max_entries);
+                log::info!(
+                    "stream created name={stream} subjects={filter} max_entries={}",
+                    cfg.replication_log.max_entries
+                );
             }
         }
         let ack_inbox = nc.new_inbox();
-        let acks = nc.subscribe(&format!("{ack_inbox}.>")).map_err(setup("subscribe to the ack inbox"))?;
+        let acks = nc
+            .subscribe(&format!("{ack_inbox}.>"))
+            .map_err(setup("subscribe to the ack inbox"))?;
         let pull = if cfg.replicate {
             let durable = format!("hl-{node}");
             let _ = js.delete_consumer(&stream, &durable);
-            let (deliver_policy, opt_start_seq) =
-                if cursor > 0 { (DeliverPolicy::ByStartSeq, Some(cursor + 1)) } else { (DeliverPolicy::All, None) };
+            let (deliver_policy, opt_start_seq) = if cursor > 0 {
+                (DeliverPolicy::ByStartSeq, Some(cursor + 1))
+            } else {
+                (DeliverPolicy::All, None)
+            };
             js.add_consumer(
                 &stream,
                 ConsumerConfig {
@@ -353,11 +389,22 @@ impl Transport {
                     ..Default::default()
                 },
             )
-            .map_err(setup(&format!("create consumer {durable} on stream {stream}")))?;
+            .map_err(setup(&format!(
+                "create consumer {durable} on stream {stream}"
+            )))?;
             let sub = js
-                .pull_subscribe_with_options(&filter, &PullSubscribeOptions::new().bind_stream(stream.clone()).durable_name(durable.clone()))
+                .pull_subscribe_with_options(
+                    &filter,
+                    &PullSubscribeOptions::new()
+                        .bind_stream(stream.clone())
+                        .durable_name(durable.clone()),
+                )
                 .map_err(setup(&format!("bind consumer {durable}")))?;
-            Some(Puller { sub, request: None, last: None })
+            Some(Puller {
+                sub,
+                request: None,
+                last: None,
+            })
         } else {
             None
         };
@@ -428,18 +475,31 @@ impl Transport {
     ///
     /// `abort` is looked at while acks are awaited (the stop signal): the wait then ends at
     /// once with an error, and the frames stay in the outbox.
-    pub fn publish_all(&mut self, frames: &[Outgoing], timeout: Duration, abort: &dyn Fn() -> bool) -> Result<(), TransportError> {
+    pub fn publish_all(
+        &mut self,
+        frames: &[Outgoing],
+        timeout: Duration,
+        abort: &dyn Fn() -> bool,
+    ) -> Result<(), TransportError> {
         if frames.is_empty() {
             return Ok(());
         }
         self.batch_no += 1;
         let prefix = format!("{}.{}", self.ack_inbox, self.batch_no);
-        let fail = |reason: String| TransportError::Publish { subject: self.subject.clone(), reason };
+        let fail = |reason: String| TransportError::Publish {
+            subject: self.subject.clone(),
+            reason,
+        };
         for (i, f) in frames.iter().enumerate() {
             let mut headers = nats::HeaderMap::new();
             headers.insert(nats::header::NATS_MSG_ID, f.msg_id.clone());
             self.nc
-                .publish_with_reply_or_headers(&self.subject, Some(&format!("{prefix}.{i}")), Some(&headers), &f.data)
+                .publish_with_reply_or_headers(
+                    &self.subject,
+                    Some(&format!("{prefix}.{i}")),
+                    Some(&headers),
+                    &f.data,
+                )
                 .map_err(|e| fail(e.to_string()))?;
         }
         // No flush here: the client's writer thread sends within ~5 ms, and
@@ -451,27 +511,47 @@ impl Transport {
         while remaining > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(fail(format!("{remaining} of {} acks missing after {timeout:?}", frames.len())));
+                return Err(fail(format!(
+                    "{remaining} of {} acks missing after {timeout:?}",
+                    frames.len()
+                )));
             }
             let msg = match self.acks.next_timeout(left.min(ACK_POLL)) {
                 Ok(msg) => msg,
                 Err(_) if self.disconnected.load(Ordering::Relaxed) => {
-                    return Err(fail(format!("link lost with {remaining} of {} acks missing", frames.len())));
+                    return Err(fail(format!(
+                        "link lost with {remaining} of {} acks missing",
+                        frames.len()
+                    )));
                 }
                 Err(_) if abort() => {
-                    return Err(fail(format!("stopping with {remaining} of {} acks missing", frames.len())));
+                    return Err(fail(format!(
+                        "stopping with {remaining} of {} acks missing",
+                        frames.len()
+                    )));
                 }
                 Err(_) => continue,
             };
             // acks of an earlier, timed-out batch carry another batch number
-            let Some(i) = msg.subject.strip_prefix(&prefix).and_then(|s| s.strip_prefix('.')).and_then(|s| s.parse::<usize>().ok())
+            let Some(i) = msg
+                .subject
+                .strip_prefix(&prefix)
+                .and_then(|s| s.strip_prefix('.'))
+                .and_then(|s| s.parse::<usize>().ok())
             else {
                 continue;
             };
             let body = String::from_utf8_lossy(&msg.data);
             if body.contains("\"error\"") || !body.contains("\"seq\"") {
-                let status = msg.headers.as_ref().and_then(|h| h.get(nats::header::STATUS).cloned()).unwrap_or_default();
-                return Err(fail(format!("server answered {}", [body.trim(), status.trim()].join(" ").trim())));
+                let status = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(nats::header::STATUS).cloned())
+                    .unwrap_or_default();
+                return Err(fail(format!(
+                    "server answered {}",
+                    [body.trim(), status.trim()].join(" ").trim()
+                )));
             }
             if i < acked.len() && !acked[i] {
                 acked[i] = true;
@@ -483,7 +563,11 @@ impl Transport {
 
     /// Returns the next messages of the stream, waiting up to `wait` for the first one: at
     /// most [`Transport::fetch_batch`] frames of up to `max_frame` bytes.
-    pub fn fetch(&mut self, wait: Duration, max_frame: usize) -> Result<Vec<Incoming>, TransportError> {
+    pub fn fetch(
+        &mut self,
+        wait: Duration,
+        max_frame: usize,
+    ) -> Result<Vec<Incoming>, TransportError> {
         let batch = Transport::fetch_batch(max_frame);
         let Some(p) = self.pull.as_mut() else {
             return Ok(Vec::new());
@@ -498,19 +582,33 @@ impl Transport {
                 "the link was re-established; reading the stream again from this node's position",
             )));
         }
-        if p.request.as_ref().map_or(true, |r| now > r.expires_at + PULL_GRACE) {
+        if p.request
+            .as_ref()
+            .is_none_or(|r| now > r.expires_at + PULL_GRACE)
+        {
             let expires = Some(PULL_EXPIRES.as_nanos() as usize);
             p.sub
-                .request_batch(BatchOptions { batch, expires, no_wait: false })
+                .request_batch(BatchOptions {
+                    batch,
+                    expires,
+                    no_wait: false,
+                })
                 .map_err(TransportError::Fetch)?;
-            p.request = Some(PullRequest { remaining: batch, expires_at: now + PULL_EXPIRES });
+            p.request = Some(PullRequest {
+                remaining: batch,
+                expires_at: now + PULL_EXPIRES,
+            });
         }
         let mut out = Vec::new();
         let mut timeout = wait;
         loop {
             match p.sub.next_timeout(timeout) {
                 Ok(msg) => {
-                    let status = msg.headers.as_ref().and_then(|h| h.get(nats::header::STATUS)).is_some();
+                    let status = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(nats::header::STATUS))
+                        .is_some();
                     if status && msg.data.is_empty() {
                         // 409 and the like: the request is over
                         p.request = None;
@@ -518,8 +616,15 @@ impl Transport {
                     }
                     if let Some(info) = msg.jetstream_message_info() {
                         crate::metrics::add(crate::metrics::Counter::FramesReceived, 1);
-                        crate::metrics::add(crate::metrics::Counter::BytesReceived, msg.data.len() as u64);
-                        out.push(Incoming { seq: info.stream_seq, subject: msg.subject.clone(), data: msg.data.clone() });
+                        crate::metrics::add(
+                            crate::metrics::Counter::BytesReceived,
+                            msg.data.len() as u64,
+                        );
+                        out.push(Incoming {
+                            seq: info.stream_seq,
+                            subject: msg.subject.clone(),
+                            data: msg.data.clone(),
+                        });
                         p.last = Some(msg);
                         if let Some(r) = p.request.as_mut() {
                             r.remaining = r.remaining.saturating_sub(1);
@@ -551,7 +656,6 @@ impl Transport {
         }
         Ok(())
     }
-
 }
 
 #[cfg(test)]
@@ -560,7 +664,10 @@ mod redact_tests {
 
     #[test]
     fn credentials_in_urls_are_hidden() {
-        assert_eq!(redact_urls("nats://u:pw@h:4222,tls://tok@h2"), "nats://***@h:4222,tls://***@h2");
+        assert_eq!(
+            redact_urls("nats://u:pw@h:4222,tls://tok@h2"),
+            "nats://***@h:4222,tls://***@h2"
+        );
         assert_eq!(redact_urls("nats://h:4222"), "nats://h:4222");
         assert_eq!(redact_urls("u:pw@h:4222"), "***@h:4222");
     }

@@ -42,7 +42,10 @@ fn cursor(db: &Path) -> u64 {
 fn write_many(db: &Path, origin: &str, first_id: i64, n: i64) {
     let mut s = AppSession::open(db);
     for i in 0..n {
-        s.exec(&format!("INSERT INTO t VALUES ({}, '{origin}', {i})", first_id + i));
+        s.exec(&format!(
+            "INSERT INTO t VALUES ({}, '{origin}', {i})",
+            first_id + i
+        ));
         std::thread::sleep(Duration::from_millis(60));
     }
 }
@@ -51,7 +54,15 @@ fn write_many(db: &Path, origin: &str, first_id: i64, n: i64) {
 fn save_snapshot(node: &Node) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = run_bin(&["snapshot", "save", "--config", node.config.to_str().unwrap()], Duration::from_secs(120));
+        let out = run_bin(
+            &[
+                "snapshot",
+                "save",
+                "--config",
+                node.config.to_str().unwrap(),
+            ],
+            Duration::from_secs(120),
+        );
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         if out.status.success() && stdout.contains("saved snapshot") {
             return stdout;
@@ -70,14 +81,18 @@ fn save_snapshot(node: &Node) -> String {
 fn pointer_field(nats: &NatsServer, key: &str) -> Option<String> {
     let kv = js(nats).key_value("HLRS-snapshots").ok()?;
     let v = String::from_utf8(kv.get("latest").ok()??).unwrap();
-    v.split(';').find_map(|f| f.strip_prefix(&format!("{key}="))).map(String::from)
+    v.split(';')
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .map(String::from)
 }
 
 /// The current snapshot, written to `out`.
 fn download_snapshot(nats: &NatsServer, out: &Path) {
     use std::io::Read;
     let store = js(nats).object_store("HLRS-snapshots").unwrap();
-    let mut obj = store.get(&pointer_field(nats, "object").expect("a snapshot pointer")).unwrap();
+    let mut obj = store
+        .get(&pointer_field(nats, "object").expect("a snapshot pointer"))
+        .unwrap();
     let mut bytes = Vec::new();
     obj.read_to_end(&mut bytes).unwrap();
     std::fs::write(out, bytes).unwrap();
@@ -123,17 +138,28 @@ fn stalled_node_keeps_its_published_writes_through_the_restore() {
     wait_converged(&d, &["t"], Duration::from_secs(90));
     assert_eq!(count(d[2], "t"), 3 + 10 + 60);
     for db in &d {
-        assert_eq!(query_one(db, "SELECT count(*) FROM t WHERE origin = 'n3'").as_deref(), Some("integer=10"), "{}", db.display());
+        assert_eq!(
+            query_one(db, "SELECT count(*) FROM t WHERE origin = 'n3'").as_deref(),
+            Some("integer=10"),
+            "{}",
+            db.display()
+        );
     }
 
     // a snapshot saved by n3 now holds its rows
     assert!(n1.stop().success());
     assert!(n2.stop().success());
     save_snapshot(&n3);
-    assert_eq!(pointer_field(&nats, "node"), Some(node_id(d[2]).to_string()));
+    assert_eq!(
+        pointer_field(&nats, "node"),
+        Some(node_id(d[2]).to_string())
+    );
     let snap = dir.join("n3-snapshot.db");
     download_snapshot(&nats, &snap);
-    assert_eq!(query_one(&snap, "SELECT count(*) FROM t WHERE origin = 'n3'").as_deref(), Some("integer=10"));
+    assert_eq!(
+        query_one(&snap, "SELECT count(*) FROM t WHERE origin = 'n3'").as_deref(),
+        Some("integer=10")
+    );
     let n4_db = dir.join("n4.db");
     let mut n4 = Node::start(dir.path(), "n4", cfg, Some(&nats.url()));
     n4.wait_log("database created from snap-", Duration::from_secs(30));
@@ -165,14 +191,21 @@ fn a_hole_inside_a_batch_is_repaired_from_a_snapshot() {
     write_many(d[0], "n1", 100, 6);
     wait_converged(&d[..2], &["t"], CONVERGE);
     let (first, last) = stream_state(&nats);
-    assert!(first <= cursor(d[2]) + 1, "n3's position is in the stream (test premise)");
+    assert!(
+        first <= cursor(d[2]) + 1,
+        "n3's position is in the stream (test premise)"
+    );
     assert!(js(&nats).delete_message(STREAM, last - 2).unwrap());
     save_snapshot(&n2);
 
     n3.restart_ready();
     wait_converged(&d, &["t"], CONVERGE);
     assert_eq!(count(d[2], "t"), 9);
-    assert!(n3.current_log().contains("stream skipped"), "{}", n3.current_log());
+    assert!(
+        n3.current_log().contains("stream skipped"),
+        "{}",
+        n3.current_log()
+    );
     for n in [&mut n1, &mut n2, &mut n3] {
         assert!(n.stop().success());
     }
@@ -196,7 +229,9 @@ fn a_hole_before_a_batch_of_own_frames_is_repaired() {
     // the last message n3 sees is n2's: it stays in the stream when n1's are purged below
     write_many(d[1], "n2", 50, 1);
     wait_converged(&d, &["t"], CONVERGE);
-    wait_until("n3 applied up to the stream's end", CONVERGE, || cursor(d[2]) >= stream_state(&nats).1);
+    wait_until("n3 applied up to the stream's end", CONVERGE, || {
+        cursor(d[2]) >= stream_state(&nats).1
+    });
     assert!(n3.stop().success());
     write_many(d[0], "n1", 100, 5);
     wait_converged(&d[..2], &["t"], CONVERGE);
@@ -204,13 +239,23 @@ fn a_hole_before_a_batch_of_own_frames_is_repaired() {
     let n1_subject = format!("{SUBJECT_PREFIX}.{}", node_id(d[0]));
     js(&nats).purge_stream_subject(STREAM, &n1_subject).unwrap();
     let (first, _) = stream_state(&nats);
-    assert!(first <= cursor(d[2]) + 1, "the stream does not start past n3's position (test premise)");
-    app(d[2], "INSERT INTO t VALUES (3000, 'n3', 0); INSERT INTO t VALUES (3001, 'n3', 1)");
+    assert!(
+        first <= cursor(d[2]) + 1,
+        "the stream does not start past n3's position (test premise)"
+    );
+    app(
+        d[2],
+        "INSERT INTO t VALUES (3000, 'n3', 0); INSERT INTO t VALUES (3001, 'n3', 1)",
+    );
 
     n3.restart_ready();
     wait_converged(&d, &["t"], CONVERGE);
     assert_eq!(count(d[2], "t"), 2 + 1 + 5 + 2);
-    assert!(n3.current_log().contains("stream skipped"), "{}", n3.current_log());
+    assert!(
+        n3.current_log().contains("stream skipped"),
+        "{}",
+        n3.current_log()
+    );
     for n in [&mut n1, &mut n2, &mut n3] {
         assert!(n.stop().success());
     }
@@ -231,14 +276,27 @@ fn snapshot_save_beside_a_running_node_leaves_its_consumer_alone() {
     write_many(d[0], "n1", 1, 5);
     wait_converged(&d, &["t"], CONVERGE);
     let consumer = format!("hl-{}", node_id(d[1]));
-    let created = js(&nats).consumer_info(STREAM, &consumer).expect("n2's consumer").created;
+    let created = js(&nats)
+        .consumer_info(STREAM, &consumer)
+        .expect("n2's consumer")
+        .created;
     save_snapshot(&n2);
     write_many(d[0], "n1", 100, 5);
     wait_converged(&d, &["t"], CONVERGE);
     assert_eq!(count(d[1], "t"), 10);
-    let after = js(&nats).consumer_info(STREAM, &consumer).expect("n2's consumer").created;
-    assert_eq!(created, after, "n2's consumer was recreated by `snapshot save`");
-    assert!(!n2.current_log().contains("will reconnect"), "{}", n2.current_log());
+    let after = js(&nats)
+        .consumer_info(STREAM, &consumer)
+        .expect("n2's consumer")
+        .created;
+    assert_eq!(
+        created, after,
+        "n2's consumer was recreated by `snapshot save`"
+    );
+    assert!(
+        !n2.current_log().contains("will reconnect"),
+        "{}",
+        n2.current_log()
+    );
     for n in [&mut n1, &mut n2] {
         assert!(n.stop().success());
     }
@@ -268,7 +326,10 @@ fn node_rebuilt_with_a_1970_clock_stamps_above_its_own_earlier_writes() {
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", d[2].display()));
     }
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     n3.set_env("HL_FAKE_CLOCK_OFFSET_MS", &(-now_ms + 1000).to_string());
     n3.restart();
     n3.wait_log("database created from snap-", Duration::from_secs(30));
@@ -279,7 +340,12 @@ fn node_rebuilt_with_a_1970_clock_stamps_above_its_own_earlier_writes() {
     app(d[2], "INSERT INTO t VALUES (500, 'n3-new', 2) ON CONFLICT(id) DO UPDATE SET origin = 'n3-new', tx = 2");
     wait_converged(&d, &["t"], CONVERGE);
     for db in &d {
-        assert_eq!(query_one(db, "SELECT origin FROM t WHERE id = 500").as_deref(), Some("text='n3-new'"), "{}", db.display());
+        assert_eq!(
+            query_one(db, "SELECT origin FROM t WHERE id = 500").as_deref(),
+            Some("text='n3-new'"),
+            "{}",
+            db.display()
+        );
     }
     for n in [&mut n1, &mut n2, &mut n3] {
         assert!(n.stop().success());
@@ -287,7 +353,15 @@ fn node_rebuilt_with_a_1970_clock_stamps_above_its_own_earlier_writes() {
 }
 
 fn status_json(node: &Node) -> String {
-    let out = run_bin(&["status", "--json", "--config", node.config.to_str().unwrap()], Duration::from_secs(20));
+    let out = run_bin(
+        &[
+            "status",
+            "--json",
+            "--config",
+            node.config.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -323,26 +397,46 @@ fn a_hole_stays_recorded_until_a_covering_snapshot_appears() {
     n3.restart_ready();
     let expected_gap = format!("\"stream_gap\":{{\"from\":{cut},\"to\":{cut}}}");
     n3.wait_log("no snapshot covers seq", CONVERGE);
-    assert!(status_json(&n3).contains(&expected_gap), "{}", status_json(&n3));
+    assert!(
+        status_json(&n3).contains(&expected_gap),
+        "{}",
+        status_json(&n3)
+    );
     // n3 applies on past the hole: all but the lost row
-    wait_until("n3 applied past the hole", CONVERGE, || count(d[2], "t") == 8);
+    wait_until("n3 applied past the hole", CONVERGE, || {
+        count(d[2], "t") == 8
+    });
     assert!(n3.stop().success());
-    assert!(status_json(&n3).contains(&expected_gap), "the gap is kept across a restart: {}", status_json(&n3));
+    assert!(
+        status_json(&n3).contains(&expected_gap),
+        "the gap is kept across a restart: {}",
+        status_json(&n3)
+    );
     n3.restart_ready();
     n3.wait_log("no snapshot covers seq", CONVERGE);
     // a save by n3 would claim a position while it lacks the lost row
-    let out = run_bin(&["snapshot", "save", "--config", n3.config.to_str().unwrap()], Duration::from_secs(60));
+    let out = run_bin(
+        &["snapshot", "save", "--config", n3.config.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("misses stream messages {cut}..{cut}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("misses stream messages {cut}..{cut}")),
+        "{stdout}"
+    );
     write_many(d[0], "n1", 200, 2);
-    wait_until("n3 still applies new changes", CONVERGE, || count(d[2], "t") == 10);
+    wait_until("n3 still applies new changes", CONVERGE, || {
+        count(d[2], "t") == 10
+    });
     assert!(status_json(&n3).contains(&expected_gap));
 
     save_snapshot(&n2);
     n3.wait_log("snapshot restore: installed", CONVERGE);
     wait_converged(&d, &["t"], CONVERGE);
     assert_eq!(count(d[2], "t"), 11);
-    wait_until("the gap is cleared", CONVERGE, || status_json(&n3).contains("\"stream_gap\":null"));
+    wait_until("the gap is cleared", CONVERGE, || {
+        status_json(&n3).contains("\"stream_gap\":null")
+    });
     for n in [&mut n1, &mut n2, &mut n3] {
         assert!(n.stop().success());
     }
@@ -375,7 +469,11 @@ fn a_hole_without_snapshots_is_a_clear_error() {
 
 fn signal(node: &Node, sig: &str) {
     let pid = node.pid().expect("node running").to_string();
-    assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
 }
 
 /// n3 is frozen (SIGSTOP) while n1 commits 60 transactions; its outstanding pull request holds
@@ -405,8 +503,16 @@ fn a_hole_no_batch_shows_is_found_by_the_periodic_check() {
     let resumed = Instant::now();
     wait_converged(&d, &["t"], Duration::from_secs(75));
     assert_eq!(count(d[2], "t"), 63);
-    assert!(n3.current_log().contains("the stream skipped past this node"), "{}", n3.current_log());
-    eprintln!("n3 repaired {:.1} s after it resumed", resumed.elapsed().as_secs_f64());
+    assert!(
+        n3.current_log()
+            .contains("the stream skipped past this node"),
+        "{}",
+        n3.current_log()
+    );
+    eprintln!(
+        "n3 repaired {:.1} s after it resumed",
+        resumed.elapsed().as_secs_f64()
+    );
     for n in [&mut n1, &mut n2, &mut n3] {
         assert!(n.stop().success());
     }
@@ -435,7 +541,10 @@ fn a_failed_restore_attempt_is_retried_and_the_snapshot_not_marked_bad() {
     assert!(n3.stop().success());
     write_many(d[0], "n1", 100, 30);
     wait_converged(&d[..2], &["t"], CONVERGE);
-    assert!(stream_state(&nats).0 > cursor(d[2]) + 1, "the stream starts past n3's position (test premise)");
+    assert!(
+        stream_state(&nats).0 > cursor(d[2]) + 1,
+        "the stream starts past n3's position (test premise)"
+    );
     save_snapshot(&n2);
     let blocker = std::path::PathBuf::from(format!("{}.hl-snapshot-download", d[2].display()));
     std::fs::create_dir(&blocker).unwrap();
@@ -447,7 +556,11 @@ fn a_failed_restore_attempt_is_retried_and_the_snapshot_not_marked_bad() {
     n3.wait_log("snapshot restore: installed", CONVERGE);
     wait_converged(&d, &["t"], CONVERGE);
     assert_eq!(count(d[2], "t"), 33);
-    assert!(!n3.current_log().contains("failed verification"), "{}", n3.current_log());
+    assert!(
+        !n3.current_log().contains("failed verification"),
+        "{}",
+        n3.current_log()
+    );
     for n in [&mut n1, &mut n2, &mut n3] {
         assert!(n.stop().success());
     }

@@ -62,7 +62,10 @@ fn app_schema(db: &Path) -> Vec<String> {
 }
 
 fn ours(db: &Path) -> Vec<String> {
-    dump_query(db, "SELECT type, name FROM sqlite_schema WHERE name GLOB '__hl_*' ORDER BY type, name")
+    dump_query(
+        db,
+        "SELECT type, name FROM sqlite_schema WHERE name GLOB '__hl_*' ORDER BY type, name",
+    )
 }
 
 /// Schema, content of every table and of the view, user_version: what the application sees.
@@ -71,7 +74,11 @@ fn app_state(db: &Path) -> Vec<String> {
     for t in APP_TABLES {
         out.extend(dump(db, t).into_iter().map(|l| format!("{t}: {l}")));
     }
-    out.extend(dump_query(db, "SELECT * FROM cheap ORDER BY id").into_iter().map(|l| format!("cheap: {l}")));
+    out.extend(
+        dump_query(db, "SELECT * FROM cheap ORDER BY id")
+            .into_iter()
+            .map(|l| format!("cheap: {l}")),
+    );
     out.extend(dump_query(db, "PRAGMA user_version"));
     out
 }
@@ -109,15 +116,28 @@ fn cleanup_leaves_exactly_the_application_database() {
     let mut n1 = Node::start_ready(dir.path(), "n1", "node_id = 11", Some(&nats.url()));
     let _n2 = Node::start_ready(dir.path(), "n2", "node_id = 12", Some(&nats.url()));
     both(WHILE_RUNNING);
-    wait_converged(&[&n1.db, &dir.join("n2.db")], &["items", "kv"], REPLICATION_TIMEOUT);
+    wait_converged(
+        &[&n1.db, &dir.join("n2.db")],
+        &["items", "kv"],
+        REPLICATION_TIMEOUT,
+    );
     assert!(!ours(&n1.db).is_empty());
 
     // refused while the node runs, and nothing touched
     let before = ours(&n1.db);
     let out = cleanup(&n1.config, true);
-    assert_eq!(out.status.code(), Some(1), "stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let err = text(&out.stderr);
-    assert!(err.contains("a harmonylite node is running on") && err.contains("n1.db.hl-lock"), "{err}");
+    assert!(
+        err.contains("a harmonylite node is running on") && err.contains("n1.db.hl-lock"),
+        "{err}"
+    );
     assert_eq!(ours(&n1.db), before);
 
     // stopped, with writes it never saw: refused without --force, naming how many
@@ -130,17 +150,39 @@ fn cleanup_leaves_exactly_the_application_database() {
         "SELECT count(*) FROM __hl_ver_kv WHERE pending = 1",
     ]
     .iter()
-    .map(|q| query_one(&n1.db, q).unwrap().trim_start_matches("integer=").parse::<i64>().unwrap())
+    .map(|q| {
+        query_one(&n1.db, q)
+            .unwrap()
+            .trim_start_matches("integer=")
+            .parse::<i64>()
+            .unwrap()
+    })
     .sum();
-    assert!(pending >= 3, "three changes were written while the node was stopped, counted {pending}");
+    assert!(
+        pending >= 3,
+        "three changes were written while the node was stopped, counted {pending}"
+    );
     let out = cleanup(&n1.config, false);
-    assert_eq!(out.status.code(), Some(1), "stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let err = text(&out.stderr);
-    assert!(err.contains(&format!("holds {pending} unpublished local change(s)")) && err.contains("--force"), "{err}");
+    assert!(
+        err.contains(&format!("holds {pending} unpublished local change(s)"))
+            && err.contains("--force"),
+        "{err}"
+    );
     assert_eq!(ours(&n1.db), before);
 
     // leftovers of an interrupted snapshot download
-    let leftovers = [dir.join("n1.db.hl-snapshot-download"), dir.join("n1.db.hl-snapshot-download.state")];
+    let leftovers = [
+        dir.join("n1.db.hl-snapshot-download"),
+        dir.join("n1.db.hl-snapshot-download.state"),
+    ];
     for f in &leftovers {
         std::fs::write(f, b"partial").unwrap();
     }
@@ -149,14 +191,27 @@ fn cleanup_leaves_exactly_the_application_database() {
 
     let out = cleanup(&n1.config, true);
     let report = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "stdout: {report}\nstderr: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {report}\nstderr: {}",
+        text(&out.stderr)
+    );
     assert!(
         report.contains(": 6 triggers, 8 tables, 2 indexes (replication of: items, kv)\n"),
         "{report}"
     );
-    assert!(report.contains(&format!("discarded {pending} unpublished local change(s) (--force)")), "{report}");
+    assert!(
+        report.contains(&format!(
+            "discarded {pending} unpublished local change(s) (--force)"
+        )),
+        "{report}"
+    );
     for f in leftovers.iter().chain([&lock]) {
-        assert!(report.contains(&format!("removed file {}\n", f.display())), "{report}");
+        assert!(
+            report.contains(&format!("removed file {}\n", f.display())),
+            "{report}"
+        );
         assert!(!f.exists(), "{} still exists", f.display());
     }
     assert!(report.contains("stays in WAL mode"), "{report}");
@@ -165,20 +220,40 @@ fn cleanup_leaves_exactly_the_application_database() {
     assert_eq!(ours(&n1.db), Vec::<String>::new());
     assert_eq!(app_schema(&n1.db), recorded_schema);
     assert_eq!(app_state(&n1.db), app_state(&plain));
-    assert_eq!(query_one(&n1.db, "PRAGMA integrity_check").as_deref(), Some("text='ok'"));
-    assert_eq!(query_one(&n1.db, "PRAGMA journal_mode").as_deref(), Some("text='wal'"), "WAL mode stays");
+    assert_eq!(
+        query_one(&n1.db, "PRAGMA integrity_check").as_deref(),
+        Some("text='ok'")
+    );
+    assert_eq!(
+        query_one(&n1.db, "PRAGMA journal_mode").as_deref(),
+        Some("text='wal'"),
+        "WAL mode stays"
+    );
 
     // the application writes on (its trigger fires, ours are gone)
     both(AFTER_CLEANUP);
     assert_eq!(app_state(&n1.db), app_state(&plain));
-    assert_eq!(dump(&n1.db, "events").len(), 5, "{:#?}", dump(&n1.db, "events"));
+    assert_eq!(
+        dump(&n1.db, "events").len(),
+        5,
+        "{:#?}",
+        dump(&n1.db, "events")
+    );
 
     // a node started again installs capture afresh and queues every row (5 items, 6 kv)
     n1.restart_ready();
-    assert!(n1.current_log().contains("queued existing rows for replication rows=11"), "{}", n1.current_log());
+    assert!(
+        n1.current_log()
+            .contains("queued existing rows for replication rows=11"),
+        "{}",
+        n1.current_log()
+    );
     let triggers = dump_query(&n1.db, "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name GLOB '__hl_*' ORDER BY name");
     assert_eq!(triggers.len(), 6, "{triggers:?}");
-    app(&n1.db, "INSERT INTO items VALUES (7, 'quince', 7.0, NULL, 'after reinstall')");
+    app(
+        &n1.db,
+        "INSERT INTO items VALUES (7, 'quince', 7.0, NULL, 'after reinstall')",
+    );
     // n2 gets every row n1 has, the ones written while it was stopped or removed included.
     // Item 2 stays on n2: it was deleted while HarmonyLite was removed, and no delete was captured.
     let n2 = dir.join("n2.db");
@@ -186,11 +261,23 @@ fn cleanup_leaves_exactly_the_application_database() {
     wait_until_or(
         "n2 holds n1's rows after the reinstall",
         REPLICATION_TIMEOUT,
-        || dump_query(&n2, rows) == dump_query(&n1.db, rows) && dump(&n2, "kv") == dump(&n1.db, "kv"),
-        || format!("n1: {:#?}\nn2: {:#?}", dump(&n1.db, "items"), dump(&n2, "items")),
+        || {
+            dump_query(&n2, rows) == dump_query(&n1.db, rows)
+                && dump(&n2, "kv") == dump(&n1.db, "kv")
+        },
+        || {
+            format!(
+                "n1: {:#?}\nn2: {:#?}",
+                dump(&n1.db, "items"),
+                dump(&n2, "items")
+            )
+        },
     );
     assert_eq!(dump(&n1.db, "items").len(), 6);
-    assert_eq!(query_one(&n2, "SELECT name FROM items WHERE id = 2").as_deref(), Some("text='pear'"));
+    assert_eq!(
+        query_one(&n2, "SELECT name FROM items WHERE id = 2").as_deref(),
+        Some("text='pear'")
+    );
     assert!(n1.stop().success());
 }
 
@@ -199,7 +286,11 @@ fn cleanup_usage_and_config_errors() {
     let dir = TestDir::new("cleanup-usage");
     let out = run_bin(&["cleanup"], CMD_TIMEOUT);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("missing --config PATH"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("missing --config PATH"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run_bin(&["cleanup", "--config", "x.toml", "--json"], CMD_TIMEOUT);
     assert_eq!(out.status.code(), Some(2), "--json belongs to status");
 
@@ -207,13 +298,25 @@ fn cleanup_usage_and_config_errors() {
     std::fs::write(&bad, "db_path = 3\n").unwrap();
     let out = cleanup(&bad, false);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("db_path"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("db_path"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let missing = dir.join("missing.toml");
-    std::fs::write(&missing, node_toml(&dir.join("nope.db"), "", Some("nats://127.0.0.1:1"))).unwrap();
+    std::fs::write(
+        &missing,
+        node_toml(&dir.join("nope.db"), "", Some("nats://127.0.0.1:1")),
+    )
+    .unwrap();
     let out = cleanup(&missing, false);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("nope.db"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nope.db"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!dir.join("nope.db.hl-lock").exists());
 
     // a database HarmonyLite never touched: nothing removed, nothing created, journal unchanged
@@ -225,9 +328,16 @@ fn cleanup_usage_and_config_errors() {
     std::fs::write(&cfg, node_toml(&db, "", Some("nats://127.0.0.1:1"))).unwrap();
     let out = cleanup(&cfg, false);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("nothing to remove in "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("nothing to remove in "),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(!text(&out.stdout).contains("WAL"), "{}", text(&out.stdout));
     assert_eq!(app_state(&db), state);
-    assert_eq!(query_one(&db, "PRAGMA journal_mode").as_deref(), Some("text='delete'"));
+    assert_eq!(
+        query_one(&db, "PRAGMA journal_mode").as_deref(),
+        Some("text='delete'")
+    );
     assert!(!dir.join("plain.db.hl-lock").exists());
 }

@@ -38,16 +38,32 @@ fn parse_json_log(log: &str) -> Vec<(String, String, String)> {
     log.lines()
         .enumerate()
         .map(|(i, line)| {
-            let v: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("line {}: not JSON ({e}): {line}", i + 1));
-            let obj = v.as_object().unwrap_or_else(|| panic!("line {}: not an object: {line}", i + 1));
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("line {}: not JSON ({e}): {line}", i + 1));
+            let obj = v
+                .as_object()
+                .unwrap_or_else(|| panic!("line {}: not an object: {line}", i + 1));
             let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
             keys.sort();
-            assert_eq!(keys, ["level", "msg", "target", "ts"], "line {}: {line}", i + 1);
-            let s = |k: &str| obj[k].as_str().unwrap_or_else(|| panic!("line {}: {k} is not a string: {line}", i + 1)).to_string();
+            assert_eq!(
+                keys,
+                ["level", "msg", "target", "ts"],
+                "line {}: {line}",
+                i + 1
+            );
+            let s = |k: &str| {
+                obj[k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("line {}: {k} is not a string: {line}", i + 1))
+                    .to_string()
+            };
             assert!(is_rfc3339_utc_ms(&s("ts")), "line {}: ts: {line}", i + 1);
             let level = s("level");
-            assert!(["error", "warn", "info", "debug"].contains(&level.as_str()), "line {}: level: {line}", i + 1);
+            assert!(
+                ["error", "warn", "info", "debug"].contains(&level.as_str()),
+                "line {}: level: {line}",
+                i + 1
+            );
             (level, s("target"), s("msg"))
         })
         .collect()
@@ -61,13 +77,22 @@ fn json_logs_are_one_object_per_line() {
     let odd = "odd \"name\" \\ é\tx\ny";
     app(
         &dir.join("n1.db"),
-        &format!("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE {}(a, b);", quote_ident(odd)),
+        &format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE {}(a, b);",
+            quote_ident(odd)
+        ),
     );
-    let mut n1 = Node::start_ready(dir.path(), "n1", "[logging]\nformat = \"json\"\nverbose = true", Some(&nats.url()));
+    let mut n1 = Node::start_ready(
+        dir.path(),
+        "n1",
+        "[logging]\nformat = \"json\"\nverbose = true",
+        Some(&nats.url()),
+    );
     n1.wait_connected();
     app(&n1.db, "INSERT INTO t VALUES (1, 'a \"quoted\" value')");
     wait_until("n1 published its write", Duration::from_secs(20), || {
-        query_one(&n1.db, "SELECT count(*) FROM __hl_ver_t WHERE pending = 0").as_deref() == Some("integer=1")
+        query_one(&n1.db, "SELECT count(*) FROM __hl_ver_t WHERE pending = 0").as_deref()
+            == Some("integer=1")
     });
     assert!(n1.stop().success());
 
@@ -81,14 +106,23 @@ fn json_logs_are_one_object_per_line() {
     };
     // key=value pairs stay inside msg, as in the text format
     let ready = find("node ready node_id=");
-    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("info", "harmonylite::node"));
+    assert_eq!(
+        (ready.0.as_str(), ready.1.as_str()),
+        ("info", "harmonylite::node")
+    );
     assert!(ready.2.contains(" tables=t "), "{}", ready.2);
     let connected = find("connected to nats");
     assert_eq!(connected.0, "info");
     let warning = find("table odd");
     assert_eq!(warning.0, "warn");
-    assert_eq!(warning.2, format!("table {odd} is not replicated: it has no PRIMARY KEY; add one to replicate it"));
-    assert!(lines.iter().any(|l| l.0 == "debug"), "verbose = true logs debug lines: {msgs:#?}");
+    assert_eq!(
+        warning.2,
+        format!("table {odd} is not replicated: it has no PRIMARY KEY; add one to replicate it")
+    );
+    assert!(
+        lines.iter().any(|l| l.0 == "debug"),
+        "verbose = true logs debug lines: {msgs:#?}"
+    );
     find("node stopped");
 }
 
@@ -98,18 +132,33 @@ fn an_idle_node_is_quiet_in_both_formats() {
     let dir = TestDir::new("log-quiet");
     let nats = NatsServer::start(dir.path());
     for (i, name) in ["text", "json"].iter().enumerate() {
-        app(&dir.join(&format!("{name}.db")), &format!("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES ({i}, 'x');"));
+        app(
+            &dir.join(&format!("{name}.db")),
+            &format!(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES ({i}, 'x');"
+            ),
+        );
     }
     let mut text = Node::start_ready(dir.path(), "text", "", Some(&nats.url()));
-    let mut json = Node::start_ready(dir.path(), "json", "[logging]\nformat = \"json\"", Some(&nats.url()));
+    let mut json = Node::start_ready(
+        dir.path(),
+        "json",
+        "[logging]\nformat = \"json\"",
+        Some(&nats.url()),
+    );
     text.wait_connected();
     json.wait_connected();
     // settled: each published its backfilled row and applied the other's
-    wait_until("both nodes hold both rows, published", Duration::from_secs(20), || {
-        [&text.db, &json.db].iter().all(|db| {
-            query_one(db, "SELECT count(*) FROM __hl_ver_t WHERE pending = 0").as_deref() == Some("integer=2")
-        })
-    });
+    wait_until(
+        "both nodes hold both rows, published",
+        Duration::from_secs(20),
+        || {
+            [&text.db, &json.db].iter().all(|db| {
+                query_one(db, "SELECT count(*) FROM __hl_ver_t WHERE pending = 0").as_deref()
+                    == Some("integer=2")
+            })
+        },
+    );
     let (t0, j0) = (text.log(), json.log());
     // a fixed wait on purpose: the property is that nothing happens during it
     std::thread::sleep(QUIET);
@@ -117,6 +166,10 @@ fn an_idle_node_is_quiet_in_both_formats() {
     assert_eq!(&t1[t0.len()..], "", "the text node logged while idle");
     assert_eq!(&j1[j0.len()..], "", "the json node logged while idle");
     parse_json_log(&j1);
-    assert!(t1.lines().all(|l| l.contains(" INFO  [harmonylite") || l.contains(" WARN  [")), "{t1}");
+    assert!(
+        t1.lines()
+            .all(|l| l.contains(" INFO  [harmonylite") || l.contains(" WARN  [")),
+        "{t1}"
+    );
     assert!(text.stop().success() && json.stop().success());
 }

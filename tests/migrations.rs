@@ -24,7 +24,14 @@ const REBUILD: &str = "PRAGMA foreign_keys = OFF; BEGIN; \
 
 /// Rows `from..=to` of t, each with one child.
 fn seed(from: i64, to: i64) -> String {
-    (from..=to).map(|i| format!("INSERT INTO t VALUES ({i}, 'v{i}', {i}); INSERT INTO c VALUES ({}, {i}, 'c{i}');", 1000 + i)).collect()
+    (from..=to)
+        .map(|i| {
+            format!(
+                "INSERT INTO t VALUES ({i}, 'v{i}', {i}); INSERT INTO c VALUES ({}, {i}, 'c{i}');",
+                1000 + i
+            )
+        })
+        .collect()
 }
 
 /// The application right after the rebuild: 20 updates, 10 deletes (their children cascade),
@@ -105,10 +112,18 @@ fn writes_after_a_rebuild_made_while_the_sidecar_is_stopped_travel() {
     let (t, c) = expected(&[0], &[0]);
     assert_eq!(dump(&dbs[0], "c").len(), c.len(), "the cascade ran on n1");
     wait_identical(&dbs, &t, &c);
-    nodes[0].wait_log("queued existing rows for replication rows=40 inserts=10 updates=20 deletes=10", T);
+    nodes[0].wait_log(
+        "queued existing rows for replication rows=40 inserts=10 updates=20 deletes=10",
+        T,
+    );
     // the pure rebuilds on n2 and n3 sent nothing
     for n in &nodes[1..] {
-        assert!(!n.log().contains("capture resynced"), "{}: {}", n.name, n.log());
+        assert!(
+            !n.log().contains("capture resynced"),
+            "{}: {}",
+            n.name,
+            n.log()
+        );
     }
 }
 
@@ -134,14 +149,25 @@ fn writes_right_after_a_rebuild_made_while_the_sidecar_runs_travel() {
     wait_identical(&dbs, &t, &c);
     // a node whose poll fell between the rebuild and the writes (a 1-ms window in 50) had its
     // triggers back in time; the others found the writes by the resync
-    assert!(nodes.iter().any(|n| n.log().contains("capture resynced table=t")), "no node resynced t");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.log().contains("capture resynced table=t")),
+        "no node resynced t"
+    );
 }
 
 fn parked(cfg: &Path) -> String {
     let out = run_bin(&["status", "--config", cfg.to_str().unwrap(), "--json"], T);
     let s = String::from_utf8(out.stdout).unwrap();
-    let at = s.find("\"parked_changes\":").expect("parked_changes in status");
-    s[at + 17..].split(|c: char| !c.is_ascii_digit()).next().unwrap().to_string()
+    let at = s
+        .find("\"parked_changes\":")
+        .expect("parked_changes in status");
+    s[at + 17..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// Migration tools' bookkeeping stays on each node: replicated, it would tell the other nodes'
@@ -150,10 +176,15 @@ fn parked(cfg: &Path) -> String {
 fn migration_bookkeeping_tables_are_not_replicated() {
     let dir = TestDir::new("migrations-bookkeeping");
     let nats = NatsServer::start(dir.path());
-    let schema = format!("{SCHEMA} CREATE TABLE alembic_version(version_num VARCHAR(32) NOT NULL PRIMARY KEY);");
+    let schema = format!(
+        "{SCHEMA} CREATE TABLE alembic_version(version_num VARCHAR(32) NOT NULL PRIMARY KEY);"
+    );
     let nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], &schema, "");
     let (n1, n2) = (&nodes[0], &nodes[1]);
-    n1.wait_log("migration bookkeeping tables are not replicated tables=alembic_version", T);
+    n1.wait_log(
+        "migration bookkeeping tables are not replicated tables=alembic_version",
+        T,
+    );
     // Django's first `migrate`, with the node running: its table appears at run time
     app(
         &n1.db,
@@ -161,15 +192,27 @@ fn migration_bookkeeping_tables_are_not_replicated() {
          INSERT INTO django_migrations(app, name, applied) VALUES ('shop', '0001_initial', '2025-01-01'); \
          INSERT INTO alembic_version VALUES ('ae1027a6acf'); INSERT INTO t VALUES (1, 'one', 1);",
     );
-    n1.wait_log("migration bookkeeping tables are not replicated tables=django_migrations", T);
-    wait_until("n2 has row 1 of t", T, || dump(&n2.db, "t") == ["integer=1|text='one'|integer=1"]);
+    n1.wait_log(
+        "migration bookkeeping tables are not replicated tables=django_migrations",
+        T,
+    );
+    wait_until("n2 has row 1 of t", T, || {
+        dump(&n2.db, "t") == ["integer=1|text='one'|integer=1"]
+    });
     app(&n2.db, "INSERT INTO t VALUES (2, 'two', 2)");
     wait_until("n1 has row 2 of t", T, || dump(&n1.db, "t").len() == 2);
     assert!(dump(&n2.db, "alembic_version").is_empty());
     assert!(dump(&n2.db, "django_migrations").is_empty());
     // nothing was sent for them: nothing is parked on n2
     assert_eq!(parked(&n2.config), "0");
-    assert_eq!(n1.log().matches("migration bookkeeping tables are not replicated").count(), 2, "{}", n1.log());
+    assert_eq!(
+        n1.log()
+            .matches("migration bookkeeping tables are not replicated")
+            .count(),
+        2,
+        "{}",
+        n1.log()
+    );
 }
 
 /// A node that parks a stream of changes (another node is on a newer schema) says so once,
@@ -185,10 +228,19 @@ fn the_parking_warning_does_not_flood_the_log() {
     const WRITES: usize = 30;
     for i in 1..=WRITES {
         // one process and one commit each: the node publishes them in many frames
-        app(&n1.db, &format!("INSERT INTO t VALUES ({i}, 'v{i}', {i}, 'x')"));
+        app(
+            &n1.db,
+            &format!("INSERT INTO t VALUES ({i}, 'v{i}', {i}, 'x')"),
+        );
     }
-    wait_until("n2 parks every change", T, || parked(&n2.config) == WRITES.to_string());
-    let lines = n2.log().lines().filter(|l| l.contains("parking changes for table t")).count();
+    wait_until("n2 parks every change", T, || {
+        parked(&n2.config) == WRITES.to_string()
+    });
+    let lines = n2
+        .log()
+        .lines()
+        .filter(|l| l.contains("parking changes for table t"))
+        .count();
     assert_eq!(lines, 1, "{}", n2.log());
 }
 
@@ -207,9 +259,16 @@ fn a_declared_type_with_the_same_affinity_does_not_pause() {
          CREATE TABLE new__item(id INTEGER PRIMARY KEY, name varchar(200) NOT NULL, qty bigint NOT NULL); \
          INSERT INTO new__item SELECT * FROM item; DROP TABLE item; ALTER TABLE new__item RENAME TO item; COMMIT;";
     app(&n1.db, alter);
-    app(&n1.db, "UPDATE item SET name = 'ONE' WHERE id = 1; INSERT INTO item VALUES (2, 'two', 2)");
+    app(
+        &n1.db,
+        "UPDATE item SET name = 'ONE' WHERE id = 1; INSERT INTO item VALUES (2, 'two', 2)",
+    );
     app(&n2.db, "INSERT INTO item VALUES (3, 'three', 3)");
-    let rows = ["integer=1|text='ONE'|integer=1", "integer=2|text='two'|integer=2", "integer=3|text='three'|integer=3"];
+    let rows = [
+        "integer=1|text='ONE'|integer=1",
+        "integer=2|text='two'|integer=2",
+        "integer=3|text='three'|integer=3",
+    ];
     for db in [&n1.db, &n2.db] {
         wait_dump(db, "item", &rows, T);
     }
@@ -235,7 +294,12 @@ fn a_not_null_column_without_sql_default_does_not_park_older_nodes_writes() {
     let dbs: Vec<PathBuf> = nodes.iter().map(|n| n.db.clone()).collect();
     app(&dbs[0], "INSERT INTO item VALUES (1, 'one'), (2, 'two')");
     for db in &dbs {
-        wait_dump(db, "item", &["integer=1|text='one'", "integer=2|text='two'"], T);
+        wait_dump(
+            db,
+            "item",
+            &["integer=1|text='one'", "integer=2|text='two'"],
+            T,
+        );
     }
     let add_field = "PRAGMA foreign_keys = OFF; BEGIN; \
          CREATE TABLE new__item(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty integer NOT NULL); \
@@ -243,17 +307,35 @@ fn a_not_null_column_without_sql_default_does_not_park_older_nodes_writes() {
          ALTER TABLE new__item RENAME TO item; COMMIT;";
     app(&dbs[0], add_field);
     // n2, still on the old schema, writes: n1 takes the rows with qty at 0
-    app(&dbs[1], "INSERT INTO item VALUES (3, 'three'); UPDATE item SET name = 'ONE' WHERE id = 1");
-    wait_dump(&dbs[0], "item", &["integer=1|text='ONE'|integer=0", "integer=2|text='two'|integer=5", "integer=3|text='three'|integer=0"], T);
+    app(
+        &dbs[1],
+        "INSERT INTO item VALUES (3, 'three'); UPDATE item SET name = 'ONE' WHERE id = 1",
+    );
+    wait_dump(
+        &dbs[0],
+        "item",
+        &[
+            "integer=1|text='ONE'|integer=0",
+            "integer=2|text='two'|integer=5",
+            "integer=3|text='three'|integer=0",
+        ],
+        T,
+    );
     assert_eq!(parked(&nodes[0].config), "0");
     app(&dbs[1], add_field);
     app(&dbs[2], add_field);
-    let rows = ["integer=1|text='ONE'|integer=5", "integer=2|text='two'|integer=5", "integer=3|text='three'|integer=5"];
+    let rows = [
+        "integer=1|text='ONE'|integer=5",
+        "integer=2|text='two'|integer=5",
+        "integer=3|text='three'|integer=5",
+    ];
     for db in &dbs {
         wait_dump(db, "item", &rows, T);
     }
     for n in &nodes {
-        wait_until(&format!("{} has nothing parked", n.name), T, || parked(&n.config) == "0");
+        wait_until(&format!("{} has nothing parked", n.name), T, || {
+            parked(&n.config) == "0"
+        });
     }
 }
 
@@ -264,19 +346,32 @@ const DJANGO_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/django_app/
 
 /// Where Django is installed (scripts/tools.sh exports it).
 fn django_path() -> String {
-    std::env::var("HL_DJANGO_PATH").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/django").to_string())
+    std::env::var("HL_DJANGO_PATH")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/django").to_string())
 }
 
 fn django(db: &Path, version: u8, args: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
-    c.arg(DJANGO_APP).arg(db).args(args).env("PYTHONPATH", django_path()).env("SHOP_VERSION", version.to_string());
+    let mut c =
+        std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
+    c.arg(DJANGO_APP)
+        .arg(db)
+        .args(args)
+        .env("PYTHONPATH", django_path())
+        .env("SHOP_VERSION", version.to_string());
     c
 }
 
 /// `manage.py` of release `version`; its stdout.
 fn manage(db: &Path, version: u8, args: &[&str]) -> String {
-    let out = django(db, version, args).output().expect("run python3 tests/django_app/run.py (is Django installed? source scripts/tools.sh)");
-    assert!(out.status.success(), "django {args:?} on {}: {}", db.display(), String::from_utf8_lossy(&out.stderr));
+    let out = django(db, version, args).output().expect(
+        "run python3 tests/django_app/run.py (is Django installed? source scripts/tools.sh)",
+    );
+    assert!(
+        out.status.success(),
+        "django {args:?} on {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -292,10 +387,19 @@ impl Writer {
     fn start(dir: &Path, db: &Path, base: i64, version: u8) -> Writer {
         let stop = dir.join(format!("writer-{base}-v{version}.stop"));
         let out = dir.join(format!("writer-{base}-v{version}.json"));
-        let child = django(db, version, &["write", &base.to_string(), stop.to_str().unwrap(), out.to_str().unwrap()])
-            .stderr(std::fs::File::create(dir.join(format!("writer-{base}-v{version}.err"))).unwrap())
-            .spawn()
-            .expect("start the Django writer");
+        let child = django(
+            db,
+            version,
+            &[
+                "write",
+                &base.to_string(),
+                stop.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
+        )
+        .stderr(std::fs::File::create(dir.join(format!("writer-{base}-v{version}.err"))).unwrap())
+        .spawn()
+        .expect("start the Django writer");
         Writer { child, stop, out }
     }
 
@@ -307,7 +411,9 @@ impl Writer {
         assert!(status.success(), "the Django writer failed: {err}");
         let text = std::fs::read_to_string(&self.out).unwrap();
         let m: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).unwrap();
-        m.into_iter().map(|(k, v)| (k.parse().unwrap(), v)).collect()
+        m.into_iter()
+            .map(|(k, v)| (k.parse().unwrap(), v))
+            .collect()
     }
 }
 
@@ -319,9 +425,15 @@ impl Drop for Writer {
 }
 
 fn block_count(db: &Path, base: i64) -> i64 {
-    query_one(db, &format!("SELECT count(*) FROM shop_item WHERE id > {base} AND id < {}", base + 10000))
-        .and_then(|s| s.strip_prefix("integer=").map(|n| n.parse().unwrap()))
-        .unwrap_or(0)
+    query_one(
+        db,
+        &format!(
+            "SELECT count(*) FROM shop_item WHERE id > {base} AND id < {}",
+            base + 10000
+        ),
+    )
+    .and_then(|s| s.strip_prefix("integer=").map(|n| n.parse().unwrap()))
+    .unwrap_or(0)
 }
 
 /// Three nodes run a Django 5.2 application with an ORM writer each; one node after the other
@@ -339,15 +451,32 @@ fn a_django_app_upgrades_one_node_at_a_time_with_writers_running() {
     for db in &dbs {
         manage(db, 1, &["migrate", "0001"]);
     }
-    let mut nodes: Vec<Node> = names.iter().map(|n| Node::start(dir.path(), n, "", Some(&nats.url()))).collect();
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|n| Node::start(dir.path(), n, "", Some(&nats.url())))
+        .collect();
     for n in &mut nodes {
         n.wait_ready();
-        assert!(n.log().contains("migration bookkeeping tables are not replicated tables=django_migrations"), "{}", n.log());
+        assert!(
+            n.log().contains(
+                "migration bookkeeping tables are not replicated tables=django_migrations"
+            ),
+            "{}",
+            n.log()
+        );
     }
     let bases = [10000, 20000, 30000];
-    let mut writers: Vec<Option<Writer>> = dbs.iter().zip(bases).map(|(db, b)| Some(Writer::start(dir.path(), db, b, 1))).collect();
+    let mut writers: Vec<Option<Writer>> = dbs
+        .iter()
+        .zip(bases)
+        .map(|(db, b)| Some(Writer::start(dir.path(), db, b, 1)))
+        .collect();
     let progress = |db: &Path, base: i64, at_least: i64| {
-        wait_until(&format!("{} holds {at_least} items of block {base}", db.display()), T, || block_count(db, base) >= at_least)
+        wait_until(
+            &format!("{} holds {at_least} items of block {base}", db.display()),
+            T,
+            || block_count(db, base) >= at_least,
+        )
     };
     for (db, b) in dbs.iter().zip(bases) {
         progress(db, b, 10);
@@ -356,7 +485,12 @@ fn a_django_app_upgrades_one_node_at_a_time_with_writers_running() {
         // the release upgrade on node i: stop the app, migrate, start the new release
         writers[i].take().unwrap().finish();
         manage(&dbs[i], 2, &["migrate"]);
-        assert_eq!(manage(&dbs[i], 2, &["applied"]), "shop.0001_initial\nshop.0002_item_qty\n", "{}", names[i]);
+        assert_eq!(
+            manage(&dbs[i], 2, &["applied"]),
+            "shop.0001_initial\nshop.0002_item_qty\n",
+            "{}",
+            names[i]
+        );
         writers[i] = Some(Writer::start(dir.path(), &dbs[i], bases[i], 2));
         // every node goes on receiving node i's new writes (parked on the nodes not yet migrated)
         let now = block_count(&dbs[i], bases[i]);
@@ -366,13 +500,25 @@ fn a_django_app_upgrades_one_node_at_a_time_with_writers_running() {
         let now = block_count(db, b);
         progress(db, b, now + 10);
     }
-    let committed: Vec<_> = writers.iter_mut().map(|w| w.take().unwrap().finish()).collect();
+    let committed: Vec<_> = writers
+        .iter_mut()
+        .map(|w| w.take().unwrap().finish())
+        .collect();
     for (model, b) in committed.iter().zip(bases) {
-        let want: Vec<String> = model.iter().map(|(id, name)| format!("integer={id}|text='{name}'")).collect();
+        let want: Vec<String> = model
+            .iter()
+            .map(|(id, name)| format!("integer={id}|text='{name}'"))
+            .collect();
         for db in &dbs {
-            let sql = format!("SELECT id, name FROM shop_item WHERE id > {b} AND id < {} ORDER BY id", b + 10000);
+            let sql = format!(
+                "SELECT id, name FROM shop_item WHERE id > {b} AND id < {} ORDER BY id",
+                b + 10000
+            );
             wait_until_or(
-                &format!("{} holds what the writer of block {b} committed", db.display()),
+                &format!(
+                    "{} holds what the writer of block {b} committed",
+                    db.display()
+                ),
                 T,
                 || dump_query(db, &sql) == want,
                 || format!("want {want:?}\nhave {:?}", dump_query(db, &sql)),
@@ -382,11 +528,21 @@ fn a_django_app_upgrades_one_node_at_a_time_with_writers_running() {
     wait_until_or(
         "all nodes hold the same items",
         T,
-        || dump(&dbs[1], "shop_item") == dump(&dbs[0], "shop_item") && dump(&dbs[2], "shop_item") == dump(&dbs[0], "shop_item"),
-        || dbs.iter().map(|db| format!("{}: {} rows", db.display(), dump(db, "shop_item").len())).collect::<Vec<_>>().join("\n"),
+        || {
+            dump(&dbs[1], "shop_item") == dump(&dbs[0], "shop_item")
+                && dump(&dbs[2], "shop_item") == dump(&dbs[0], "shop_item")
+        },
+        || {
+            dbs.iter()
+                .map(|db| format!("{}: {} rows", db.display(), dump(db, "shop_item").len()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
     );
     for n in &nodes {
-        wait_until(&format!("{} has nothing parked", n.name), T, || parked(&n.config) == "0");
+        wait_until(&format!("{} has nothing parked", n.name), T, || {
+            parked(&n.config) == "0"
+        });
         assert!(!n.log().contains("is paused"), "{}: {}", n.name, n.log());
     }
 }

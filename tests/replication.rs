@@ -549,28 +549,65 @@ fn application_triggers_keep_a_local_fts_index_of_replicated_rows() {
     );
     let (n1, n2) = (&nodes[0].db, &nodes[1].db);
     let search = |db: &Path, word: &str| -> Vec<String> {
-        dump_query(db, &format!("SELECT rowid FROM docs_fts WHERE docs_fts MATCH '{word}' ORDER BY rowid"))
+        dump_query(
+            db,
+            &format!("SELECT rowid FROM docs_fts WHERE docs_fts MATCH '{word}' ORDER BY rowid"),
+        )
     };
 
-    app(n1, "INSERT INTO docs VALUES (1, 'red apple'), (2, 'green apple'), (3, 'red car')");
-    assert_all(&nodes, "docs", &["integer=1|text='red apple'", "integer=2|text='green apple'", "integer=3|text='red car'"]);
+    app(
+        n1,
+        "INSERT INTO docs VALUES (1, 'red apple'), (2, 'green apple'), (3, 'red car')",
+    );
+    assert_all(
+        &nodes,
+        "docs",
+        &[
+            "integer=1|text='red apple'",
+            "integer=2|text='green apple'",
+            "integer=3|text='red car'",
+        ],
+    );
     assert_eq!(search(n2, "red"), vec!["integer=1", "integer=3"]);
     assert_eq!(search(n2, "apple"), vec!["integer=1", "integer=2"]);
 
     // an update and a delete made on n1 reach n2's index through its triggers
-    app(n1, "UPDATE docs SET body = 'blue car' WHERE id = 3; DELETE FROM docs WHERE id = 2");
-    assert_all(&nodes, "docs", &["integer=1|text='red apple'", "integer=3|text='blue car'"]);
+    app(
+        n1,
+        "UPDATE docs SET body = 'blue car' WHERE id = 3; DELETE FROM docs WHERE id = 2",
+    );
+    assert_all(
+        &nodes,
+        "docs",
+        &["integer=1|text='red apple'", "integer=3|text='blue car'"],
+    );
     assert_eq!(search(n2, "red"), vec!["integer=1"]);
     assert_eq!(search(n2, "blue"), vec!["integer=3"]);
     assert_eq!(search(n2, "green"), Vec::<String>::new());
 
     // and the other way: n2's own writes index locally and reach n1's index
     app(n2, "INSERT INTO docs VALUES (4, 'red bike')");
-    assert_all(&nodes, "docs", &["integer=1|text='red apple'", "integer=3|text='blue car'", "integer=4|text='red bike'"]);
+    assert_all(
+        &nodes,
+        "docs",
+        &[
+            "integer=1|text='red apple'",
+            "integer=3|text='blue car'",
+            "integer=4|text='red bike'",
+        ],
+    );
     for db in [n1, n2] {
-        assert_eq!(search(db, "red"), vec!["integer=1", "integer=4"], "{}", db.display());
+        assert_eq!(
+            search(db, "red"),
+            vec!["integer=1", "integer=4"],
+            "{}",
+            db.display()
+        );
         // FTS5 compares its index with the content table and fails on any difference
-        app(db, "INSERT INTO docs_fts(docs_fts) VALUES ('integrity-check')");
+        app(
+            db,
+            "INSERT INTO docs_fts(docs_fts) VALUES ('integrity-check')",
+        );
         // nothing of the index was captured: only docs changes are ever in a log
         let logs = dump_query(db, "SELECT name FROM sqlite_schema WHERE name LIKE '\\_\\_hl\\_log\\_%' ESCAPE '\\' ORDER BY name");
         assert_eq!(logs, vec!["text='__hl_log_docs'"], "{}", db.display());
@@ -608,8 +645,20 @@ fn application_trigger_writes_to_replicated_tables_are_not_repeated_on_replicas(
     app(n2, "UPDATE t SET v = 'c' WHERE id = 1");
     assert_all(&nodes, "t", &["integer=1|text='c'|text='stamped on n2'"]);
     app(n2, "INSERT INTO t(id, v) VALUES (2, 'd')");
-    assert_all(&nodes, "t", &["integer=1|text='c'|text='stamped on n2'", "integer=2|text='d'|null=NULL"]);
+    assert_all(
+        &nodes,
+        "t",
+        &[
+            "integer=1|text='c'|text='stamped on n2'",
+            "integer=2|text='d'|null=NULL",
+        ],
+    );
     for db in [n1, n2] {
-        assert_eq!(dump(db, "audit"), vec!["text='insert 1 on n1'", "text='insert 2 on n2'"], "{}", db.display());
+        assert_eq!(
+            dump(db, "audit"),
+            vec!["text='insert 1 on n1'", "text='insert 2 on n2'"],
+            "{}",
+            db.display()
+        );
     }
 }

@@ -511,15 +511,38 @@ fn frames_fit_a_small_server_max_payload_with_their_headers() {
     let conf = dir.join("nats.conf");
     std::fs::write(&conf, "max_payload: 65536\n").unwrap();
     let [port, mon] = free_ports::<2>();
-    let nats = NatsServer::start_custom(dir.path(), "nats", port, mon, true, &["-c".into(), conf.display().to_string()]);
-    let mut nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB)", "");
+    let nats = NatsServer::start_custom(
+        dir.path(),
+        "nats",
+        port,
+        mon,
+        true,
+        &["-c".into(), conf.display().to_string()],
+    );
+    let mut nodes = start_cluster(
+        dir.path(),
+        &nats.url(),
+        &["n1", "n2"],
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB)",
+        "",
+    );
     let dbs: Vec<std::path::PathBuf> = nodes.iter().map(|n| n.db.clone()).collect();
     let dbs: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
-    app(dbs[0], "INSERT INTO t VALUES (1, randomblob(262144)), (2, zeroblob(65536)), (3, x'01')");
+    app(
+        dbs[0],
+        "INSERT INTO t VALUES (1, randomblob(262144)), (2, zeroblob(65536)), (3, x'01')",
+    );
     wait_converged(&dbs, &["t"], CONVERGE);
     assert_eq!(count(dbs[1], "t"), 3);
     let sizes = dump_query(dbs[1], "SELECT id, length(b) FROM t ORDER BY id");
-    assert_eq!(sizes, ["integer=1|integer=262144", "integer=2|integer=65536", "integer=3|integer=1"]);
+    assert_eq!(
+        sizes,
+        [
+            "integer=1|integer=262144",
+            "integer=2|integer=65536",
+            "integer=3|integer=1"
+        ]
+    );
     for n in &mut nodes {
         assert!(!n.log().contains("Maximum Payload"), "{}", n.log());
         assert_eq!(n.stop().code(), Some(0));

@@ -27,7 +27,10 @@ fn write_many(db: &Path, origin: &str, first_id: i64, n: i64) {
 }
 
 fn snapshot_cmd(cmd: &str, config: &Path) -> std::process::Output {
-    run_bin(&["snapshot", cmd, "--config", config.to_str().unwrap()], Duration::from_secs(120))
+    run_bin(
+        &["snapshot", cmd, "--config", config.to_str().unwrap()],
+        Duration::from_secs(120),
+    )
 }
 
 fn save_snapshot(node: &Node) -> String {
@@ -45,7 +48,11 @@ fn save_snapshot(node: &Node) -> String {
 #[allow(deprecated)]
 fn stream_first_seq(nats: &NatsServer) -> u64 {
     let nc = nats::connect(nats.url()).expect("connect to nats-server");
-    nats::jetstream::new(nc).stream_info("HLRS").expect("stream HLRS").state.first_seq
+    nats::jetstream::new(nc)
+        .stream_info("HLRS")
+        .expect("stream HLRS")
+        .state
+        .first_seq
 }
 
 #[test]
@@ -63,7 +70,10 @@ fn new_node_without_a_database_restores_the_snapshot_and_replays_the_rest() {
     // more after the snapshot, within the stream's limit: replayed after the restore
     write_many(&dbs[1], "n2", 1001, 10);
     wait_converged(&[&dbs[0], &dbs[1]], &["t"], CONVERGE);
-    assert!(stream_first_seq(&nats) > 1, "the stream kept every message (test premise)");
+    assert!(
+        stream_first_seq(&nats) > 1,
+        "the stream kept every message (test premise)"
+    );
 
     let n3_db = dir.join("n3.db");
     assert!(!n3_db.exists());
@@ -95,9 +105,14 @@ fn js(nats: &NatsServer) -> nats::jetstream::JetStream {
 
 /// `key=value` fields of the current snapshot pointer.
 fn pointer_field(nats: &NatsServer, key: &str) -> String {
-    let kv = js(nats).key_value("HLRS-snapshots").expect("snapshot bucket");
+    let kv = js(nats)
+        .key_value("HLRS-snapshots")
+        .expect("snapshot bucket");
     let v = String::from_utf8(kv.get("latest").unwrap().expect("a snapshot pointer")).unwrap();
-    v.split(';').find_map(|f| f.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("{key} in {v}")).to_string()
+    v.split(';')
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} in {v}"))
+        .to_string()
 }
 
 /// The current snapshot's bytes (through the crate's object store, which checks the digest).
@@ -124,7 +139,11 @@ fn fill(db: &Path, first_id: i64, n: i64) {
 
 /// The numbers in the node's "verified" line: (fetched, size, resumed, restarts).
 fn download_figures(log: &str) -> (u64, u64, u64, u64) {
-    let line = log.lines().rev().find(|l| l.contains("verified (SHA-256")).unwrap_or_else(|| panic!("no verified line in:\n{log}"));
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("verified (SHA-256"))
+        .unwrap_or_else(|| panic!("no verified line in:\n{log}"));
     let nums: Vec<u64> = line
         .split("fetched ")
         .nth(1)
@@ -161,27 +180,53 @@ fn node_offline_past_retention_restores_and_its_unpublished_writes_reach_everyon
 
     write_many(d[0], "n1", 100, 40);
     // the app on n3 goes on while its sidecar is down
-    app(d[2], "INSERT INTO t VALUES (3000, 'n3', 7); INSERT INTO t VALUES (3001, 'n3', 8)");
+    app(
+        d[2],
+        "INSERT INTO t VALUES (3000, 'n3', 7); INSERT INTO t VALUES (3001, 'n3', 8)",
+    );
     app(d[2], "UPDATE t SET tx = 999 WHERE id = 1");
     app(d[2], "DELETE FROM t WHERE id = 2");
     wait_converged(&d[..2], &["t"], CONVERGE);
     save_snapshot(&n2);
     write_many(d[0], "n1", 200, 5);
-    assert!(stream_first_seq(&nats) > 6, "n3's position is still in the stream (test premise)");
+    assert!(
+        stream_first_seq(&nats) > 6,
+        "n3's position is still in the stream (test premise)"
+    );
 
     n3.restart_ready();
     n3.wait_log("snapshot restore: installed", Duration::from_secs(30));
-    assert!(n3.current_log().contains("4 local unpublished changes kept"), "{}", n3.current_log());
+    assert!(
+        n3.current_log()
+            .contains("4 local unpublished changes kept"),
+        "{}",
+        n3.current_log()
+    );
     wait_converged(&d, &["t"], CONVERGE);
     assert_eq!(count(d[0], "t"), 5 + 40 + 5 + 2 - 1);
     for db in &d {
-        assert_eq!(query_one(db, "SELECT tx FROM t WHERE id = 1").as_deref(), Some("integer=999"));
-        assert_eq!(query_one(db, "SELECT count(*) FROM t WHERE id = 2").as_deref(), Some("integer=0"));
-        assert_eq!(query_one(db, "SELECT tx FROM t WHERE id = 3001").as_deref(), Some("integer=8"));
+        assert_eq!(
+            query_one(db, "SELECT tx FROM t WHERE id = 1").as_deref(),
+            Some("integer=999")
+        );
+        assert_eq!(
+            query_one(db, "SELECT count(*) FROM t WHERE id = 2").as_deref(),
+            Some("integer=0")
+        );
+        assert_eq!(
+            query_one(db, "SELECT tx FROM t WHERE id = 3001").as_deref(),
+            Some("integer=8")
+        );
     }
-    let st = run_bin(&["status", "--json", "--config", n3.config.to_str().unwrap()], Duration::from_secs(10));
+    let st = run_bin(
+        &["status", "--json", "--config", n3.config.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
     let json = String::from_utf8_lossy(&st.stdout);
-    assert!(json.contains(&format!("\"restored_seq\":{}", pointer_field(&nats, "seq"))), "{json}");
+    assert!(
+        json.contains(&format!("\"restored_seq\":{}", pointer_field(&nats, "seq"))),
+        "{json}"
+    );
     for n in [&mut n1, &mut n2, &mut n3] {
         assert!(n.stop().success());
     }
@@ -200,7 +245,9 @@ fn download_cut_midway_resumes_without_fetching_again() {
     write_many(&dbs[0], "n1", 10_000, 2); // a position to save at
     let n1_rows = count(&dbs[0], "t");
     // n1's position moves past its own frames once a second
-    wait_until("a snapshot saved", CONVERGE, || snapshot_cmd("save", &n1.config).status.success());
+    wait_until("a snapshot saved", CONVERGE, || {
+        snapshot_cmd("save", &n1.config).status.success()
+    });
 
     let proxy = Proxy::start(loopback(nats.port()));
     proxy.delay(Duration::from_millis(150));
@@ -211,8 +258,15 @@ fn download_cut_midway_resumes_without_fetching_again() {
     proxy.pass();
     n3.wait_log("database created from", Duration::from_secs(120));
     let (fetched, size, resumed, restarts) = download_figures(&n3.current_log());
-    assert!(restarts >= 1, "the download was not interrupted (test premise):\n{}", n3.current_log());
-    assert!(fetched < size + 2 * CHUNK, "fetched {fetched} bytes for a {size}-byte snapshot");
+    assert!(
+        restarts >= 1,
+        "the download was not interrupted (test premise):\n{}",
+        n3.current_log()
+    );
+    assert!(
+        fetched < size + 2 * CHUNK,
+        "fetched {fetched} bytes for a {size}-byte snapshot"
+    );
     assert_eq!(resumed, 0);
     n3.wait_ready();
     wait_converged(&[&dbs[0], &dir.join("n3.db")], &["t"], CONVERGE);
@@ -233,18 +287,25 @@ fn corrupt_snapshot_is_refused_and_the_database_untouched() {
     let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
     n1.wait_connected();
     wait_converged(&[&dbs[0], &dbs[1]], &["t"], CONVERGE);
-    wait_until("a snapshot saved", CONVERGE, || snapshot_cmd("save", &n1.config).status.success());
+    wait_until("a snapshot saved", CONVERGE, || {
+        snapshot_cmd("save", &n1.config).status.success()
+    });
     assert!(n2.stop().success());
     app(&dbs[1], "INSERT INTO t VALUES (9999, 'n2 offline', 1)");
     let before = dump(&dbs[1], "t");
 
     // flip one byte in the second chunk, keep the pointer (and its digest)
     let mut bytes = snapshot_bytes(&nats);
-    assert!(bytes.len() as u64 > 2 * CHUNK, "snapshot of {} bytes (test premise)", bytes.len());
+    assert!(
+        bytes.len() as u64 > 2 * CHUNK,
+        "snapshot of {} bytes (test premise)",
+        bytes.len()
+    );
     bytes[CHUNK as usize + 100] ^= 0x55;
     let js = js(&nats);
     let subject = format!("$O.HLRS-snapshots.C.{}", pointer_field(&nats, "nuid"));
-    js.purge_stream_subject("OBJ_HLRS-snapshots", &subject).unwrap();
+    js.purge_stream_subject("OBJ_HLRS-snapshots", &subject)
+        .unwrap();
     for chunk in bytes.chunks(CHUNK as usize) {
         js.publish(&subject, chunk).unwrap();
     }
@@ -252,7 +313,10 @@ fn corrupt_snapshot_is_refused_and_the_database_untouched() {
     let out = snapshot_cmd("restore", &n2.config);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    assert!(err.contains("corrupt"), "the error does not say the snapshot is corrupt: {err}");
+    assert!(
+        err.contains("corrupt"),
+        "the error does not say the snapshot is corrupt: {err}"
+    );
     assert_eq!(dump(&dbs[1], "t"), before);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -319,11 +383,17 @@ fn app_keeps_writing_while_a_running_node_restores() {
         query_one(d[2], "SELECT n FROM c WHERE origin = 'n3'") != c_after_restore
     });
     let committed = w.stop();
-    assert!(committed > 10, "the app committed only {committed} transactions");
+    assert!(
+        committed > 10,
+        "the app committed only {committed} transactions"
+    );
     let (t_rows, c_rows) = expected(&[(&w, committed)], &[]);
     wait_converged(&d, &["t", "c"], CONVERGE);
     for db in &d {
-        let rows: Vec<String> = dump(db, "t").into_iter().filter(|r| r.contains("'n3'")).collect();
+        let rows: Vec<String> = dump(db, "t")
+            .into_iter()
+            .filter(|r| r.contains("'n3'"))
+            .collect();
         assert_eq!(rows, t_rows, "{}", db.display());
         assert_eq!(dump(db, "c"), c_rows);
     }
@@ -342,8 +412,17 @@ fn snapshot_saved_while_the_app_writes_is_a_consistent_stripped_copy() {
     fill(&dbs[0], 1, 100);
     let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
     n1.wait_connected();
-    let mut w = Writer::start(&dbs[0], "w", 1_000_000, 5, i64::MAX, Duration::from_millis(1));
-    wait_until("a snapshot saved", CONVERGE, || snapshot_cmd("save", &n1.config).status.success());
+    let mut w = Writer::start(
+        &dbs[0],
+        "w",
+        1_000_000,
+        5,
+        i64::MAX,
+        Duration::from_millis(1),
+    );
+    wait_until("a snapshot saved", CONVERGE, || {
+        snapshot_cmd("save", &n1.config).status.success()
+    });
     for round in 0..3 {
         if round > 0 {
             save_snapshot(&n1);
@@ -353,16 +432,34 @@ fn snapshot_saved_while_the_app_writes_is_a_consistent_stripped_copy() {
         // the value without its type tag (`integer=5` -> `5`, `text='ok'` -> `ok`)
         let one = |sql: &str| {
             let v = query_one(&file, sql).unwrap_or_default();
-            v.split_once('=').map_or(v.clone(), |(_, v)| v.trim_matches('\'').to_string())
+            v.split_once('=')
+                .map_or(v.clone(), |(_, v)| v.trim_matches('\'').to_string())
         };
         assert_eq!(one("PRAGMA integrity_check"), "ok");
-        let rows: i64 = one("SELECT count(*) FROM t WHERE origin = 'w'").parse().unwrap();
-        let txs: i64 = one("SELECT coalesce(max(n), 0) FROM c WHERE origin = 'w'").parse().unwrap();
-        assert_eq!(rows, 5 * txs, "copy {round}: {rows} rows for {txs} transactions");
-        assert_eq!(one("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), "0");
+        let rows: i64 = one("SELECT count(*) FROM t WHERE origin = 'w'")
+            .parse()
+            .unwrap();
+        let txs: i64 = one("SELECT coalesce(max(n), 0) FROM c WHERE origin = 'w'")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            rows,
+            5 * txs,
+            "copy {round}: {rows} rows for {txs} transactions"
+        );
+        assert_eq!(
+            one("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"),
+            "0"
+        );
         assert_eq!(one("SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_\\_hl\\_log%' ESCAPE '\\' OR name = '__hl_meta'"), "0");
-        assert_eq!(one("SELECT count(*) FROM __hl_ver_t WHERE pending = 1"), "0");
-        assert_eq!(one("SELECT value FROM __hl_snapshot WHERE key = 'seq'"), pointer_field(&nats, "seq"));
+        assert_eq!(
+            one("SELECT count(*) FROM __hl_ver_t WHERE pending = 1"),
+            "0"
+        );
+        assert_eq!(
+            one("SELECT value FROM __hl_snapshot WHERE key = 'seq'"),
+            pointer_field(&nats, "seq")
+        );
     }
     w.stop();
     n1.stop();
@@ -379,7 +476,14 @@ fn periodic_snapshots_take_turns_and_old_ones_are_pruned() {
     let mut n1 = Node::start_ready(dir.path(), "n1", cfg, Some(&nats.url()));
     let mut n2 = Node::start_ready(dir.path(), "n2", cfg, Some(&nats.url()));
     let mut w1 = Writer::start(&dbs[0], "n1", 0, 2, i64::MAX, Duration::from_millis(50));
-    let mut w2 = Writer::start(&dbs[1], "n2", 1_000_000, 2, i64::MAX, Duration::from_millis(50));
+    let mut w2 = Writer::start(
+        &dbs[1],
+        "n2",
+        1_000_000,
+        2,
+        i64::MAX,
+        Duration::from_millis(50),
+    );
     std::thread::sleep(Duration::from_secs(8)); // the workload runs; saves happen on their own
     w1.stop();
     w2.stop();
@@ -393,11 +497,20 @@ fn periodic_snapshots_take_turns_and_old_ones_are_pruned() {
     };
     let (s1, s2) = (saved(&n1), saved(&n2));
     let total = s1.len() + s2.len();
-    assert!((2..=10).contains(&total), "saves in 8 s at a 1 s interval: n1 {s1:?}, n2 {s2:?}");
+    assert!(
+        (2..=10).contains(&total),
+        "saves in 8 s at a 1 s interval: n1 {s1:?}, n2 {s2:?}"
+    );
     let store = js(&nats).object_store("HLRS-snapshots").unwrap();
     let current = pointer_field(&nats, "object");
     let mut all: Vec<String> = s1.into_iter().chain(s2).collect();
     all.sort_by_key(|o| o.split('-').nth(1).unwrap().parse::<u64>().unwrap());
-    let live: Vec<&String> = all.iter().filter(|o| store.info(o).map(|i| !i.deleted).unwrap_or(false)).collect();
-    assert!(live.len() <= 2 && live.iter().any(|o| **o == current), "live snapshots {live:?} of {all:?}; current {current}");
+    let live: Vec<&String> = all
+        .iter()
+        .filter(|o| store.info(o).map(|i| !i.deleted).unwrap_or(false))
+        .collect();
+    assert!(
+        live.len() <= 2 && live.iter().any(|o| **o == current),
+        "live snapshots {live:?} of {all:?}; current {current}"
+    );
 }

@@ -534,7 +534,11 @@ fn one_off_commands_through_a_stalled_link_end_with_the_deadline_named() {
     let config = dir.join("n1.toml");
     std::fs::write(&config, node_toml(&dbs[0], extra, Some(&proxy.url()))).unwrap();
     let missing = dir.join("missing.toml");
-    std::fs::write(&missing, node_toml(&dir.join("missing.db"), extra, Some(&proxy.url()))).unwrap();
+    std::fs::write(
+        &missing,
+        node_toml(&dir.join("missing.db"), extra, Some(&proxy.url())),
+    )
+    .unwrap();
     proxy.stall();
     let cfg = config.to_str().unwrap();
     for args in [
@@ -546,7 +550,13 @@ fn one_off_commands_through_a_stalled_link_end_with_the_deadline_named() {
         let out = run_bin(&args, Duration::from_secs(30));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains("connect_timeout_ms"), "{args:?} does not name the deadline: {err}");
+        assert!(
+            err.contains("connect_timeout_ms"),
+            "{args:?} does not name the deadline: {err}"
+        );
     }
-    assert!(!dir.join("missing.db").exists(), "a failed restore left a database behind");
+    assert!(
+        !dir.join("missing.db").exists(),
+        "a failed restore left a database behind"
+    );
 }

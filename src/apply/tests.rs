@@ -16,13 +16,21 @@ const ME: u64 = 5;
 fn setup(name: &str) -> Db {
     let path = std::env::temp_dir().join(format!("hl-apply-{name}-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    Connection::open(&path).unwrap().execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
     let mut conn = db::open(&path).unwrap();
     prepare(&conn).unwrap();
     let cfg = Config::parse(&format!("db_path = {:?}", path.display().to_string())).unwrap();
     let schema = capture::scan(&conn, &cfg).unwrap();
     capture::install(&mut conn, &schema, &Default::default(), ME).unwrap();
-    Db { path, conn, schema, hlc: Hlc::new(0) }
+    Db {
+        path,
+        conn,
+        schema,
+        hlc: Hlc::new(0),
+    }
 }
 
 impl Drop for Db {
@@ -34,7 +42,11 @@ impl Drop for Db {
 }
 
 fn header() -> TableHeader {
-    TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into()], pk: vec![0] }
+    TableHeader {
+        name: "t".into(),
+        columns: vec!["id".into(), "v".into()],
+        pk: vec![0],
+    }
 }
 
 fn msg(seq: u64, origin: u64, changes: &[(u64, Op)]) -> Incoming {
@@ -42,7 +54,11 @@ fn msg(seq: u64, origin: u64, changes: &[(u64, Op)]) -> Incoming {
     for (v, op) in changes {
         b.push(&header(), *v, op.clone());
     }
-    Incoming { seq, subject: format!("x.{origin}"), data: b.finish() }
+    Incoming {
+        seq,
+        subject: format!("x.{origin}"),
+        data: b.finish(),
+    }
 }
 
 fn up(id: i64, v: &str) -> Op {
@@ -83,9 +99,17 @@ fn equal_versions_are_broken_by_node_id() {
     let mut d = setup("tie");
     apply(&mut d, msg(1, 7, &[(100, up(1, "from7"))]));
     apply(&mut d, msg(2, 3, &[(100, up(1, "from3"))]));
-    assert_eq!(rows(&d), vec![(1, "from7".to_string())], "lower node id loses the tie");
+    assert_eq!(
+        rows(&d),
+        vec![(1, "from7".to_string())],
+        "lower node id loses the tie"
+    );
     apply(&mut d, msg(3, 9, &[(100, up(1, "from9"))]));
-    assert_eq!(rows(&d), vec![(1, "from9".to_string())], "higher node id wins the tie");
+    assert_eq!(
+        rows(&d),
+        vec![(1, "from9".to_string())],
+        "higher node id wins the tie"
+    );
 }
 
 #[test]
@@ -96,7 +120,10 @@ fn delete_leaves_a_tombstone_that_beats_older_updates() {
     assert!(rows(&d).is_empty());
     let s = apply(&mut d, msg(3, 8, &[(150, up(1, "late"))]));
     assert_eq!(s.stale, 1);
-    assert!(rows(&d).is_empty(), "an older update must not resurrect a deleted row");
+    assert!(
+        rows(&d).is_empty(),
+        "an older update must not resurrect a deleted row"
+    );
     apply(&mut d, msg(4, 8, &[(250, up(1, "recreated"))]));
     assert_eq!(rows(&d), vec![(1, "recreated".to_string())]);
 }
@@ -106,9 +133,14 @@ fn replayed_frames_and_own_frames_are_passed_over() {
     let mut d = setup("cursor");
     apply(&mut d, msg(1, 7, &[(100, up(1, "a"))]));
     // the app changes the row locally, then the same stream message arrives again
-    d.conn.execute("UPDATE t SET v = 'local' WHERE id = 1", []).unwrap();
+    d.conn
+        .execute("UPDATE t SET v = 'local' WHERE id = 1", [])
+        .unwrap();
     let s = apply(&mut d, msg(1, 7, &[(100, up(1, "a"))]));
-    assert_eq!(s.frames, 0, "a sequence at or below the cursor is not applied twice");
+    assert_eq!(
+        s.frames, 0,
+        "a sequence at or below the cursor is not applied twice"
+    );
     let s = apply(&mut d, msg(2, ME, &[(u64::MAX >> 2, up(1, "mine"))]));
     assert_eq!(s.own, 1);
     assert_eq!(rows(&d), vec![(1, "local".to_string())]);
@@ -118,21 +150,29 @@ fn replayed_frames_and_own_frames_are_passed_over() {
 fn local_write_not_yet_stamped_is_stamped_before_an_older_remote_change() {
     let mut d = setup("cba");
     // the application writes; the sidecar has not polled yet
-    d.conn.execute("INSERT INTO t VALUES (1, 'local')", []).unwrap();
+    d.conn
+        .execute("INSERT INTO t VALUES (1, 'local')", [])
+        .unwrap();
     // a remote change to the same row with a version from the past
     let s = apply(&mut d, msg(1, 7, &[(1 << 16, up(1, "remote-old"))]));
     assert_eq!((s.stamped, s.stale), (1, 1));
     assert_eq!(rows(&d), vec![(1, "local".to_string())]);
     // the local write is still pending publication, and the apply left no echo in the log
     assert_eq!(capture::outbox_len(&d.conn, &d.schema).unwrap(), 1);
-    let logged: i64 = d.conn.query_row("SELECT count(*) FROM \"__hl_log_t\"", [], |r| r.get(0)).unwrap();
+    let logged: i64 = d
+        .conn
+        .query_row("SELECT count(*) FROM \"__hl_log_t\"", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(logged, 0);
 }
 
 #[test]
 fn applied_changes_are_not_captured_again() {
     let mut d = setup("echo");
-    apply(&mut d, msg(1, 7, &[(100, up(1, "a")), (101, up(2, "b")), (102, del(1))]));
+    apply(
+        &mut d,
+        msg(1, 7, &[(100, up(1, "a")), (101, up(2, "b")), (102, del(1))]),
+    );
     assert_eq!(rows(&d), vec![(2, "b".to_string())]);
     assert_eq!(capture::outbox_len(&d.conn, &d.schema).unwrap(), 0);
 }
@@ -141,33 +181,78 @@ fn applied_changes_are_not_captured_again() {
 fn unknown_tables_and_columns_are_parked_not_dropped() {
     let mut d = setup("park");
     let mut b = FrameBuilder::new(7, 1 << 16);
-    let other = TableHeader { name: "missing".into(), columns: vec!["id".into()], pk: vec![0] };
+    let other = TableHeader {
+        name: "missing".into(),
+        columns: vec!["id".into()],
+        pk: vec![0],
+    };
     b.push(&other, 100, Op::Upsert(vec![Value::Integer(1)]));
-    let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into(), "extra".into()], pk: vec![0] };
-    b.push(&wide, 101, Op::Upsert(vec![Value::Integer(1), Value::Null, Value::Integer(3)]));
-    let s = apply(&mut d, Incoming { seq: 1, subject: "x.7".into(), data: b.finish() });
+    let wide = TableHeader {
+        name: "t".into(),
+        columns: vec!["id".into(), "v".into(), "extra".into()],
+        pk: vec![0],
+    };
+    b.push(
+        &wide,
+        101,
+        Op::Upsert(vec![Value::Integer(1), Value::Null, Value::Integer(3)]),
+    );
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 1,
+            subject: "x.7".into(),
+            data: b.finish(),
+        },
+    );
     assert_eq!(s.parked, 2);
     assert_eq!(parked_len(&d.conn).unwrap(), 2);
     // once the column exists, the parked change applies
-    d.conn.execute_batch("ALTER TABLE t ADD COLUMN extra").unwrap();
+    d.conn
+        .execute_batch("ALTER TABLE t ADD COLUMN extra")
+        .unwrap();
     let cfg = Config::parse(&format!("db_path = {:?}", d.path.display().to_string())).unwrap();
     d.schema = capture::scan(&d.conn, &cfg).unwrap();
     let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
     assert_eq!((done, left), (1, 1));
-    let extra: i64 = d.conn.query_row("SELECT extra FROM t WHERE id = 1", [], |r| r.get(0)).unwrap();
+    let extra: i64 = d
+        .conn
+        .query_row("SELECT extra FROM t WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(extra, 3);
 }
 
 #[test]
 fn a_sender_on_an_older_schema_sets_newer_columns_to_their_defaults() {
     let mut d = setup("older");
-    d.conn.execute_batch("ALTER TABLE t ADD COLUMN qty INTEGER NOT NULL DEFAULT 4").unwrap();
+    d.conn
+        .execute_batch("ALTER TABLE t ADD COLUMN qty INTEGER NOT NULL DEFAULT 4")
+        .unwrap();
     let cfg = Config::parse(&format!("db_path = {:?}", d.path.display().to_string())).unwrap();
     d.schema = capture::scan(&d.conn, &cfg).unwrap();
-    let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into(), "qty".into()], pk: vec![0] };
+    let wide = TableHeader {
+        name: "t".into(),
+        columns: vec!["id".into(), "v".into(), "qty".into()],
+        pk: vec![0],
+    };
     let mut b = FrameBuilder::new(7, 1 << 16);
-    b.push(&wide, 100, Op::Upsert(vec![Value::Integer(1), Value::Text(b"a".to_vec()), Value::Integer(9)]));
-    apply(&mut d, Incoming { seq: 1, subject: "x.7".into(), data: b.finish() });
+    b.push(
+        &wide,
+        100,
+        Op::Upsert(vec![
+            Value::Integer(1),
+            Value::Text(b"a".to_vec()),
+            Value::Integer(9),
+        ]),
+    );
+    apply(
+        &mut d,
+        Incoming {
+            seq: 1,
+            subject: "x.7".into(),
+            data: b.finish(),
+        },
+    );
     // a newer row image from a node without qty: the whole row is its image, qty its default
     apply(&mut d, msg(2, 8, &[(110, up(1, "b")), (111, up(2, "c"))]));
     let got: Vec<(i64, String, i64)> = d
@@ -202,22 +287,58 @@ fn a_not_null_column_without_default_takes_its_zero_where_a_sender_lacks_it() {
         .prepare("SELECT id, v, qty, r, s, quote(b), d FROM t ORDER BY id")
         .unwrap()
         .query_map([], |r| {
-            Ok(format!("{}|{}|{:?}|{:?}|{}|{}|{}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, rusqlite::types::Value>(2)?, r.get::<_, rusqlite::types::Value>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, i64>(6)?))
+            Ok(format!(
+                "{}|{}|{:?}|{:?}|{}|{}|{}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, rusqlite::types::Value>(2)?,
+                r.get::<_, rusqlite::types::Value>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?
+            ))
         })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(got, vec!["1|b|Integer(0)|Real(0.0)||X''|3", "2|c|Integer(0)|Real(0.0)||X''|3"]);
+    assert_eq!(
+        got,
+        vec![
+            "1|b|Integer(0)|Real(0.0)||X''|3",
+            "2|c|Integer(0)|Real(0.0)||X''|3"
+        ]
+    );
 }
 
 #[test]
 fn paused_tables_park_and_accepted_dropped_columns_are_ignored() {
     let mut d = setup("ignored");
-    d.schema.paused.insert("t".into(), "column extra was dropped".into());
-    let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "extra".into(), "v".into()], pk: vec![0] };
+    d.schema
+        .paused
+        .insert("t".into(), "column extra was dropped".into());
+    let wide = TableHeader {
+        name: "t".into(),
+        columns: vec!["id".into(), "extra".into(), "v".into()],
+        pk: vec![0],
+    };
     let mut b = FrameBuilder::new(7, 1 << 16);
-    b.push(&wide, 100, Op::Upsert(vec![Value::Integer(1), Value::Integer(3), Value::Text(b"a".to_vec())]));
-    let s = apply(&mut d, Incoming { seq: 1, subject: "x.7".into(), data: b.finish() });
+    b.push(
+        &wide,
+        100,
+        Op::Upsert(vec![
+            Value::Integer(1),
+            Value::Integer(3),
+            Value::Text(b"a".to_vec()),
+        ]),
+    );
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 1,
+            subject: "x.7".into(),
+            data: b.finish(),
+        },
+    );
     assert_eq!((s.applied, s.parked), (0, 1));
     d.schema.paused.clear();
     d.schema.get_mut("t").unwrap().ignored = vec!["extra".into()];
@@ -229,12 +350,20 @@ fn paused_tables_park_and_accepted_dropped_columns_are_ignored() {
 fn pieces(origin: u64, id: u64, v: &str) -> Vec<Vec<u8>> {
     let whole = msg(0, origin, &[(id, up(id as i64, v))]).data;
     let parts = frame::fragment(origin, id, &whole, 128);
-    assert_eq!(parts.len(), 4, "test premise: a 300-byte change in 128-byte frames");
+    assert_eq!(
+        parts.len(),
+        4,
+        "test premise: a 300-byte change in 128-byte frames"
+    );
     parts
 }
 
 fn frag_rows(d: &Db) -> i64 {
-    d.conn.query_row(&format!("SELECT count(*) FROM {FRAGMENT_TABLE}"), [], |r| r.get(0)).unwrap()
+    d.conn
+        .query_row(&format!("SELECT count(*) FROM {FRAGMENT_TABLE}"), [], |r| {
+            r.get(0)
+        })
+        .unwrap()
 }
 
 #[test]
@@ -247,11 +376,22 @@ fn a_stray_fragment_of_another_count_is_not_read() {
         .execute(&format!("INSERT INTO {FRAGMENT_TABLE}(origin, id, idx, count, data, seq) VALUES (7, 100, 4, 9, x'00', 1)"), [])
         .unwrap();
     for (i, p) in parts.iter().enumerate() {
-        let s = apply(&mut d, Incoming { seq: 2 + i as u64, subject: "x.7".into(), data: p.clone() });
+        let s = apply(
+            &mut d,
+            Incoming {
+                seq: 2 + i as u64,
+                subject: "x.7".into(),
+                data: p.clone(),
+            },
+        );
         assert_eq!(s.undecodable, 0);
     }
     assert_eq!(rows(&d), vec![(100, big)]);
-    assert_eq!(frag_rows(&d), 0, "the set and the stray piece are gone once the set is read");
+    assert_eq!(
+        frag_rows(&d),
+        0,
+        "the set and the stray piece are gone once the set is read"
+    );
 }
 
 #[test]
@@ -260,14 +400,50 @@ fn incomplete_fragment_sets_far_behind_the_cursor_are_deleted() {
     let a = pieces(7, 100, &"a".repeat(300));
     let b = pieces(7, 200, &"b".repeat(300));
     // set a loses its other pieces (a hole in the stream)
-    apply(&mut d, Incoming { seq: 5, subject: "x.7".into(), data: a[0].clone() });
+    apply(
+        &mut d,
+        Incoming {
+            seq: 5,
+            subject: "x.7".into(),
+            data: a[0].clone(),
+        },
+    );
     assert_eq!(frag_rows(&d), 1);
-    apply(&mut d, Incoming { seq: 4 + FRAGMENT_HORIZON_SEQS, subject: "x.7".into(), data: b[0].clone() });
-    assert_eq!(frag_rows(&d), 2, "a's piece is one message short of the horizon: kept");
-    apply(&mut d, Incoming { seq: 5 + FRAGMENT_HORIZON_SEQS, subject: "x.7".into(), data: b[1].clone() });
-    assert_eq!(frag_rows(&d), 2, "a's piece is at the horizon: deleted; b's two pieces stay");
+    apply(
+        &mut d,
+        Incoming {
+            seq: 4 + FRAGMENT_HORIZON_SEQS,
+            subject: "x.7".into(),
+            data: b[0].clone(),
+        },
+    );
+    assert_eq!(
+        frag_rows(&d),
+        2,
+        "a's piece is one message short of the horizon: kept"
+    );
+    apply(
+        &mut d,
+        Incoming {
+            seq: 5 + FRAGMENT_HORIZON_SEQS,
+            subject: "x.7".into(),
+            data: b[1].clone(),
+        },
+    );
+    assert_eq!(
+        frag_rows(&d),
+        2,
+        "a's piece is at the horizon: deleted; b's two pieces stay"
+    );
     for (i, p) in b[2..].iter().enumerate() {
-        apply(&mut d, Incoming { seq: 6 + FRAGMENT_HORIZON_SEQS + i as u64, subject: "x.7".into(), data: p.clone() });
+        apply(
+            &mut d,
+            Incoming {
+                seq: 6 + FRAGMENT_HORIZON_SEQS + i as u64,
+                subject: "x.7".into(),
+                data: p.clone(),
+            },
+        );
     }
     assert_eq!(rows(&d), vec![(200, "b".repeat(300))]);
     assert_eq!(frag_rows(&d), 0);
@@ -279,22 +455,48 @@ fn own_frames_apply_only_up_to_the_rebuilt_mark() {
     db::set_meta(&d.conn, OWN_REPLAY_KEY, 2).unwrap();
     let s = apply(&mut d, msg(1, ME, &[(100, up(1, "before"))]));
     assert_eq!((s.applied, s.own), (1, 0));
-    assert_eq!(d.hlc.last(), 100, "the version of our own earlier write is observed");
+    assert_eq!(
+        d.hlc.last(),
+        100,
+        "the version of our own earlier write is observed"
+    );
     apply(&mut d, msg(2, ME, &[(110, up(2, "before too"))]));
     let s = apply(&mut d, msg(3, ME, &[(120, up(3, "this life"))]));
     assert_eq!((s.applied, s.own), (0, 1));
-    assert_eq!(rows(&d), vec![(1, "before".to_string()), (2, "before too".to_string())]);
+    assert_eq!(
+        rows(&d),
+        vec![(1, "before".to_string()), (2, "before too".to_string())]
+    );
 }
 
 #[test]
 fn deletes_from_a_newer_schema_apply_at_once() {
     let mut d = setup("newer-delete");
     apply(&mut d, msg(1, 7, &[(100, up(1, "a")), (101, up(2, "b"))]));
-    let wide = TableHeader { name: "t".into(), columns: vec!["id".into(), "v".into(), "extra".into()], pk: vec![0] };
+    let wide = TableHeader {
+        name: "t".into(),
+        columns: vec!["id".into(), "v".into(), "extra".into()],
+        pk: vec![0],
+    };
     let mut b = FrameBuilder::new(8, 1 << 16);
     b.push(&wide, 110, Op::Delete(vec![Value::Integer(1)]));
-    b.push(&wide, 111, Op::Upsert(vec![Value::Integer(2), Value::Text(b"new".to_vec()), Value::Integer(3)]));
-    let s = apply(&mut d, Incoming { seq: 2, subject: "x.8".into(), data: b.finish() });
+    b.push(
+        &wide,
+        111,
+        Op::Upsert(vec![
+            Value::Integer(2),
+            Value::Text(b"new".to_vec()),
+            Value::Integer(3),
+        ]),
+    );
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 2,
+            subject: "x.8".into(),
+            data: b.finish(),
+        },
+    );
     assert_eq!((s.applied, s.parked), (1, 1));
     assert_eq!(rows(&d), vec![(2, "b".to_string())]);
 }

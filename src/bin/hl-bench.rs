@@ -137,8 +137,14 @@ fn main() -> ExitCode {
         }
     }
     match snapshot_mib {
-        Some(mib) => finish(run_snapshot(mib).map(|r| (snapshot::report(&r), snapshot::json(&r))), json),
-        None => finish(run(quick).map(|r| (report::table(&r), report::json(&r))), json),
+        Some(mib) => finish(
+            run_snapshot(mib).map(|r| (snapshot::report(&r), snapshot::json(&r))),
+            json,
+        ),
+        None => finish(
+            run(quick).map(|r| (report::table(&r), report::json(&r))),
+            json,
+        ),
     }
 }
 
@@ -170,7 +176,11 @@ struct Progress {
 impl Progress {
     fn step(&mut self, what: &str) {
         self.step += 1;
-        eprintln!("hl-bench: [{:>5.1} s] {}. {what}", self.start.elapsed().as_secs_f64(), self.step);
+        eprintln!(
+            "hl-bench: [{:>5.1} s] {}. {what}",
+            self.start.elapsed().as_secs_f64(),
+            self.step
+        );
     }
 }
 
@@ -194,7 +204,10 @@ fn run(quick: bool) -> Result<Results, String> {
     let scratch = Scratch::new()?;
     let dir = scratch.path();
     let poll_ms = DEFAULT_POLLING_INTERVAL_MS;
-    let mut p = Progress { start: Instant::now(), step: 0 };
+    let mut p = Progress {
+        start: Instant::now(),
+        step: 0,
+    };
     let load_start = loadavg();
 
     p.step("sqlite insert ceilings (plain and with capture triggers)");
@@ -202,17 +215,36 @@ fn run(quick: bool) -> Result<Results, String> {
 
     let server = Server::start(&nats_bin, dir)?;
     p.step(&format!("jetstream publish ceilings ({})", server.url));
-    let publish = ceilings::publish(&server.url, ROW_BYTES, sizes.publish_sequential, sizes.publish_pipelined)?;
+    let publish = ceilings::publish(
+        &server.url,
+        ROW_BYTES,
+        sizes.publish_sequential,
+        sizes.publish_pipelined,
+    )?;
 
-    let env = Env { node_bin: &node_bin, dir, url: &server.url, server_pid: server.pid, poll_ms };
+    let env = Env {
+        node_bin: &node_bin,
+        dir,
+        url: &server.url,
+        server_pid: server.pid,
+        poll_ms,
+    };
     let mut peak_rss_kib = 0;
 
-    p.step(&format!("one writer -> two replicas, {E2E_ROUNDS} rounds of {} rows of {ROW_BYTES} bytes", sizes.e2e_rows));
+    p.step(&format!(
+        "one writer -> two replicas, {E2E_ROUNDS} rounds of {} rows of {ROW_BYTES} bytes",
+        sizes.e2e_rows
+    ));
     let (e2e, e2e_rates, wire) = {
         let c = Cluster::start(&env, "e2e", 3, ROW_TABLE, false)?;
         let mut rounds = Vec::new();
         for round in 0..E2E_ROUNDS {
-            rounds.push(replication::one_writer(&c, round, sizes.e2e_rows, ROW_BYTES)?);
+            rounds.push(replication::one_writer(
+                &c,
+                round,
+                sizes.e2e_rows,
+                ROW_BYTES,
+            )?);
         }
         let wire = ceilings::stream_stats(&server.url, &c.stream, &c.subject)?;
         let rates: Vec<f64> = rounds.iter().map(|t| t.rate()).collect();
@@ -222,7 +254,10 @@ fn run(quick: bool) -> Result<Results, String> {
         (median, rates, wire)
     };
 
-    p.step(&format!("mixed workload, {} changes of {MIXED_ROW_BYTES} bytes (half updates)", sizes.mixed_ops));
+    p.step(&format!(
+        "mixed workload, {} changes of {MIXED_ROW_BYTES} bytes (half updates)",
+        sizes.mixed_ops
+    ));
     let mixed = {
         let c = Cluster::start(&env, "mixed", 3, STAMPED_TABLE, false)?;
         let t = replication::mixed(&c, sizes.mixed_ops, MIXED_ROW_BYTES)?;
@@ -230,7 +265,10 @@ fn run(quick: bool) -> Result<Results, String> {
         t
     };
 
-    p.step(&format!("three writers at once, {} rows each", sizes.all_rows_each));
+    p.step(&format!(
+        "three writers at once, {} rows each",
+        sizes.all_rows_each
+    ));
     let all = {
         let c = Cluster::start(&env, "all", 3, ROW_TABLE, false)?;
         let t = replication::all_writers(&c, sizes.all_rows_each, ROW_BYTES)?;
@@ -238,7 +276,10 @@ fn run(quick: bool) -> Result<Results, String> {
         t
     };
 
-    p.step(&format!("write amplification, {} rows, one node", sizes.amp_rows));
+    p.step(&format!(
+        "write amplification, {} rows, one node",
+        sizes.amp_rows
+    ));
     let amp = {
         let c = Cluster::start(&env, "amp", 1, ROW_TABLE, true)?;
         let a = amplification::measure(dir, &c, &server.url, sizes.amp_rows, ROW_BYTES)?;
@@ -250,7 +291,10 @@ fn run(quick: bool) -> Result<Results, String> {
     let mut lags = Vec::new();
     let mut first = 1;
     for rate in LAG_RATES {
-        p.step(&format!("lag at {rate} rows/s for {} s, poll interval {poll_ms} ms", sizes.lag_secs));
+        p.step(&format!(
+            "lag at {rate} rows/s for {} s, poll interval {poll_ms} ms",
+            sizes.lag_secs
+        ));
         lags.push(lag::steady(&c, rate, sizes.lag_secs, first, ROW_BYTES)?);
         first += (rate as u64 * sizes.lag_secs) as i64;
     }

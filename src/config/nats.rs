@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{
-    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_EMBEDDED_LISTEN, DEFAULT_PING_INTERVAL_MS, DEFAULT_RECONNECT_MAX_MS,
-    DEFAULT_RECONNECT_MIN_MS, DEFAULT_SERVER_BIN, DEFAULT_WRITE_TIMEOUT_MS, DEFAULT_STATUS_SUBJECT, DEFAULT_STREAM_PREFIX, DEFAULT_SUBJECT_PREFIX,
+    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_EMBEDDED_LISTEN, DEFAULT_PING_INTERVAL_MS,
+    DEFAULT_RECONNECT_MAX_MS, DEFAULT_RECONNECT_MIN_MS, DEFAULT_SERVER_BIN, DEFAULT_STATUS_SUBJECT,
+    DEFAULT_STREAM_PREFIX, DEFAULT_SUBJECT_PREFIX, DEFAULT_WRITE_TIMEOUT_MS,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,15 +159,38 @@ impl Nats {
     /// file is used by the next one.
     pub fn check_files(&self) -> Result<(), String> {
         let pem = [
-            ("ca_file", &self.ca_file, "-----BEGIN CERTIFICATE-----", "a PEM certificate"),
-            ("cert_file", &self.cert_file, "-----BEGIN CERTIFICATE-----", "a PEM certificate"),
-            ("key_file", &self.key_file, "PRIVATE KEY-----", "a PEM private key"),
-            ("creds_file", &self.creds_file, "JWT-----", "a NATS user JWT (a .creds file)"),
+            (
+                "ca_file",
+                &self.ca_file,
+                "-----BEGIN CERTIFICATE-----",
+                "a PEM certificate",
+            ),
+            (
+                "cert_file",
+                &self.cert_file,
+                "-----BEGIN CERTIFICATE-----",
+                "a PEM certificate",
+            ),
+            (
+                "key_file",
+                &self.key_file,
+                "PRIVATE KEY-----",
+                "a PEM private key",
+            ),
+            (
+                "creds_file",
+                &self.creds_file,
+                "JWT-----",
+                "a NATS user JWT (a .creds file)",
+            ),
         ];
         for (key, path, marker, what) in pem {
             let Some(path) = path else { continue };
             if !read_file(key, path)?.contains(marker) {
-                return Err(format!("[nats] {key}: {} does not hold {what}", path.display()));
+                return Err(format!(
+                    "[nats] {key}: {} does not hold {what}",
+                    path.display()
+                ));
             }
         }
         self.user_seed().map(|_| ())
@@ -174,21 +198,33 @@ impl Nats {
 
     /// The key pair of `seed_file`, read now (the file may have been replaced since start).
     pub fn user_seed(&self) -> Result<Option<nkeys::KeyPair>, String> {
-        let Some(path) = &self.seed_file else { return Ok(None) };
+        let Some(path) = &self.seed_file else {
+            return Ok(None);
+        };
         let text = read_file("seed_file", path)?;
         // `nk -gen user` writes the seed alone; a .creds file has it on a line of its own too
-        let seed = text.lines().map(str::trim).find(|l| l.starts_with("SU")).ok_or_else(|| {
-            format!("[nats] seed_file: {} holds no user nkey seed (a line starting with SU)", path.display())
-        })?;
+        let seed = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("SU"))
+            .ok_or_else(|| {
+                format!(
+                    "[nats] seed_file: {} holds no user nkey seed (a line starting with SU)",
+                    path.display()
+                )
+            })?;
         // the nkeys error is not shown: it would not help, and the seed must never be
         let kp = nkeys::KeyPair::from_seed(seed).map_err(|_| {
-            format!("[nats] seed_file: {}: the user seed is damaged (bad length or checksum)", path.display())
+            format!(
+                "[nats] seed_file: {}: the user seed is damaged (bad length or checksum)",
+                path.display()
+            )
         })?;
         Ok(Some(kp))
     }
 }
 
 fn read_file(key: &str, path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("[nats] {key}: cannot read {}: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("[nats] {key}: cannot read {}: {e}", path.display()))
 }
-

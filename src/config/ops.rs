@@ -66,13 +66,25 @@ fn link_grace() -> u64 {
 
 impl Default for Prometheus {
     fn default() -> Self {
-        Prometheus { enable: false, bind: metrics_bind(), path: metrics_path(), namespace: namespace(), subsystem: String::new() }
+        Prometheus {
+            enable: false,
+            bind: metrics_bind(),
+            path: metrics_path(),
+            namespace: namespace(),
+            subsystem: String::new(),
+        }
     }
 }
 
 impl Default for HealthCheck {
     fn default() -> Self {
-        HealthCheck { enable: false, bind: health_bind(), path: health_path(), detailed: false, link_grace_ms: link_grace() }
+        HealthCheck {
+            enable: false,
+            bind: health_bind(),
+            path: health_path(),
+            detailed: false,
+            link_grace_ms: link_grace(),
+        }
     }
 }
 
@@ -86,20 +98,36 @@ pub fn listen_addr(bind: &str) -> String {
 }
 
 pub(super) fn validate(p: &Prometheus, h: &HealthCheck) -> Result<(), String> {
-    let name_ok = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !s.starts_with(|c: char| c.is_ascii_digit());
+    let name_ok = |s: &str| {
+        s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+    };
     if !name_ok(&p.namespace) {
-        return Err(format!("[prometheus] namespace: {:?} is not a metric name part (letters, digits, _)", p.namespace));
+        return Err(format!(
+            "[prometheus] namespace: {:?} is not a metric name part (letters, digits, _)",
+            p.namespace
+        ));
     }
     if !name_ok(&p.subsystem) {
-        return Err(format!("[prometheus] subsystem: {:?} is not a metric name part (letters, digits, _)", p.subsystem));
+        return Err(format!(
+            "[prometheus] subsystem: {:?} is not a metric name part (letters, digits, _)",
+            p.subsystem
+        ));
     }
-    for (section, bind, path) in [("prometheus", &p.bind, &p.path), ("health_check", &h.bind, &h.path)] {
+    for (section, bind, path) in [
+        ("prometheus", &p.bind, &p.path),
+        ("health_check", &h.bind, &h.path),
+    ] {
         let port = bind.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
         if !matches!(port, Some(Ok(_))) {
-            return Err(format!("[{section}] bind: {bind:?} is not an address like 127.0.0.1:3010"));
+            return Err(format!(
+                "[{section}] bind: {bind:?} is not an address like 127.0.0.1:3010"
+            ));
         }
         if !path.starts_with('/') || path.contains(char::is_whitespace) {
-            return Err(format!("[{section}] path: {path:?} must start with / and hold no spaces"));
+            return Err(format!(
+                "[{section}] path: {path:?} must start with / and hold no spaces"
+            ));
         }
     }
     if p.enable && h.enable && listen_addr(&p.bind) == listen_addr(&h.bind) && p.path == h.path {
@@ -116,23 +144,37 @@ mod tests {
     fn defaults_are_off_on_loopback() {
         let c = Config::parse("db_path = \"a\"").unwrap();
         assert!(!c.prometheus.enable && !c.health_check.enable);
-        assert_eq!((c.prometheus.bind.as_str(), c.prometheus.path.as_str()), ("127.0.0.1:3010", "/metrics"));
-        assert_eq!((c.health_check.bind.as_str(), c.health_check.path.as_str()), ("127.0.0.1:8090", "/health"));
+        assert_eq!(
+            (c.prometheus.bind.as_str(), c.prometheus.path.as_str()),
+            ("127.0.0.1:3010", "/metrics")
+        );
+        assert_eq!(
+            (c.health_check.bind.as_str(), c.health_check.path.as_str()),
+            ("127.0.0.1:8090", "/health")
+        );
         assert_eq!(c.health_check.link_grace_ms, 30_000);
     }
 
     #[test]
     fn bad_keys_are_named() {
         let e = Config::parse("db_path = \"a\"\n[prometheus]\nbind = \"nowhere\"\n").unwrap_err();
-        assert_eq!(e, "[prometheus] bind: \"nowhere\" is not an address like 127.0.0.1:3010");
+        assert_eq!(
+            e,
+            "[prometheus] bind: \"nowhere\" is not an address like 127.0.0.1:3010"
+        );
         let e = Config::parse("db_path = \"a\"\n[health_check]\npath = \"health\"\n").unwrap_err();
-        assert_eq!(e, "[health_check] path: \"health\" must start with / and hold no spaces");
+        assert_eq!(
+            e,
+            "[health_check] path: \"health\" must start with / and hold no spaces"
+        );
         let e = Config::parse("db_path = \"a\"\n[prometheus]\nnamespace = \"a-b\"\n").unwrap_err();
         assert!(e.starts_with("[prometheus] namespace:"), "{e}");
         let e = Config::parse("db_path = \"a\"\n[health_check]\nnamespace = \"x\"\n").unwrap_err();
         assert!(e.contains("namespace"), "{e}");
         let same = "db_path = \"a\"\n[prometheus]\nenable = true\nbind = \":9000\"\npath = \"/x\"\n[health_check]\nenable = true\nbind = \":9000\"\npath = \"/x\"\n";
-        assert!(Config::parse(same).unwrap_err().starts_with("[prometheus] path and [health_check] path"));
+        assert!(Config::parse(same)
+            .unwrap_err()
+            .starts_with("[prometheus] path and [health_check] path"));
         Config::parse(&same.replace("path = \"/x\"\n[health", "[health")).unwrap();
     }
 
@@ -140,9 +182,13 @@ mod tests {
     fn status_subject_stays_outside_the_stream() {
         let c = Config::parse("db_path = \"a\"").unwrap();
         assert_eq!(c.status_subject("all"), "hlrs.status.HLRS.all");
-        let e = Config::parse("db_path = \"a\"\n[nats]\nstatus_subject = \"hlrs.changes.st\"\n").unwrap_err();
+        let e = Config::parse("db_path = \"a\"\n[nats]\nstatus_subject = \"hlrs.changes.st\"\n")
+            .unwrap_err();
         assert_eq!(e, "[nats] status_subject: \"hlrs.changes.st\" lies inside the stream's subjects hlrs.changes.>; choose a prefix outside it");
-        let e = Config::parse("db_path = \"a\"\n[nats]\nsubject_prefix = \"x\"\nstatus_subject = \"x\"\n").unwrap_err();
+        let e = Config::parse(
+            "db_path = \"a\"\n[nats]\nsubject_prefix = \"x\"\nstatus_subject = \"x\"\n",
+        )
+        .unwrap_err();
         assert!(e.starts_with("[nats] status_subject:"), "{e}");
     }
 }

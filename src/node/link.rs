@@ -30,7 +30,8 @@ impl Node {
                     self.connecting = None;
                     self.connect_failed(e.to_string());
                 }
-                Err(mpsc::TryRecvError::Empty) if attempt.started.elapsed() < self.connect_timeout() => {}
+                Err(mpsc::TryRecvError::Empty)
+                    if attempt.started.elapsed() < self.connect_timeout() => {}
                 Err(_) => {
                     self.connecting = None;
                     self.connect_failed(format!(
@@ -53,12 +54,19 @@ impl Node {
         };
         let (tx, rx) = mpsc::channel();
         let (cfg, urls, node) = (self.cfg.clone(), self.urls.clone(), self.node_id);
-        let spawned = std::thread::Builder::new().name("connect".into()).spawn(move || {
-            // the receiver may be gone (attempt abandoned): the connection is then dropped
-            let _ = tx.send(Transport::connect(&cfg, &urls, node, cursor));
-        });
+        let spawned = std::thread::Builder::new()
+            .name("connect".into())
+            .spawn(move || {
+                // the receiver may be gone (attempt abandoned): the connection is then dropped
+                let _ = tx.send(Transport::connect(&cfg, &urls, node, cursor));
+            });
         match spawned {
-            Ok(_) => self.connecting = Some(Attempt { rx, started: Instant::now() }),
+            Ok(_) => {
+                self.connecting = Some(Attempt {
+                    rx,
+                    started: Instant::now(),
+                })
+            }
             Err(e) => self.connect_failed(format!("cannot start a connect thread: {e}")),
         }
     }
@@ -82,7 +90,10 @@ impl Node {
             );
             self.max_frame = t.max_frame();
         }
-        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY).ok().flatten().unwrap_or(0) as u64;
+        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or(0) as u64;
         self.restore_check = self.cfg.replicate;
         match self.offline_since.take() {
             Some(since) => log::info!(
@@ -90,7 +101,10 @@ impl Node {
                 crate::transport::redact_urls(&self.urls),
                 since.elapsed().as_secs_f64()
             ),
-            None => log::info!("connected to nats urls={} cursor={cursor}", crate::transport::redact_urls(&self.urls)),
+            None => log::info!(
+                "connected to nats urls={} cursor={cursor}",
+                crate::transport::redact_urls(&self.urls)
+            ),
         }
         self.last_connect_error = None;
         self.backoff.reset();
@@ -105,8 +119,13 @@ impl Node {
             return;
         }
         self.link_recorded = Some(up);
-        let write = db::set_meta(&self.conn, status::LINK_UP_KEY, up as i64)
-            .and_then(|_| db::set_meta(&self.conn, status::LINK_SINCE_KEY, crate::hlc::now_ms() as i64));
+        let write = db::set_meta(&self.conn, status::LINK_UP_KEY, up as i64).and_then(|_| {
+            db::set_meta(
+                &self.conn,
+                status::LINK_SINCE_KEY,
+                crate::hlc::now_ms() as i64,
+            )
+        });
         if let Err(e) = write {
             log::debug!("cannot record the link state: {e}");
             self.link_recorded = None;
@@ -117,7 +136,9 @@ impl Node {
         self.offline_since.get_or_insert_with(Instant::now);
         self.record_link(false);
         let delay = self.backoff.fail();
-        if self.last_connect_error.as_deref() != Some(&msg) || self.last_connect_log.elapsed() > REPEAT_LOG_EVERY {
+        if self.last_connect_error.as_deref() != Some(&msg)
+            || self.last_connect_log.elapsed() > REPEAT_LOG_EVERY
+        {
             log::warn!("{msg}; retrying with backoff (local writes are kept and sent later)");
             self.last_connect_log = Instant::now();
         } else {

@@ -15,7 +15,11 @@ impl Node {
     /// published only after JetStream acknowledged all of its frames. `interruptible`: the
     /// stop signal ends the wait for acks (not during the shutdown flush, which has its own
     /// deadline).
-    pub(super) fn publish_round(&mut self, deadline: Instant, interruptible: bool) -> Result<(), NodeError> {
+    pub(super) fn publish_round(
+        &mut self,
+        deadline: Instant,
+        interruptible: bool,
+    ) -> Result<(), NodeError> {
         let stopping = self.stopping.clone();
         let abort = move || interruptible && stopping.load(std::sync::atomic::Ordering::Relaxed);
         loop {
@@ -26,25 +30,42 @@ impl Node {
                 }
                 return Ok(());
             }
-            let Some(t) = self.transport.as_mut() else { return Ok(()) };
+            let Some(t) = self.transport.as_mut() else {
+                return Ok(());
+            };
             let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
-            let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
             if let Err(e) = t.publish_all(&frames, timeout, &abort) {
                 self.drop_transport(&e);
                 return Ok(());
             }
-            let tx = self.conn.transaction().map_err(|source| DbError::Sql { op: "begin mark published", source })?;
+            let tx = self.conn.transaction().map_err(|source| DbError::Sql {
+                op: "begin mark published",
+                source,
+            })?;
             for (i, version) in &marks {
                 capture::mark_published(&tx, &self.schema.tables[*i], *version)?;
             }
             db::set_meta(&tx, status::LAST_PUBLISH_KEY, crate::hlc::now_ms() as i64)?;
-            tx.commit().map_err(|source| DbError::Sql { op: "commit mark published", source })?;
+            tx.commit().map_err(|source| DbError::Sql {
+                op: "commit mark published",
+                source,
+            })?;
             crate::metrics::add(crate::metrics::Counter::Published, changes as u64);
-            crate::metrics::add(crate::metrics::Counter::FramesPublished, frames.len() as u64);
+            crate::metrics::add(
+                crate::metrics::Counter::FramesPublished,
+                frames.len() as u64,
+            );
             crate::metrics::add(crate::metrics::Counter::BytesPublished, bytes as u64);
-            log::debug!("publish ok frames={} bytes={bytes} changes={changes}", frames.len());
+            log::debug!(
+                "publish ok frames={} bytes={bytes} changes={changes}",
+                frames.len()
+            );
             if changes > 0 {
-                self.bytes_per_change = 0.8 * self.bytes_per_change + 0.2 * (bytes as f64 / changes as f64);
+                self.bytes_per_change =
+                    0.8 * self.bytes_per_change + 0.2 * (bytes as f64 / changes as f64);
             }
             if !more {
                 self.outbox_dirty = false;
@@ -66,10 +87,19 @@ impl Node {
         let mut builder = FrameBuilder::new(node, max);
         let seal = |data: Vec<u8>, frames: &mut Vec<Outgoing>, bytes: &mut usize| {
             *bytes += data.len();
-            frames.push(Outgoing { msg_id: format!("{node}-{:016x}", frame::fnv64(&data)), data });
+            frames.push(Outgoing {
+                msg_id: format!("{node}-{:016x}", frame::fnv64(&data)),
+                data,
+            });
         };
         // One read transaction: a consistent view of rows and versions.
-        let tx = self.conn.unchecked_transaction().map_err(|source| DbError::Sql { op: "begin read outbox", source })?;
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|source| DbError::Sql {
+                op: "begin read outbox",
+                source,
+            })?;
         for (i, t) in self.schema.tables.iter().enumerate() {
             if more {
                 break;
@@ -140,5 +170,4 @@ impl Node {
         db::set_meta(&self.conn, status::OVER_BUDGET_KEY, over as i64)?;
         Ok(())
     }
-
 }

@@ -33,11 +33,18 @@ impl Node {
         let changed: Vec<&str> = schema
             .tables
             .iter()
-            .filter(|t| self.schema.get(t.name()).map_or(true, |old| old.header != t.header))
+            .filter(|t| {
+                self.schema
+                    .get(t.name())
+                    .is_none_or(|old| old.header != t.header)
+            })
             .map(|t| t.name())
             .collect();
         if !changed.is_empty() {
-            log::info!("schema change adopted tables={} queued_rows={queued}", changed.join(","));
+            log::info!(
+                "schema change adopted tables={} queued_rows={queued}",
+                changed.join(",")
+            );
         }
         self.schema = schema;
         // the version read before the scan: if the application changed the schema meanwhile (or
@@ -59,13 +66,19 @@ impl Node {
         }
         self.pause_checked = Instant::now();
         let names = schema::paused_names(&self.conn)?;
-        Ok(names.len() != self.schema.paused.len() || names.iter().any(|n| !self.schema.is_paused(n)))
+        Ok(names.len() != self.schema.paused.len()
+            || names.iter().any(|n| !self.schema.is_paused(n)))
     }
 }
 
 /// Warns about tables we do not replicate, once per change of that list.
 /// Applies what parked changes the schema allows now, and says so when any applied.
-pub(super) fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Result<(), NodeError> {
+pub(super) fn retry_parked(
+    conn: &mut Connection,
+    schema: &Schema,
+    hlc: &mut Hlc,
+    node: u64,
+) -> Result<(), NodeError> {
     let (done, left) = apply::retry_parked(conn, schema, hlc, node)?;
     if done > 0 {
         log::info!("retried parked changes applied={done} still_parked={left}");
@@ -75,7 +88,7 @@ pub(super) fn retry_parked(conn: &mut Connection, schema: &Schema, hlc: &mut Hlc
 
 /// Migration tools' bookkeeping tables are left out on purpose: one info line names them.
 pub(super) fn report_skipped(now: &Schema, before: Option<&Schema>) {
-    let new = |name: &String| before.map_or(true, |b| !b.skipped.iter().any(|(n, _)| n == name));
+    let new = |name: &String| before.is_none_or(|b| !b.skipped.iter().any(|(n, _)| n == name));
     let mut bookkeeping = Vec::new();
     for (name, why) in now.skipped.iter().filter(|(n, _)| new(n)) {
         if why == capture::MIGRATION_BOOKKEEPING {

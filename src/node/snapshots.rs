@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use super::{Node, Stop, OWN_CURSOR_EVERY, REPEAT_LOG_EVERY};
 use crate::apply;
-use crate::gap;
 use crate::config::Config;
 use crate::db;
+use crate::gap;
 use crate::snapshot::{self, SnapMeta};
 use crate::transport::{self, Fetched, Pointer, Transport};
 
@@ -55,7 +55,9 @@ pub enum RestoreError {
 impl std::fmt::Display for RestoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RestoreError::Unavailable(e) | RestoreError::Corrupt(e) | RestoreError::Install(e) => f.write_str(e),
+            RestoreError::Unavailable(e) | RestoreError::Corrupt(e) | RestoreError::Install(e) => {
+                f.write_str(e)
+            }
             RestoreError::Stopped => f.write_str("stopped"),
         }
     }
@@ -63,7 +65,10 @@ impl std::fmt::Display for RestoreError {
 
 impl RestoreError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, RestoreError::Unavailable(_) | RestoreError::Install(_))
+        matches!(
+            self,
+            RestoreError::Unavailable(_) | RestoreError::Install(_)
+        )
     }
 }
 
@@ -116,7 +121,10 @@ fn mib(b: u64) -> f64 {
 /// lease).
 pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved, String> {
     // looked at before copying (cheap); `snapshot::make` looks again in the copy itself
-    if let Some(g) = db::open(&cfg.db_path).ok().and_then(|c| gap::read(&c).ok().flatten()) {
+    if let Some(g) = db::open(&cfg.db_path)
+        .ok()
+        .and_then(|c| gap::read(&c).ok().flatten())
+    {
         return Ok(Saved::Skipped(format!(
             "this node misses stream messages {g} (a hole in the stream, not yet repaired by a restore): its copy would lack them"
         )));
@@ -127,10 +135,17 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
     if let Some(p) = latest.as_ref().filter(|_| !force) {
         let age = crate::hlc::now_ms().saturating_sub(p.created_ms);
         if age < interval {
-            return Ok(Saved::Skipped(format!("the current snapshot {} is {:.0} s old", p.object, age as f64 / 1000.0)));
+            return Ok(Saved::Skipped(format!(
+                "the current snapshot {} is {:.0} s old",
+                p.object,
+                age as f64 / 1000.0
+            )));
         }
     }
-    if !store.try_lease(node, LEASE_TTL).map_err(|e| e.to_string())? {
+    if !store
+        .try_lease(node, LEASE_TTL)
+        .map_err(|e| e.to_string())?
+    {
         return Ok(Saved::Skipped("another node holds the upload lease".into()));
     }
     let out = snapshot::temp_path(&cfg.db_path, "save");
@@ -145,13 +160,20 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
             }
         };
         if meta.seq == 0 && !force {
-            return Ok(Saved::Skipped("this node has not applied anything from the stream yet".into()));
+            return Ok(Saved::Skipped(
+                "this node has not applied anything from the stream yet".into(),
+            ));
         }
         if let Some(p) = latest.as_ref().filter(|p| p.seq >= meta.seq && !force) {
-            return Ok(Saved::Skipped(format!("the current snapshot {} is at seq {} already", p.object, p.seq)));
+            return Ok(Saved::Skipped(format!(
+                "the current snapshot {} is at seq {} already",
+                p.object, p.seq
+            )));
         }
         let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        let p = store.upload(&out, meta.seq, node).map_err(|e| e.to_string())?;
+        let p = store
+            .upload(&out, meta.seq, node)
+            .map_err(|e| e.to_string())?;
         log::info!(
             "snapshot saved object={} bucket={} seq={} bytes={size} in {:.1} s",
             p.object,
@@ -180,17 +202,36 @@ fn fetch_verified(
     conn: Option<&rusqlite::Connection>,
 ) -> Result<(SnapMeta, Fetched), RestoreError> {
     let part = snapshot::temp_path(&cfg.db_path, "download");
-    let store = t.snap_store(cfg).map_err(|e| RestoreError::Unavailable(e.to_string()))?;
-    log::info!("snapshot restore: downloading {} (seq {}, {:.1} MiB) from {}", p.object, p.seq, mib(p.size), store.bucket());
-    let mut progress = Progress { conn, started: Instant::now(), last: Instant::now(), object: p.object.clone() };
+    let store = t
+        .snap_store(cfg)
+        .map_err(|e| RestoreError::Unavailable(e.to_string()))?;
+    log::info!(
+        "snapshot restore: downloading {} (seq {}, {:.1} MiB) from {}",
+        p.object,
+        p.seq,
+        mib(p.size),
+        store.bucket()
+    );
+    let mut progress = Progress {
+        conn,
+        started: Instant::now(),
+        last: Instant::now(),
+        object: p.object.clone(),
+    };
     let fetched = store
-        .download(p, &part, &|| stop.is_set(), &mut |d, total| progress.update(d, total))
+        .download(p, &part, &|| stop.is_set(), &mut |d, total| {
+            progress.update(d, total)
+        })
         .map_err(|e| match e.kind() {
             _ if stop.is_set() => RestoreError::Stopped,
             io::ErrorKind::Interrupted => RestoreError::Stopped,
             // size or SHA-256 not the pointer's (the store resumes by itself on link errors)
             io::ErrorKind::InvalidData => RestoreError::Corrupt(e.to_string()),
-            _ => RestoreError::Unavailable(format!("downloading {} to {}: {e}", p.object, part.display())),
+            _ => RestoreError::Unavailable(format!(
+                "downloading {} to {}: {e}",
+                p.object,
+                part.display()
+            )),
         })?;
     let meta = snapshot::verify(&part).map_err(|e| {
         transport::discard_download(&part);
@@ -198,7 +239,10 @@ fn fetch_verified(
     })?;
     if meta.seq != p.seq {
         transport::discard_download(&part);
-        return Err(RestoreError::Corrupt(format!("snapshot {} says seq {} but its pointer says {}", p.object, meta.seq, p.seq)));
+        return Err(RestoreError::Corrupt(format!(
+            "snapshot {} says seq {} but its pointer says {}",
+            p.object, meta.seq, p.seq
+        )));
     }
     log::info!(
         "snapshot restore: {} verified (SHA-256, integrity check); fetched {} of {} bytes, {} resumed from disk, {} restarts",
@@ -222,9 +266,16 @@ pub fn restore_missing(cfg: &Config, stop: &Stop) -> Result<bool, String> {
         return Ok(false);
     };
     if !parent_exists(&cfg.db_path) {
-        return Err(format!("cannot restore into {}: its directory does not exist", cfg.db_path.display()));
+        return Err(format!(
+            "cannot restore into {}: its directory does not exist",
+            cfg.db_path.display()
+        ));
     }
-    log::info!("database {} does not exist: restoring it from snapshot {}", cfg.db_path.display(), p.object);
+    log::info!(
+        "database {} does not exist: restoring it from snapshot {}",
+        cfg.db_path.display(),
+        p.object
+    );
     let _restoring = crate::metrics::restoring();
     let (meta, _) = fetch_verified(cfg, &t, &p, stop, None).map_err(|e| e.to_string())?;
     // This node's frames already in the stream come from a database this one replaces: they
@@ -233,7 +284,11 @@ pub fn restore_missing(cfg: &Config, stop: &Stop) -> Result<bool, String> {
     let part = snapshot::temp_path(&cfg.db_path, "download");
     snapshot::install_new(&cfg.db_path, &part, &meta, stream_last).map_err(|e| e.to_string())?;
     transport::discard_download(&part);
-    log::info!("snapshot restore: database created from {} at seq {}", p.object, meta.seq);
+    log::info!(
+        "snapshot restore: database created from {} at seq {}",
+        p.object,
+        meta.seq
+    );
     crate::metrics::add(crate::metrics::Counter::SnapshotRestores, 1);
     Ok(true)
 }
@@ -262,7 +317,11 @@ impl Node {
                 Err(_) => log::warn!("snapshot save failed: the save thread panicked"),
             }
         }
-        if !self.cfg.snapshot.enabled || !self.cfg.snapshot.save || Instant::now() < self.next_save || !self.link_up() {
+        if !self.cfg.snapshot.enabled
+            || !self.cfg.snapshot.save
+            || Instant::now() < self.next_save
+            || !self.link_up()
+        {
             return;
         }
         if !self.schema.paused.is_empty() {
@@ -274,15 +333,17 @@ impl Node {
         let jitter = interval.mul_f64((self.node_id % 1000) as f64 / 10_000.0);
         self.next_save = Instant::now() + interval + jitter;
         let (cfg, urls, node) = (self.cfg.clone(), self.urls.clone(), self.node_id);
-        let spawned = std::thread::Builder::new().name("snapshot-save".into()).spawn(move || {
-            let mut probe = cfg.clone();
-            probe.replicate = false;
-            let t = Transport::connect(&probe, &urls, node, 0).map_err(|e| e.to_string())?;
-            match save(&cfg, &t, node, false)? {
-                Saved::Uploaded(p) => Ok(format!("uploaded {}", p.object)),
-                Saved::Skipped(why) => Ok(format!("no save: {why}")),
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-save".into())
+            .spawn(move || {
+                let mut probe = cfg.clone();
+                probe.replicate = false;
+                let t = Transport::connect(&probe, &urls, node, 0).map_err(|e| e.to_string())?;
+                match save(&cfg, &t, node, false)? {
+                    Saved::Uploaded(p) => Ok(format!("uploaded {}", p.object)),
+                    Saved::Skipped(why) => Ok(format!("no save: {why}")),
+                }
+            });
         match spawned {
             Ok(handle) => self.saving = Some(Saving { handle }),
             Err(e) => log::warn!("cannot start the snapshot thread: {e}"),
@@ -358,7 +419,11 @@ impl Node {
             Err(RestoreError::Stopped) => {}
             Err(e) => {
                 // a passing failure backs off; a corrupt snapshot waits for the next one
-                let delay = if e.is_transient() { self.restore_backoff.fail() } else { GAP_RECHECK };
+                let delay = if e.is_transient() {
+                    self.restore_backoff.fail()
+                } else {
+                    GAP_RECHECK
+                };
                 match gap {
                     Some(g) => self.gap_error(&format!(
                         "the stream no longer holds messages {g} that this node never applied, and the snapshot restore failed: {e}; retrying in {:.0} s",
@@ -374,8 +439,13 @@ impl Node {
     /// A recorded hole past the stream's last sequence belongs to a stream that was deleted and
     /// created again (the connection then restarted this node's position at 0): its numbers
     /// mean nothing in the new stream, so it is forgotten.
-    fn forget_gap_of_an_old_stream(&mut self, last_seq: Option<u64>) -> Result<(), crate::db::DbError> {
-        let (Some(last), Some(g)) = (last_seq, gap::read(&self.conn)?) else { return Ok(()) };
+    fn forget_gap_of_an_old_stream(
+        &mut self,
+        last_seq: Option<u64>,
+    ) -> Result<(), crate::db::DbError> {
+        let (Some(last), Some(g)) = (last_seq, gap::read(&self.conn)?) else {
+            return Ok(());
+        };
         if g.to > last {
             log::warn!("the recorded stream gap {g} lies past the stream's last message {last}: the stream was recreated; forgetting the gap");
             gap::clear_if_covered(&self.conn, u64::MAX)?;
@@ -385,7 +455,10 @@ impl Node {
 
     /// Logs an unrepaired hole at error level, at most once per [`REPEAT_LOG_EVERY`].
     fn gap_error(&mut self, msg: &str) {
-        if self.gap_logged.is_none_or(|t| t.elapsed() >= REPEAT_LOG_EVERY) {
+        if self
+            .gap_logged
+            .is_none_or(|t| t.elapsed() >= REPEAT_LOG_EVERY)
+        {
             self.gap_logged = Some(Instant::now());
             log::error!("{msg}");
         } else {
@@ -395,7 +468,10 @@ impl Node {
 
     /// Position in the stream, counting our own frames passed over but not yet written down.
     pub(super) fn position(&self) -> u64 {
-        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY).ok().flatten().unwrap_or(0) as u64;
+        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or(0) as u64;
         cursor.max(self.own_cursor.unwrap_or(0))
     }
 
@@ -407,7 +483,9 @@ impl Node {
 
     /// See [`Node::restore_latest`]. With a hole recorded, only a snapshot covering it applies.
     fn restore(&mut self, stop: &Stop, force: bool) -> Result<Option<String>, RestoreError> {
-        let Some(t) = self.transport.as_ref() else { return Err(RestoreError::Unavailable("not connected".into())) };
+        let Some(t) = self.transport.as_ref() else {
+            return Err(RestoreError::Unavailable("not connected".into()));
+        };
         let Some(p) = latest(&self.cfg, t).map_err(RestoreError::Unavailable)? else {
             return Ok(None);
         };
@@ -421,7 +499,10 @@ impl Node {
             return Ok(None);
         }
         if self.bad_snapshot.as_deref() == Some(p.nuid.as_str()) && !force {
-            return Err(RestoreError::Corrupt(format!("snapshot {} failed verification before; waiting for a newer one", p.object)));
+            return Err(RestoreError::Corrupt(format!(
+                "snapshot {} failed verification before; waiting for a newer one",
+                p.object
+            )));
         }
         let started = Instant::now();
         let _restoring = crate::metrics::restoring();
@@ -437,10 +518,19 @@ impl Node {
         };
         // the merge keeps the larger position: write down the one reached over our own frames
         self.own_cursor_saved = Instant::now() - OWN_CURSOR_EVERY;
-        self.save_own_cursor().map_err(|e| RestoreError::Install(e.to_string()))?;
+        self.save_own_cursor()
+            .map_err(|e| RestoreError::Install(e.to_string()))?;
         let part = snapshot::temp_path(&self.cfg.db_path, "download");
-        let done = snapshot::install_into(&mut self.conn, &self.cfg, &self.schema, &mut self.hlc, self.node_id, &part, &meta)
-            .map_err(|e| RestoreError::Install(format!("installing snapshot {}: {e}", p.object)));
+        let done = snapshot::install_into(
+            &mut self.conn,
+            &self.cfg,
+            &self.schema,
+            &mut self.hlc,
+            self.node_id,
+            &part,
+            &meta,
+        )
+        .map_err(|e| RestoreError::Install(format!("installing snapshot {}: {e}", p.object)));
         transport::discard_download(&part);
         let done = done?;
         crate::metrics::add(crate::metrics::Counter::SnapshotRestores, 1);
@@ -455,7 +545,12 @@ impl Node {
         self.next_connect = Instant::now();
         self.bad_snapshot = None;
         let now_at = self.position();
-        let left = gap::read(&self.conn).ok().flatten().map_or(String::new(), |g| format!("; messages {g} are still missing"));
+        let left = gap::read(&self.conn)
+            .ok()
+            .flatten()
+            .map_or(String::new(), |g| {
+                format!("; messages {g} are still missing")
+            });
         Ok(Some(format!(
             "snapshot restore: installed {} at seq {} from node {} (a merge): {} tables, {} rows, {} local changes newer than the snapshot kept ({} local unpublished changes kept); {:.1} MiB fetched in {:.1} s (was at seq {cursor}, now at seq {now_at}{left})",
             p.object,
@@ -476,7 +571,8 @@ impl Node {
     pub fn connect_now(&mut self) -> Result<(), String> {
         let mut probe = self.cfg.clone();
         probe.replicate = false;
-        let t = Transport::connect(&probe, &self.urls, self.node_id, self.position()).map_err(|e| e.to_string())?;
+        let t = Transport::connect(&probe, &self.urls, self.node_id, self.position())
+            .map_err(|e| e.to_string())?;
         self.transport = Some(t);
         Ok(())
     }
@@ -485,7 +581,9 @@ impl Node {
     pub fn save_now(&mut self) -> Result<Saved, String> {
         // what the app wrote since the node last ran gets its version before the copy
         self.stamp_if_changed().map_err(|e| e.to_string())?;
-        let Some(t) = self.transport.as_ref() else { return Err("not connected".into()) };
+        let Some(t) = self.transport.as_ref() else {
+            return Err("not connected".into());
+        };
         save(&self.cfg, t, self.node_id, true)
     }
 }
@@ -500,5 +598,6 @@ fn latest(cfg: &Config, t: &Transport) -> Result<Option<Pointer>, String> {
 
 /// Whether a path's directory exists (a snapshot can only create the file, not the folders).
 fn parent_exists(p: &Path) -> bool {
-    p.parent().map_or(true, |d| d.as_os_str().is_empty() || d.is_dir())
+    p.parent()
+        .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
 }

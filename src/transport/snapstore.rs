@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nats::jetstream::{AckPolicy, BatchOptions, ConsumerConfig, DeliverPolicy, PullSubscribeOptions, ReplayPolicy};
+use nats::jetstream::{
+    AckPolicy, BatchOptions, ConsumerConfig, DeliverPolicy, PullSubscribeOptions, ReplayPolicy,
+};
 use nats::kv::Operation;
 use ring::digest::{Context, SHA256};
 
@@ -64,7 +66,10 @@ impl Pointer {
     }
 
     fn decode(s: &str) -> Option<Pointer> {
-        let field = |k: &str| s.split(';').find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')));
+        let field = |k: &str| {
+            s.split(';')
+                .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+        };
         let num = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
         if field("v") != Some("1") {
             return None;
@@ -78,7 +83,9 @@ impl Pointer {
             chunks: num("chunks")?,
             digest: field("digest")?.to_string(),
             nuid: field("nuid")?.to_string(),
-            previous: field("previous").filter(|p| !p.is_empty()).map(str::to_string),
+            previous: field("previous")
+                .filter(|p| !p.is_empty())
+                .map(str::to_string),
         })
     }
 }
@@ -146,7 +153,12 @@ impl Transport {
                 })
                 .map_err(nats_err(&format!("create key-value bucket {bucket}")))?,
         };
-        Ok(SnapStore { t: self, objects, kv, bucket })
+        Ok(SnapStore {
+            t: self,
+            objects,
+            kv,
+            bucket,
+        })
     }
 }
 
@@ -161,7 +173,11 @@ impl SnapStore<'_> {
     }
 
     fn latest_entry(&self) -> io::Result<Option<(Pointer, u64)>> {
-        let Some(e) = self.kv.entry(LATEST_KEY).map_err(nats_err("read the snapshot pointer"))? else {
+        let Some(e) = self
+            .kv
+            .entry(LATEST_KEY)
+            .map_err(nats_err("read the snapshot pointer"))?
+        else {
             return Ok(None);
         };
         if e.operation != Operation::Put {
@@ -170,7 +186,10 @@ impl SnapStore<'_> {
         let text = String::from_utf8_lossy(&e.value);
         match Pointer::decode(&text) {
             Some(p) => Ok(Some((p, e.revision))),
-            None => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unreadable snapshot pointer {text:?}"))),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unreadable snapshot pointer {text:?}"),
+            )),
         }
     }
 
@@ -179,15 +198,22 @@ impl SnapStore<'_> {
     pub fn try_lease(&self, node: u64, ttl: Duration) -> io::Result<bool> {
         let now = crate::hlc::now_ms();
         let value = format!("node={node};until={}", now + ttl.as_millis() as u64);
-        let current = self.kv.entry(LEASE_KEY).map_err(nats_err("read the snapshot lease"))?;
+        let current = self
+            .kv
+            .entry(LEASE_KEY)
+            .map_err(nats_err("read the snapshot lease"))?;
         let result = match current {
             None => self.kv.create(LEASE_KEY, &value),
             Some(e) => {
                 let text = String::from_utf8_lossy(&e.value).to_string();
                 let field = |k: &str| {
-                    text.split(';').find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('='))).and_then(|v| v.parse::<u64>().ok())
+                    text.split(';')
+                        .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                        .and_then(|v| v.parse::<u64>().ok())
                 };
-                let held = e.operation == Operation::Put && field("until").is_some_and(|u| u > now) && field("node") != Some(node);
+                let held = e.operation == Operation::Put
+                    && field("until").is_some_and(|u| u > now)
+                    && field("node") != Some(node);
                 if held {
                     return Ok(false);
                 }
@@ -202,7 +228,9 @@ impl SnapStore<'_> {
     pub fn release(&self, node: u64) {
         if let Ok(Some(e)) = self.kv.entry(LEASE_KEY) {
             if String::from_utf8_lossy(&e.value).starts_with(&format!("node={node};")) {
-                let _ = self.kv.update(LEASE_KEY, format!("node={node};until=0"), e.revision);
+                let _ = self
+                    .kv
+                    .update(LEASE_KEY, format!("node={node};until=0"), e.revision);
             }
         }
     }
@@ -212,7 +240,10 @@ impl SnapStore<'_> {
     pub fn upload(&self, file: &Path, seq: u64, node: u64) -> io::Result<Pointer> {
         let object = format!("snap-{seq}-{node}");
         let mut f = File::open(file).map_err(nats_err(&format!("open {}", file.display())))?;
-        let info = self.objects.put(object.as_str(), &mut f).map_err(nats_err(&format!("upload snapshot {object}")))?;
+        let info = self
+            .objects
+            .put(object.as_str(), &mut f)
+            .map_err(nats_err(&format!("upload snapshot {object}")))?;
         let old = self.latest_entry().ok().flatten();
         let pointer = Pointer {
             object: object.clone(),
@@ -223,7 +254,10 @@ impl SnapStore<'_> {
             chunks: info.chunks as u64,
             digest: info.digest.clone(),
             nuid: info.nuid.clone(),
-            previous: old.as_ref().map(|(p, _)| p.object.clone()).filter(|o| o != &object),
+            previous: old
+                .as_ref()
+                .map(|(p, _)| p.object.clone())
+                .filter(|o| o != &object),
         };
         let stored = match &old {
             Some((_, rev)) => self.kv.update(LATEST_KEY, pointer.encode(), *rev),
@@ -232,7 +266,9 @@ impl SnapStore<'_> {
         if let Err(e) = stored {
             // someone else published a pointer meanwhile: theirs stays, ours goes
             let _ = self.objects.delete(&object);
-            return Err(io::Error::new(io::ErrorKind::Other, format!("snapshot pointer changed during the upload: {e}")));
+            return Err(io::Error::other(format!(
+                "snapshot pointer changed during the upload: {e}"
+            )));
         }
         if let Some(gone) = old.and_then(|(p, _)| p.previous).filter(|o| o != &object) {
             if let Err(e) = self.objects.delete(&gone) {
@@ -253,26 +289,48 @@ impl SnapStore<'_> {
         progress: &mut dyn FnMut(u64, u64),
     ) -> io::Result<Fetched> {
         let state_file = state_path(part);
-        let mut st = DownloadState::load(&state_file, part, p).unwrap_or_else(|| DownloadState::fresh(p));
-        let mut out = Fetched { resumed_bytes: st.bytes, ..Default::default() };
-        let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(part)?;
+        let mut st =
+            DownloadState::load(&state_file, part, p).unwrap_or_else(|| DownloadState::fresh(p));
+        let mut out = Fetched {
+            resumed_bytes: st.bytes,
+            ..Default::default()
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(part)?;
         file.set_len(st.bytes)?;
         let mut digest = Context::new(&SHA256);
         hash_prefix(&mut file, st.bytes, &mut digest)?;
         file.seek(SeekFrom::Start(st.bytes))?;
         if st.bytes > 0 {
-            log::info!("snapshot {}: resuming the download at chunk {} of {} ({} bytes on disk)", p.object, st.chunks, p.chunks, st.bytes);
+            log::info!(
+                "snapshot {}: resuming the download at chunk {} of {} ({} bytes on disk)",
+                p.object,
+                st.chunks,
+                p.chunks,
+                st.bytes
+            );
         }
         let stream = format!("OBJ_{}", self.bucket);
         let subject = format!("$O.{}.C.{}", self.bucket, p.nuid);
-        let mut retry = crate::node::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+        let mut retry =
+            crate::node::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
         while st.chunks < p.chunks {
             if stopped() {
                 st.save(&state_file, &file)?;
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
             }
-            let mut sink = Sink { file: &mut file, digest: &mut digest, state: &state_file };
-            match self.pull_chunks(&stream, &subject, p, &mut st, &mut sink, &mut out, stopped, progress) {
+            let mut sink = Sink {
+                file: &mut file,
+                digest: &mut digest,
+                state: &state_file,
+            };
+            match self.pull_chunks(
+                &stream, &subject, p, &mut st, &mut sink, &mut out, stopped, progress,
+            ) {
                 Ok(()) => retry.reset(),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     drop(file);
@@ -292,13 +350,19 @@ impl SnapStore<'_> {
             }
         }
         file.sync_all()?;
-        let got = format!("SHA-256={}", base64::encode_config(digest.finish(), base64::URL_SAFE));
+        let got = format!(
+            "SHA-256={}",
+            base64::encode_config(digest.finish(), base64::URL_SAFE)
+        );
         if st.bytes != p.size || got != p.digest {
             drop(file);
             discard(part);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("snapshot {} is corrupt: got {} bytes with {got}, expected {} bytes with {}", p.object, st.bytes, p.size, p.digest),
+                format!(
+                    "snapshot {} is corrupt: got {} bytes with {got}, expected {} bytes with {}",
+                    p.object, st.bytes, p.size, p.digest
+                ),
             ));
         }
         let _ = std::fs::remove_file(&state_file);
@@ -324,15 +388,17 @@ impl SnapStore<'_> {
             .js
             .pull_subscribe_with_options(
                 subject,
-                &PullSubscribeOptions::new().bind_stream(stream.to_string()).consumer_config(ConsumerConfig {
-                    deliver_policy: DeliverPolicy::ByStartSeq,
-                    opt_start_seq: Some(st.next_seq.max(1)),
-                    ack_policy: AckPolicy::All,
-                    filter_subject: subject.to_string(),
-                    replay_policy: ReplayPolicy::Instant,
-                    inactive_threshold: Duration::from_secs(30),
-                    ..Default::default()
-                }),
+                &PullSubscribeOptions::new()
+                    .bind_stream(stream.to_string())
+                    .consumer_config(ConsumerConfig {
+                        deliver_policy: DeliverPolicy::ByStartSeq,
+                        opt_start_seq: Some(st.next_seq.max(1)),
+                        ack_policy: AckPolicy::All,
+                        filter_subject: subject.to_string(),
+                        replay_policy: ReplayPolicy::Instant,
+                        inactive_threshold: Duration::from_secs(30),
+                        ..Default::default()
+                    }),
             )
             .map_err(nats_err("start the snapshot download"))?;
         while st.chunks < p.chunks && !stopped() {
@@ -357,7 +423,10 @@ impl SnapStore<'_> {
                 if st.bytes + msg.data.len() as u64 > p.size {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("snapshot {} is corrupt: chunk {} goes past the object's size {}", p.object, st.chunks, p.size),
+                        format!(
+                            "snapshot {} is corrupt: chunk {} goes past the object's size {}",
+                            p.object, st.chunks, p.size
+                        ),
                     ));
                 }
                 sink.file.write_all(&msg.data)?;
@@ -367,7 +436,7 @@ impl SnapStore<'_> {
                 st.next_seq = info.stream_seq + 1;
                 out.bytes_fetched += msg.data.len() as u64;
                 got += 1;
-                if st.chunks % STATE_EVERY == 0 {
+                if st.chunks.is_multiple_of(STATE_EVERY) {
                     st.save(sink.state, sink.file).ok();
                 }
                 progress(st.bytes, p.size);
@@ -387,11 +456,17 @@ impl SnapStore<'_> {
         let deadline = Instant::now() + CHUNK_WAIT + API_TIMEOUT;
         loop {
             if self.t.reconnected.load(Ordering::Relaxed) {
-                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "the link was re-established; pulling again"));
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the link was re-established; pulling again",
+                ));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "no chunk arrived in time"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no chunk arrived in time",
+                ));
             }
             match sub.next_timeout(left.min(Duration::from_millis(200))) {
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
@@ -422,13 +497,22 @@ struct Sink<'a> {
 
 impl DownloadState {
     fn fresh(p: &Pointer) -> DownloadState {
-        DownloadState { nuid: p.nuid.clone(), digest: p.digest.clone(), bytes: 0, chunks: 0, next_seq: 1 }
+        DownloadState {
+            nuid: p.nuid.clone(),
+            digest: p.digest.clone(),
+            bytes: 0,
+            chunks: 0,
+            next_seq: 1,
+        }
     }
 
     /// The saved state, if it belongs to the same object and the partial file holds its bytes.
     fn load(state: &Path, part: &Path, p: &Pointer) -> Option<DownloadState> {
         let text = std::fs::read_to_string(state).ok()?;
-        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')));
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+        };
         let num = |k: &str| field(k).and_then(|v| v.trim().parse::<u64>().ok());
         let st = DownloadState {
             nuid: field("nuid")?.to_string(),
@@ -438,7 +522,8 @@ impl DownloadState {
             next_seq: num("next_seq")?,
         };
         let on_disk = std::fs::metadata(part).ok()?.len();
-        (st.nuid == p.nuid && st.digest == p.digest && on_disk >= st.bytes && st.bytes <= p.size).then_some(st)
+        (st.nuid == p.nuid && st.digest == p.digest && on_disk >= st.bytes && st.bytes <= p.size)
+            .then_some(st)
     }
 
     /// Makes the partial file durable, then records how much of it is good.
@@ -447,7 +532,10 @@ impl DownloadState {
         let tmp = state.with_extension("state.tmp");
         std::fs::write(
             &tmp,
-            format!("nuid={}\ndigest={}\nbytes={}\nchunks={}\nnext_seq={}\n", self.nuid, self.digest, self.bytes, self.chunks, self.next_seq),
+            format!(
+                "nuid={}\ndigest={}\nbytes={}\nchunks={}\nnext_seq={}\n",
+                self.nuid, self.digest, self.bytes, self.chunks, self.next_seq
+            ),
         )?;
         std::fs::rename(&tmp, state)
     }
@@ -475,7 +563,10 @@ fn hash_prefix(file: &mut File, len: u64, digest: &mut Context) -> io::Result<()
         let want = left.min(buf.len() as u64) as usize;
         let n = file.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "partial snapshot shorter than its state says"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "partial snapshot shorter than its state says",
+            ));
         }
         digest.update(&buf[..n]);
         left -= n as u64;
@@ -501,7 +592,10 @@ mod tests {
             previous: Some("snap-10-3".into()),
         };
         assert_eq!(Pointer::decode(&p.encode()), Some(p.clone()));
-        let none = Pointer { previous: None, ..p };
+        let none = Pointer {
+            previous: None,
+            ..p
+        };
         assert_eq!(Pointer::decode(&none.encode()), Some(none));
         assert_eq!(Pointer::decode("v=2;object=x"), None);
     }

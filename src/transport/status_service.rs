@@ -20,11 +20,22 @@ impl Transport {
     /// a reconnect subscribes anew; the client itself resubscribes across its own reconnects).
     /// Exact subjects, not a wildcard: a node hears only requests meant for it, and a request for
     /// a node nobody runs gets the server's "no responders" at once.
-    pub fn serve_status(&self, cfg: &Config, node: u64, reply: impl Fn() -> String + Send + Sync + 'static) -> Result<(), TransportError> {
+    pub fn serve_status(
+        &self,
+        cfg: &Config,
+        node: u64,
+        reply: impl Fn() -> String + Send + Sync + 'static,
+    ) -> Result<(), TransportError> {
         let reply = Arc::new(reply);
         for target in [node.to_string(), "all".to_string()] {
             let subject = cfg.status_subject(&target);
-            let sub = self.nc.subscribe(&subject).map_err(|source| TransportError::Setup { what: format!("subscribe to {subject}"), source })?;
+            let sub = self
+                .nc
+                .subscribe(&subject)
+                .map_err(|source| TransportError::Setup {
+                    what: format!("subscribe to {subject}"),
+                    source,
+                })?;
             let (live, reply) = (self.live.clone(), reply.clone());
             std::thread::Builder::new()
                 .name("status-service".into())
@@ -33,7 +44,10 @@ impl Transport {
                         match sub.next_timeout(SERVICE_POLL) {
                             Ok(msg) if msg.reply.is_some() => {
                                 if let Err(e) = msg.respond(reply()) {
-                                    log::debug!("status request on {}: cannot answer: {e}", msg.subject);
+                                    log::debug!(
+                                        "status request on {}: cannot answer: {e}",
+                                        msg.subject
+                                    );
                                 }
                             }
                             Ok(_) => {}
@@ -42,7 +56,10 @@ impl Transport {
                         }
                     }
                 })
-                .map_err(|source| TransportError::Setup { what: "start the status service thread".into(), source })?;
+                .map_err(|source| TransportError::Setup {
+                    what: "start the status service thread".into(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -50,7 +67,13 @@ impl Transport {
 
 /// Sends one status request to `subject` and collects the answers for `timeout` (or until
 /// `want` answers arrived). Connecting has its own deadline (`[nats] connect_timeout_ms`).
-pub fn ask_fleet(cfg: &Config, urls: &str, subject: &str, want: Option<usize>, timeout: Duration) -> Result<Vec<Vec<u8>>, TransportError> {
+pub fn ask_fleet(
+    cfg: &Config,
+    urls: &str,
+    subject: &str,
+    want: Option<usize>,
+    timeout: Duration,
+) -> Result<Vec<Vec<u8>>, TransportError> {
     let opts = client_options(&cfg.nats)?.with_name("harmonylite status --fleet");
     let (tx, rx) = mpsc::channel();
     let target = urls.to_string();
@@ -59,11 +82,18 @@ pub fn ask_fleet(cfg: &Config, urls: &str, subject: &str, want: Option<usize>, t
         let _ = tx.send(opts.connect(&target));
     });
     let connect_timeout = Duration::from_millis(cfg.nats.connect_timeout_ms);
-    let connect_err = |source| TransportError::Connect { urls: redact_urls(urls), source, auth: cfg.nats.auth_methods().first().copied() };
+    let connect_err = |source| TransportError::Connect {
+        urls: redact_urls(urls),
+        source,
+        auth: cfg.nats.auth_methods().first().copied(),
+    };
     let nc = match rx.recv_timeout(connect_timeout) {
         Ok(r) => r.map_err(connect_err)?,
         Err(_) => {
-            let msg = format!("no connection within {} ms ([nats] connect_timeout_ms)", cfg.nats.connect_timeout_ms);
+            let msg = format!(
+                "no connection within {} ms ([nats] connect_timeout_ms)",
+                cfg.nats.connect_timeout_ms
+            );
             return Err(connect_err(io::Error::new(io::ErrorKind::TimedOut, msg)));
         }
     };
@@ -72,8 +102,11 @@ pub fn ask_fleet(cfg: &Config, urls: &str, subject: &str, want: Option<usize>, t
         move |source| TransportError::Setup { what, source }
     };
     let inbox = nc.new_inbox();
-    let sub = nc.subscribe(&inbox).map_err(setup("subscribe to the reply inbox"))?;
-    nc.publish_request(subject, &inbox, b"").map_err(setup(&format!("send the request to {subject}")))?;
+    let sub = nc
+        .subscribe(&inbox)
+        .map_err(setup("subscribe to the reply inbox"))?;
+    nc.publish_request(subject, &inbox, b"")
+        .map_err(setup(&format!("send the request to {subject}")))?;
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while want.is_none_or(|n| out.len() < n) {

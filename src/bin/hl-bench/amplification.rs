@@ -52,7 +52,13 @@ impl Amplification {
 
 /// Measures the plain baseline in `dir`, then the same rows with `cluster`'s single node.
 /// No other thread of this process may write while it runs.
-pub fn measure(dir: &Path, cluster: &Cluster, url: &str, rows: u64, row_bytes: usize) -> Result<Amplification, String> {
+pub fn measure(
+    dir: &Path,
+    cluster: &Cluster,
+    url: &str,
+    rows: u64,
+    row_bytes: usize,
+) -> Result<Amplification, String> {
     let payloads = Payloads::new(row_bytes);
 
     let plain_db = dir.join("amp-plain.db");
@@ -66,44 +72,71 @@ pub fn measure(dir: &Path, cluster: &Cluster, url: &str, rows: u64, row_bytes: u
 
     let node = &cluster.nodes[0];
     let conn = app_conn(&node.db)?;
-    let (stmts_before, captured_before) = (node.counter("sqlite_statements_total")?, node.counter("changes_captured_total")?);
+    let (stmts_before, captured_before) = (
+        node.counter("sqlite_statements_total")?,
+        node.counter("changes_captured_total")?,
+    );
     let (app_before, node_before) = (read_io(None)?, read_io(Some(node.pid))?);
     insert_rows(&conn, 1, rows, ROWS_PER_TX, &payloads)?;
     wait_drained(&node.db, rows)?;
     // The node reads its own frames back and moves its cursor: wait for that write too.
     let last_seq = stream_stats(url, &cluster.stream, &cluster.subject)?.last_seq as i64;
     let watch = reader(&node.db)?;
-    wait_for("writer node's cursor at the stream's end", Duration::from_secs(60), DRAIN_PROBE, || {
-        let cursor: Option<i64> = watch
-            .query_row("SELECT value FROM __hl_meta WHERE key = 'cursor'", [], |r| r.get(0))
-            .ok();
-        Ok((cursor.unwrap_or(0) >= last_seq).then_some(()))
-    })?;
+    wait_for(
+        "writer node's cursor at the stream's end",
+        Duration::from_secs(60),
+        DRAIN_PROBE,
+        || {
+            let cursor: Option<i64> = watch
+                .query_row(
+                    "SELECT value FROM __hl_meta WHERE key = 'cursor'",
+                    [],
+                    |r| r.get(0),
+                )
+                .ok();
+            Ok((cursor.unwrap_or(0) >= last_seq).then_some(()))
+        },
+    )?;
     checkpoint(&conn)?;
-    let (app, node_io) = (read_io(None)? - app_before, read_io(Some(node.pid))? - node_before);
+    let (app, node_io) = (
+        read_io(None)? - app_before,
+        read_io(Some(node.pid))? - node_before,
+    );
     let statements = node.counter("sqlite_statements_total")? - stmts_before;
     let captured = node.counter("changes_captured_total")? - captured_before;
-    Ok(Amplification { rows, plain, app, node: node_io, statements_per_change: statements / captured })
+    Ok(Amplification {
+        rows,
+        plain,
+        app,
+        node: node_io,
+        statements_per_change: statements / captured,
+    })
 }
 
 fn checkpoint(conn: &rusqlite::Connection) -> Result<(), String> {
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| format!("checkpoint: {e}"))
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(|e| format!("checkpoint: {e}"))
 }
 
 /// Waits until every row was stamped and published (the change log and the outbox are empty).
 fn wait_drained(db: &Path, rows: u64) -> Result<(), String> {
     let conn = reader(db)?;
-    wait_for("writer node's outbox empty", converge_timeout(rows), DRAIN_PROBE, || {
-        let q = conn.query_row(
+    wait_for(
+        "writer node's outbox empty",
+        converge_timeout(rows),
+        DRAIN_PROBE,
+        || {
+            let q = conn.query_row(
             "SELECT (SELECT count(*) FROM __hl_log_t), (SELECT count(*) FROM __hl_ver_t WHERE pending = 1), (SELECT count(*) FROM __hl_ver_t)",
             [],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
         );
-        match q {
-            Ok((0, 0, n)) if n >= rows as i64 => Ok(Some(())),
-            Ok(_) => Ok(None),
-            Err(e) if harmonylite::db::is_busy(&e) => Ok(None),
-            Err(e) => Err(format!("{}: read outbox: {e}", db.display())),
-        }
-    })
+            match q {
+                Ok((0, 0, n)) if n >= rows as i64 => Ok(Some(())),
+                Ok(_) => Ok(None),
+                Err(e) if harmonylite::db::is_busy(&e) => Ok(None),
+                Err(e) => Err(format!("{}: read outbox: {e}", db.display())),
+            }
+        },
+    )
 }

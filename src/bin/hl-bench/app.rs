@@ -28,7 +28,10 @@ static LOCK_WAIT_MS: AtomicU64 = AtomicU64::new(0);
 
 /// The application's lock waits so far: (waits, time asleep).
 pub fn lock_waits() -> (u64, Duration) {
-    (LOCK_WAITS.load(Ordering::Relaxed), Duration::from_millis(LOCK_WAIT_MS.load(Ordering::Relaxed)))
+    (
+        LOCK_WAITS.load(Ordering::Relaxed),
+        Duration::from_millis(LOCK_WAIT_MS.load(Ordering::Relaxed)),
+    )
 }
 
 /// SQLite's own busy-timeout handler (`sqliteDefaultBusyCallback`: the same sleeps, the same
@@ -58,24 +61,31 @@ fn busy_wait(count: i32) -> bool {
 /// (SQLite's handler, counted: see [`lock_waits`]).
 pub fn app_conn(path: &Path) -> Result<Connection, String> {
     let mut conn = Connection::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    conn.busy_handler(Some(busy_wait)).map_err(|e| format!("{}: busy handler: {e}", path.display()))?;
+    conn.busy_handler(Some(busy_wait))
+        .map_err(|e| format!("{}: busy handler: {e}", path.display()))?;
     conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
         .map_err(|e| format!("{}: journal_mode=WAL: {e}", path.display()))?;
-    conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(|e| format!("{}: synchronous: {e}", path.display()))?;
+    conn.execute_batch("PRAGMA synchronous=NORMAL")
+        .map_err(|e| format!("{}: synchronous: {e}", path.display()))?;
     Ok(conn)
 }
 
 /// Creates a fresh database holding the application's table (`table_sql`).
 pub fn create_db(path: &Path, table_sql: &str) -> Result<(), String> {
     let conn = app_conn(path)?;
-    conn.execute_batch(table_sql).map_err(|e| format!("{}: create table: {e}", path.display()))
+    conn.execute_batch(table_sql)
+        .map_err(|e| format!("{}: create table: {e}", path.display()))
 }
 
 /// A read-only connection for watching a replica.
 pub fn reader(path: &Path) -> Result<Connection, String> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|e| format!("open {} read-only: {e}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(2)).map_err(|e| format!("{}: busy_timeout: {e}", path.display()))?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("open {} read-only: {e}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(2))
+        .map_err(|e| format!("{}: busy_timeout: {e}", path.display()))?;
     Ok(conn)
 }
 
@@ -108,20 +118,31 @@ impl Payloads {
 
 /// Inserts ids `first..first + rows` into [`ROW_TABLE`] in transactions of `per_tx` rows (1: autocommit), as fast
 /// as possible. Returns the elapsed time.
-pub fn insert_rows(conn: &Connection, first: i64, rows: u64, per_tx: u64, payloads: &Payloads) -> Result<Duration, String> {
-    let mut stmt = conn.prepare_cached(INSERT_SQL).map_err(|e| format!("prepare insert: {e}"))?;
+pub fn insert_rows(
+    conn: &Connection,
+    first: i64,
+    rows: u64,
+    per_tx: u64,
+    payloads: &Payloads,
+) -> Result<Duration, String> {
+    let mut stmt = conn
+        .prepare_cached(INSERT_SQL)
+        .map_err(|e| format!("prepare insert: {e}"))?;
     let start = Instant::now();
     let mut i = 0u64;
     while i < rows {
         let n = per_tx.min(rows - i);
         if per_tx > 1 {
-            conn.execute_batch("BEGIN").map_err(|e| format!("begin: {e}"))?;
+            conn.execute_batch("BEGIN")
+                .map_err(|e| format!("begin: {e}"))?;
         }
         for k in i..i + n {
-            stmt.execute(params![first + k as i64, payloads.get(k)]).map_err(|e| format!("insert id {}: {e}", first + k as i64))?;
+            stmt.execute(params![first + k as i64, payloads.get(k)])
+                .map_err(|e| format!("insert id {}: {e}", first + k as i64))?;
         }
         if per_tx > 1 {
-            conn.execute_batch("COMMIT").map_err(|e| format!("commit: {e}"))?;
+            conn.execute_batch("COMMIT")
+                .map_err(|e| format!("commit: {e}"))?;
         }
         i += n;
     }
@@ -140,7 +161,10 @@ pub struct Expect {
 /// full count and checksum only once every range's last id is there.
 pub fn holds(conn: &Connection, e: &Expect) -> Result<bool, String> {
     let q = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<Option<i64>, String> {
-        match conn.prepare_cached(sql).and_then(|mut s| s.query_row(p, |r| r.get::<_, Option<i64>>(0))) {
+        match conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row(p, |r| r.get::<_, Option<i64>>(0)))
+        {
             Ok(v) => Ok(v),
             // the node may still be creating its tables; a busy replica is "not yet"
             Err(err) if harmonylite::db::is_busy(&err) => Ok(None),
@@ -148,7 +172,11 @@ pub fn holds(conn: &Connection, e: &Expect) -> Result<bool, String> {
         }
     };
     for &(lo, hi) in &e.ranges {
-        if q("SELECT max(id) FROM t WHERE id BETWEEN ?1 AND ?2", &[&lo, &hi])? != Some(hi) {
+        if q(
+            "SELECT max(id) FROM t WHERE id BETWEEN ?1 AND ?2",
+            &[&lo, &hi],
+        )? != Some(hi)
+        {
             return Ok(false);
         }
     }
@@ -165,8 +193,16 @@ pub fn holds(conn: &Connection, e: &Expect) -> Result<bool, String> {
 
 /// Polls every replica every `every` until all hold `e`; returns when the last one did.
 /// The error says how far each replica got.
-pub fn wait_converged(replicas: &[(&str, &Path)], e: &Expect, timeout: Duration, every: Duration) -> Result<Instant, String> {
-    let conns = replicas.iter().map(|(_, p)| reader(p)).collect::<Result<Vec<_>, _>>()?;
+pub fn wait_converged(
+    replicas: &[(&str, &Path)],
+    e: &Expect,
+    timeout: Duration,
+    every: Duration,
+) -> Result<Instant, String> {
+    let conns = replicas
+        .iter()
+        .map(|(_, p)| reader(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut done = vec![false; conns.len()];
     let result = wait_for("replicas holding every row", timeout, every, || {
         for (i, c) in conns.iter().enumerate() {
@@ -181,7 +217,9 @@ pub fn wait_converged(replicas: &[(&str, &Path)], e: &Expect, timeout: Duration,
             .iter()
             .zip(&conns)
             .map(|((name, _), c)| {
-                let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap_or(-1);
+                let n: i64 = c
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .unwrap_or(-1);
                 format!("{name} has {n} of {} rows", e.count)
             })
             .collect();

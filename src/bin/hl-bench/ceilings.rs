@@ -38,7 +38,12 @@ pub struct InsertRates {
 
 /// Insert rates (rows/s) of `row_bytes` rows in 1-row and 100-row transactions, each the best
 /// of [`CEILING_ROUNDS`] (1-row) or [`CEILING_ROUNDS_100`] (100-row) interleaved rounds.
-pub fn sqlite(dir: &Path, row_bytes: usize, rows_1: u64, rows_100: u64) -> Result<InsertRates, String> {
+pub fn sqlite(
+    dir: &Path,
+    row_bytes: usize,
+    rows_1: u64,
+    rows_100: u64,
+) -> Result<InsertRates, String> {
     let payloads = Payloads::new(row_bytes);
     let rate = |name: &str, triggers: Triggers, rows: u64, per_tx: u64| -> Result<f64, String> {
         let path = dir.join(format!("ceiling-{name}.db"));
@@ -46,7 +51,9 @@ pub fn sqlite(dir: &Path, row_bytes: usize, rows_1: u64, rows_100: u64) -> Resul
         match triggers {
             Triggers::None => {}
             Triggers::Capture => install_capture(&path)?,
-            Triggers::Empty => app_conn(&path)?.execute_batch(EMPTY_TRIGGER).map_err(|e| format!("create the empty trigger: {e}"))?,
+            Triggers::Empty => app_conn(&path)?
+                .execute_batch(EMPTY_TRIGGER)
+                .map_err(|e| format!("create the empty trigger: {e}"))?,
         }
         let conn = app_conn(&path)?;
         let took = insert_rows(&conn, 1, rows, per_tx, &payloads)?;
@@ -54,17 +61,36 @@ pub fn sqlite(dir: &Path, row_bytes: usize, rows_1: u64, rows_100: u64) -> Resul
         let _ = std::fs::remove_file(&path);
         Ok(rows as f64 / took.as_secs_f64())
     };
-    let mut best = InsertRates { plain_1: 0.0, plain_100: 0.0, triggers_1: 0.0, triggers_100: 0.0, empty_trigger_100: 0.0 };
+    let mut best = InsertRates {
+        plain_1: 0.0,
+        plain_100: 0.0,
+        triggers_1: 0.0,
+        triggers_100: 0.0,
+        empty_trigger_100: 0.0,
+    };
     for round in 0..CEILING_ROUNDS.max(CEILING_ROUNDS_100) {
         crate::harness::check_interrupted()?;
         if round < CEILING_ROUNDS {
-            best.plain_1 = best.plain_1.max(rate("plain-1", Triggers::None, rows_1, 1)?);
-            best.triggers_1 = best.triggers_1.max(rate("triggers-1", Triggers::Capture, rows_1, 1)?);
+            best.plain_1 = best
+                .plain_1
+                .max(rate("plain-1", Triggers::None, rows_1, 1)?);
+            best.triggers_1 =
+                best.triggers_1
+                    .max(rate("triggers-1", Triggers::Capture, rows_1, 1)?);
         }
         if round < CEILING_ROUNDS_100 {
-            best.plain_100 = best.plain_100.max(rate("plain-100", Triggers::None, rows_100, 100)?);
-            best.triggers_100 = best.triggers_100.max(rate("triggers-100", Triggers::Capture, rows_100, 100)?);
-            best.empty_trigger_100 = best.empty_trigger_100.max(rate("empty-trigger-100", Triggers::Empty, rows_100, 100)?);
+            best.plain_100 = best
+                .plain_100
+                .max(rate("plain-100", Triggers::None, rows_100, 100)?);
+            best.triggers_100 =
+                best.triggers_100
+                    .max(rate("triggers-100", Triggers::Capture, rows_100, 100)?);
+            best.empty_trigger_100 = best.empty_trigger_100.max(rate(
+                "empty-trigger-100",
+                Triggers::Empty,
+                rows_100,
+                100,
+            )?);
         }
     }
     Ok(best)
@@ -79,7 +105,10 @@ enum Triggers {
 
 /// Installs the node's capture triggers with the library, as a node's start would.
 pub fn install_capture(path: &Path) -> Result<(), String> {
-    let cfg = Config::parse(&format!("db_path = {}", toml_str(&path.display().to_string())))?;
+    let cfg = Config::parse(&format!(
+        "db_path = {}",
+        toml_str(&path.display().to_string())
+    ))?;
     let mut conn = harmonylite::db::open(path).map_err(|e| e.to_string())?;
     let schema = capture::scan(&conn, &cfg).map_err(|e| e.to_string())?;
     capture::install(&mut conn, &schema, &Default::default(), 0).map_err(|e| e.to_string())?;
@@ -96,15 +125,18 @@ pub fn connect(url: &str, stream: &str, subject: &str, node: u64) -> Result<Tran
     );
     let cfg = Config::parse(&text)?;
     let mut last = String::new();
-    wait_for(&format!("connect to {url}"), CONNECT_TIMEOUT, Duration::from_millis(100), || {
-        match Transport::connect(&cfg, url, node, 0) {
+    wait_for(
+        &format!("connect to {url}"),
+        CONNECT_TIMEOUT,
+        Duration::from_millis(100),
+        || match Transport::connect(&cfg, url, node, 0) {
             Ok(t) => Ok(Some(t)),
             Err(e) => {
                 last = e.to_string();
                 Ok(None)
             }
-        }
-    })
+        },
+    )
     .map_err(|e| format!("{e}: {last}"))
 }
 
@@ -124,13 +156,26 @@ pub struct PublishRates {
 
 /// Publish-with-ack rates (messages/s) of `payload_bytes` messages: one frame per
 /// `publish_all` call, then [`PIPELINE_DEPTH`] per call. Every message id is unique.
-pub fn publish(url: &str, payload_bytes: usize, sequential: u64, pipelined: u64) -> Result<PublishRates, String> {
+pub fn publish(
+    url: &str,
+    payload_bytes: usize,
+    sequential: u64,
+    pipelined: u64,
+) -> Result<PublishRates, String> {
     let mut t = connect(url, "BENCH_RAW", "bench.raw", 1)?;
     let data = Payloads::new(payload_bytes).get(0).as_bytes().to_vec();
     let fail = |e: harmonylite::transport::TransportError| format!("raw publish: {e}");
     let start = std::time::Instant::now();
     for i in 0..sequential {
-        t.publish_all(&[Outgoing { msg_id: format!("seq-{i}"), data: data.clone() }], ACK_TIMEOUT, &|| false).map_err(fail)?;
+        t.publish_all(
+            &[Outgoing {
+                msg_id: format!("seq-{i}"),
+                data: data.clone(),
+            }],
+            ACK_TIMEOUT,
+            &|| false,
+        )
+        .map_err(fail)?;
     }
     let seq_rate = sequential as f64 / start.elapsed().as_secs_f64();
     crate::harness::check_interrupted()?;
@@ -138,11 +183,20 @@ pub fn publish(url: &str, payload_bytes: usize, sequential: u64, pipelined: u64)
     let mut sent = 0u64;
     while sent < pipelined {
         let n = (PIPELINE_DEPTH as u64).min(pipelined - sent);
-        let batch: Vec<Outgoing> =
-            (sent..sent + n).map(|i| Outgoing { msg_id: format!("pipe-{i}"), data: data.clone() }).collect();
-        t.publish_all(&batch, ACK_TIMEOUT, &|| false).map_err(fail)?;
+        let batch: Vec<Outgoing> = (sent..sent + n)
+            .map(|i| Outgoing {
+                msg_id: format!("pipe-{i}"),
+                data: data.clone(),
+            })
+            .collect();
+        t.publish_all(&batch, ACK_TIMEOUT, &|| false)
+            .map_err(fail)?;
         sent += n;
     }
     let pipe_rate = pipelined as f64 / start.elapsed().as_secs_f64();
-    Ok(PublishRates { payload_bytes, sequential: seq_rate, pipelined: pipe_rate })
+    Ok(PublishRates {
+        payload_bytes,
+        sequential: seq_rate,
+        pipelined: pipe_rate,
+    })
 }

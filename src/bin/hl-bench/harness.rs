@@ -26,7 +26,8 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 pub fn watch_signals() -> Result<(), String> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, &INTERRUPTED).map_err(|e| format!("cannot install signal handler: {e}"))?;
+        signal_hook::flag::register(sig, &INTERRUPTED)
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
     Ok(())
 }
@@ -55,7 +56,10 @@ pub fn wait_for<T>(
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(format!("{what}: not done after {:.0} s", timeout.as_secs_f64()));
+            return Err(format!(
+                "{what}: not done after {:.0} s",
+                timeout.as_secs_f64()
+            ));
         }
         thread::sleep(every.min(deadline - now));
     }
@@ -83,7 +87,10 @@ pub fn loadavg() -> String {
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A folder for databases, configs and logs; removed on drop unless `HL_KEEP_TMP=1`.
@@ -94,9 +101,14 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Result<Scratch, String> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("hl-bench-{}-{nanos:08x}", std::process::id()));
-        fs::create_dir_all(&path).map_err(|e| format!("cannot create scratch folder {}: {e}", path.display()))?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("hl-bench-{}-{nanos:08x}", std::process::id()));
+        fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create scratch folder {}: {e}", path.display()))?;
         let keep = std::env::var("HL_KEEP_TMP").is_ok_and(|v| v == "1");
         Ok(Scratch { path, keep })
     }
@@ -111,7 +123,10 @@ impl Drop for Scratch {
         if self.keep {
             eprintln!("hl-bench: kept {} (HL_KEEP_TMP=1)", self.path.display());
         } else if let Err(e) = fs::remove_dir_all(&self.path) {
-            eprintln!("hl-bench: warning: cannot remove {}: {e}", self.path.display());
+            eprintln!(
+                "hl-bench: warning: cannot remove {}: {e}",
+                self.path.display()
+            );
         }
     }
 }
@@ -119,15 +134,22 @@ impl Drop for Scratch {
 /// A port nobody listens on right now (the OS picks it; a race with another process is possible
 /// but the server's start would then fail loudly).
 pub fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind 127.0.0.1:0 to find a free port: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| format!("cannot read the free port: {e}"))
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("cannot bind 127.0.0.1:0 to find a free port: {e}"))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot read the free port: {e}"))
 }
 
 /// `NATS_SERVER`, else the copy `scripts/tools.sh` installs, else `nats-server` on PATH.
 pub fn find_nats_server() -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("NATS_SERVER") {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(format!("NATS_SERVER={} is not a file", p.display())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("NATS_SERVER={} is not a file", p.display()))
+        };
     }
     let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/py/bin/nats-server");
     if tools.is_file() {
@@ -145,14 +167,22 @@ pub fn find_nats_server() -> Result<PathBuf, String> {
 pub fn find_node_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("HL_NODE_BIN") {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(format!("HL_NODE_BIN={} is not a file", p.display())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("HL_NODE_BIN={} is not a file", p.display()))
+        };
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate hl-bench's own executable: {e}"))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot locate hl-bench's own executable: {e}"))?;
     let bin = exe.with_file_name("harmonylite");
     if bin.is_file() {
         Ok(bin)
     } else {
-        Err(format!("{} not found: build it first with `cargo build --release --bins`", bin.display()))
+        Err(format!(
+            "{} not found: build it first with `cargo build --release --bins`",
+            bin.display()
+        ))
     }
 }
 
@@ -168,7 +198,10 @@ fn stop_child(child: &mut Child, timeout: Duration) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).stderr(Stdio::null()).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -193,8 +226,11 @@ impl Server {
         let port = free_port()?;
         let store = dir.join("nats-store");
         let log = dir.join("nats-server.log");
-        let out = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| format!("cannot share {}: {e}", log.display()))?;
+        let out =
+            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("cannot share {}: {e}", log.display()))?;
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(&store)
@@ -203,14 +239,31 @@ impl Server {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let mut server = Server { pid: child.id(), child, url: format!("nats://127.0.0.1:{port}"), log };
+        let mut server = Server {
+            pid: child.id(),
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            log,
+        };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for("nats-server accepting connections", SERVER_START_TIMEOUT, Duration::from_millis(20), || {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!("nats-server exited with {status}:\n{}", log_tail(&server.log, 20)));
-            }
-            Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok().map(|_| ()))
-        })?;
+        wait_for(
+            "nats-server accepting connections",
+            SERVER_START_TIMEOUT,
+            Duration::from_millis(20),
+            || {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    return Err(format!(
+                        "nats-server exited with {status}:\n{}",
+                        log_tail(&server.log, 20)
+                    ));
+                }
+                Ok(
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                        .ok()
+                        .map(|_| ()),
+                )
+            },
+        )?;
         Ok(server)
     }
 }
@@ -259,11 +312,14 @@ impl NodeProc {
             toml_str(spec.subject),
         );
         let text = match spec.metrics_port {
-            Some(port) => format!("{text}[prometheus]\nenable = true\nbind = \"127.0.0.1:{port}\"\n"),
+            Some(port) => {
+                format!("{text}[prometheus]\nenable = true\nbind = \"127.0.0.1:{port}\"\n")
+            }
             None => text,
         };
         fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
-        let err = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let err =
+            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let child = Command::new(bin)
             .arg("--config")
             .arg(&config)
@@ -289,7 +345,11 @@ impl NodeProc {
         let what = format!("node {} ready and connected", self.name);
         wait_for(&what, NODE_READY_TIMEOUT, Duration::from_millis(10), || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("node {} exited with {status}:\n{}", self.name, log_tail(&self.log, 20)));
+                return Err(format!(
+                    "node {} exited with {status}:\n{}",
+                    self.name,
+                    log_tail(&self.log, 20)
+                ));
             }
             // read only what was appended since the last look
             if let Ok(mut f) = File::open(&self.log) {
@@ -303,19 +363,31 @@ impl NodeProc {
             }
             Ok((seen.contains("node ready") && seen.contains("connected to nats")).then_some(()))
         })
-        .map_err(|e| format!("{e}\nlog {}:\n{}", self.log.display(), log_tail(&self.log, 20)))
+        .map_err(|e| {
+            format!(
+                "{e}\nlog {}:\n{}",
+                self.log.display(),
+                log_tail(&self.log, 20)
+            )
+        })
     }
 }
 
 impl NodeProc {
     /// The value of counter `name` (without the `harmonylite_` prefix) from the node's `/metrics`.
     pub fn counter(&self, name: &str) -> Result<f64, String> {
-        let port = self.metrics_port.ok_or_else(|| format!("node {} serves no metrics", self.name))?;
-        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("metrics of {}: {e}", self.name))?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").map_err(|e| format!("metrics of {}: {e}", self.name))?;
+        let port = self
+            .metrics_port
+            .ok_or_else(|| format!("node {} serves no metrics", self.name))?;
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .map_err(|e| format!("metrics of {}: {e}", self.name))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .map_err(|e| format!("metrics of {}: {e}", self.name))?;
         let mut text = String::new();
-        s.read_to_string(&mut text).map_err(|e| format!("metrics of {}: {e}", self.name))?;
+        s.read_to_string(&mut text)
+            .map_err(|e| format!("metrics of {}: {e}", self.name))?;
         let key = format!("harmonylite_{name} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&key))
@@ -348,7 +420,10 @@ pub struct Io {
 impl std::ops::Sub for Io {
     type Output = Io;
     fn sub(self, o: Io) -> Io {
-        Io { wchar: self.wchar.saturating_sub(o.wchar), write_bytes: self.write_bytes.saturating_sub(o.write_bytes) }
+        Io {
+            wchar: self.wchar.saturating_sub(o.wchar),
+            write_bytes: self.write_bytes.saturating_sub(o.write_bytes),
+        }
     }
 }
 
@@ -368,7 +443,8 @@ fn field(text: &str, key: &str) -> Option<u64> {
 
 pub fn read_io(pid: Option<u32>) -> Result<Io, String> {
     let path = proc_file(pid, "io");
-    let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     match (field(&text, "wchar"), field(&text, "write_bytes")) {
         (Some(wchar), Some(write_bytes)) => Ok(Io { wchar, write_bytes }),
         _ => Err(format!("{}: no wchar/write_bytes lines", path.display())),
@@ -378,7 +454,8 @@ pub fn read_io(pid: Option<u32>) -> Result<Io, String> {
 /// A `kB` line of `/proc/PID/status`, e.g. `VmHWM` or `VmRSS`.
 pub fn status_kib(pid: u32, key: &str) -> Result<u64, String> {
     let path = proc_file(Some(pid), "status");
-    let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     field(&text, key).ok_or_else(|| format!("{}: no {key} line", path.display()))
 }
 
@@ -393,7 +470,11 @@ pub fn cpu_time(pid: u32) -> Result<Duration, String> {
     if let Ok(dir) = fs::read_dir(&tasks) {
         for entry in dir.flatten() {
             if let Ok(text) = fs::read_to_string(entry.path().join("schedstat")) {
-                if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                if let Some(ns) = text
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
                     total += ns;
                     found = true;
                 }
@@ -410,10 +491,14 @@ pub fn cpu_time(pid: u32) -> Result<Duration, String> {
 /// (10 ms here), for windows of seconds.
 pub fn process_cpu_time(pid: u32) -> Result<Duration, String> {
     let path = proc_file(Some(pid), "stat");
-    let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // fields after the command name, which may contain spaces: state is field 3, utime 14, stime 15
     let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     Ok(Duration::from_millis(ticks * 1000 / clock_ticks()))
 }

@@ -5,7 +5,7 @@
 //! watcher thread per replica polls for new ids every millisecond and notes when each first
 //! became visible. Lag = visible − committed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -34,7 +34,13 @@ pub struct Lag {
 
 /// Writes single-row transactions on node a at `rate` rows/s for `secs` seconds (ids from
 /// `first`), and measures when each row became visible on every other node.
-pub fn steady(cluster: &Cluster, rate: u32, secs: u64, first: i64, row_bytes: usize) -> Result<Lag, String> {
+pub fn steady(
+    cluster: &Cluster,
+    rate: u32,
+    secs: u64,
+    first: i64,
+    row_bytes: usize,
+) -> Result<Lag, String> {
     let rows = rate as u64 * secs;
     let last = first + rows as i64 - 1;
     // Watchers stop once they saw `last`, or when the writer failed (then `abort` is set).
@@ -79,10 +85,18 @@ pub fn steady(cluster: &Cluster, rate: u32, secs: u64, first: i64, row_bytes: us
 
 /// Commits one row every 1/rate s on an absolute schedule (a late commit does not shift the
 /// next ones). Returns each row's commit time and the total time.
-fn write_paced(cluster: &Cluster, rate: u32, rows: u64, first: i64, row_bytes: usize) -> Result<(Vec<Instant>, Duration), String> {
+fn write_paced(
+    cluster: &Cluster,
+    rate: u32,
+    rows: u64,
+    first: i64,
+    row_bytes: usize,
+) -> Result<(Vec<Instant>, Duration), String> {
     let payloads = Payloads::new(row_bytes);
     let conn = app_conn(cluster.db(0))?;
-    let mut stmt = conn.prepare("INSERT INTO t(id, ts, v) VALUES (?1, ?2, ?3)").map_err(|e| format!("prepare: {e}"))?;
+    let mut stmt = conn
+        .prepare("INSERT INTO t(id, ts, v) VALUES (?1, ?2, ?3)")
+        .map_err(|e| format!("prepare: {e}"))?;
     let period = Duration::from_secs(1) / rate;
     let mut committed = Vec::with_capacity(rows as usize);
     let start = Instant::now();
@@ -96,7 +110,8 @@ fn write_paced(cluster: &Cluster, rate: u32, rows: u64, first: i64, row_bytes: u
             thread::sleep(due - now);
         }
         let id = first + i as i64;
-        stmt.execute(params![id, unix_ms(), payloads.get(i)]).map_err(|e| format!("insert id {id}: {e}"))?;
+        stmt.execute(params![id, unix_ms(), payloads.get(i)])
+            .map_err(|e| format!("insert id {id}: {e}"))?;
         committed.push(Instant::now());
     }
     Ok((committed, start.elapsed()))
@@ -104,9 +119,17 @@ fn write_paced(cluster: &Cluster, rate: u32, rows: u64, first: i64, row_bytes: u
 
 /// Polls a replica for ids in `first..=last` until it saw `last` (ids arrive in order from a
 /// single writer, and the final check counts them), noting when each first appeared.
-fn watch(db: &PathBuf, first: i64, last: i64, secs: u64, abort: &AtomicBool) -> Result<Vec<(i64, Instant)>, String> {
+fn watch(
+    db: &Path,
+    first: i64,
+    last: i64,
+    secs: u64,
+    abort: &AtomicBool,
+) -> Result<Vec<(i64, Instant)>, String> {
     let conn = reader(db)?;
-    let mut stmt = conn.prepare("SELECT id FROM t WHERE id > ?1 AND id <= ?2 ORDER BY id").map_err(|e| format!("prepare: {e}"))?;
+    let mut stmt = conn
+        .prepare("SELECT id FROM t WHERE id > ?1 AND id <= ?2 ORDER BY id")
+        .map_err(|e| format!("prepare: {e}"))?;
     let mut seen = Vec::with_capacity((last - first + 1) as usize);
     let mut high = first - 1;
     let deadline = Instant::now() + Duration::from_secs(secs) + DRAIN_TIMEOUT;
@@ -124,7 +147,10 @@ fn watch(db: &PathBuf, first: i64, last: i64, secs: u64, abort: &AtomicBool) -> 
                 secs as f64 + DRAIN_TIMEOUT.as_secs_f64()
             ));
         }
-        let ids: Vec<i64> = match stmt.query_map(params![high, last], |r| r.get(0)).and_then(|rows| rows.collect()) {
+        let ids: Vec<i64> = match stmt
+            .query_map(params![high, last], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+        {
             Ok(ids) => ids,
             Err(e) if harmonylite::db::is_busy(&e) => Vec::new(),
             Err(e) => return Err(format!("{}: probe: {e}", db.display())),
@@ -137,7 +163,12 @@ fn watch(db: &PathBuf, first: i64, last: i64, secs: u64, abort: &AtomicBool) -> 
         thread::sleep(WATCH_PROBE);
     }
     if seen.len() as i64 != last - first + 1 {
-        return Err(format!("{}: {} rows became visible, expected {} (a gap)", db.display(), seen.len(), last - first + 1));
+        return Err(format!(
+            "{}: {} rows became visible, expected {} (a gap)",
+            db.display(),
+            seen.len(),
+            last - first + 1
+        ));
     }
     Ok(seen)
 }
@@ -159,16 +190,46 @@ pub struct Idle {
 
 /// Leaves the cluster without writes for `window` and reads each node's CPU time and RSS.
 pub fn idle(cluster: &Cluster, window: Duration) -> Result<Idle, String> {
-    let before = cluster.nodes.iter().map(|n| cpu_time(n.pid)).collect::<Result<Vec<_>, _>>()?;
+    let before = cluster
+        .nodes
+        .iter()
+        .map(|n| cpu_time(n.pid))
+        .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     pause(window)?;
-    let after = cluster.nodes.iter().map(|n| cpu_time(n.pid)).collect::<Result<Vec<_>, _>>()?;
+    let after = cluster
+        .nodes
+        .iter()
+        .map(|n| cpu_time(n.pid))
+        .collect::<Result<Vec<_>, _>>()?;
     let secs = start.elapsed().as_secs_f64();
-    let cpu_pct = before.iter().zip(&after).map(|(b, a)| a.saturating_sub(*b).as_secs_f64() / secs * 100.0).collect();
-    let rss_kib = cluster.nodes.iter().map(|n| status_kib(n.pid, "VmRSS")).collect::<Result<Vec<_>, _>>()?;
-    let rss_anon_kib = cluster.nodes.iter().map(|n| status_kib(n.pid, "RssAnon")).collect::<Result<Vec<_>, _>>()?;
-    let rss_shared_lib_kib = cluster.nodes.iter().map(|n| shared_lib_kib(n.pid)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Idle { window_secs: secs, cpu_pct, rss_kib, rss_anon_kib, rss_shared_lib_kib })
+    let cpu_pct = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.saturating_sub(*b).as_secs_f64() / secs * 100.0)
+        .collect();
+    let rss_kib = cluster
+        .nodes
+        .iter()
+        .map(|n| status_kib(n.pid, "VmRSS"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rss_anon_kib = cluster
+        .nodes
+        .iter()
+        .map(|n| status_kib(n.pid, "RssAnon"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rss_shared_lib_kib = cluster
+        .nodes
+        .iter()
+        .map(|n| shared_lib_kib(n.pid))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Idle {
+        window_secs: secs,
+        cpu_pct,
+        rss_kib,
+        rss_anon_kib,
+        rss_shared_lib_kib,
+    })
 }
 
 /// The `Rss:` of every mapping of a shared library (`*.so` or `*.so.N`), KiB.
@@ -186,7 +247,10 @@ fn shared_lib_kib(pid: u32) -> Result<u64, String> {
             let file = name.rsplit('/').next().unwrap_or("");
             in_lib = name.starts_with('/') && (file.ends_with(".so") || file.contains(".so."));
         } else if in_lib && first == "Rss:" {
-            total += words.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total += words
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     Ok(total)

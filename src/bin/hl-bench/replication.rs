@@ -10,7 +10,9 @@ use rusqlite::params;
 
 use crate::app::{app_conn, create_db, insert_rows, lock_waits, wait_converged, Expect, Payloads};
 pub use crate::app::{ROW_TABLE, STAMPED_TABLE};
-use crate::harness::{check_interrupted, free_port, process_cpu_time, status_kib, NodeProc, NodeSpec};
+use crate::harness::{
+    check_interrupted, free_port, process_cpu_time, status_kib, NodeProc, NodeSpec,
+};
 
 /// How often the replicas' files are probed while waiting for the last row.
 const CONVERGE_PROBE: Duration = Duration::from_millis(5);
@@ -45,7 +47,13 @@ impl Cluster {
     /// Creates `n` databases holding the application's table (`table_sql`), starts a node
     /// beside each and waits until all are ready and connected.
     /// With `metrics`, the first node serves `/metrics` (see [`NodeProc::counter`]).
-    pub fn start(env: &Env, tag: &str, n: usize, table_sql: &str, metrics: bool) -> Result<Cluster, String> {
+    pub fn start(
+        env: &Env,
+        tag: &str,
+        n: usize,
+        table_sql: &str,
+        metrics: bool,
+    ) -> Result<Cluster, String> {
         let stream = format!("BENCH_{}", tag.to_uppercase().replace('-', "_"));
         let subject = format!("bench.{tag}");
         let mut nodes = Vec::with_capacity(n);
@@ -53,7 +61,11 @@ impl Cluster {
             let name = format!("{tag}-{}", (b'a' + k as u8) as char);
             let db: PathBuf = env.dir.join(format!("{name}.db"));
             create_db(&db, table_sql)?;
-            let metrics_port = if metrics && k == 0 { Some(free_port()?) } else { None };
+            let metrics_port = if metrics && k == 0 {
+                Some(free_port()?)
+            } else {
+                None
+            };
             let spec = NodeSpec {
                 name: &name,
                 db: &db,
@@ -68,7 +80,12 @@ impl Cluster {
         for node in &mut nodes {
             node.wait_ready()?;
         }
-        Ok(Cluster { nodes, stream, subject, server_pid: env.server_pid })
+        Ok(Cluster {
+            nodes,
+            stream,
+            subject,
+            server_pid: env.server_pid,
+        })
     }
 
     pub fn db(&self, k: usize) -> &Path {
@@ -77,15 +94,26 @@ impl Cluster {
 
     /// Largest VmHWM (peak resident set) among the nodes, KiB.
     pub fn peak_rss_kib(&self) -> Result<u64, String> {
-        self.nodes.iter().map(|n| status_kib(n.pid, "VmHWM")).try_fold(0, |m, r| r.map(|v| m.max(v)))
+        self.nodes
+            .iter()
+            .map(|n| status_kib(n.pid, "VmHWM"))
+            .try_fold(0, |m, r| r.map(|v| m.max(v)))
     }
 
     fn replicas_except(&self, writer: usize) -> Vec<(&str, &Path)> {
-        self.nodes.iter().enumerate().filter(|(k, _)| *k != writer).map(|(_, n)| (n.name.as_str(), n.db.as_path())).collect()
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != writer)
+            .map(|(_, n)| (n.name.as_str(), n.db.as_path()))
+            .collect()
     }
 
     fn all(&self) -> Vec<(&str, &Path)> {
-        self.nodes.iter().map(|n| (n.name.as_str(), n.db.as_path())).collect()
+        self.nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.db.as_path()))
+            .collect()
     }
 }
 
@@ -101,8 +129,14 @@ impl CpuMeter {
         let mut procs = vec![("bench".to_string(), std::process::id())];
         procs.extend(cluster.nodes.iter().map(|n| (n.name.clone(), n.pid)));
         procs.push(("nats-server".to_string(), cluster.server_pid));
-        let procs = procs.into_iter().map(|(n, p)| process_cpu_time(p).map(|t| (n, p, t))).collect::<Result<_, _>>()?;
-        Ok(CpuMeter { procs, waits: lock_waits() })
+        let procs = procs
+            .into_iter()
+            .map(|(n, p)| process_cpu_time(p).map(|t| (n, p, t)))
+            .collect::<Result<_, _>>()?;
+        Ok(CpuMeter {
+            procs,
+            waits: lock_waits(),
+        })
     }
 
     /// CPU seconds per process, and the application's (lock waits, seconds asleep).
@@ -112,7 +146,9 @@ impl CpuMeter {
         let cpu = self
             .procs
             .into_iter()
-            .map(|(n, p, t)| process_cpu_time(p).map(|now| (n, now.saturating_sub(t).as_secs_f64())))
+            .map(|(n, p, t)| {
+                process_cpu_time(p).map(|now| (n, now.saturating_sub(t).as_secs_f64()))
+            })
             .collect::<Result<_, _>>()?;
         Ok((cpu, (n1 - n0, t1.saturating_sub(t0).as_secs_f64())))
     }
@@ -143,7 +179,12 @@ impl Throughput {
 /// One writer, two replicas: `rows` rows of `row_bytes` inserted on node a in 100-row
 /// transactions; done when nodes b and c hold every row. Round `round` (from 0) continues the
 /// ids of the earlier rounds (contiguous ids: larger ids would cost wire bytes of their own).
-pub fn one_writer(cluster: &Cluster, round: u64, rows: u64, row_bytes: usize) -> Result<Throughput, String> {
+pub fn one_writer(
+    cluster: &Cluster,
+    round: u64,
+    rows: u64,
+    row_bytes: usize,
+) -> Result<Throughput, String> {
     let payloads = Payloads::new(row_bytes);
     let conn = app_conn(cluster.db(0))?;
     let first = (round * rows) as i64 + 1;
@@ -151,8 +192,17 @@ pub fn one_writer(cluster: &Cluster, round: u64, rows: u64, row_bytes: usize) ->
     let start = Instant::now();
     let wrote = insert_rows(&conn, first, rows, ROWS_PER_TX, &payloads)?;
     let total = (rows * (round + 1)) as i64;
-    let expect = Expect { ranges: vec![(first, first + rows as i64 - 1)], count: total, ts_sum: None };
-    let done = wait_converged(&cluster.replicas_except(0), &expect, converge_timeout(rows), CONVERGE_PROBE)?;
+    let expect = Expect {
+        ranges: vec![(first, first + rows as i64 - 1)],
+        count: total,
+        ts_sum: None,
+    };
+    let done = wait_converged(
+        &cluster.replicas_except(0),
+        &expect,
+        converge_timeout(rows),
+        CONVERGE_PROBE,
+    )?;
     let (cpu, lock_waits) = meter.stop()?;
     Ok(Throughput {
         changes: rows,
@@ -170,30 +220,51 @@ pub fn one_writer(cluster: &Cluster, round: u64, rows: u64, row_bytes: usize) ->
 pub fn mixed(cluster: &Cluster, ops: u64, row_bytes: usize) -> Result<Throughput, String> {
     let payloads = Payloads::new(row_bytes);
     let conn = app_conn(cluster.db(0))?;
-    let mut insert = conn.prepare("INSERT INTO t(id, ts, v) VALUES (?1, ?2, ?3)").map_err(|e| format!("prepare: {e}"))?;
-    let mut update = conn.prepare("UPDATE t SET ts = ?2, v = ?3 WHERE id = ?1").map_err(|e| format!("prepare: {e}"))?;
+    let mut insert = conn
+        .prepare("INSERT INTO t(id, ts, v) VALUES (?1, ?2, ?3)")
+        .map_err(|e| format!("prepare: {e}"))?;
+    let mut update = conn
+        .prepare("UPDATE t SET ts = ?2, v = ?3 WHERE id = ?1")
+        .map_err(|e| format!("prepare: {e}"))?;
     let meter = CpuMeter::start(cluster)?;
     let start = Instant::now();
     let mut inserted: i64 = 0;
     let mut op: u64 = 0;
     while op < ops {
-        conn.execute_batch("BEGIN").map_err(|e| format!("begin: {e}"))?;
+        conn.execute_batch("BEGIN")
+            .map_err(|e| format!("begin: {e}"))?;
         for _ in 0..ROWS_PER_TX.min(ops - op) {
             op += 1;
             if op % 2 == 1 || inserted == 0 {
                 inserted += 1;
-                insert.execute(params![inserted, op as i64, payloads.get(op)]).map_err(|e| format!("insert: {e}"))?;
+                insert
+                    .execute(params![inserted, op as i64, payloads.get(op)])
+                    .map_err(|e| format!("insert: {e}"))?;
             } else {
                 let id = (op as i64 * 7919) % inserted + 1;
-                update.execute(params![id, op as i64, payloads.get(op)]).map_err(|e| format!("update: {e}"))?;
+                update
+                    .execute(params![id, op as i64, payloads.get(op)])
+                    .map_err(|e| format!("update: {e}"))?;
             }
         }
-        conn.execute_batch("COMMIT").map_err(|e| format!("commit: {e}"))?;
+        conn.execute_batch("COMMIT")
+            .map_err(|e| format!("commit: {e}"))?;
     }
     let wrote = start.elapsed();
-    let ts_sum: i64 = conn.query_row("SELECT sum(ts) FROM t", [], |r| r.get(0)).map_err(|e| format!("checksum: {e}"))?;
-    let expect = Expect { ranges: vec![(1, inserted)], count: inserted, ts_sum: Some(ts_sum) };
-    let done = wait_converged(&cluster.replicas_except(0), &expect, converge_timeout(ops), CONVERGE_PROBE)?;
+    let ts_sum: i64 = conn
+        .query_row("SELECT sum(ts) FROM t", [], |r| r.get(0))
+        .map_err(|e| format!("checksum: {e}"))?;
+    let expect = Expect {
+        ranges: vec![(1, inserted)],
+        count: inserted,
+        ts_sum: Some(ts_sum),
+    };
+    let done = wait_converged(
+        &cluster.replicas_except(0),
+        &expect,
+        converge_timeout(ops),
+        CONVERGE_PROBE,
+    )?;
     let (cpu, lock_waits) = meter.stop()?;
     Ok(Throughput {
         changes: ops,
@@ -207,7 +278,11 @@ pub fn mixed(cluster: &Cluster, ops: u64, row_bytes: usize) -> Result<Throughput
 
 /// Every node's application inserts `rows_each` rows (own id range, 100-row transactions) at
 /// the same time; done when every node holds all of them.
-pub fn all_writers(cluster: &Cluster, rows_each: u64, row_bytes: usize) -> Result<Throughput, String> {
+pub fn all_writers(
+    cluster: &Cluster,
+    rows_each: u64,
+    row_bytes: usize,
+) -> Result<Throughput, String> {
     let n = cluster.nodes.len();
     let meter = CpuMeter::start(cluster)?;
     let start = Instant::now();
@@ -217,20 +292,44 @@ pub fn all_writers(cluster: &Cluster, rows_each: u64, row_bytes: usize) -> Resul
             thread::spawn(move || -> Result<Duration, String> {
                 let payloads = Payloads::new(row_bytes);
                 let conn = app_conn(&db)?;
-                insert_rows(&conn, (k as i64 + 1) * ID_SPACE, rows_each, ROWS_PER_TX, &payloads)
+                insert_rows(
+                    &conn,
+                    (k as i64 + 1) * ID_SPACE,
+                    rows_each,
+                    ROWS_PER_TX,
+                    &payloads,
+                )
             })
         })
         .collect();
     let mut slowest = Duration::ZERO;
     for w in writers {
-        let took = w.join().map_err(|_| "a writer thread panicked".to_string())??;
+        let took = w
+            .join()
+            .map_err(|_| "a writer thread panicked".to_string())??;
         slowest = slowest.max(took);
     }
     check_interrupted()?;
-    let ranges = (0..n as i64).map(|k| ((k + 1) * ID_SPACE, (k + 1) * ID_SPACE + rows_each as i64 - 1)).collect();
+    let ranges = (0..n as i64)
+        .map(|k| {
+            (
+                (k + 1) * ID_SPACE,
+                (k + 1) * ID_SPACE + rows_each as i64 - 1,
+            )
+        })
+        .collect();
     let total = rows_each * n as u64;
-    let expect = Expect { ranges, count: total as i64, ts_sum: None };
-    let done = wait_converged(&cluster.all(), &expect, converge_timeout(total), CONVERGE_PROBE)?;
+    let expect = Expect {
+        ranges,
+        count: total as i64,
+        ts_sum: None,
+    };
+    let done = wait_converged(
+        &cluster.all(),
+        &expect,
+        converge_timeout(total),
+        CONVERGE_PROBE,
+    )?;
     let (cpu, lock_waits) = meter.stop()?;
     Ok(Throughput {
         changes: total,

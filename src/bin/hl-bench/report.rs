@@ -6,7 +6,9 @@ use std::fmt::Write;
 use harmonylite::transport::StreamStats;
 
 use crate::amplification::Amplification;
-use crate::ceilings::{InsertRates, PublishRates, CEILING_ROUNDS, CEILING_ROUNDS_100, PIPELINE_DEPTH};
+use crate::ceilings::{
+    InsertRates, PublishRates, CEILING_ROUNDS, CEILING_ROUNDS_100, PIPELINE_DEPTH,
+};
 use crate::lag::{Idle, Lag};
 use crate::replication::Throughput;
 use crate::{Sizes, E2E_ROUNDS, MIXED_ROW_BYTES, ROW_BYTES};
@@ -120,35 +122,111 @@ pub fn table(r: &Results) -> String {
     let _ = writeln!(o, "  load average (1/5/15 min): {}", r.load);
     let _ = writeln!(o, "\nceilings (same machine, same run; sqlite: best of {CEILING_ROUNDS} rounds of {} rows, {CEILING_ROUNDS_100} of {} rows)", n(s.ceiling_rows_1 as f64), n(s.ceiling_rows_100 as f64));
     let i = &r.insert;
-    row(&mut o, "sqlite insert, plain, 1-row tx", format!("{} rows/s", n(i.plain_1)));
-    row(&mut o, "sqlite insert, plain, 100-row tx", format!("{} rows/s", n(i.plain_100)));
-    row(&mut o, "sqlite insert, capture triggers, 1-row tx", format!("{} rows/s", n(i.triggers_1)));
-    row(&mut o, "sqlite insert, capture triggers, 100-row tx", format!("{} rows/s", n(i.triggers_100)));
-    row(&mut o, "sqlite insert, an empty row trigger, 100-row tx", format!("{} rows/s", n(i.empty_trigger_100)));
+    row(
+        &mut o,
+        "sqlite insert, plain, 1-row tx",
+        format!("{} rows/s", n(i.plain_1)),
+    );
+    row(
+        &mut o,
+        "sqlite insert, plain, 100-row tx",
+        format!("{} rows/s", n(i.plain_100)),
+    );
+    row(
+        &mut o,
+        "sqlite insert, capture triggers, 1-row tx",
+        format!("{} rows/s", n(i.triggers_1)),
+    );
+    row(
+        &mut o,
+        "sqlite insert, capture triggers, 100-row tx",
+        format!("{} rows/s", n(i.triggers_100)),
+    );
+    row(
+        &mut o,
+        "sqlite insert, an empty row trigger, 100-row tx",
+        format!("{} rows/s", n(i.empty_trigger_100)),
+    );
     let pb = r.publish.payload_bytes;
-    row(&mut o, &format!("jetstream publish+ack, {pb} B, sequential"), format!("{} msg/s", n(r.publish.sequential)));
-    row(&mut o, &format!("jetstream publish+ack, {pb} B, {PIPELINE_DEPTH} in flight"), format!("{} msg/s", n(r.publish.pipelined)));
+    row(
+        &mut o,
+        &format!("jetstream publish+ack, {pb} B, sequential"),
+        format!("{} msg/s", n(r.publish.sequential)),
+    );
+    row(
+        &mut o,
+        &format!("jetstream publish+ack, {pb} B, {PIPELINE_DEPTH} in flight"),
+        format!("{} msg/s", n(r.publish.pipelined)),
+    );
 
-    let _ = writeln!(o, "\nreplication (time from the first insert until the last replica holds every change)");
+    let _ = writeln!(
+        o,
+        "\nreplication (time from the first insert until the last replica holds every change)"
+    );
     let tp = |o: &mut String, what: &str, t: &Throughput| {
-        row(o, what, format!("{} changes/s  ({} in {:.2} s; app wrote {} /s)", n(t.rate()), n(t.changes as f64), t.secs, n(t.app_rate)));
-        let cpu: Vec<String> = t.cpu.iter().map(|(name, s)| format!("{name} {s:.2}")).collect();
+        row(
+            o,
+            what,
+            format!(
+                "{} changes/s  ({} in {:.2} s; app wrote {} /s)",
+                n(t.rate()),
+                n(t.changes as f64),
+                t.secs,
+                n(t.app_rate)
+            ),
+        );
+        let cpu: Vec<String> = t
+            .cpu
+            .iter()
+            .map(|(name, s)| format!("{name} {s:.2}"))
+            .collect();
         row(o, "  cpu seconds during it", cpu.join(", "));
-        row(o, "  app slept waiting for the write lock", format!("{:.2} s in {} waits", t.lock_waits.1, t.lock_waits.0));
-        row(o, "  peak RSS of its nodes (VmHWM, largest)", format!("{} KiB", n(t.peak_rss_kib as f64)));
+        row(
+            o,
+            "  app slept waiting for the write lock",
+            format!("{:.2} s in {} waits", t.lock_waits.1, t.lock_waits.0),
+        );
+        row(
+            o,
+            "  peak RSS of its nodes (VmHWM, largest)",
+            format!("{} KiB", n(t.peak_rss_kib as f64)),
+        );
     };
     let rates: Vec<String> = r.e2e_rates.iter().map(|&x| n(x)).collect();
-    tp(&mut o, &format!("1 writer -> 2 replicas, 100-row tx (median of {E2E_ROUNDS})"), &r.e2e);
+    tp(
+        &mut o,
+        &format!("1 writer -> 2 replicas, 100-row tx (median of {E2E_ROUNDS})"),
+        &r.e2e,
+    );
     row(&mut o, "  every round, rows/s", rates.join(", "));
-    tp(&mut o, &format!("mixed, {MIXED_ROW_BYTES} B rows, half updates, 100-change tx"), &r.mixed);
-    tp(&mut o, "3 writers at once (each row to 2 other nodes)", &r.all);
+    tp(
+        &mut o,
+        &format!("mixed, {MIXED_ROW_BYTES} B rows, half updates, 100-change tx"),
+        &r.mixed,
+    );
+    tp(
+        &mut o,
+        "3 writers at once (each row to 2 other nodes)",
+        &r.all,
+    );
 
-    let _ = writeln!(o, "\nlag, commit on the writer -> visible on a replica (1-row tx, both replicas)");
+    let _ = writeln!(
+        o,
+        "\nlag, commit on the writer -> visible on a replica (1-row tx, both replicas)"
+    );
     for l in [&r.lag_1000, &r.lag_100] {
         row(
             &mut o,
-            &format!("at {} rows/s (achieved {}), {} samples", l.target_rate, n(l.achieved_rate), l.samples),
-            format!("p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms),
+            &format!(
+                "at {} rows/s (achieved {}), {} samples",
+                l.target_rate,
+                n(l.achieved_rate),
+                l.samples
+            ),
+            format!(
+                "p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                l.p50_ms, l.p99_ms, l.max_ms
+            ),
         );
     }
 
@@ -165,57 +243,169 @@ pub fn table(r: &Results) -> String {
         ),
     );
     let a = &r.amp;
-    row(&mut o, "db write_bytes per row, plain insert (app)", format!("{:.1} B", a.plain_per_row()));
+    row(
+        &mut o,
+        "db write_bytes per row, plain insert (app)",
+        format!("{:.1} B", a.plain_per_row()),
+    );
     row(
         &mut o,
         "db write_bytes per captured change (app + writer node)",
-        format!("{:.1} B  (app {:.1} + node {:.1})", a.captured_per_row(), a.app.write_bytes as f64 / a.rows as f64, a.node.write_bytes as f64 / a.rows as f64),
+        format!(
+            "{:.1} B  (app {:.1} + node {:.1})",
+            a.captured_per_row(),
+            a.app.write_bytes as f64 / a.rows as f64,
+            a.node.write_bytes as f64 / a.rows as f64
+        ),
     );
     row(
         &mut o,
         "wchar per row: plain / app / node (file writes only)",
-        format!("{:.1} / {:.1} / {:.1} B", a.plain.wchar as f64 / a.rows as f64, a.app.wchar as f64 / a.rows as f64, a.node.wchar as f64 / a.rows as f64),
+        format!(
+            "{:.1} / {:.1} / {:.1} B",
+            a.plain.wchar as f64 / a.rows as f64,
+            a.app.wchar as f64 / a.rows as f64,
+            a.node.wchar as f64 / a.rows as f64
+        ),
     );
     row(
         &mut o,
         "sqlite statements per captured change (writer node)",
-        format!("{:.3}  (its sqlite_statements_total / changes_captured_total)", a.statements_per_change),
+        format!(
+            "{:.3}  (its sqlite_statements_total / changes_captured_total)",
+            a.statements_per_change
+        ),
     );
 
-    let _ = writeln!(o, "\nfootprint (3 nodes of the lag run; peak over every scenario)");
-    row(&mut o, "peak RSS of a node (VmHWM, largest)", format!("{} KiB", n(r.peak_rss_kib as f64)));
-    row(&mut o, "steady RSS per node (VmRSS after idle window)", format!("{:?} KiB", r.idle.rss_kib));
-    row(&mut o, "  of which anonymous (RssAnon; the rest is mapped files)", format!("{:?} KiB", r.idle.rss_anon_kib));
-    row(&mut o, "  of which shared libraries (a static build has none)", format!("{:?} KiB", r.idle.rss_shared_lib_kib));
+    let _ = writeln!(
+        o,
+        "\nfootprint (3 nodes of the lag run; peak over every scenario)"
+    );
+    row(
+        &mut o,
+        "peak RSS of a node (VmHWM, largest)",
+        format!("{} KiB", n(r.peak_rss_kib as f64)),
+    );
+    row(
+        &mut o,
+        "steady RSS per node (VmRSS after idle window)",
+        format!("{:?} KiB", r.idle.rss_kib),
+    );
+    row(
+        &mut o,
+        "  of which anonymous (RssAnon; the rest is mapped files)",
+        format!("{:?} KiB", r.idle.rss_anon_kib),
+    );
+    row(
+        &mut o,
+        "  of which shared libraries (a static build has none)",
+        format!("{:?} KiB", r.idle.rss_shared_lib_kib),
+    );
     let cpu: Vec<String> = r.idle.cpu_pct.iter().map(|c| format!("{c:.3}")).collect();
-    row(&mut o, &format!("idle CPU per node over {:.0} s at {} ms poll", r.idle.window_secs, r.poll_ms), format!("[{}] % of a core", cpu.join(", ")));
-    row(&mut o, "harmonylite binary size", format!("{} bytes ({})", n(r.node_binary_bytes as f64), r.node_binary));
+    row(
+        &mut o,
+        &format!(
+            "idle CPU per node over {:.0} s at {} ms poll",
+            r.idle.window_secs, r.poll_ms
+        ),
+        format!("[{}] % of a core", cpu.join(", ")),
+    );
+    row(
+        &mut o,
+        "harmonylite binary size",
+        format!(
+            "{} bytes ({})",
+            n(r.node_binary_bytes as f64),
+            r.node_binary
+        ),
+    );
 
     let _ = writeln!(o, "\nratios and goals (issue 7)");
     let goal = |o: &mut String, what: &str, value: String, goal: String, met: bool| {
-        let _ = writeln!(o, "  {what:<46} {value:>12}   goal {goal:<12} {}", verdict(met));
+        let _ = writeln!(
+            o,
+            "  {what:<46} {value:>12}   goal {goal:<12} {}",
+            verdict(met)
+        );
     };
     let e = r.ratio_e2e_to_triggered_insert();
-    goal(&mut o, "e2e / triggered insert rate (100-row tx)", format!("{e:.4}"), format!(">= {GOAL_E2E_OVER_TRIGGERED}"), e >= GOAL_E2E_OVER_TRIGGERED);
-    let _ = writeln!(o, "  {:<46} {:>12}", "e2e rows/s / raw pipelined publish msg/s", format!("{:.4}", r.ratio_e2e_to_raw_publish()));
+    goal(
+        &mut o,
+        "e2e / triggered insert rate (100-row tx)",
+        format!("{e:.4}"),
+        format!(">= {GOAL_E2E_OVER_TRIGGERED}"),
+        e >= GOAL_E2E_OVER_TRIGGERED,
+    );
+    let _ = writeln!(
+        o,
+        "  {:<46} {:>12}",
+        "e2e rows/s / raw pipelined publish msg/s",
+        format!("{:.4}", r.ratio_e2e_to_raw_publish())
+    );
     let lg = r.lag_goal_ms();
-    goal(&mut o, "p99 lag at 1,000 rows/s", format!("{:.1} ms", r.lag_1000.p99_ms), format!("<= {lg:.0} ms"), r.lag_1000.p99_ms <= lg);
+    goal(
+        &mut o,
+        "p99 lag at 1,000 rows/s",
+        format!("{:.1} ms", r.lag_1000.p99_ms),
+        format!("<= {lg:.0} ms"),
+        r.lag_1000.p99_ms <= lg,
+    );
     let w = r.wire_bytes_per_row();
-    goal(&mut o, "wire bytes per 100-byte row", format!("{w:.1} B"), format!("<= {GOAL_WIRE_BYTES_PER_ROW:.0} B"), w <= GOAL_WIRE_BYTES_PER_ROW);
+    goal(
+        &mut o,
+        "wire bytes per 100-byte row",
+        format!("{w:.1} B"),
+        format!("<= {GOAL_WIRE_BYTES_PER_ROW:.0} B"),
+        w <= GOAL_WIRE_BYTES_PER_ROW,
+    );
     let amp = a.ratio();
-    goal(&mut o, "db bytes per captured change / plain insert", format!("{amp:.2}x"), format!("<= {GOAL_WRITE_AMPLIFICATION:.0}x"), amp <= GOAL_WRITE_AMPLIFICATION);
-    let _ = writeln!(o, "  {:<46} {:>12}", "  same from wchar (cross-check)", format!("{:.2}x", a.wchar_ratio()));
+    goal(
+        &mut o,
+        "db bytes per captured change / plain insert",
+        format!("{amp:.2}x"),
+        format!("<= {GOAL_WRITE_AMPLIFICATION:.0}x"),
+        amp <= GOAL_WRITE_AMPLIFICATION,
+    );
+    let _ = writeln!(
+        o,
+        "  {:<46} {:>12}",
+        "  same from wchar (cross-check)",
+        format!("{:.2}x", a.wchar_ratio())
+    );
     let t = r.trigger_overhead_ratio();
-    goal(&mut o, "capture trigger cost / plain insert (100-row tx)", format!("{t:.2}x"), format!("<= {GOAL_TRIGGER_OVERHEAD:.0}x"), t <= GOAL_TRIGGER_OVERHEAD);
-    let _ = writeln!(o, "  {:<46} {:>12}", "  floor: an empty row trigger / plain insert", format!("{:.2}x", r.empty_trigger_overhead_ratio()));
+    goal(
+        &mut o,
+        "capture trigger cost / plain insert (100-row tx)",
+        format!("{t:.2}x"),
+        format!("<= {GOAL_TRIGGER_OVERHEAD:.0}x"),
+        t <= GOAL_TRIGGER_OVERHEAD,
+    );
+    let _ = writeln!(
+        o,
+        "  {:<46} {:>12}",
+        "  floor: an empty row trigger / plain insert",
+        format!("{:.2}x", r.empty_trigger_overhead_ratio())
+    );
     let rss = r.rss_steady_kib() as f64;
-    goal(&mut o, "steady RSS per node (largest)", format!("{} KiB", n(rss)), format!("<= {} KiB", n(GOAL_RSS_KIB)), rss <= GOAL_RSS_KIB);
+    goal(
+        &mut o,
+        "steady RSS per node (largest)",
+        format!("{} KiB", n(rss)),
+        format!("<= {} KiB", n(GOAL_RSS_KIB)),
+        rss <= GOAL_RSS_KIB,
+    );
     if r.idle.rss_shared_lib_kib.iter().any(|&k| k > 0) {
         let _ = writeln!(o, "    (a dynamically linked node: its shared libraries are counted; the shipped binary is static,");
         let _ = writeln!(o, "     measure it with `bash cross/build.sh` and HL_NODE_BIN=dist/harmonylite-x86_64-unknown-linux-musl)");
     }
     let c = r.idle_cpu_pct();
-    goal(&mut o, "idle CPU per node (largest)", format!("{c:.3} %"), format!("<= {GOAL_IDLE_CPU_PCT} %"), c <= GOAL_IDLE_CPU_PCT);
+    goal(
+        &mut o,
+        "idle CPU per node (largest)",
+        format!("{c:.3} %"),
+        format!("<= {GOAL_IDLE_CPU_PCT} %"),
+        c <= GOAL_IDLE_CPU_PCT,
+    );
     o
 }
 
@@ -238,17 +428,42 @@ pub fn json(r: &Results) -> String {
         ("row_bytes", ROW_BYTES.to_string()),
         ("e2e_rows", r.e2e.changes.to_string()),
         ("e2e_rows_per_s", num(r.e2e.rate())),
-        ("e2e_rounds_rows_per_s", format!("[{}]", r.e2e_rates.iter().map(|&x| num(x)).collect::<Vec<_>>().join(","))),
+        (
+            "e2e_rounds_rows_per_s",
+            format!(
+                "[{}]",
+                r.e2e_rates
+                    .iter()
+                    .map(|&x| num(x))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
         ("e2e_app_lock_wait_s", num(r.e2e.lock_waits.1)),
         ("e2e_app_rows_per_s", num(r.e2e.app_rate)),
         ("insert_rows_per_s", num(r.insert.plain_100)),
-        ("insert_with_triggers_rows_per_s", num(r.insert.triggers_100)),
+        (
+            "insert_with_triggers_rows_per_s",
+            num(r.insert.triggers_100),
+        ),
         ("insert_1row_tx_rows_per_s", num(r.insert.plain_1)),
-        ("insert_with_triggers_1row_tx_rows_per_s", num(r.insert.triggers_1)),
+        (
+            "insert_with_triggers_1row_tx_rows_per_s",
+            num(r.insert.triggers_1),
+        ),
         ("raw_publish_msgs_per_s", num(r.publish.pipelined)),
-        ("raw_publish_sequential_msgs_per_s", num(r.publish.sequential)),
-        ("ratio_e2e_to_triggered_insert", num(r.ratio_e2e_to_triggered_insert())),
-        ("ratio_e2e_to_raw_publish", num(r.ratio_e2e_to_raw_publish())),
+        (
+            "raw_publish_sequential_msgs_per_s",
+            num(r.publish.sequential),
+        ),
+        (
+            "ratio_e2e_to_triggered_insert",
+            num(r.ratio_e2e_to_triggered_insert()),
+        ),
+        (
+            "ratio_e2e_to_raw_publish",
+            num(r.ratio_e2e_to_raw_publish()),
+        ),
         ("mixed_changes_per_s", num(r.mixed.rate())),
         ("mixed_row_bytes", MIXED_ROW_BYTES.to_string()),
         ("all_writers_rows_per_s", num(r.all.rate())),
@@ -267,13 +482,37 @@ pub fn json(r: &Results) -> String {
         ("statements_per_change", num(a.statements_per_change)),
         ("rss_steady_kib", r.rss_steady_kib().to_string()),
         ("rss_peak_kib", r.peak_rss_kib.to_string()),
-        ("rss_steady_anon_kib", r.idle.rss_anon_kib.iter().max().copied().unwrap_or(0).to_string()),
-        ("rss_steady_shared_lib_kib", r.idle.rss_shared_lib_kib.iter().max().copied().unwrap_or(0).to_string()),
+        (
+            "rss_steady_anon_kib",
+            r.idle
+                .rss_anon_kib
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+        ),
+        (
+            "rss_steady_shared_lib_kib",
+            r.idle
+                .rss_shared_lib_kib
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+        ),
         ("idle_cpu_pct", num(r.idle_cpu_pct())),
         ("idle_window_s", num(r.idle.window_secs)),
         ("trigger_overhead_ratio", num(r.trigger_overhead_ratio())),
-        ("empty_trigger_overhead_ratio", num(r.empty_trigger_overhead_ratio())),
-        ("insert_with_empty_trigger_rows_per_s", num(r.insert.empty_trigger_100)),
+        (
+            "empty_trigger_overhead_ratio",
+            num(r.empty_trigger_overhead_ratio()),
+        ),
+        (
+            "insert_with_empty_trigger_rows_per_s",
+            num(r.insert.empty_trigger_100),
+        ),
         ("node_binary_bytes", r.node_binary_bytes.to_string()),
         ("elapsed_s", num(r.elapsed_secs)),
     ];

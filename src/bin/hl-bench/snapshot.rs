@@ -45,7 +45,13 @@ fn config(dir: &Path, name: &str, db: &Path, url: &str, extra: &str) -> Result<P
 }
 
 /// Runs `bin args` to its end (or until `done` says so, then SIGTERM), sampling its peak RSS.
-fn run(bin: &Path, args: &[&str], log: &Path, done: impl Fn() -> bool, limit: Duration) -> Result<Run, String> {
+fn run(
+    bin: &Path,
+    args: &[&str],
+    log: &Path,
+    done: impl Fn() -> bool,
+    limit: Duration,
+) -> Result<Run, String> {
     let out = File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let started = Instant::now();
@@ -65,30 +71,44 @@ fn run(bin: &Path, args: &[&str], log: &Path, done: impl Fn() -> bool, limit: Du
         }
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             if !status.success() {
-                return Err(format!("{} {args:?} exited with {status}:\n{}", bin.display(), fs::read_to_string(log).unwrap_or_default()));
+                return Err(format!(
+                    "{} {args:?} exited with {status}:\n{}",
+                    bin.display(),
+                    fs::read_to_string(log).unwrap_or_default()
+                ));
             }
             break;
         }
         if secs.is_none() && done() {
             secs = Some(started.elapsed().as_secs_f64());
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
         if started.elapsed() > limit || check_interrupted().is_err() {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("{} {args:?} still running after {limit:?}", bin.display()));
+            return Err(format!(
+                "{} {args:?} still running after {limit:?}",
+                bin.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Run { secs: secs.unwrap_or_else(|| started.elapsed().as_secs_f64()), peak_rss_kib: peak })
+    Ok(Run {
+        secs: secs.unwrap_or_else(|| started.elapsed().as_secs_f64()),
+        peak_rss_kib: peak,
+    })
 }
 
 /// Fills `db` with about `mib` MiB of rows, in transactions of 1,000 rows.
 fn make_db(db: &Path, mib: u64) -> Result<(), String> {
     let conn = Connection::open(db).map_err(|e| e.to_string())?;
     let rows = mib * 1024 * 1024 / ROW_BYTES as u64;
-    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL);")
-        .map_err(|e| e.to_string())?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL);",
+    )
+    .map_err(|e| e.to_string())?;
     let mut done = 0;
     while done < rows {
         check_interrupted()?;
@@ -100,14 +120,22 @@ fn make_db(db: &Path, mib: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         done += n;
     }
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").map_err(|e| e.to_string())
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .map_err(|e| e.to_string())
 }
 
 fn log_has(log: &Path, what: &str) -> bool {
-    fs::read_to_string(log).map(|t| t.contains(what)).unwrap_or(false)
+    fs::read_to_string(log)
+        .map(|t| t.contains(what))
+        .unwrap_or(false)
 }
 
-pub fn measure(dir: &Path, node_bin: &Path, server: &Server, mib: u64) -> Result<SnapshotResults, String> {
+pub fn measure(
+    dir: &Path,
+    node_bin: &Path,
+    server: &Server,
+    mib: u64,
+) -> Result<SnapshotResults, String> {
     let limit = Duration::from_secs(600 + mib);
     let source = dir.join("snap-source.db");
     eprintln!("hl-bench: making a {mib} MiB database");
@@ -118,7 +146,13 @@ pub fn measure(dir: &Path, node_bin: &Path, server: &Server, mib: u64) -> Result
 
     eprintln!("hl-bench: harmonylite snapshot save");
     let save_log = dir.join("snap-save.log");
-    let save = run(node_bin, &["snapshot", "save", "--config", &cfg_s], &save_log, || false, limit)?;
+    let save = run(
+        node_bin,
+        &["snapshot", "save", "--config", &cfg_s],
+        &save_log,
+        || false,
+        limit,
+    )?;
     let snapshot_bytes = fs::read_to_string(&save_log)
         .unwrap_or_default()
         .split(" bytes)")
@@ -139,15 +173,20 @@ pub fn measure(dir: &Path, node_bin: &Path, server: &Server, mib: u64) -> Result
         limit,
     )?;
     if !log_has(&fresh_log, "database created from") {
-        return Err(format!("the fresh node did not restore:\n{}", fs::read_to_string(&fresh_log).unwrap_or_default()));
+        return Err(format!(
+            "the fresh node did not restore:\n{}",
+            fs::read_to_string(&fresh_log).unwrap_or_default()
+        ));
     }
     fs::remove_file(&fresh).ok();
 
     eprintln!("hl-bench: harmonylite snapshot restore into an existing database");
     let live = dir.join("snap-live.db");
     let conn = Connection::open(&live).map_err(|e| e.to_string())?;
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL); INSERT INTO t VALUES (1, x'00');")
-        .map_err(|e| e.to_string())?;
+    conn.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL); INSERT INTO t VALUES (1, x'00');",
+    )
+    .map_err(|e| e.to_string())?;
     drop(conn);
     let cfg = config(dir, "snap-live", &live, &server.url, "")?;
     let restore_into = run(
@@ -157,7 +196,13 @@ pub fn measure(dir: &Path, node_bin: &Path, server: &Server, mib: u64) -> Result
         || false,
         limit,
     )?;
-    Ok(SnapshotResults { db_bytes, snapshot_bytes, save, restore_new, restore_into })
+    Ok(SnapshotResults {
+        db_bytes,
+        snapshot_bytes,
+        save,
+        restore_new,
+        restore_into,
+    })
 }
 
 pub fn report(r: &SnapshotResults) -> String {
@@ -171,7 +216,11 @@ pub fn report(r: &SnapshotResults) -> String {
             run.peak_rss_kib as f64 / 1024.0
         )
     };
-    let mut o = format!("database {:.1} MiB, snapshot {:.1} MiB\n", mib(r.db_bytes), mib(r.snapshot_bytes));
+    let mut o = format!(
+        "database {:.1} MiB, snapshot {:.1} MiB\n",
+        mib(r.db_bytes),
+        mib(r.snapshot_bytes)
+    );
     o += &line("snapshot save (copy, strip, upload)", &r.save);
     o += &line("restore, no database (download, verify)", &r.restore_new);
     o += &line("snapshot restore into a live database", &r.restore_into);
