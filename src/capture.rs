@@ -72,27 +72,38 @@ pub fn register_functions(conn: &Connection) -> Result<(), DbError> {
 /// out, so a column added with NULL everywhere leaves every digest as it was; names make the
 /// digest independent of column order. Stable across versions of this program (it is stored).
 pub fn digest<'a>(mut args: impl Iterator<Item = ValueRef<'a>>) -> i64 {
-    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-    while let (Some(name), Some(value)) = (args.next(), args.next()) {
-        let (tag, bytes): (u8, std::borrow::Cow<[u8]>) = match value {
-            ValueRef::Null => continue,
-            ValueRef::Integer(i) => (1, i.to_le_bytes().to_vec().into()),
-            ValueRef::Real(f) => (2, f.to_bits().to_le_bytes().to_vec().into()),
-            ValueRef::Text(t) => (3, t.into()),
-            ValueRef::Blob(b) => (4, b.into()),
-        };
-        let name = match name {
-            ValueRef::Text(t) => t.to_ascii_lowercase(),
-            _ => Vec::new(),
-        };
-        h.update(&(name.len() as u64).to_le_bytes());
-        h.update(&name);
-        h.update(&[tag]);
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
+    thread_local! {
+        // the message hashed, reused: no allocation per row on the stamp and apply paths
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let d = h.finish();
-    i64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes of SHA-256"))
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        while let (Some(name), Some(value)) = (args.next(), args.next()) {
+            let (tag, int, bytes): (u8, [u8; 8], &[u8]) = match value {
+                ValueRef::Null => continue,
+                ValueRef::Integer(i) => (1, i.to_le_bytes(), &[]),
+                ValueRef::Real(f) => (2, f.to_bits().to_le_bytes(), &[]),
+                ValueRef::Text(t) => (3, [0; 8], t),
+                ValueRef::Blob(b) => (4, [0; 8], b),
+            };
+            let bytes = if tag <= 2 { &int[..] } else { bytes };
+            let name: &[u8] = match name {
+                ValueRef::Text(t) => t,
+                _ => &[],
+            };
+            buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            buf.extend(name.iter().map(u8::to_ascii_lowercase));
+            buf.push(tag);
+            buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            buf.extend_from_slice(bytes);
+        }
+        let d = ring::digest::digest(&ring::digest::SHA256, &buf);
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new(); // a huge row's buffer is not kept
+        }
+        i64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes of SHA-256"))
+    })
 }
 
 /// What [`install`] queued for tables whose triggers were missing.
