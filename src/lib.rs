@@ -15,9 +15,15 @@
 //! - [`frame`]: the wire format (postcard, byte-bounded batches, fragments, checksum).
 //! - [`apply`]: applying remote frames with last-writer-wins, tombstones, no echo, the cursor.
 //! - [`gap`]: holes in the stream: detection and the record kept until a snapshot repairs it.
-//! - [`transport`]: the only user of the `nats` crate: stream, consumer, publish, fetch.
+//! - [`transport`]: the only user of the `nats` crate (patched for link deadlines, see
+//!   `vendor/nats/PATCHES.md`): stream, consumer, publish, fetch, the snapshot buckets
+//!   (`transport/snapstore.rs`) and the status service (`transport/status_service.rs`).
 //! - [`embedded`]: the local nats-server started when no server is configured.
-//! - [`node`]: the loop that joins them (its publish round in `node/publish.rs`).
+//! - [`node`]: the loop that joins them; in `node/`: the NATS link (`link.rs`), the publish
+//!   round (`publish.rs`), schema watching (`schema_watch.rs`), snapshot scheduling and catch-up
+//!   (`snapshots.rs`), the operations hooks (`ops.rs`).
+//! - [`snapshot`]: snapshots, database side: a consistent stripped copy, verification, the
+//!   last-writer-wins merge into a live database.
 //! - [`schema`]: rolling schema changes: recorded definitions, pausing a table.
 //! - [`status`]: `harmonylite status`, read from the database; [`fleet`]: `status --fleet`,
 //!   asking every node through NATS.
