@@ -7,6 +7,32 @@
 //! - exactly once: the cursor advances with the data; a frame at or below it is passed over;
 //! - nothing dropped: a change that cannot be applied (unknown table or column, a constraint the
 //!   local schema adds) is parked in `__hl_parked` and retried when the schema changes.
+//!
+//! # Unique keys other than the primary key
+//!
+//! Two nodes can create rows with different primary keys and the same value of a UNIQUE column
+//! (`name = CharField(unique=True)`). Applying the other node's row then fails with `UNIQUE
+//! constraint failed`. [`resolve_unique`] settles it the way last-writer-wins settles a row:
+//! the row with the higher (version, node id) wins, the other is deleted, on every node.
+//! - The loser gets a tombstone at its own version, not a new one: nothing new is made, so a
+//!   node that sees the two rows in either order ends with the same table and the same version
+//!   rows. Received first, the loser is applied and later deleted when the winner arrives;
+//!   received second, it is not applied and only its tombstone is written. Either way a replay
+//!   of the loser's frame, or a later frame at or below its version, is stale.
+//! - The local row may be a change of this node not yet published: capture before apply stamped
+//!   it in this transaction, so it has its version and compares like any other. If it wins, it
+//!   stays pending and is published; the other node then deletes its own row the same way. If it
+//!   loses, its version row becomes a tombstone at the same version and keeps its `pending` flag:
+//!   the outbox publishes a delete at that version. That delete is needed when the row existed
+//!   elsewhere before (an update here gave it the conflicting value): other nodes hold its older
+//!   image, which does not conflict there and would otherwise stay. Where the row never existed,
+//!   the delete only writes a tombstone at the loser's version, which every node that applies
+//!   the winner writes anyway.
+//! - Bounded: one resolution per change. A row that conflicts with two rows (through two unique
+//!   indexes), a partial or expression index, a conflicting row without a version, or an upsert
+//!   that still fails after the loser is gone is parked as before (a savepoint undoes the
+//!   attempt). Chains (a row conflicting with a row that conflicts with a third) are resolved
+//!   pairwise and may end differently by arrival order; they are not claimed to converge.
 
 use std::collections::HashMap;
 
@@ -23,6 +49,8 @@ pub const CURSOR_KEY: &str = "cursor";
 pub const HLC_KEY: &str = "hlc";
 /// See [`own_replay_until`].
 pub const OWN_REPLAY_KEY: &str = "own_replay_until";
+/// `__hl_meta`: unique-key conflicts resolved on this database (for `harmonylite status`).
+pub const UNIQUE_CONFLICTS_KEY: &str = "unique_conflicts";
 
 /// A message taken from the stream.
 #[derive(Debug, Clone)]
@@ -42,6 +70,8 @@ pub struct ApplyStats {
     pub parked: u64,
     pub undecodable: u64,
     pub own: u64,
+    /// Changes that met a unique constraint other than the primary key and were resolved.
+    pub unique_conflicts: u64,
     /// The origin whose stamps were furthest ahead of our clock, and by how many ms (if ahead).
     pub ahead: Option<(u64, u64)>,
     /// The newest version seen from each origin (for the replication lag metric).
@@ -384,6 +414,12 @@ fn apply_changes(
         match outcome {
             Outcome::Applied => stats.applied += 1,
             Outcome::Stale => stats.stale += 1,
+            Outcome::Unique => {
+                stats.applied += 1;
+                stats.unique_conflicts += 1;
+                let n = db::get_meta(conn, UNIQUE_CONFLICTS_KEY)?.unwrap_or(0);
+                db::set_meta(conn, UNIQUE_CONFLICTS_KEY, n + 1)?;
+            }
             Outcome::Park(reason) => {
                 if warned.insert(idx, ()).is_none() {
                     if let Some(more) = crate::logging::repeated(&format!("park {}", header.name)) {
@@ -401,6 +437,9 @@ fn apply_changes(
 enum Outcome {
     Applied,
     Stale,
+    /// Applied after resolving a unique-key conflict (the change won, or its tombstone was
+    /// written because it lost).
+    Unique,
     Park(String),
 }
 
@@ -482,16 +521,33 @@ fn apply_one<'c>(
             s.raw_execute()
         }),
     };
+    let mut deleted = matches!(ch.op, Op::Delete(_));
+    let mut outcome = Outcome::Applied;
     if let Err(e) = result {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
-            return Ok(Outcome::Park(format!("table {}: {e}", t.table.name())));
+        if e.sqlite_error_code() != Some(rusqlite::ErrorCode::ConstraintViolation) {
+            return Err(DbError::Sql {
+                op: "apply change",
+                source: e,
+            });
         }
-        return Err(DbError::Sql {
-            op: "apply change",
-            source: e,
-        });
+        let why = match &ch.op {
+            Op::Upsert(values) if is_unique_violation(&e) => {
+                match resolve_unique(conn, t, stmts, header, origin, ch.version, values)? {
+                    Resolved::Won => None,
+                    Resolved::Lost => {
+                        deleted = true;
+                        None
+                    }
+                    Resolved::Park(why) => Some(format!("; {why}")),
+                }
+            }
+            _ => Some(String::new()),
+        };
+        if let Some(why) = why {
+            return Ok(Outcome::Park(format!("table {}: {e}{why}", t.table.name())));
+        }
+        outcome = Outcome::Unique;
     }
-    let deleted = matches!(ch.op, Op::Delete(_));
     let stmt = prepared(&mut stmts.set_version, conn, &t.set_version).ctx("write row version")?;
     let n = bind(stmt, keys()).ctx("write row version")?;
     stmt.raw_bind_parameter(n + 1, ch.version as i64)
@@ -501,7 +557,315 @@ fn apply_one<'c>(
     stmt.raw_bind_parameter(n + 3, deleted as i64)
         .ctx("write row version")?;
     stmt.raw_execute().ctx("write row version")?;
-    Ok(Outcome::Applied)
+    Ok(outcome)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+/// A unique index of a table other than its primary key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueIndex {
+    pub name: String,
+    /// Its columns (empty names for expressions).
+    pub columns: Vec<String>,
+    collations: Vec<String>,
+    /// Plain columns and not partial: conflicts on it are resolved (see the module doc).
+    pub resolvable: bool,
+}
+
+/// The unique indexes of `table` other than its primary key (UNIQUE columns, table
+/// constraints and `CREATE UNIQUE INDEX`).
+pub fn unique_indexes(conn: &Connection, table: &str) -> Result<Vec<UniqueIndex>, DbError> {
+    let list: Vec<(String, String, bool)> = conn
+        .prepare_cached("SELECT name, origin, partial FROM pragma_index_list(?1) WHERE \"unique\" = 1 ORDER BY name")
+        .and_then(|mut s| s.query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+        .ctx("read unique indexes")?;
+    let mut out = Vec::new();
+    for (name, origin, partial) in list {
+        if origin == "pk" {
+            continue;
+        }
+        let cols: Vec<(i64, Option<String>, String)> = conn
+            .prepare_cached(
+                "SELECT cid, name, coll FROM pragma_index_xinfo(?1) WHERE key = 1 ORDER BY seqno",
+            )
+            .and_then(|mut s| {
+                s.query_map([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .ctx("read unique index columns")?;
+        let resolvable = !partial && cols.iter().all(|(cid, n, _)| *cid >= 0 && n.is_some());
+        out.push(UniqueIndex {
+            name,
+            columns: cols
+                .iter()
+                .map(|(_, n, _)| n.clone().unwrap_or_default())
+                .collect(),
+            collations: cols.into_iter().map(|(_, _, c)| c).collect(),
+            resolvable,
+        });
+    }
+    Ok(out)
+}
+
+/// Logs once per table and process that its unique constraints other than the primary key are
+/// resolved by last-writer-wins (called when capture is installed).
+pub fn note_unique_indexes(conn: &Connection, table: &str) -> Result<(), DbError> {
+    static NOTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if NOTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|t| t == table)
+    {
+        return Ok(());
+    }
+    let idx = unique_indexes(conn, table)?;
+    NOTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(table.to_string());
+    if idx.is_empty() {
+        return Ok(());
+    }
+    let cols: Vec<String> = idx
+        .iter()
+        .map(|i| format!("({})", i.columns.join(",")))
+        .collect();
+    log::warn!(
+        "table {table} has unique constraints besides its primary key: {}; when two nodes create the same value under different keys, the row with the higher version wins and the other row is deleted on every node{}",
+        cols.join(" "),
+        if idx.iter().all(|i| i.resolvable) { "" } else { " (conflicts on a partial or expression index are parked instead)" }
+    );
+    Ok(())
+}
+
+enum Resolved {
+    /// The incoming row won: the conflicting local row is deleted and the row applied.
+    Won,
+    /// The incoming row lost: nothing applied; the caller writes its tombstone.
+    Lost,
+    Park(String),
+}
+
+/// Shows a key for a log line.
+fn show_key(key: &[Value]) -> String {
+    let one = |v: &Value| match v {
+        Value::Null => "NULL".to_string(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Text(t) => format!("{:?}", String::from_utf8_lossy(t)),
+        Value::Blob(b) => format!(
+            "x'{}'",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+    };
+    let parts: Vec<String> = key.iter().map(one).collect();
+    if parts.len() == 1 {
+        parts.into_iter().next().unwrap_or_default()
+    } else {
+        format!("({})", parts.join(","))
+    }
+}
+
+/// The incoming upsert `values` at (`version`, `origin`) failed on a unique constraint other
+/// than the primary key: decides which row wins (see the module doc).
+fn resolve_unique<'c>(
+    conn: &'c Connection,
+    t: &Target,
+    stmts: &mut Prepared<'c>,
+    header: &TableHeader,
+    origin: u64,
+    version: u64,
+    values: &[Value],
+) -> Result<Resolved, DbError> {
+    let table = t.table;
+    let ours = &table.header.columns;
+    let pk_cols: Vec<String> = table
+        .header
+        .pk
+        .iter()
+        .map(|&i| quote(&ours[i as usize]))
+        .collect();
+    let their_key: Vec<Value> = header
+        .pk
+        .iter()
+        .map(|&i| values[i as usize].clone())
+        .collect();
+    let mut found: Vec<(Vec<Value>, Vec<String>)> = Vec::new();
+    let mut unresolvable = None;
+    for idx in unique_indexes(conn, table.name())? {
+        let pos: Option<Vec<usize>> = idx
+            .columns
+            .iter()
+            .map(|c| header.columns.iter().position(|h| h == c))
+            .collect();
+        let (true, Some(pos)) = (idx.resolvable, pos) else {
+            unresolvable = Some(idx.name);
+            continue;
+        };
+        if pos.iter().any(|&p| matches!(values[p], Value::Null)) {
+            continue; // NULLs never conflict
+        }
+        let n = pos.len();
+        let cond: Vec<String> = idx
+            .columns
+            .iter()
+            .zip(&idx.collations)
+            .enumerate()
+            .map(|(i, (c, coll))| format!("{} = ?{} COLLATE {}", quote(c), i + 1, quote(coll)))
+            .collect();
+        let not_me: Vec<String> = pk_cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} IS ?{}", n + i + 1))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} AND NOT ({}) LIMIT 2",
+            pk_cols.join(", "),
+            quote(table.name()),
+            cond.join(" AND "),
+            not_me.join(" AND ")
+        );
+        let keys: Vec<Vec<Value>> = conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                let params: Vec<&Value> =
+                    pos.iter().map(|&p| &values[p]).chain(&their_key).collect();
+                s.query_map(rusqlite::params_from_iter(params), |r| {
+                    (0..pk_cols.len())
+                        .map(|i| r.get_ref(i).map(capture::value_of))
+                        .collect()
+                })?
+                .collect()
+            })
+            .ctx("find the conflicting row")?;
+        for k in keys {
+            if !found.iter().any(|(f, _)| *f == k) {
+                found.push((k, idx.columns.clone()));
+            }
+        }
+    }
+    if found.len() > 1 {
+        return Ok(Resolved::Park(format!(
+            "the row conflicts with {} rows on unique keys: not resolved",
+            found.len()
+        )));
+    }
+    if let Some(name) = unresolvable {
+        return Ok(Resolved::Park(format!(
+            "unique index {name} is partial, on an expression or on a column the sender lacks: not resolved"
+        )));
+    }
+    let Some((local_key, columns)) = found.pop() else {
+        return Ok(Resolved::Park("no conflicting row found".into()));
+    };
+    let local: Option<(i64, i64)> = prepared(&mut stmts.get_version, conn, &t.get_version)
+        .and_then(|s| {
+            bind(s, local_key.iter())?;
+            let mut rows = s.raw_query();
+            rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
+        })
+        .ctx("read row version")?;
+    let Some((lver, lnode)) = local else {
+        return Ok(Resolved::Park(format!(
+            "the conflicting row {} has no version here: not resolved",
+            show_key(&local_key)
+        )));
+    };
+    let (lver, lnode) = (lver as u64, lnode as u64);
+    let won = (version, origin) > (lver, lnode);
+    let columns = columns.join(",");
+    if let Some(more) = crate::logging::repeated(&format!("unique {}", table.name())) {
+        let (wk, wo, wv, lk, lo, lv) = if won {
+            (
+                show_key(&their_key),
+                origin,
+                version,
+                show_key(&local_key),
+                lnode,
+                lver,
+            )
+        } else {
+            (
+                show_key(&local_key),
+                lnode,
+                lver,
+                show_key(&their_key),
+                origin,
+                version,
+            )
+        };
+        log::warn!(
+            "unique conflict resolved table={} columns={columns} winner_key={wk} winner_origin={wo} winner_version={wv} loser_key={lk} loser_origin={lo} loser_version={lv}: the loser is deleted{more}",
+            table.name()
+        );
+    }
+    if !won {
+        // the incoming row loses: an older local row under its key goes too (the caller
+        // writes the tombstone at the incoming version)
+        let r = prepared(&mut stmts.delete, conn, &t.delete).and_then(|s| {
+            bind(s, their_key.iter())?;
+            s.raw_execute()
+        });
+        return match r {
+            Ok(_) => Ok(Resolved::Lost),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                Ok(Resolved::Park(format!(
+                    "deleting the losing row failed: {e}"
+                )))
+            }
+            Err(e) => Err(DbError::Sql {
+                op: "delete the losing row",
+                source: e,
+            }),
+        };
+    }
+    conn.execute_batch("SAVEPOINT hl_unique")
+        .ctx("begin unique resolution")?;
+    let attempt = (|| -> rusqlite::Result<()> {
+        let s = prepared(&mut stmts.delete, conn, &t.delete)?;
+        bind(s, local_key.iter())?;
+        s.raw_execute()?;
+        // its tombstone at its own version; a pending local change stays pending (see above)
+        let ver_keys: Vec<String> = (0..local_key.len())
+            .map(|i| format!("k{i} IS ?{}", i + 1))
+            .collect();
+        conn.prepare_cached(&format!(
+            "UPDATE {} SET del = 1, h = NULL WHERE {}",
+            table.ver,
+            ver_keys.join(" AND ")
+        ))?
+        .execute(rusqlite::params_from_iter(local_key.iter()))?;
+        let s = prepared(&mut stmts.upsert, conn, &t.upsert)?;
+        match &t.used {
+            None => bind(s, values.iter())?,
+            Some(used) => bind(s, used.iter().map(|&i| &values[i]))?,
+        };
+        s.raw_execute()?;
+        Ok(())
+    })();
+    match attempt {
+        Ok(()) => {
+            conn.execute_batch("RELEASE hl_unique")
+                .ctx("end unique resolution")?;
+            Ok(Resolved::Won)
+        }
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            conn.execute_batch("ROLLBACK TO hl_unique; RELEASE hl_unique")
+                .ctx("undo unique resolution")?;
+            Ok(Resolved::Park(format!(
+                "after deleting the losing row {} it still fails: {e}",
+                show_key(&local_key)
+            )))
+        }
+        Err(e) => Err(DbError::Sql {
+            op: "resolve a unique conflict",
+            source: e,
+        }),
+    }
 }
 
 fn park(

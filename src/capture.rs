@@ -578,6 +578,7 @@ pub fn install(
                     .ctx("install trigger")?;
             }
         }
+        crate::apply::note_unique_indexes(&tx, t.name())?;
         if missing {
             let r = resync(&tx, t, recorded.get(t.name()).map(|c| c.as_slice()), node)?;
             if r.total() > 0 {

@@ -500,3 +500,190 @@ fn deletes_from_a_newer_schema_apply_at_once() {
     assert_eq!((s.applied, s.parked), (1, 1));
     assert_eq!(rows(&d), vec![(2, "b".to_string())]);
 }
+
+/// `t` with a unique index on `v` (`name = CharField(unique=True)`).
+fn setup_unique(name: &str) -> Db {
+    let d = setup(name);
+    d.conn
+        .execute_batch("CREATE UNIQUE INDEX t_v ON t(v)")
+        .unwrap();
+    d
+}
+
+/// The version rows of `t`: (key, version, node, deleted, pending).
+fn versions(d: &Db) -> Vec<(i64, i64, i64, i64, i64)> {
+    d.conn
+        .prepare("SELECT k0, ver, node, del, pending FROM \"__hl_ver_t\" ORDER BY k0")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_unique_conflict_keeps_the_higher_version_whatever_the_order() {
+    let a = || msg(1, 7, &[(100, up(1, "same"))]);
+    let b = || msg(2, 8, &[(110, up(2, "same"))]);
+    let mut first = setup_unique("uniq-ab");
+    assert_eq!(apply(&mut first, a()).unique_conflicts, 0);
+    let s = apply(&mut first, b());
+    assert_eq!((s.applied, s.parked, s.unique_conflicts), (1, 0, 1));
+    let mut second = setup_unique("uniq-ba");
+    apply(&mut second, msg(1, 8, &[(110, up(2, "same"))]));
+    let s = apply(&mut second, msg(2, 7, &[(100, up(1, "same"))]));
+    assert_eq!((s.applied, s.parked, s.unique_conflicts), (1, 0, 1));
+    for d in [&first, &second] {
+        assert_eq!(rows(d), vec![(2, "same".to_string())]);
+        // the loser's tombstone is at its own version and origin: nothing new to publish
+        assert_eq!(versions(d), vec![(1, 100, 7, 1, 0), (2, 110, 8, 0, 0)]);
+        assert_eq!(parked_len(&d.conn).unwrap(), 0);
+        assert_eq!(capture::outbox_len(&d.conn, &d.schema).unwrap(), 0);
+        assert_eq!(
+            db::get_meta(&d.conn, UNIQUE_CONFLICTS_KEY).unwrap(),
+            Some(1)
+        );
+    }
+    // the loser's frame again (redelivered under a new stream position): its tombstone holds
+    for d in [&mut first, &mut second] {
+        let s = apply(d, msg(3, 7, &[(100, up(1, "same"))]));
+        assert_eq!((s.applied, s.stale, s.unique_conflicts), (0, 1, 0));
+        assert_eq!(rows(d), vec![(2, "same".to_string())]);
+    }
+    // a newer change of the loser's key applies as usual
+    let s = apply(&mut second, msg(4, 7, &[(120, up(1, "other"))]));
+    assert_eq!((s.applied, s.unique_conflicts), (1, 0));
+    assert_eq!(
+        rows(&second),
+        vec![(1, "other".to_string()), (2, "same".to_string())]
+    );
+}
+
+#[test]
+fn an_update_that_loses_a_unique_conflict_deletes_its_row() {
+    let mut d = setup_unique("uniq-update");
+    apply(
+        &mut d,
+        msg(1, 7, &[(100, up(1, "same")), (101, up(2, "x"))]),
+    );
+    // node 8 renamed row 2 to "same" without having seen row 1, at an older version than row 1
+    let s = apply(&mut d, msg(2, 8, &[(90, up(2, "same"))]));
+    assert_eq!(
+        (s.stale, s.unique_conflicts),
+        (1, 0),
+        "older than row 2: stale"
+    );
+    let s = apply(&mut d, msg(3, 8, &[(102, up(2, "same"))]));
+    assert_eq!((s.applied, s.unique_conflicts), (1, 1));
+    assert_eq!(rows(&d), vec![(2, "same".to_string())]);
+    assert_eq!(versions(&d), vec![(1, 100, 7, 1, 0), (2, 102, 8, 0, 0)]);
+}
+
+#[test]
+fn a_local_unpublished_row_in_a_unique_conflict_compares_by_its_version() {
+    let future = (crate::hlc::now_ms() + 3_600_000) << 16;
+    // the local row loses to a newer remote row: its tombstone stays pending, at its version
+    let mut d = setup_unique("uniq-local-loses");
+    d.conn
+        .execute("INSERT INTO t VALUES (1, 'same')", [])
+        .unwrap();
+    let s = apply(&mut d, msg(1, 7, &[(future, up(2, "same"))]));
+    assert_eq!((s.stamped, s.applied, s.unique_conflicts), (1, 1, 1));
+    assert_eq!(rows(&d), vec![(2, "same".to_string())]);
+    let v = versions(&d);
+    assert_eq!((v[0].0, v[0].2, v[0].3, v[0].4), (1, ME as i64, 1, 1));
+    assert!(v[0].1 < future as i64);
+    assert_eq!(v[1], (2, future as i64, 7, 0, 0));
+    assert_eq!(
+        capture::outbox_len(&d.conn, &d.schema).unwrap(),
+        1,
+        "the delete of row 1 at its own version is published"
+    );
+    // the local row wins over an older remote row: it stays, and is still to be published
+    let mut d = setup_unique("uniq-local-wins");
+    d.conn
+        .execute("INSERT INTO t VALUES (1, 'same')", [])
+        .unwrap();
+    let s = apply(&mut d, msg(1, 7, &[(1 << 16, up(2, "same"))]));
+    assert_eq!((s.applied, s.unique_conflicts), (1, 1));
+    assert_eq!(rows(&d), vec![(1, "same".to_string())]);
+    let v = versions(&d);
+    assert_eq!((v[0].0, v[0].2, v[0].3, v[0].4), (1, ME as i64, 0, 1));
+    assert_eq!(v[1], (2, 1 << 16, 7, 1, 0));
+    assert_eq!(capture::outbox_len(&d.conn, &d.schema).unwrap(), 1);
+}
+
+#[test]
+fn a_row_conflicting_with_two_rows_is_parked() {
+    let mut d = setup_unique("uniq-two");
+    d.conn
+        .execute_batch("ALTER TABLE t ADD COLUMN w TEXT; CREATE UNIQUE INDEX t_w ON t(w)")
+        .unwrap();
+    let cfg = Config::parse(&format!("db_path = {:?}", d.path.display().to_string())).unwrap();
+    d.schema = capture::scan(&d.conn, &cfg).unwrap();
+    let wide = TableHeader {
+        name: "t".into(),
+        columns: vec!["id".into(), "v".into(), "w".into()],
+        pk: vec![0],
+    };
+    let text = |s: &str| Value::Text(s.as_bytes().to_vec());
+    let mut b = FrameBuilder::new(7, 1 << 16);
+    b.push(
+        &wide,
+        100,
+        Op::Upsert(vec![Value::Integer(1), text("a"), text("x")]),
+    );
+    b.push(
+        &wide,
+        101,
+        Op::Upsert(vec![Value::Integer(2), text("b"), text("y")]),
+    );
+    b.push(
+        &wide,
+        200,
+        Op::Upsert(vec![Value::Integer(3), text("a"), text("y")]),
+    );
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 1,
+            subject: "x.7".into(),
+            data: b.finish(),
+        },
+    );
+    assert_eq!((s.applied, s.parked, s.unique_conflicts), (2, 1, 0));
+    assert_eq!(rows(&d), vec![(1, "a".to_string()), (2, "b".to_string())]);
+    let reason: String = d
+        .conn
+        .query_row("SELECT reason FROM __hl_parked", [], |r| r.get(0))
+        .unwrap();
+    assert!(reason.contains("conflicts with 2 rows"), "{reason}");
+}
+
+#[test]
+fn unique_indexes_leave_out_the_primary_key_and_mark_partial_ones() {
+    let d = setup("uniq-list");
+    d.conn
+        .execute_batch(
+            "CREATE TABLE p(k TEXT PRIMARY KEY, a UNIQUE, b, c, UNIQUE(b, c)); \
+             CREATE UNIQUE INDEX p_part ON p(c) WHERE c > 0; CREATE UNIQUE INDEX p_expr ON p(lower(b))",
+        )
+        .unwrap();
+    let got: Vec<(Vec<String>, bool)> = unique_indexes(&d.conn, "p")
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.columns, i.resolvable))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (vec!["".to_string()], false),
+            (vec!["c".to_string()], false),
+            (vec!["a".to_string()], true),
+            (vec!["b".to_string(), "c".to_string()], true),
+        ],
+        "by index name: p_expr, p_part, then the two autoindexes; not the key's"
+    );
+}
