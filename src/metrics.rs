@@ -30,10 +30,11 @@ pub enum Counter {
     SnapshotSaves,
     SnapshotRestores,
     Statements,
+    UniqueConflicts,
 }
 
 /// Name (without prefix) and help of each counter, in [`Counter`] order.
-pub const COUNTERS: [(&str, &str); 15] = [
+pub const COUNTERS: [(&str, &str); 16] = [
     ("changes_captured_total", "Local row changes stamped into the outbox."),
     ("changes_published_total", "Local changes acknowledged by JetStream."),
     ("frames_published_total", "Frames acknowledged by JetStream."),
@@ -49,6 +50,7 @@ pub const COUNTERS: [(&str, &str); 15] = [
     ("snapshot_saves_total", "Snapshots this node uploaded."),
     ("snapshot_restores_total", "Snapshots this node installed."),
     ("sqlite_statements_total", "SQL statements the node's main database connection started (trigger programs not counted)."),
+    ("unique_conflicts_total", "Remote rows that met a unique constraint other than the primary key and were resolved: the higher version kept, the other row deleted."),
 ];
 
 /// Counts the statements `conn` starts in [`Counter::Statements`] (SQLite's statement trace,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::apply::{CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, PARKED_TABLE};
+use crate::apply::{CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, PARKED_TABLE, UNIQUE_CONFLICTS_KEY};
 use crate::capture;
 use crate::config::Config;
 use crate::db::{self, Context, DbError, META_TABLE};
@@ -41,6 +41,8 @@ pub struct Status {
     /// Tables paused by a schema change, with the reason.
     pub paused_tables: Vec<(String, String)>,
     pub fragments_waiting: u64,
+    /// Unique-key conflicts resolved here (the losing row deleted), see `apply`.
+    pub unique_conflicts: u64,
     pub last_publish_ms: Option<u64>,
     pub last_apply_ms: Option<u64>,
     pub link_up: Option<bool>,
@@ -97,6 +99,7 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.last_publish_ms = meta(LAST_PUBLISH_KEY)?.map(|v| v as u64);
     st.last_apply_ms = meta(LAST_APPLY_KEY)?.map(|v| v as u64);
     st.link_up = meta(LINK_UP_KEY)?.map(|v| v == 1);
+    st.unique_conflicts = meta(UNIQUE_CONFLICTS_KEY)?.unwrap_or(0) as u64;
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
     let u = |v: Option<i64>| v.map(|v| v as u64);
     st.restore_progress =
@@ -261,6 +264,13 @@ impl Status {
             let _ = writeln!(o, "  parked:         {t}: {n} ({why})");
         }
         let _ = writeln!(o, "fragments held:   {}", self.fragments_waiting);
+        if self.unique_conflicts > 0 {
+            let _ = writeln!(
+                o,
+                "unique conflicts: {} resolved (the older row deleted; see the log)",
+                self.unique_conflicts
+            );
+        }
         if let Some((done, total)) = self.restore_progress {
             let pct = done as f64 * 100.0 / total.max(1) as f64;
             let _ = writeln!(
@@ -317,7 +327,7 @@ impl Status {
             "{{\"db_path\":{},\"node_running\":{},\"node_id\":{},\"capture_installed\":{},\"tables\":[{tables}],\"not_replicated\":[{skipped}],\
              \"stream_position\":{},\"stream_gap\":{},\"hlc\":{},\"link_up\":{},\"link_since_ms\":{},\"outbox_changes\":{},\
              \"outbox_oldest_age_ms\":{},\"outbox_over_budget\":{},\"last_publish_ms\":{},\"last_apply_ms\":{},\
-             \"parked_changes\":{},\"parked_by_table\":[{parked}],\"paused_tables\":[{paused}],\"fragments_waiting\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
+             \"parked_changes\":{},\"parked_by_table\":[{parked}],\"paused_tables\":[{paused}],\"fragments_waiting\":{},\"unique_conflicts\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
              \"restored_seq\":{},\"restored_ms\":{},\"snapshot_saved_seq\":{},\"snapshot_saved_ms\":{}}}",
             json_str(&self.db_path),
             self.node_running,
@@ -335,6 +345,7 @@ impl Status {
             opt(self.last_apply_ms),
             self.parked_changes,
             self.fragments_waiting,
+            self.unique_conflicts,
             opt(self.restore_progress.map(|p| p.0)),
             opt(self.restore_progress.map(|p| p.1)),
             opt(self.restored_seq),

@@ -42,6 +42,7 @@ impl Node {
         metrics::add(Counter::Skipped, stats.stale);
         metrics::add(Counter::Parked, stats.parked);
         metrics::add(Counter::Undecodable, stats.undecodable);
+        metrics::add(Counter::UniqueConflicts, stats.unique_conflicts);
         metrics::observe_origins(&stats.newest);
     }
 }
