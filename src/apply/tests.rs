@@ -679,3 +679,38 @@ fn a_parent_delete_applies_without_touching_children() {
     // the sender's own cascade travels as its own change; the apply does not cascade
     assert_eq!(children(&d), vec![(10, Some(1), "a".to_string())]);
 }
+
+#[test]
+fn children_of_a_paused_parent_table_wait_until_it_resumes() {
+    let mut d = setup_with(
+        "fkpause",
+        "CREATE TABLE c(id INTEGER PRIMARY KEY, t_id INTEGER REFERENCES t(id) ON DELETE CASCADE, note TEXT);",
+    );
+    d.schema
+        .paused
+        .insert("t".into(), "column extra was dropped".into());
+    let s = apply(&mut d, msg(1, 7, &[(100, up(1, "p1"))]));
+    assert_eq!((s.applied, s.parked), (0, 1));
+    let mut b = FrameBuilder::new(7, 1 << 16);
+    b.push(&child_header(), 101, child(10, Some(1), "a"));
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 2,
+            subject: "x.7".into(),
+            data: b.finish(),
+        },
+    );
+    assert_eq!((s.applied, s.parked), (0, 1));
+    assert_eq!(children(&d), vec![]);
+    assert_eq!(fk_violations(&d), Vec::<String>::new());
+    // still paused: both stay, in their order
+    let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    assert_eq!((done, left), (0, 2));
+    d.schema.paused.clear();
+    let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    assert_eq!((done, left), (2, 0));
+    assert_eq!(rows(&d), vec![(1, "p1".to_string())]);
+    assert_eq!(children(&d), vec![(10, Some(1), "a".to_string())]);
+    assert_eq!(fk_violations(&d), Vec::<String>::new());
+}
