@@ -6,7 +6,12 @@
 //! - no echo: log rows our own writes produce are discarded before commit;
 //! - exactly once: the cursor advances with the data; a frame at or below it is passed over;
 //! - nothing dropped: a change that cannot be applied (unknown table or column, a constraint the
-//!   local schema adds) is parked in `__hl_parked` and retried when the schema changes.
+//!   local schema adds) is parked in `__hl_parked` and retried when the schema changes;
+//! - referential integrity: a row whose parent (through a foreign key of this node's schema,
+//!   directly or through parked children) is parked parks with it, and the retry applies parked
+//!   changes in their stream order, parents first. Each parked change keeps its key (`k`,
+//!   [`key_bytes`]), so the question "is this parent parked?" is one indexed lookup per change,
+//!   asked only while something is parked.
 //!
 //! # Unique keys other than the primary key
 //!
@@ -34,7 +39,7 @@
 //!   attempt). Chains (a row conflicting with a row that conflicts with a third) are resolved
 //!   pairwise and may end differently by arrival order; they are not claimed to converge.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{params, CachedStatement, Connection};
 
@@ -81,11 +86,28 @@ pub struct ApplyStats {
 /// Creates the tables this module owns.
 pub fn prepare(conn: &Connection) -> Result<(), DbError> {
     conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS {PARKED_TABLE}(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, reason TEXT NOT NULL, frame BLOB NOT NULL);
+        "CREATE TABLE IF NOT EXISTS {PARKED_TABLE}(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, reason TEXT NOT NULL, frame BLOB NOT NULL, k BLOB);
          CREATE TABLE IF NOT EXISTS {FRAGMENT_TABLE}(origin INTEGER NOT NULL, id INTEGER NOT NULL, idx INTEGER NOT NULL,
              count INTEGER NOT NULL, data BLOB NOT NULL, seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(origin, id, idx)) WITHOUT ROWID;"
     ))
     .ctx("create apply tables")?;
+    // databases from before parked keys: their parked rows have none (NULL), and hold back
+    // every child of their table until they are retried (and parked again with a key)
+    let has_k: bool = conn
+        .query_row(
+            &format!("SELECT count(*) FROM pragma_table_info('{PARKED_TABLE}') WHERE name = 'k'"),
+            [],
+            |r| r.get(0),
+        )
+        .ctx("read parked table columns")?;
+    if !has_k {
+        conn.execute_batch(&format!("ALTER TABLE {PARKED_TABLE} ADD COLUMN k BLOB"))
+            .ctx("add the parked key column")?;
+    }
+    conn.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS {PARKED_TABLE}_k ON {PARKED_TABLE}(tbl, k)"
+    ))
+    .ctx("create the parked key index")?;
     // databases from before the fragment horizon: the stream position of each piece
     let has_seq: bool = conn
         .query_row(
@@ -396,6 +418,23 @@ fn apply_changes(
     }
     let mut warned: HashMap<usize, ()> = HashMap::new();
     let mut refused = false;
+    // Changes of this frame that park whatever the database holds (their table is missing,
+    // paused, or lacks a column): a child earlier in the frame than its parent waits too.
+    let mut soon: HashSet<(&str, Vec<u8>)> = HashSet::new();
+    for ch in &c.changes {
+        let idx = ch.table as usize;
+        let blocked = match &targets[idx] {
+            Err(_) => true,
+            Ok(t) => t.upsert_blocked.is_some() && matches!(ch.op, Op::Upsert(_)),
+        };
+        if blocked {
+            soon.insert((c.tables[idx].name.as_str(), change_key(&c.tables[idx], ch)));
+        }
+    }
+    let soon_tables: HashSet<&str> = soon.iter().map(|(t, _)| *t).collect();
+    // whether a parent can be parked at all: else no foreign key is looked at (the usual case)
+    let mut waiting = !soon.is_empty() || parked_any(conn)?;
+    let mut fks: Vec<Option<Vec<ForeignKey>>> = c.tables.iter().map(|_| None).collect();
     for ch in &c.changes {
         let idx = ch.table as usize;
         let header = &c.tables[idx];
@@ -408,7 +447,24 @@ fn apply_changes(
             );
         }
         let outcome = match &targets[idx] {
-            Ok(t) => apply_one(conn, t, &mut prepared[idx], header, c.origin, ch)?,
+            Ok(t) => {
+                let parent = match (&ch.op, waiting) {
+                    (Op::Upsert(values), true) => {
+                        let fks = match &mut fks[idx] {
+                            Some(f) => f,
+                            None => fks[idx].insert(foreign_keys(conn, schema, header)?),
+                        };
+                        parked_parent(conn, fks, values, &soon, &soon_tables)?
+                    }
+                    _ => None,
+                };
+                match parent {
+                    Some(p) => Outcome::Park(format!(
+                        "a row of table {p} it references is parked here (it waits with it)"
+                    )),
+                    None => apply_one(conn, t, &mut prepared[idx], header, c.origin, ch)?,
+                }
+            }
             Err(reason) => Outcome::Park(reason.clone()),
         };
         match outcome {
@@ -428,6 +484,7 @@ fn apply_changes(
                 }
                 park(conn, &header.name, &reason, c.origin, header, ch)?;
                 stats.parked += 1;
+                waiting = true;
             }
         }
     }
@@ -878,11 +935,189 @@ fn park(
 ) -> Result<(), DbError> {
     let bytes = frame::encode_single(origin, header, ch.version, ch.op.clone());
     conn.prepare_cached(&format!(
-        "INSERT INTO {PARKED_TABLE}(tbl, reason, frame) VALUES (?1, ?2, ?3)"
+        "INSERT INTO {PARKED_TABLE}(tbl, reason, frame, k) VALUES (?1, ?2, ?3, ?4)"
     ))
-    .and_then(|mut s| s.execute(params![table, reason, bytes]))
+    .and_then(|mut s| s.execute(params![table, reason, bytes, change_key(header, ch)]))
     .ctx("park change")?;
     Ok(())
+}
+
+/// Whether anything is parked.
+fn parked_any(conn: &Connection) -> Result<bool, DbError> {
+    conn.prepare_cached(&format!("SELECT EXISTS(SELECT 1 FROM {PARKED_TABLE})"))
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .ctx("look for parked changes")
+}
+
+/// A byte string naming a key's values (one per key column, in the key's order), the same for
+/// equal values whatever their storage: an integral real is its integer.
+pub fn key_bytes<'v>(values: impl Iterator<Item = &'v Value>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in values {
+        match v {
+            Value::Null => out.push(0),
+            Value::Integer(i) => {
+                out.push(1);
+                out.extend_from_slice(&i.to_be_bytes());
+            }
+            Value::Real(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => {
+                out.push(1);
+                out.extend_from_slice(&(*f as i64).to_be_bytes());
+            }
+            Value::Real(f) => {
+                out.push(2);
+                out.extend_from_slice(&f.to_bits().to_be_bytes());
+            }
+            Value::Text(b) | Value::Blob(b) => {
+                out.push(if matches!(v, Value::Text(_)) { 3 } else { 4 });
+                out.extend_from_slice(&(b.len() as u64).to_be_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+    out
+}
+
+/// The key of the row a change is about, as [`key_bytes`].
+fn change_key(header: &TableHeader, ch: &Change) -> Vec<u8> {
+    match &ch.op {
+        Op::Upsert(values) => key_bytes(
+            header
+                .pk
+                .iter()
+                .map(|&i| values.get(i as usize).unwrap_or(&Value::Null)),
+        ),
+        Op::Delete(keys) => key_bytes(keys.iter()),
+    }
+}
+
+/// A foreign key of one of this node's tables, mapped onto a sender's columns.
+struct ForeignKey {
+    parent: String,
+    /// Positions in the sender's row image of the referencing columns, in the order of the
+    /// parent's primary key (`by_key`) or as declared; `None` where the sender lacks one.
+    from: Vec<Option<usize>>,
+    /// The parent's primary key is what is referenced: a parked parent is found by its key.
+    /// Otherwise (a UNIQUE column) any parked row of the parent table holds the child back.
+    by_key: bool,
+}
+
+/// The foreign keys of `header`'s table here (`PRAGMA foreign_key_list`).
+fn foreign_keys(
+    conn: &Connection,
+    schema: &Schema,
+    header: &TableHeader,
+) -> Result<Vec<ForeignKey>, DbError> {
+    let rows: Vec<(i64, String, String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
+        )
+        .and_then(|mut s| {
+            s.query_map([&header.name], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
+        })
+        .ctx("read foreign keys")?;
+    let pos = |name: &str| {
+        header
+            .columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(name))
+    };
+    let mut out: Vec<ForeignKey> = Vec::new();
+    let mut at = 0;
+    while at < rows.len() {
+        let id = rows[at].0;
+        let group: Vec<&(i64, String, String, Option<String>)> =
+            rows[at..].iter().take_while(|r| r.0 == id).collect();
+        at += group.len();
+        let parent = group[0].1.clone();
+        let parent_pk: Option<Vec<&String>> = schema.get(&parent).map(|t| {
+            t.header
+                .pk
+                .iter()
+                .map(|&i| &t.header.columns[i as usize])
+                .collect()
+        });
+        // the referencing columns in the order of the parent's key, when that is what they name
+        let ordered: Option<Vec<&str>> =
+            parent_pk
+                .filter(|pk| pk.len() == group.len())
+                .and_then(|pk| {
+                    if group.iter().all(|r| r.3.is_none()) {
+                        return Some(group.iter().map(|r| r.2.as_str()).collect());
+                    }
+                    pk.iter()
+                        .map(|k| {
+                            group
+                                .iter()
+                                .find(|r| {
+                                    r.3.as_deref().is_some_and(|to| to.eq_ignore_ascii_case(k))
+                                })
+                                .map(|r| r.2.as_str())
+                        })
+                        .collect()
+                });
+        out.push(match ordered {
+            Some(from) => ForeignKey {
+                parent,
+                from: from.iter().map(|c| pos(c)).collect(),
+                by_key: true,
+            },
+            None => ForeignKey {
+                parent,
+                from: group.iter().map(|r| pos(&r.2)).collect(),
+                by_key: false,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The table of a parked row the row image `values` references, if any: one indexed lookup per
+/// foreign key. A reference with a NULL column references nothing (SQL's rule); one through a
+/// column the sender lacks is not known and not followed.
+fn parked_parent<'f>(
+    conn: &Connection,
+    fks: &'f [ForeignKey],
+    values: &[Value],
+    soon: &HashSet<(&str, Vec<u8>)>,
+    soon_tables: &HashSet<&str>,
+) -> Result<Option<&'f str>, DbError> {
+    for fk in fks {
+        let refs: Option<Vec<&Value>> = fk
+            .from
+            .iter()
+            .map(|p| p.and_then(|i| values.get(i)))
+            .collect();
+        let Some(refs) = refs else { continue };
+        if refs.iter().any(|v| matches!(v, Value::Null)) {
+            continue;
+        }
+        let parked = if fk.by_key {
+            let key = key_bytes(refs.into_iter());
+            soon.contains(&(fk.parent.as_str(), key.clone()))
+                || conn
+                    .prepare_cached(&format!(
+                        "SELECT EXISTS(SELECT 1 FROM {PARKED_TABLE} WHERE tbl = ?1 AND (k = ?2 OR k IS NULL))"
+                    ))
+                    .and_then(|mut s| s.query_row(params![fk.parent, key], |r| r.get(0)))
+                    .ctx("look for a parked parent")?
+        } else {
+            soon_tables.contains(fk.parent.as_str())
+                || conn
+                    .prepare_cached(&format!(
+                        "SELECT EXISTS(SELECT 1 FROM {PARKED_TABLE} WHERE tbl = ?1)"
+                    ))
+                    .and_then(|mut s| s.query_row([&fk.parent], |r| r.get(0)))
+                    .ctx("look for a parked parent")?
+        };
+        if parked {
+            return Ok(Some(&fk.parent));
+        }
+    }
+    Ok(None)
 }
 
 /// Retries parked changes (after a schema change). Returns (applied or stale, still parked).
@@ -900,25 +1135,32 @@ pub fn retry_parked(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .ctx("begin retry parked")?;
     capture::stamp(&tx, schema, hlc, node)?;
-    let parked: Vec<(i64, Vec<u8>)> = tx
-        .prepare(&format!("SELECT id, frame FROM {PARKED_TABLE} ORDER BY id"))
-        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-        .ctx("read parked changes")?;
-    if parked.is_empty() {
-        return Ok((0, 0));
-    }
-    let (mut done, mut left) = (0, 0);
-    for (id, bytes) in parked {
-        tx.execute(&format!("DELETE FROM {PARKED_TABLE} WHERE id = ?1"), [id])
-            .ctx("unpark")?;
-        let Ok(Frame::Changes(c)) = frame::decode(&bytes) else {
-            continue;
-        };
-        let mut stats = ApplyStats::default();
-        apply_changes(&tx, schema, hlc, &c, &mut stats)?;
-        done += stats.applied + stats.stale;
-        left += stats.parked;
-    }
+    // In stream order, so parents come before their children. A pass that applied something
+    // is followed by another over what parked again: a child that came ahead of its parent
+    // (in the same frame) applies in it. Each such pass has fewer changes to go through.
+    let mut done = 0;
+    let left = loop {
+        let parked: Vec<(i64, Vec<u8>)> = tx
+            .prepare(&format!("SELECT id, frame FROM {PARKED_TABLE} ORDER BY id"))
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .ctx("read parked changes")?;
+        let before = done;
+        let mut left = 0;
+        for (id, bytes) in parked {
+            tx.execute(&format!("DELETE FROM {PARKED_TABLE} WHERE id = ?1"), [id])
+                .ctx("unpark")?;
+            let Ok(Frame::Changes(c)) = frame::decode(&bytes) else {
+                continue;
+            };
+            let mut stats = ApplyStats::default();
+            apply_changes(&tx, schema, hlc, &c, &mut stats)?;
+            done += stats.applied + stats.stale;
+            left += stats.parked;
+        }
+        if left == 0 || done == before {
+            break left;
+        }
+    };
     capture::discard_echoes(&tx, schema)?;
     db::set_meta(&tx, HLC_KEY, hlc.last() as i64)?;
     tx.commit().ctx("commit retry parked")?;

@@ -448,7 +448,7 @@ mod tests {
             "a refusal leaves no lock file behind"
         );
         let conn = Connection::open(&path).unwrap();
-        assert_eq!(hl_objects(&conn), 15, "nothing dropped by the refusal");
+        assert_eq!(hl_objects(&conn), 16, "nothing dropped by the refusal");
         drop(conn);
 
         let report = run(&path, true).unwrap();
@@ -456,7 +456,10 @@ mod tests {
             report.triggers,
             ["__hl_d_t", "__hl_d_w", "__hl_i_t", "__hl_i_w", "__hl_u_t", "__hl_u_w"]
         );
-        assert_eq!(report.indexes, ["__hl_pend_t", "__hl_pend_w"]);
+        assert_eq!(
+            report.indexes,
+            ["__hl_parked_k", "__hl_pend_t", "__hl_pend_w"]
+        );
         assert_eq!(
             report.tables,
             [
@@ -477,7 +480,7 @@ mod tests {
         let text = report.to_text();
         assert!(text.starts_with("removed from "), "{text}");
         assert!(
-            text.contains(": 6 triggers, 7 tables, 2 indexes (replication of: t, w)\n"),
+            text.contains(": 6 triggers, 7 tables, 3 indexes (replication of: t, w)\n"),
             "{text}"
         );
         assert!(
@@ -525,7 +528,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let conn = Connection::open(&path).unwrap();
-        assert_eq!(hl_objects(&conn), 15);
+        assert_eq!(hl_objects(&conn), 16);
         drop(conn);
         drop(node);
         let report = run(&path, true).unwrap();

@@ -244,6 +244,85 @@ fn the_parking_warning_does_not_flood_the_log() {
     assert_eq!(lines, 1, "{}", n2.log());
 }
 
+/// A child whose parent is parked (its node lacks the parent's new column) waits with it:
+/// `PRAGMA foreign_key_check` stays clean on the lagging node (Django's `migrate` checks it
+/// after each migration), and once its schema catches up both nodes hold the same rows.
+#[test]
+fn children_of_parked_parents_wait_with_them() {
+    let dir = TestDir::new("migrations-fk-park");
+    let nats = NatsServer::start(dir.path());
+    let nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], SCHEMA, "");
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    app(&n1.db, "INSERT INTO t VALUES (100, 'old', 100)");
+    wait_until("n2 has row 100 of t", T, || dump(&n2.db, "t").len() == 1);
+    app(&n1.db, "ALTER TABLE t ADD COLUMN extra TEXT");
+    n1.wait_log("schema change adopted tables=t", T);
+    // five parents with a child each; a child of the parent both nodes have; then parent 1
+    // is deleted (its child goes by cascade)
+    let mut writes = String::from("PRAGMA foreign_keys = ON; ");
+    for i in 1..=5 {
+        writes += &format!(
+            "INSERT INTO t VALUES ({i}, 'v{i}', {i}, 'x{i}'); INSERT INTO c VALUES ({}, {i}, 'c{i}'); ",
+            1000 + i
+        );
+    }
+    writes += "INSERT INTO c VALUES (1100, 100, 'c100'); DELETE FROM t WHERE id = 1;";
+    app(&n1.db, &writes);
+    // parents 2..5 and their children wait (8 changes); parent 1 and its child travel only as
+    // deletes (the capture keeps a row's last state per commit), which need only the key
+    wait_until_or(
+        "n2 parks the parents and their children",
+        T,
+        || parked(&n2.config) == "8",
+        || {
+            format!(
+                "parked: {}\n{}",
+                parked(&n2.config),
+                dump_query(
+                    &n2.db,
+                    "SELECT tbl, count(*), reason FROM __hl_parked GROUP BY tbl"
+                )
+                .join("\n")
+            )
+        },
+    );
+    assert_eq!(
+        dump(&n2.db, "c"),
+        ["integer=1100|integer=100|text='c100'"],
+        "only the child of a parent n2 has is applied"
+    );
+    assert_eq!(
+        dump_query(&n2.db, "PRAGMA foreign_key_check"),
+        Vec::<String>::new()
+    );
+    app(&n2.db, "ALTER TABLE t ADD COLUMN extra TEXT");
+    let t = dump(&n1.db, "t");
+    let c = dump(&n1.db, "c");
+    assert_eq!(t.len(), 5, "{t:?}");
+    assert_eq!(c.len(), 5, "{c:?}");
+    wait_dump(
+        &n2.db,
+        "t",
+        &t.iter().map(String::as_str).collect::<Vec<_>>(),
+        T,
+    );
+    wait_dump(
+        &n2.db,
+        "c",
+        &c.iter().map(String::as_str).collect::<Vec<_>>(),
+        T,
+    );
+    wait_until("n2 has nothing parked", T, || parked(&n2.config) == "0");
+    for n in &nodes {
+        assert_eq!(
+            dump_query(&n.db, "PRAGMA foreign_key_check"),
+            Vec::<String>::new(),
+            "{}",
+            n.name
+        );
+    }
+}
+
 /// Django's AlterField(max_length=100 -> 200) rebuilds the table with `varchar(200)`: SQLite
 /// enforces no length, the values stay as they are, and the table goes on replicating.
 #[test]

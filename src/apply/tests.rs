@@ -14,11 +14,18 @@ struct Db {
 const ME: u64 = 5;
 
 fn setup(name: &str) -> Db {
+    setup_with(name, "")
+}
+
+/// `t` and the tables `more` creates.
+fn setup_with(name: &str, more: &str) -> Db {
     let path = std::env::temp_dir().join(format!("hl-apply-{name}-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
     Connection::open(&path)
         .unwrap()
-        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .execute_batch(&format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); {more}"
+        ))
         .unwrap();
     let mut conn = db::open(&path).unwrap();
     prepare(&conn).unwrap();
@@ -499,6 +506,213 @@ fn deletes_from_a_newer_schema_apply_at_once() {
     );
     assert_eq!((s.applied, s.parked), (1, 1));
     assert_eq!(rows(&d), vec![(2, "b".to_string())]);
+}
+
+/// A child of `t`: (id, t_id, note).
+fn child_header() -> TableHeader {
+    TableHeader {
+        name: "c".into(),
+        columns: vec!["id".into(), "t_id".into(), "note".into()],
+        pk: vec![0],
+    }
+}
+
+fn child(id: i64, t_id: Option<i64>, note: &str) -> Op {
+    Op::Upsert(vec![
+        Value::Integer(id),
+        t_id.map_or(Value::Null, Value::Integer),
+        Value::Text(note.as_bytes().to_vec()),
+    ])
+}
+
+fn fk_violations(d: &Db) -> Vec<String> {
+    d.conn
+        .prepare("PRAGMA foreign_key_check")
+        .unwrap()
+        .query_map([], |r| {
+            Ok(format!(
+                "{}:{}",
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn children(d: &Db) -> Vec<(i64, Option<i64>, String)> {
+    d.conn
+        .prepare("SELECT id, t_id, note FROM c ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn children_of_a_parked_parent_wait_with_it() {
+    let mut d = setup_with(
+        "fkpark",
+        "CREATE TABLE c(id INTEGER PRIMARY KEY, t_id INTEGER REFERENCES t(id) ON DELETE CASCADE, note TEXT); \
+         CREATE TABLE g(id INTEGER PRIMARY KEY, c_id INTEGER REFERENCES c(id));",
+    );
+    let wide = TableHeader {
+        name: "t".into(),
+        columns: vec!["id".into(), "v".into(), "extra".into()],
+        pk: vec![0],
+    };
+    let grand = TableHeader {
+        name: "g".into(),
+        columns: vec!["id".into(), "c_id".into()],
+        pk: vec![0],
+    };
+    // frame 1: a parent on the old schema; frame 2 (the sender added column extra to t): a
+    // child ahead of its parent, the parent (lacks column extra here), a child of the applied
+    // parent, a child of no parent, a grandchild of the parked parent
+    let s = apply(&mut d, msg(1, 7, &[(99, up(2, "p2"))]));
+    assert_eq!((s.applied, s.parked), (1, 0));
+    let mut b = FrameBuilder::new(7, 1 << 16);
+    b.push(&child_header(), 100, child(10, Some(1), "a"));
+    b.push(
+        &wide,
+        101,
+        Op::Upsert(vec![
+            Value::Integer(1),
+            Value::Text(b"p1".to_vec()),
+            Value::Integer(9),
+        ]),
+    );
+    b.push(&child_header(), 103, child(12, Some(2), "b"));
+    b.push(&child_header(), 104, child(14, None, "orphan"));
+    b.push(
+        &grand,
+        105,
+        Op::Upsert(vec![Value::Integer(20), Value::Integer(10)]),
+    );
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 2,
+            subject: "x.7".into(),
+            data: b.finish(),
+        },
+    );
+    assert_eq!((s.applied, s.parked), (2, 3));
+    // frame 2: another child of the parked parent, and a row of g referencing applied child 12
+    let mut b = FrameBuilder::new(7, 1 << 16);
+    b.push(&child_header(), 106, child(13, Some(1), "c"));
+    b.push(
+        &grand,
+        107,
+        Op::Upsert(vec![Value::Integer(21), Value::Integer(12)]),
+    );
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 3,
+            subject: "x.7".into(),
+            data: b.finish(),
+        },
+    );
+    assert_eq!((s.applied, s.parked), (1, 1));
+    assert_eq!(parked_len(&d.conn).unwrap(), 4);
+    assert_eq!(rows(&d), vec![(2, "p2".to_string())]);
+    assert_eq!(
+        children(&d),
+        vec![
+            (12, Some(2), "b".to_string()),
+            (14, None, "orphan".to_string())
+        ]
+    );
+    assert_eq!(fk_violations(&d), Vec::<String>::new());
+    // the schema catches up: parents apply before their children
+    d.conn
+        .execute_batch("ALTER TABLE t ADD COLUMN extra")
+        .unwrap();
+    let cfg = Config::parse(&format!("db_path = {:?}", d.path.display().to_string())).unwrap();
+    d.schema = capture::scan(&d.conn, &cfg).unwrap();
+    let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    assert_eq!((done, left), (4, 0));
+    assert_eq!(rows(&d), vec![(1, "p1".to_string()), (2, "p2".to_string())]);
+    assert_eq!(
+        children(&d),
+        vec![
+            (10, Some(1), "a".to_string()),
+            (12, Some(2), "b".to_string()),
+            (13, Some(1), "c".to_string()),
+            (14, None, "orphan".to_string())
+        ]
+    );
+    let g: Vec<(i64, i64)> = d
+        .conn
+        .prepare("SELECT id, c_id FROM g ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(g, vec![(20, 10), (21, 12)]);
+    assert_eq!(fk_violations(&d), Vec::<String>::new());
+}
+
+#[test]
+fn a_parent_delete_applies_without_touching_children() {
+    let mut d = setup_with(
+        "fkdel",
+        "CREATE TABLE c(id INTEGER PRIMARY KEY, t_id INTEGER REFERENCES t(id) ON DELETE CASCADE, note TEXT);",
+    );
+    let mut b = FrameBuilder::new(7, 1 << 16);
+    b.push(&header(), 100, up(1, "p1"));
+    b.push(&child_header(), 101, child(10, Some(1), "a"));
+    b.push(&header(), 102, del(1));
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 1,
+            subject: "x.7".into(),
+            data: b.finish(),
+        },
+    );
+    assert_eq!((s.applied, s.parked), (3, 0));
+    // the sender's own cascade travels as its own change; the apply does not cascade
+    assert_eq!(children(&d), vec![(10, Some(1), "a".to_string())]);
+}
+
+#[test]
+fn children_of_a_paused_parent_table_wait_until_it_resumes() {
+    let mut d = setup_with(
+        "fkpause",
+        "CREATE TABLE c(id INTEGER PRIMARY KEY, t_id INTEGER REFERENCES t(id) ON DELETE CASCADE, note TEXT);",
+    );
+    d.schema
+        .paused
+        .insert("t".into(), "column extra was dropped".into());
+    let s = apply(&mut d, msg(1, 7, &[(100, up(1, "p1"))]));
+    assert_eq!((s.applied, s.parked), (0, 1));
+    let mut b = FrameBuilder::new(7, 1 << 16);
+    b.push(&child_header(), 101, child(10, Some(1), "a"));
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 2,
+            subject: "x.7".into(),
+            data: b.finish(),
+        },
+    );
+    assert_eq!((s.applied, s.parked), (0, 1));
+    assert_eq!(children(&d), vec![]);
+    assert_eq!(fk_violations(&d), Vec::<String>::new());
+    // still paused: both stay, in their order
+    let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    assert_eq!((done, left), (0, 2));
+    d.schema.paused.clear();
+    let (done, left) = retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    assert_eq!((done, left), (2, 0));
+    assert_eq!(rows(&d), vec![(1, "p1".to_string())]);
+    assert_eq!(children(&d), vec![(10, Some(1), "a".to_string())]);
+    assert_eq!(fk_violations(&d), Vec::<String>::new());
 }
 
 /// `t` with a unique index on `v` (`name = CharField(unique=True)`).
