@@ -98,6 +98,15 @@ fn download_snapshot(nats: &NatsServer, out: &Path) {
     std::fs::write(out, bytes).unwrap();
 }
 
+/// Nodes n1, n2 and n3 on `url` with the default config, each connected.
+fn three_connected(dir: &Path, url: &str) -> [Node; 3] {
+    ["n1", "n2", "n3"].map(|name| {
+        let mut n = Node::start_ready(dir, name, "", Some(url));
+        n.wait_connected();
+        n
+    })
+}
+
 /// The field report of issue 13: n3's link stalls (blackhole) for seconds; meanwhile n3's app
 /// inserts 10 rows and n1 commits 60 transactions, past the stream's 20 messages. On resume n3
 /// publishes its rows, finds the stream skipped and restores a snapshot: its 10 rows must
@@ -179,12 +188,7 @@ fn a_hole_inside_a_batch_is_repaired_from_a_snapshot() {
     let nats = NatsServer::start(dir.path());
     let dbs = make_dbs(dir.path(), &["n1", "n2", "n3"]);
     let d: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
-    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
-    let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
-    let mut n3 = Node::start_ready(dir.path(), "n3", "", Some(&nats.url()));
-    for n in [&mut n1, &mut n2, &mut n3] {
-        n.wait_connected();
-    }
+    let [mut n1, mut n2, mut n3] = three_connected(dir.path(), &nats.url());
     write_many(d[0], "n1", 1, 3);
     wait_converged(&d, &["t"], CONVERGE);
     assert!(n3.stop().success());
@@ -219,12 +223,7 @@ fn a_hole_before_a_batch_of_own_frames_is_repaired() {
     let nats = NatsServer::start(dir.path());
     let dbs = make_dbs(dir.path(), &["n1", "n2", "n3"]);
     let d: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
-    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
-    let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
-    let mut n3 = Node::start_ready(dir.path(), "n3", "", Some(&nats.url()));
-    for n in [&mut n1, &mut n2, &mut n3] {
-        n.wait_connected();
-    }
+    let [mut n1, mut n2, mut n3] = three_connected(dir.path(), &nats.url());
     write_many(d[0], "n1", 1, 2);
     // the last message n3 sees is n2's: it stays in the stream when n1's are purged below
     write_many(d[1], "n2", 50, 1);
@@ -311,12 +310,7 @@ fn node_rebuilt_with_a_1970_clock_stamps_above_its_own_earlier_writes() {
     let nats = NatsServer::start(dir.path());
     let dbs = make_dbs(dir.path(), &["n1", "n2", "n3"]);
     let d: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
-    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
-    let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
-    let mut n3 = Node::start_ready(dir.path(), "n3", "", Some(&nats.url()));
-    for n in [&mut n1, &mut n2, &mut n3] {
-        n.wait_connected();
-    }
+    let [mut n1, mut n2, mut n3] = three_connected(dir.path(), &nats.url());
     write_many(d[0], "n1", 1, 2);
     wait_converged(&d, &["t"], CONVERGE);
     save_snapshot(&n2);
@@ -387,12 +381,7 @@ fn a_hole_stays_recorded_until_a_covering_snapshot_appears() {
     let nats = NatsServer::start(dir.path());
     let dbs = make_dbs(dir.path(), &["n1", "n2", "n3"]);
     let d: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
-    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
-    let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
-    let mut n3 = Node::start_ready(dir.path(), "n3", "", Some(&nats.url()));
-    for n in [&mut n1, &mut n2, &mut n3] {
-        n.wait_connected();
-    }
+    let [mut n1, mut n2, mut n3] = three_connected(dir.path(), &nats.url());
     let cut = cut_a_message_n3_missed(&nats, &d, &mut n3);
     n3.restart_ready();
     let expected_gap = format!("\"stream_gap\":{{\"from\":{cut},\"to\":{cut}}}");
@@ -486,12 +475,7 @@ fn a_hole_no_batch_shows_is_found_by_the_periodic_check() {
     let nats = NatsServer::start(dir.path());
     let dbs = make_dbs(dir.path(), &["n1", "n2", "n3"]);
     let d: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
-    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
-    let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
-    let mut n3 = Node::start_ready(dir.path(), "n3", "", Some(&nats.url()));
-    for n in [&mut n1, &mut n2, &mut n3] {
-        n.wait_connected();
-    }
+    let [mut n1, mut n2, mut n3] = three_connected(dir.path(), &nats.url());
     write_many(d[0], "n1", 1, 3);
     wait_converged(&d, &["t"], CONVERGE);
     signal(&n3, "-STOP");
