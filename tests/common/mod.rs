@@ -100,14 +100,29 @@ pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
 
-/// N distinct free ports (the listeners are held until all are chosen).
+/// N distinct ports that were free a moment ago on 127.0.0.1.
+///
+/// They come from 12000..32000, below Linux's ephemeral range (32768..60999): a port the OS
+/// picked (`bind(0)`) is also the source port of some outgoing connection soon after, so a
+/// nats-server told to listen there later can find it taken (CI lost a run to exactly this:
+/// a monitor port taken between choosing and binding). Ports in this range are only ever
+/// handed out here; a counter keeps the tests of one process apart and a start derived from
+/// the pid keeps test processes apart, and each port is still checked by binding it.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 12_000;
+    const SPAN: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::SeqCst) == u32::MAX {
+        let start = (std::process::id().wrapping_mul(7919)) % SPAN;
+        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    }
     let mut ports = [0u16; N];
-    for (p, l) in ports.iter_mut().zip(&listeners) {
-        *p = l.local_addr().unwrap().port();
+    for p in ports.iter_mut() {
+        *p = (0..SPAN)
+            .map(|_| (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16)
+            .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+            .expect("no free port in 127.0.0.1:12000..32000");
     }
     ports
 }

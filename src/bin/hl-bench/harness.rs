@@ -131,14 +131,22 @@ impl Drop for Scratch {
     }
 }
 
-/// A port nobody listens on right now (the OS picks it; a race with another process is possible
-/// but the server's start would then fail loudly).
+/// A port nobody listens on right now, from 12000..32000: below Linux's ephemeral range, so
+/// no outgoing connection takes it between choosing it and the server binding it (a port the
+/// OS picks with `bind(0)` can be). A counter started from the pid spreads the choices.
 pub fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| format!("cannot bind 127.0.0.1:0 to find a free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot read the free port: {e}"))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 12_000;
+    const SPAN: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::SeqCst) == u32::MAX {
+        let start = std::process::id().wrapping_mul(7919) % SPAN;
+        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    (0..SPAN)
+        .map(|_| (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16)
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .ok_or_else(|| "no free port on 127.0.0.1 in 12000..32000".to_string())
 }
 
 /// `NATS_SERVER`, else the copy `scripts/tools.sh` installs, else `nats-server` on PATH.
