@@ -130,6 +130,10 @@ pub struct ReplicationLog {
     /// HarmonyLite-Go's shard count; only 1 is supported.
     #[serde(default = "one")]
     pub shards: usize,
+    /// The frame format this node writes: the newest by default; 1 while part of the fleet
+    /// still runs a build that reads only version 1 (a rolling upgrade).
+    #[serde(default = "default_frame_version")]
+    pub frame_version: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +203,9 @@ fn default_polling_interval() -> u64 {
 fn default_max_frame_bytes() -> usize {
     DEFAULT_MAX_FRAME_BYTES
 }
+fn default_frame_version() -> u8 {
+    crate::frame::VERSION
+}
 fn default_max_entries() -> i64 {
     DEFAULT_MAX_ENTRIES
 }
@@ -213,6 +220,7 @@ impl Default for ReplicationLog {
             replicas: 1,
             compress: false,
             shards: 1,
+            frame_version: crate::frame::VERSION,
         }
     }
 }
@@ -287,6 +295,15 @@ impl Config {
         }
         if self.replication_log.max_entries < 1 {
             return Err("[replication_log] max_entries: must be at least 1".into());
+        }
+        let fv = self.replication_log.frame_version;
+        if !(crate::frame::OLDEST_VERSION..=crate::frame::VERSION).contains(&fv) {
+            return Err(format!(
+                "[replication_log] frame_version: expected {} to {} (this build writes {} by default)",
+                crate::frame::OLDEST_VERSION,
+                crate::frame::VERSION,
+                crate::frame::VERSION
+            ));
         }
         if self.replication_log.replicas < 1 || self.replication_log.replicas > 5 {
             return Err("[replication_log] replicas: expected 1 to 5".into());

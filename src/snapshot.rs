@@ -112,7 +112,11 @@ fn strip(copy: &Connection, cfg: &Config, snap: &SnapMeta) -> Result<(), DbError
         if t.starts_with("__hl_log_") {
             sql += &format!("DROP TABLE {};", quote(&t));
         } else if t.starts_with("__hl_ver_") {
-            sql += &format!("UPDATE {} SET pending = 0 WHERE pending = 1;", quote(&t));
+            sql += &format!(
+                "UPDATE {} SET pending = 0 WHERE {};",
+                quote(&t),
+                crate::capture::PENDING
+            );
         } else if !t.starts_with("__hl_") && !t.starts_with("sqlite_") && schema.get(&t).is_none() {
             // not replicated: local data of the node that made the snapshot
             let virtual_table: bool = copy
@@ -444,7 +448,7 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64),
     .ctx("put local changes back")?;
     let (kept, unpublished): (i64, i64) = tx
         .query_row(
-            "SELECT count(*), count(*) FILTER (WHERE pending = 1) FROM temp.__hl_keep_ver",
+            "SELECT count(*), count(*) FILTER (WHERE pending > 0) FROM temp.__hl_keep_ver",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

@@ -6,7 +6,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::apply::{CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, PARKED_TABLE, UNIQUE_CONFLICTS_KEY};
+use crate::apply::{
+    CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_PK_COLLISION_KEY, PARKED_TABLE, PK_COLLISIONS_KEY,
+    UNIQUE_CONFLICTS_KEY,
+};
 use crate::capture;
 use crate::config::Config;
 use crate::db::{self, Context, DbError, META_TABLE};
@@ -43,6 +46,9 @@ pub struct Status {
     pub fragments_waiting: u64,
     /// Unique-key conflicts resolved here (the losing row deleted), see `apply`.
     pub unique_conflicts: u64,
+    /// Primary-key collisions seen (two nodes created the same key), and the newest one.
+    pub pk_collisions: u64,
+    pub last_pk_collision: Option<String>,
     pub last_publish_ms: Option<u64>,
     pub last_apply_ms: Option<u64>,
     pub link_up: Option<bool>,
@@ -100,6 +106,8 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.last_apply_ms = meta(LAST_APPLY_KEY)?.map(|v| v as u64);
     st.link_up = meta(LINK_UP_KEY)?.map(|v| v == 1);
     st.unique_conflicts = meta(UNIQUE_CONFLICTS_KEY)?.unwrap_or(0) as u64;
+    st.pk_collisions = meta(PK_COLLISIONS_KEY)?.unwrap_or(0) as u64;
+    st.last_pk_collision = crate::db::get_meta_text(&conn, LAST_PK_COLLISION_KEY)?;
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
     let u = |v: Option<i64>| v.map(|v| v as u64);
     st.restore_progress =
@@ -115,7 +123,7 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
         }
         let (n, oldest): (i64, Option<i64>) = conn
             .query_row(
-                &format!("SELECT count(*), min(ver) FROM {} WHERE pending = 1", t.ver),
+                &format!("SELECT count(*), min(ver) FROM {} WHERE pending > 0", t.ver),
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -271,6 +279,16 @@ impl Status {
                 self.unique_conflicts
             );
         }
+        if self.pk_collisions > 0 {
+            let _ = writeln!(
+                o,
+                "PK COLLISIONS:    {} (two nodes created the same key; the older row was overwritten)",
+                self.pk_collisions
+            );
+            if let Some(last) = &self.last_pk_collision {
+                let _ = writeln!(o, "  last:           {last}");
+            }
+        }
         if let Some((done, total)) = self.restore_progress {
             let pct = done as f64 * 100.0 / total.max(1) as f64;
             let _ = writeln!(
@@ -327,7 +345,7 @@ impl Status {
             "{{\"db_path\":{},\"node_running\":{},\"node_id\":{},\"capture_installed\":{},\"tables\":[{tables}],\"not_replicated\":[{skipped}],\
              \"stream_position\":{},\"stream_gap\":{},\"hlc\":{},\"link_up\":{},\"link_since_ms\":{},\"outbox_changes\":{},\
              \"outbox_oldest_age_ms\":{},\"outbox_over_budget\":{},\"last_publish_ms\":{},\"last_apply_ms\":{},\
-             \"parked_changes\":{},\"parked_by_table\":[{parked}],\"paused_tables\":[{paused}],\"fragments_waiting\":{},\"unique_conflicts\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
+             \"parked_changes\":{},\"parked_by_table\":[{parked}],\"paused_tables\":[{paused}],\"fragments_waiting\":{},\"unique_conflicts\":{},\"pk_collisions\":{},\"last_pk_collision\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
              \"restored_seq\":{},\"restored_ms\":{},\"snapshot_saved_seq\":{},\"snapshot_saved_ms\":{}}}",
             json_str(&self.db_path),
             self.node_running,
@@ -346,6 +364,8 @@ impl Status {
             self.parked_changes,
             self.fragments_waiting,
             self.unique_conflicts,
+            self.pk_collisions,
+            self.last_pk_collision.as_deref().map_or("null".into(), json_str),
             opt(self.restore_progress.map(|p| p.0)),
             opt(self.restore_progress.map(|p| p.1)),
             opt(self.restored_seq),
