@@ -552,6 +552,24 @@ mod tests {
     }
 
     #[test]
+    fn frame_version_is_one_this_build_writes() {
+        let c = Config::parse("db_path = \"a\"\n").unwrap();
+        assert_eq!(c.replication_log.frame_version, crate::frame::VERSION);
+        let c = Config::parse("db_path = \"a\"\n[replication_log]\nframe_version = 1\n").unwrap();
+        assert_eq!(c.replication_log.frame_version, 1);
+        for bad in ["0", "3"] {
+            let e = Config::parse(&format!(
+                "db_path = \"a\"\n[replication_log]\nframe_version = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.contains("[replication_log] frame_version: expected 1 to 2"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn one_authentication_method_at_most() {
         let both = |a: &str, b: &str| {
             Config::parse(&format!("db_path = \"a\"\n[nats]\n{a}\n{b}\n")).unwrap_err()
