@@ -686,7 +686,7 @@ fn drop_stray_triggers(tx: &Connection, schema: &Schema) -> Result<(), DbError> 
 }
 
 /// `(SELECT digest FROM t a WHERE a.key IS v.k...)` for an UPDATE of the version table.
-fn digest_of_version_row(t: &Table) -> String {
+pub fn digest_of_version_row(t: &Table) -> String {
     let key = t
         .pk_columns()
         .iter()

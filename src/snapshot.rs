@@ -443,9 +443,20 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64),
          INSERT INTO main.{name} SELECT * FROM temp.__hl_keep_row;
          DELETE FROM main.{ver};
          INSERT INTO main.{ver}({keys}, ver, node, del, pending) SELECT {keys}, ver, node, del, 0 FROM snap.{ver};
-         INSERT OR REPLACE INTO main.{ver}({keys}, ver, node, del, pending) SELECT {keys}, ver, node, del, pending FROM temp.__hl_keep_ver;"
+         INSERT OR REPLACE INTO main.{ver}({keys}, ver, node, del, pending, h) SELECT {keys}, ver, node, del, pending, h FROM temp.__hl_keep_ver;"
     ))
     .ctx("put local changes back")?;
+    // Each live version gets the digest of the row it now describes (the snapshot's versions
+    // arrive without one): a later table rebuild then resyncs by content, and a primary-key
+    // collision with the same content is told from a real one.
+    tx.execute(
+        &format!(
+            "UPDATE main.{ver} SET h = ({}) WHERE del = 0 AND h IS NULL",
+            capture::digest_of_version_row(t)
+        ),
+        [],
+    )
+    .ctx("digest restored rows")?;
     let (kept, unpublished): (i64, i64) = tx
         .query_row(
             "SELECT count(*), count(*) FILTER (WHERE pending > 0) FROM temp.__hl_keep_ver",
