@@ -282,11 +282,9 @@ fn an_alembic_app_upgrades_one_node_at_a_time_with_writers_running() {
             Some(&state),
         ));
         let now = rows_of(&dbs[i], names[i]);
-        wait_until(
-            &format!("{}'s new writer writes", names[i]),
-            T,
-            || rows_of(&dbs[i], names[i]) >= now + 5,
-        );
+        wait_until(&format!("{}'s new writer writes", names[i]), T, || {
+            rows_of(&dbs[i], names[i]) >= now + 5
+        });
     }
     let records: Vec<Value> = writers
         .iter_mut()
@@ -414,5 +412,8 @@ fn an_alembic_app_upgrades_one_node_at_a_time_with_writers_running() {
             n.name
         );
     }
-    eprintln!("alembic rolling upgrade: {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "alembic rolling upgrade: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
