@@ -40,8 +40,10 @@ fn alembic(db: &Path, args: &[&str]) -> String {
         .expect("run python3 -m alembic (are SQLAlchemy and Alembic installed? source scripts/tools.sh)");
     assert!(
         out.status.success(),
-        "alembic {args:?} on {}: {}",
+        "alembic {args:?} on {} failed ({}):\n{}{}",
         db.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
