@@ -372,6 +372,9 @@ fn sql_text(s: &str) -> String {
 
 /// The reason [`Schema::skipped`] gives for a migration tool's bookkeeping table.
 pub const MIGRATION_BOOKKEEPING: &str = "migration bookkeeping (each node's migrations record their own; name it in `tables` to replicate it)";
+/// The reason [`Schema::skipped`] gives for an ORM's temporary copy of a table being rebuilt.
+pub const MIGRATION_TEMP: &str =
+    "a migration's temporary copy of a table being rebuilt (the table replicates under its own name)";
 
 /// The replicated tables, found by [`scan`].
 #[derive(Debug, Clone, Default)]
@@ -427,7 +430,12 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
             continue;
         }
         if cfg.is_default_excluded(&name) && !cfg.exclude_tables.contains(&name) {
-            schema.skipped.push((name, MIGRATION_BOOKKEEPING.into()));
+            let why = if Config::is_migration_temp(&name) {
+                MIGRATION_TEMP
+            } else {
+                MIGRATION_BOOKKEEPING
+            };
+            schema.skipped.push((name, why.into()));
             continue;
         }
         if !cfg.wants_table(&name) {
@@ -1091,6 +1099,31 @@ impl ToSql for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ORM's temporary copy of a table is skipped as such, not as bookkeeping.
+    #[test]
+    fn migration_temp_tables_and_bookkeeping_are_skipped_with_their_own_reasons() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY); CREATE TABLE new__t(id INTEGER PRIMARY KEY);
+             CREATE TABLE _alembic_tmp_t(id INTEGER PRIMARY KEY);
+             CREATE TABLE alembic_version(version_num TEXT PRIMARY KEY);",
+        )
+        .unwrap();
+        let cfg = Config::parse("db_path = \"x.db\"").unwrap();
+        let schema = scan(&conn, &cfg).unwrap();
+        assert_eq!(schema.tables.len(), 1);
+        let why = |n: &str| {
+            schema
+                .skipped
+                .iter()
+                .find(|(t, _)| t == n)
+                .map(|(_, w)| w.as_str())
+        };
+        assert_eq!(why("new__t"), Some(MIGRATION_TEMP));
+        assert_eq!(why("_alembic_tmp_t"), Some(MIGRATION_TEMP));
+        assert_eq!(why("alembic_version"), Some(MIGRATION_BOOKKEEPING));
+    }
 
     /// The backfill looks each row up in the version table by key: a scan per row made a
     /// restored 1 GiB database take minutes to start.

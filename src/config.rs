@@ -441,6 +441,13 @@ impl Config {
             && !self.tables.iter().any(|t| t == table)
     }
 
+    /// Whether `table` is an ORM's temporary copy of a table being rebuilt
+    /// ([`MIGRATION_TEMP_PREFIXES`]).
+    pub fn is_migration_temp(table: &str) -> bool {
+        let lower = table.to_ascii_lowercase();
+        MIGRATION_TEMP_PREFIXES.iter().any(|p| lower.starts_with(p))
+    }
+
     /// The subject a status request for `node` (a node id, or `all`) goes to.
     pub fn status_subject(&self, node: &str) -> String {
         format!(
