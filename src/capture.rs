@@ -158,6 +158,10 @@ pub struct Table {
     /// (see [`crate::schema`]): their values are ignored on apply.
     pub ignored: Vec<String>,
     pub without_rowid: bool,
+    /// This node sends its changes of the table (`[table.<name>] publish`): when false, local
+    /// changes are versioned (so a newer change from elsewhere still wins) but never enter
+    /// the outbox.
+    pub publish: bool,
     pub log: String,
     pub ver: String,
     /// `k0, k1, ...`
@@ -240,14 +244,15 @@ impl Table {
             read_log: format!("SELECT seq, op, ts, {keys} FROM {log} ORDER BY seq"),
             // the digest of the row as it is now: what this version captured
             upsert_local_version: format!(
-                "INSERT INTO {ver}({keys}, ver, node, del, pending, h) VALUES ({}, ?{}, ?{}, ?{}, {PENDING_NEW}, ({})) \
+                "INSERT INTO {ver}({keys}, ver, node, del, pending, h) VALUES ({}, ?{}, ?{}, ?{}, {PENDING_NEW} * ?{p}, ({})) \
                  ON CONFLICT({keys}) DO UPDATE SET ver = excluded.ver, node = excluded.node, del = excluded.del, \
-                 pending = CASE WHEN {ver}.pending = {PENDING_NEW} THEN {PENDING_NEW} ELSE {PENDING_CHANGE} END, h = excluded.h",
+                 pending = ?{p} * CASE WHEN {ver}.pending = {PENDING_NEW} THEN {PENDING_NEW} ELSE {PENDING_CHANGE} END, h = excluded.h",
                 params(1),
                 n + 1,
                 n + 2,
                 n + 3,
                 digest_by_key(name, &header, 1),
+                p = n + 4,
             ),
             clear_log: format!("DELETE FROM {log}"),
             read_pending: format!(
@@ -263,6 +268,7 @@ impl Table {
             zero_fill,
             ignored: Vec::new(),
             without_rowid,
+            publish: true,
             log,
             ver,
             keys,
@@ -481,12 +487,13 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
             continue;
         }
         pk.sort();
-        let table = Table::new(
+        let mut table = Table::new(
             &name,
             cols,
             pk.into_iter().map(|p| p.1).collect(),
             without_rowid,
         );
+        table.publish = cfg.publishes(&name);
         schema.by_name.insert(name, schema.tables.len());
         schema.tables.push(table);
     }
@@ -774,11 +781,12 @@ fn resync(
         .collect::<Vec<_>>()
         .join(" AND ");
     let sql = format!(
-        "UPDATE {ver} SET ver = ver + 1, node = ?1, pending = {PENDING_CHANGE}, h = ({full}) \
+        "UPDATE {ver} SET ver = ver + 1, node = ?1, pending = {pending}, h = ({full}) \
          WHERE del = 0 AND EXISTS (SELECT 1 FROM {tbl} a WHERE {key} AND ({which}))",
         ver = t.ver,
         full = digest_of_version_row(t),
         tbl = quote(t.name()),
+        pending = if t.publish { PENDING_CHANGE } else { 0 },
     );
     let fills = tx
         .execute(&sql, [node as i64])
@@ -910,11 +918,24 @@ pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Re
             write
                 .raw_bind_parameter(n + 3, (op == OP_DELETE) as i64)
                 .ctx("stamp change")?;
+            // 0: versioned, never queued (a table this node does not publish)
+            write
+                .raw_bind_parameter(n + 4, t.publish as i64)
+                .ctx("stamp change")?;
             write.raw_execute().ctx("stamp change")?;
             stamped += 1;
             any = true;
         }
         drop(rows);
+        if any && !t.publish {
+            if let Some(more) = crate::logging::repeated(&format!("local only {}", t.name())) {
+                log::info!(
+                    "table {}: local changes stay on this node, not sent ([table.{}] publish = false){more}",
+                    t.name(),
+                    t.name()
+                );
+            }
+        }
         if any {
             conn.prepare_cached(&t.sql.clear_log)
                 .and_then(|mut s| s.execute([]))

@@ -215,7 +215,8 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 log::error!("{e}");
-                return ExitCode::from(1);
+                let config = matches!(e, harmonylite::node::NodeError::Config(_));
+                return ExitCode::from(if config { 2 } else { 1 });
             }
         }
     };

@@ -1061,3 +1061,40 @@ fn version_1_frames_still_apply_and_a_version_1_writer_sends_inserts_as_upserts(
     assert_eq!(s.applied, 1);
     assert_eq!(rows(&d), vec![(1, "old build".to_string())]);
 }
+
+#[test]
+fn a_table_this_node_does_not_publish_is_versioned_but_never_queued() {
+    let path = std::env::temp_dir().join(format!("hl-apply-nopub-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let mut conn = db::open(&path).unwrap();
+    prepare(&conn).unwrap();
+    let cfg = Config::parse(&format!(
+        "db_path = {:?}\n[table.t]\npublish = false\n",
+        path.display().to_string()
+    ))
+    .unwrap();
+    let schema = capture::scan(&conn, &cfg).unwrap();
+    capture::install(&mut conn, &schema, &Default::default(), ME).unwrap();
+    let mut d = Db {
+        path,
+        conn,
+        schema,
+        hlc: Hlc::new(0),
+    };
+    d.conn
+        .execute("INSERT INTO t VALUES (1, 'local')", [])
+        .unwrap();
+    capture::stamp(&d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    assert_eq!(capture::outbox_len(&d.conn, &d.schema).unwrap(), 0);
+    // versioned all the same: an older remote change loses, a newer one wins
+    let s = apply(&mut d, msg(1, 7, &[(1 << 16, up(1, "older"))]));
+    assert_eq!(s.stale, 1);
+    assert_eq!(rows(&d), vec![(1, "local".to_string())]);
+    let future = (crate::hlc::now_ms() + 60_000) << 16;
+    apply(&mut d, msg(2, 7, &[(future, up(1, "hub"))]));
+    assert_eq!(rows(&d), vec![(1, "hub".to_string())]);
+}
