@@ -361,6 +361,54 @@ fn a_declared_type_with_the_same_affinity_does_not_pause() {
     }
 }
 
+/// Django's AlterField on SQLite rebuilds the table with the altered column last. On a node
+/// whose sidecar was stopped meanwhile, the same rows in another column order are no write:
+/// re-sent with fresh versions they would win over what other nodes wrote in the meantime
+/// (a deleted row would come back, an update would be undone).
+#[test]
+fn a_rebuild_that_moves_a_column_resends_nothing() {
+    let dir = TestDir::new("migrations-reorder");
+    let nats = NatsServer::start(dir.path());
+    let schema = "CREATE TABLE item(id INTEGER PRIMARY KEY, code varchar(50) NOT NULL UNIQUE, name TEXT NOT NULL)";
+    let mut nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], schema, "");
+    let dbs: Vec<PathBuf> = nodes.iter().map(|n| n.db.clone()).collect();
+    app(
+        &dbs[0],
+        "INSERT INTO item VALUES (1, 'a', 'one'), (2, 'b', 'two'), (3, 'c', 'three')",
+    );
+    wait_until("n2 has the items", T, || dump(&dbs[1], "item").len() == 3);
+    assert!(nodes[0].stop().success());
+    app(
+        &dbs[1],
+        "DELETE FROM item WHERE id = 1; UPDATE item SET name = 'TWO' WHERE id = 2",
+    );
+    let alter = "PRAGMA foreign_keys = OFF; BEGIN; \
+         CREATE TABLE new__item(id INTEGER PRIMARY KEY, name TEXT NOT NULL, code varchar(80) NOT NULL UNIQUE); \
+         INSERT INTO new__item(id, name, code) SELECT id, name, code FROM item; DROP TABLE item; \
+         ALTER TABLE new__item RENAME TO item; COMMIT;";
+    app(&dbs[0], alter);
+    nodes[0].restart_ready();
+    app(&dbs[1], alter);
+    let rows = [
+        "integer=2|text='TWO'|text='b'",
+        "integer=3|text='three'|text='c'",
+    ];
+    for db in &dbs {
+        wait_dump(db, "item", &rows, T);
+    }
+    // and stays so: n1 re-sent nothing that could overwrite them later
+    std::thread::sleep(Duration::from_secs(1));
+    for (n, db) in nodes.iter().zip(&dbs) {
+        assert_eq!(dump(db, "item"), rows, "{}", n.name);
+        assert!(
+            !n.log().contains("capture resynced"),
+            "{}: {}",
+            n.name,
+            n.log()
+        );
+    }
+}
+
 /// Django's AddField(default=5) on SQLite: a rebuild with a NOT NULL column whose default lives
 /// in Python only. Rows from nodes still on the old schema lack it: they apply with the
 /// column's zero value on upgraded nodes instead of waiting forever, and after the rolling
