@@ -713,7 +713,10 @@ fn apply_one<'c>(
     if let (Op::Insert(values), Some(cur)) = (&ch.op, &current) {
         // The origin created this key without knowing of the row here (see `Op::Insert`). The
         // same content created twice (seed data loaded on every node) is no collision.
-        if !cur.deleted && cur.node != origin && cur.digest != Some(row_digest(header, values)) {
+        if !cur.deleted
+            && cur.node != origin
+            && cur.digest != Some(row_digest(&t.table.header, header, values))
+        {
             let key: Vec<Value> = keys().cloned().collect();
             note_collision(conn, &header.name, &key, cur, origin, ch.version)?;
             stats.pk_collisions += 1;
@@ -786,16 +789,23 @@ struct Current {
     digest: Option<i64>,
 }
 
-/// The digest of a row image, as [`capture::digest`] computes it for a stored row.
-fn row_digest(header: &TableHeader, values: &[Value]) -> i64 {
+/// The digest of a row image as [`capture::digest`] computes it for the stored row here: over
+/// this node's columns in this node's order (the sender's order may differ after a rebuild),
+/// a column the sender lacks counting as NULL.
+fn row_digest(ours: &TableHeader, sender: &TableHeader, values: &[Value]) -> i64 {
     use rusqlite::types::ValueRef;
-    capture::digest(header.columns.iter().zip(values).flat_map(|(c, v)| {
-        let v = match v {
-            Value::Null => ValueRef::Null,
-            Value::Integer(i) => ValueRef::Integer(*i),
-            Value::Real(f) => ValueRef::Real(*f),
-            Value::Text(t) => ValueRef::Text(t),
-            Value::Blob(b) => ValueRef::Blob(b),
+    capture::digest(ours.columns.iter().flat_map(|c| {
+        let v = match sender
+            .columns
+            .iter()
+            .position(|s| s.eq_ignore_ascii_case(c))
+            .map(|i| &values[i])
+        {
+            None | Some(Value::Null) => ValueRef::Null,
+            Some(Value::Integer(i)) => ValueRef::Integer(*i),
+            Some(Value::Real(f)) => ValueRef::Real(*f),
+            Some(Value::Text(t)) => ValueRef::Text(t),
+            Some(Value::Blob(b)) => ValueRef::Blob(b),
         };
         [ValueRef::Text(c.as_bytes()), v]
     }))
