@@ -46,9 +46,14 @@ impl Node {
         if Instant::now() < self.next_connect {
             return;
         }
-        let cursor = match db::get_meta(&self.conn, apply::CURSOR_KEY) {
-            Ok(c) => c.unwrap_or(0) as u64,
-            Err(e) => {
+        // a backfill reads the stream from its start (see `apply::Backfill`)
+        let cursor = match (
+            db::get_meta(&self.conn, apply::CURSOR_KEY),
+            apply::Backfill::active(&self.conn),
+        ) {
+            (Ok(_), Ok(true)) => 0,
+            (Ok(c), Ok(false)) => c.unwrap_or(0) as u64,
+            (Err(e), _) | (_, Err(e)) => {
                 log::warn!("{e}");
                 return;
             }
