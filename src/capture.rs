@@ -505,7 +505,61 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
             ));
         }
     }
+    parents_first(conn, &mut schema)?;
     Ok(schema)
+}
+
+/// Orders the tables so that a table comes after the tables its foreign keys reference. Frames
+/// hold one table each and are published in this order, so a parent written in the same poll
+/// as its children reaches the stream first: a receiver that applies the two in different
+/// batches never holds the child without its parent in between. Tables in a cycle (or
+/// referencing themselves) keep their order among themselves.
+fn parents_first(conn: &Connection, schema: &mut Schema) -> Result<(), DbError> {
+    let names: Vec<String> = schema.tables.iter().map(|t| t.name().to_string()).collect();
+    let mut parents: Vec<Vec<usize>> = Vec::with_capacity(names.len());
+    for name in &names {
+        let referenced: Vec<String> = conn
+            .prepare_cached("SELECT DISTINCT \"table\" FROM pragma_foreign_key_list(?1)")
+            .and_then(|mut s| s.query_map([name], |r| r.get(0))?.collect())
+            .ctx("read foreign keys")?;
+        parents.push(
+            referenced
+                .iter()
+                .filter_map(|p| names.iter().position(|n| n.eq_ignore_ascii_case(p)))
+                .filter(|&p| !names[p].eq_ignore_ascii_case(name))
+                .collect(),
+        );
+    }
+    if parents.iter().all(Vec::is_empty) {
+        return Ok(());
+    }
+    // repeatedly take the first table (in scan order) whose parents are all placed
+    let mut placed = vec![false; names.len()];
+    let mut order = Vec::with_capacity(names.len());
+    while order.len() < names.len() {
+        let next = (0..names.len())
+            .find(|&i| !placed[i] && parents[i].iter().all(|&p| placed[p]))
+            // a cycle: the first table not yet placed breaks it
+            .or_else(|| (0..names.len()).find(|&i| !placed[i]))
+            .expect("a table is left");
+        placed[next] = true;
+        order.push(next);
+    }
+    let mut tables: Vec<Option<Table>> = std::mem::take(&mut schema.tables)
+        .into_iter()
+        .map(Some)
+        .collect();
+    schema.tables = order
+        .into_iter()
+        .map(|i| tables[i].take().expect("each table once"))
+        .collect();
+    schema.by_name = schema
+        .tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name().to_string(), i))
+        .collect();
+    Ok(())
 }
 
 /// Creates our tables and triggers for every replicated table, in one transaction. A table whose
@@ -1122,6 +1176,36 @@ impl ToSql for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parents before children, whatever order the tables were created in; a cycle is broken.
+    #[test]
+    fn tables_are_ordered_parents_first() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE line(id INTEGER PRIMARY KEY, o INTEGER REFERENCES orders(id), p INTEGER REFERENCES product(id));
+             CREATE TABLE orders(id INTEGER PRIMARY KEY, c INTEGER REFERENCES customer(id));
+             CREATE TABLE product(id INTEGER PRIMARY KEY);
+             CREATE TABLE customer(id INTEGER PRIMARY KEY, boss INTEGER REFERENCES customer(id));
+             CREATE TABLE a(id INTEGER PRIMARY KEY, b INTEGER REFERENCES b(id));
+             CREATE TABLE b(id INTEGER PRIMARY KEY, a INTEGER REFERENCES a(id));",
+        )
+        .unwrap();
+        let cfg = Config::parse("db_path = \"x.db\"").unwrap();
+        let schema = scan(&conn, &cfg).unwrap();
+        let order: Vec<&str> = schema.tables.iter().map(|t| t.name()).collect();
+        let at = |n: &str| order.iter().position(|t| *t == n).unwrap();
+        assert!(at("customer") < at("orders"), "{order:?}");
+        assert!(
+            at("orders") < at("line") && at("product") < at("line"),
+            "{order:?}"
+        );
+        assert_eq!(
+            order.len(),
+            6,
+            "a cycle places its tables all the same: {order:?}"
+        );
+        assert_eq!(schema.get("line").unwrap().name(), "line");
+    }
 
     /// An ORM's temporary copy of a table is skipped as such, not as bookkeeping.
     #[test]
