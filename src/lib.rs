@@ -31,6 +31,8 @@
 //!   [`http`]: the tiny server for both (`[prometheus]`, `[health_check]`).
 //! - [`cleanup`]: `harmonylite cleanup`, removing everything HarmonyLite added to a database.
 //! - [`logging`]: the stderr logger (text or JSON lines).
+//! - [`retry`]: the one backoff, the retry policies and the shared deadlines (the shutdown
+//!   budget); imports nothing of ours.
 #![forbid(unsafe_code)]
 #![allow(deprecated)] // the sync `nats` crate is deprecated upstream; it is confined to transport
 
@@ -49,6 +51,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod retry;
 pub mod schema;
 pub mod snapshot;
 pub mod status;

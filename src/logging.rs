@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use log::{LevelFilter, Log, Metadata, Record};
 
@@ -95,7 +95,12 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = self.line(now_ms(), record.level(), record.target(), record.args());
+        let line = self.line(
+            crate::hlc::system_ms(),
+            record.level(),
+            record.target(),
+            record.args(),
+        );
         // One write per line, so lines of different threads never interleave. A closed stderr
         // must not stop the node: the error is ignored.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
@@ -116,12 +121,6 @@ pub fn init(format: Format, verbose: bool) {
     if format == Format::Json {
         std::panic::set_hook(Box::new(|info| log::error!(target: "panic", "{info}")));
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `1970-01-01T00:00:00.000Z`: RFC 3339, UTC, milliseconds.

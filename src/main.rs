@@ -8,7 +8,8 @@ use std::sync::Arc;
 use harmonylite::config::Config;
 use std::time::Duration;
 
-use harmonylite::node::{Backoff, Node, Stop};
+use harmonylite::node::{Node, Stop};
+use harmonylite::retry::{self, EXIT_DEADLINE, SHUTDOWN_OVERDUE};
 
 const USAGE: &str = "\
 harmonylite: leaderless SQLite replication over NATS JetStream
@@ -203,7 +204,7 @@ fn main() -> ExitCode {
             Err(e) => log::warn!("cannot restore the missing database from a snapshot: {e}"),
         }
     }
-    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut retry = retry::NODE_OPEN.backoff();
     let mut node = loop {
         match Node::open(cfg.clone()) {
             Ok(n) => break n,
@@ -358,9 +359,9 @@ fn watch_signals(stop: Arc<Stop>) -> std::io::Result<()> {
             // comes. Exiting is safe at any moment: the outbox and the cursor are in SQLite.
             let stop = stop.clone();
             let _ = std::thread::Builder::new().name("exit-deadline".into()).spawn(move || {
-                std::thread::sleep(OVERDUE_AFTER);
+                std::thread::sleep(SHUTDOWN_OVERDUE);
                 stop.overdue();
-                std::thread::sleep(EXIT_DEADLINE - OVERDUE_AFTER);
+                std::thread::sleep(EXIT_DEADLINE - SHUTDOWN_OVERDUE);
                 log::warn!(
                     "stopping took longer than {:.1} s (a stalled link); exiting now, unsent changes stay in the outbox",
                     EXIT_DEADLINE.as_secs_f64()
@@ -371,8 +372,3 @@ fn watch_signals(stop: Arc<Stop>) -> std::io::Result<()> {
     })?;
     Ok(())
 }
-
-/// After the first signal, a node still waiting on the network this long cuts its link.
-const OVERDUE_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
-/// After the first signal the process exits within this long, whatever the link does.
-const EXIT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(4500);

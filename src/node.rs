@@ -19,6 +19,7 @@ use crate::db::{self, DbError};
 use crate::embedded::EmbeddedServer;
 use crate::gap;
 use crate::hlc::Hlc;
+use crate::retry::{self, Backoff, SHUTDOWN_FLUSH};
 use crate::schema;
 use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
 
@@ -34,14 +35,7 @@ pub use snapshots::{restore_missing, urls as snapshot_urls, Saved};
 
 /// Bytes of frames published before their acks are awaited (one publish round).
 pub const ROUND_BYTES: usize = 8 * 1024 * 1024;
-/// How long shutdown may spend flushing the outbox (the whole exit must take under 5 s; the
-/// flush happens only when the server answers a PING within [`crate::transport::PROBE_TIMEOUT`]).
-pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
-/// Backoff bounds for retrying a failing database step.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// The same warning is repeated at most this often.
-pub const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+pub use crate::retry::REPEAT_LOG_EVERY;
 /// How often the position past our own frames is written down.
 const OWN_CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// How often, while connected and replicating, the stream's first sequence is compared with
@@ -50,6 +44,10 @@ const OWN_CURSOR_EVERY: Duration = Duration::from_secs(1);
 const STREAM_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How often the outbox size is compared with its budget.
 const BUDGET_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How often, while a table is paused, `__hl_meta` is read to see whether `harmonylite schema
+/// accept` (another process) lifted the pause: a lifted pause resumes within a second, and the
+/// read is one indexed row.
+const PAUSE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 struct Attempt {
     rx: mpsc::Receiver<Result<Transport, TransportError>>,
@@ -144,41 +142,6 @@ impl Stop {
             .wait_timeout_while(guard, d, |s| !*s)
             .unwrap_or_else(|e| e.into_inner());
         *guard
-    }
-}
-
-/// Capped exponential backoff with jitter; resets on success.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            next: min,
-            min,
-            max,
-            seed: crate::hlc::now_ms() | 1,
-        }
-    }
-
-    /// The delay before the next attempt: the current step plus up to 25% jitter, then doubled.
-    pub fn fail(&mut self) -> Duration {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let base = self.next;
-        let jitter = base.mul_f64((self.seed % 1000) as f64 / 4000.0);
-        self.next = (self.next * 2).min(self.max);
-        (base + jitter).min(self.max)
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
     }
 }
 
@@ -392,7 +355,7 @@ impl Node {
             next_restore: Instant::now(),
             bad_snapshot: None,
             gap_logged: None,
-            restore_backoff: Backoff::new(Duration::from_secs(1), REPEAT_LOG_EVERY),
+            restore_backoff: retry::RESTORE.backoff(),
             last_stream_check: Instant::now(),
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -403,7 +366,7 @@ impl Node {
     /// Runs until `stop` is set, then flushes what it can and returns.
     pub fn run(&mut self, stop: &Stop) {
         let poll = Duration::from_millis(self.cfg.polling_interval);
-        let mut db_backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut db_backoff = retry::DB_STEP.backoff();
         self.stopping = stop.flag();
         let cutter = self.link_cutter.clone();
         stop.on_overdue(move || {
