@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the pinned tools the tests and the demo need into $REPO/.tools (gitignored),
-# without root, and exports NATS_SERVER=<absolute path to nats-server> and HL_DJANGO_PATH=<a
-# folder holding Django, for PYTHONPATH>.
+# without root, and exports NATS_SERVER=<absolute path to nats-server>, HL_DJANGO_PATH=<a
+# folder holding Django, for PYTHONPATH> and HL_ALEMBIC_PATH=<a folder holding SQLAlchemy and
+# Alembic, for PYTHONPATH>.
 #
 #   source scripts/tools.sh    # from another script: installs if needed, exports NATS_SERVER
 #   bash scripts/tools.sh      # standalone: installs if needed, prints NATS_SERVER=...
@@ -14,6 +15,8 @@
 
 HL_NATS_SERVER_VERSION="2.15.1"
 HL_DJANGO_VERSION="5.2.19"
+HL_SQLALCHEMY_VERSION="2.1.9"
+HL_ALEMBIC_VERSION="1.20.1"
 
 hl_tools_main() {
     local repo tools py bin want have
@@ -74,6 +77,19 @@ hl_tools_main() {
     fi
     HL_DJANGO_PATH="$dj"
     export HL_DJANGO_PATH
+    # SQLAlchemy and Alembic for tests/alembic.rs (the second ORM), in their own folder
+    local al="$tools/alembic" alwant="$HL_SQLALCHEMY_VERSION $HL_ALEMBIC_VERSION"
+    if [ "$(PYTHONPATH="$al" python3 -c 'import sqlalchemy, alembic; print(sqlalchemy.__version__, alembic.__version__)' 2>/dev/null)" != "$alwant" ]; then
+        echo "tools: installing SQLAlchemy $HL_SQLALCHEMY_VERSION and Alembic $HL_ALEMBIC_VERSION into $al" >&2
+        rm -rf "$al"
+        if ! PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+                --target "$al" "sqlalchemy==$HL_SQLALCHEMY_VERSION" "alembic==$HL_ALEMBIC_VERSION" >&2; then
+            echo "tools: error: pip install sqlalchemy==$HL_SQLALCHEMY_VERSION alembic==$HL_ALEMBIC_VERSION failed" >&2
+            return 1
+        fi
+    fi
+    HL_ALEMBIC_PATH="$al"
+    export HL_ALEMBIC_PATH
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
@@ -82,6 +98,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     hl_tools_main
     echo "NATS_SERVER=$NATS_SERVER"
     echo "HL_DJANGO_PATH=$HL_DJANGO_PATH"
+    echo "HL_ALEMBIC_PATH=$HL_ALEMBIC_PATH"
 else
     # Sourced: report failure to the caller without killing an interactive shell.
     hl_tools_main || return 1

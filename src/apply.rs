@@ -56,6 +56,10 @@ pub const HLC_KEY: &str = "hlc";
 pub const OWN_REPLAY_KEY: &str = "own_replay_until";
 /// `__hl_meta`: unique-key conflicts resolved on this database (for `harmonylite status`).
 pub const UNIQUE_CONFLICTS_KEY: &str = "unique_conflicts";
+/// `__hl_meta`: primary-key collisions seen on this database (for `harmonylite status`).
+pub const PK_COLLISIONS_KEY: &str = "pk_collisions";
+/// `__hl_meta`: the newest primary-key collision, as text (for `harmonylite status`).
+pub const LAST_PK_COLLISION_KEY: &str = "last_pk_collision";
 
 /// A message taken from the stream.
 #[derive(Debug, Clone)]
@@ -77,6 +81,8 @@ pub struct ApplyStats {
     pub own: u64,
     /// Changes that met a unique constraint other than the primary key and were resolved.
     pub unique_conflicts: u64,
+    /// New rows that arrived for a key this node holds a different row of, from another node.
+    pub pk_collisions: u64,
     /// The origin whose stamps were furthest ahead of our clock, and by how many ms (if ahead).
     pub ahead: Option<(u64, u64)>,
     /// The newest version seen from each origin (for the replication lag metric).
@@ -374,7 +380,10 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
         upsert_blocked,
         upsert: format!("INSERT INTO {t}({}) VALUES ({placeholders}) ON CONFLICT({}) {on_conflict}", insert_cols.join(", "), pk_cols.join(", ")),
         delete: format!("DELETE FROM {t} WHERE {}", key_match("", &pk_cols)),
-        get_version: format!("SELECT ver, node FROM {ver} WHERE {}", key_match("", &keys)),
+        get_version: format!(
+            "SELECT ver, node, del, h FROM {ver} WHERE {}",
+            key_match("", &keys)
+        ),
         // `h`: the digest of the row as applied here (NULL once deleted), see capture's resync
         set_version: format!(
             "INSERT INTO {ver}({k}, ver, node, del, pending, h) VALUES ({}, ?{}, ?{}, ?{}, 0, ({})) \
@@ -425,7 +434,7 @@ fn apply_changes(
         let idx = ch.table as usize;
         let blocked = match &targets[idx] {
             Err(_) => true,
-            Ok(t) => t.upsert_blocked.is_some() && matches!(ch.op, Op::Upsert(_)),
+            Ok(t) => t.upsert_blocked.is_some() && ch.op.row().is_some(),
         };
         if blocked {
             soon.insert((c.tables[idx].name.as_str(), change_key(&c.tables[idx], ch)));
@@ -449,7 +458,7 @@ fn apply_changes(
         let outcome = match &targets[idx] {
             Ok(t) => {
                 let parent = match (&ch.op, waiting) {
-                    (Op::Upsert(values), true) => {
+                    (Op::Upsert(values) | Op::Insert(values), true) => {
                         let fks = match &mut fks[idx] {
                             Some(f) => f,
                             None => fks[idx].insert(foreign_keys(conn, schema, header)?),
@@ -462,7 +471,7 @@ fn apply_changes(
                     Some(p) => Outcome::Park(format!(
                         "a row of table {p} it references is parked here (it waits with it)"
                     )),
-                    None => apply_one(conn, t, &mut prepared[idx], header, c.origin, ch)?,
+                    None => apply_one(conn, t, &mut prepared[idx], header, c.origin, ch, stats)?,
                 }
             }
             Err(reason) => Outcome::Park(reason.clone()),
@@ -540,39 +549,59 @@ fn apply_one<'c>(
     header: &TableHeader,
     origin: u64,
     ch: &Change,
+    stats: &mut ApplyStats,
 ) -> Result<Outcome, DbError> {
     // the key values: picked from the row image, or the delete's own (validated to match the key)
     let (values, pk) = match &ch.op {
-        Op::Upsert(values) => (values, Some(&header.pk)),
+        Op::Upsert(values) | Op::Insert(values) => (values, Some(&header.pk)),
         Op::Delete(keys) => (keys, None),
     };
     let keys = || (0..header.pk.len()).map(move |i| &values[pk.map_or(i, |pk| pk[i] as usize)]);
     if keys().any(|k| matches!(k, Value::Null)) {
         return Ok(Outcome::Park("a primary-key value is NULL".into()));
     }
-    if let (Op::Upsert(_), Some(reason)) = (&ch.op, &t.upsert_blocked) {
+    if let (Some(_), Some(reason)) = (ch.op.row(), &t.upsert_blocked) {
         return Ok(Outcome::Park(reason.clone()));
     }
-    let current: Option<(i64, i64)> = prepared(&mut stmts.get_version, conn, &t.get_version)
+    let current: Option<Current> = prepared(&mut stmts.get_version, conn, &t.get_version)
         .and_then(|s| {
             bind(s, keys())?;
             let mut rows = s.raw_query();
-            rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
+            rows.next()?
+                .map(|r| {
+                    Ok(Current {
+                        version: r.get::<_, i64>(0)? as u64,
+                        node: r.get::<_, i64>(1)? as u64,
+                        deleted: r.get(2)?,
+                        digest: r.get(3)?,
+                    })
+                })
+                .transpose()
         })
         .ctx("read row version")?;
-    if let Some((ver, node)) = current {
-        if (ch.version, origin) <= (ver as u64, node as u64) {
+    if let (Op::Insert(values), Some(cur)) = (&ch.op, &current) {
+        // The origin created this key without knowing of the row here (see `Op::Insert`). The
+        // same content created twice (seed data loaded on every node) is no collision.
+        if !cur.deleted && cur.node != origin && cur.digest != Some(row_digest(header, values)) {
+            let key: Vec<Value> = keys().cloned().collect();
+            note_collision(conn, &header.name, &key, cur, origin, ch.version)?;
+            stats.pk_collisions += 1;
+        }
+    }
+    if let Some(cur) = &current {
+        if (ch.version, origin) <= (cur.version, cur.node) {
             return Ok(Outcome::Stale);
         }
     }
     let result = match &ch.op {
-        Op::Upsert(values) => prepared(&mut stmts.upsert, conn, &t.upsert).and_then(|s| {
-            match &t.used {
-                None => bind(s, values.iter())?,
-                Some(used) => bind(s, used.iter().map(|&i| &values[i]))?,
-            };
-            s.raw_execute()
-        }),
+        Op::Upsert(values) | Op::Insert(values) => prepared(&mut stmts.upsert, conn, &t.upsert)
+            .and_then(|s| {
+                match &t.used {
+                    None => bind(s, values.iter())?,
+                    Some(used) => bind(s, used.iter().map(|&i| &values[i]))?,
+                };
+                s.raw_execute()
+            }),
         Op::Delete(keys) => prepared(&mut stmts.delete, conn, &t.delete).and_then(|s| {
             bind(s, keys.iter())?;
             s.raw_execute()
@@ -588,7 +617,7 @@ fn apply_one<'c>(
             });
         }
         let why = match &ch.op {
-            Op::Upsert(values) if is_unique_violation(&e) => {
+            Op::Upsert(values) | Op::Insert(values) if is_unique_violation(&e) => {
                 match resolve_unique(conn, t, stmts, header, origin, ch.version, values)? {
                     Resolved::Won => None,
                     Resolved::Lost => {
@@ -615,6 +644,60 @@ fn apply_one<'c>(
         .ctx("write row version")?;
     stmt.raw_execute().ctx("write row version")?;
     Ok(outcome)
+}
+
+/// A row's version as this node holds it.
+struct Current {
+    version: u64,
+    node: u64,
+    deleted: bool,
+    /// The row's digest when last stamped or applied here (None: unknown).
+    digest: Option<i64>,
+}
+
+/// The digest of a row image, as [`capture::digest`] computes it for a stored row.
+fn row_digest(header: &TableHeader, values: &[Value]) -> i64 {
+    use rusqlite::types::ValueRef;
+    capture::digest(header.columns.iter().zip(values).flat_map(|(c, v)| {
+        let v = match v {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Blob(b) => ValueRef::Blob(b),
+        };
+        [ValueRef::Text(c.as_bytes()), v]
+    }))
+}
+
+/// Counts, records and logs (rate-limited per table) a primary-key collision: `origin` created
+/// `key` of `table` at `version` while this node held a different row of it from `cur.node`.
+/// Last-writer-wins still decides which row stays; this only makes the overwrite visible.
+fn note_collision(
+    conn: &Connection,
+    table: &str,
+    key: &[Value],
+    cur: &Current,
+    origin: u64,
+    version: u64,
+) -> Result<(), DbError> {
+    let n = db::get_meta(conn, PK_COLLISIONS_KEY)?.unwrap_or(0) + 1;
+    db::set_meta(conn, PK_COLLISIONS_KEY, n)?;
+    let (winner, loser) = if (version, origin) > (cur.version, cur.node) {
+        (origin, cur.node)
+    } else {
+        (cur.node, origin)
+    };
+    let what = format!(
+        "table {table} key {}: nodes {} and {origin} both created it; node {winner}'s row is kept, node {loser}'s overwritten",
+        show_key(key),
+        cur.node
+    );
+    db::set_meta_text(conn, LAST_PK_COLLISION_KEY, &what)?;
+    if let Some(more) = crate::logging::repeated(&format!("pk collision {table}")) {
+        log::warn!("primary-key collision in {what} (last writer wins); give new rows keys that cannot collide between nodes (README: Choosing primary keys){more}");
+    }
+    Ok(())
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -933,7 +1016,7 @@ fn park(
     header: &TableHeader,
     ch: &Change,
 ) -> Result<(), DbError> {
-    let bytes = frame::encode_single(origin, header, ch.version, ch.op.clone());
+    let bytes = frame::encode_single(origin, header, ch.version, ch.op.clone(), frame::VERSION);
     conn.prepare_cached(&format!(
         "INSERT INTO {PARKED_TABLE}(tbl, reason, frame, k) VALUES (?1, ?2, ?3, ?4)"
     ))
@@ -981,7 +1064,7 @@ pub fn key_bytes<'v>(values: impl Iterator<Item = &'v Value>) -> Vec<u8> {
 /// The key of the row a change is about, as [`key_bytes`].
 fn change_key(header: &TableHeader, ch: &Change) -> Vec<u8> {
     match &ch.op {
-        Op::Upsert(values) => key_bytes(
+        Op::Upsert(values) | Op::Insert(values) => key_bytes(
             header
                 .pk
                 .iter()

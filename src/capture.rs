@@ -7,9 +7,11 @@
 //!   keys: the row image is read from the table itself when the change is published, so a row
 //!   changed many times between two polls travels once, with its latest content.
 //! - `__hl_ver_t(k0..kn, ver, node, del, pending, h)`: the last-writer-wins state of every row this
-//!   node has seen: HLC version, origin node, tombstone flag, `pending = 1` while a local change
-//!   waits for JetStream's ack (the outbox), and `h`, a digest of the row's content when this node
-//!   last stamped or applied it (NULL: unknown).
+//!   node has seen: HLC version, origin node, tombstone flag, `pending` while a local change
+//!   waits for JetStream's ack (the outbox: 1 for a change of a key this node knew, 2 for a key
+//!   it held no version of, whose upsert is published as [`Op::Insert`] so that receivers can
+//!   tell primary-key collisions from updates), and `h`, a digest of the row's content when this
+//!   node last stamped or applied it (NULL: unknown).
 //! - triggers `__hl_i_t`, `__hl_u_t`, `__hl_d_t`. They use only plain SQL any SQLite since 3.8
 //!   understands, so an application linked against an old SQLite never fails a write because of us.
 //!
@@ -38,11 +40,21 @@ use rusqlite::Connection;
 
 use crate::config::Config;
 use crate::db::{quote, Context, DbError};
-use crate::frame::{TableHeader, Value};
+use crate::frame::{Op, TableHeader, Value};
 use crate::hlc::Hlc;
 
 pub const OP_UPSERT: i64 = 1;
 pub const OP_DELETE: i64 = 2;
+
+/// `pending` of a version row: a local change of a key this node knew (an update, a delete, or
+/// the insert of a key it had seen deleted).
+pub const PENDING_CHANGE: i64 = 1;
+/// `pending` of a version row: a local change of a key this node had no version of before this
+/// outbox entry (the others have not heard of the key from it). An upsert of such a key is
+/// published as [`Op::Insert`].
+pub const PENDING_NEW: i64 = 2;
+/// The SQL condition selecting the outbox rows of a version table (its partial index's too).
+pub const PENDING: &str = "pending > 0";
 
 /// The application's write time as Unix ms, in SQL any SQLite version can run.
 const TS_SQL: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
@@ -146,6 +158,10 @@ pub struct Table {
     /// (see [`crate::schema`]): their values are ignored on apply.
     pub ignored: Vec<String>,
     pub without_rowid: bool,
+    /// This node sends its changes of the table (`[table.<name>] publish`): when false, local
+    /// changes are versioned (so a newer change from elsewhere still wins) but never enter
+    /// the outbox.
+    pub publish: bool,
     pub log: String,
     pub ver: String,
     /// `k0, k1, ...`
@@ -228,20 +244,22 @@ impl Table {
             read_log: format!("SELECT seq, op, ts, {keys} FROM {log} ORDER BY seq"),
             // the digest of the row as it is now: what this version captured
             upsert_local_version: format!(
-                "INSERT INTO {ver}({keys}, ver, node, del, pending, h) VALUES ({}, ?{}, ?{}, ?{}, 1, ({})) \
-                 ON CONFLICT({keys}) DO UPDATE SET ver = excluded.ver, node = excluded.node, del = excluded.del, pending = 1, h = excluded.h",
+                "INSERT INTO {ver}({keys}, ver, node, del, pending, h) VALUES ({}, ?{}, ?{}, ?{}, {PENDING_NEW} * ?{p}, ({})) \
+                 ON CONFLICT({keys}) DO UPDATE SET ver = excluded.ver, node = excluded.node, del = excluded.del, \
+                 pending = ?{p} * CASE WHEN {ver}.pending = {PENDING_NEW} THEN {PENDING_NEW} ELSE {PENDING_CHANGE} END, h = excluded.h",
                 params(1),
                 n + 1,
                 n + 2,
                 n + 3,
-                digest_by_key(name, &header, 1)
+                digest_by_key(name, &header, 1),
+                p = n + 4,
             ),
             clear_log: format!("DELETE FROM {log}"),
             read_pending: format!(
-                "SELECT v.ver, v.del, {exists}, {vkeys}, {cols} FROM {ver} v LEFT JOIN {t} t ON {join} \
-                 WHERE v.pending = 1 ORDER BY v.ver"
+                "SELECT v.ver, v.del, {exists}, v.pending, {vkeys}, {cols} FROM {ver} v LEFT JOIN {t} t ON {join} \
+                 WHERE {PENDING} ORDER BY v.ver"
             ),
-            mark_published: format!("UPDATE OR IGNORE {ver} SET pending = 0 WHERE pending = 1 AND ver <= ?1"),
+            mark_published: format!("UPDATE OR IGNORE {ver} SET pending = 0 WHERE {PENDING} AND ver <= ?1"),
         };
         Table {
             header,
@@ -250,6 +268,7 @@ impl Table {
             zero_fill,
             ignored: Vec::new(),
             without_rowid,
+            publish: true,
             log,
             ver,
             keys,
@@ -359,6 +378,9 @@ fn sql_text(s: &str) -> String {
 
 /// The reason [`Schema::skipped`] gives for a migration tool's bookkeeping table.
 pub const MIGRATION_BOOKKEEPING: &str = "migration bookkeeping (each node's migrations record their own; name it in `tables` to replicate it)";
+/// The reason [`Schema::skipped`] gives for an ORM's temporary copy of a table being rebuilt.
+pub const MIGRATION_TEMP: &str =
+    "a migration's temporary copy of a table being rebuilt (the table replicates under its own name)";
 
 /// The replicated tables, found by [`scan`].
 #[derive(Debug, Clone, Default)]
@@ -414,7 +436,12 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
             continue;
         }
         if cfg.is_default_excluded(&name) && !cfg.exclude_tables.contains(&name) {
-            schema.skipped.push((name, MIGRATION_BOOKKEEPING.into()));
+            let why = if Config::is_migration_temp(&name) {
+                MIGRATION_TEMP
+            } else {
+                MIGRATION_BOOKKEEPING
+            };
+            schema.skipped.push((name, why.into()));
             continue;
         }
         if !cfg.wants_table(&name) {
@@ -460,12 +487,13 @@ pub fn scan(conn: &Connection, cfg: &Config) -> Result<Schema, DbError> {
             continue;
         }
         pk.sort();
-        let table = Table::new(
+        let mut table = Table::new(
             &name,
             cols,
             pk.into_iter().map(|p| p.1).collect(),
             without_rowid,
         );
+        table.publish = cfg.publishes(&name);
         schema.by_name.insert(name, schema.tables.len());
         schema.tables.push(table);
     }
@@ -536,9 +564,23 @@ pub fn install(
             "CREATE TABLE IF NOT EXISTS {log}(seq INTEGER PRIMARY KEY, op INTEGER NOT NULL, ts INTEGER NOT NULL, {keys});
              CREATE TABLE IF NOT EXISTS {ver}({keys}, ver INTEGER NOT NULL, node INTEGER NOT NULL, del INTEGER NOT NULL,
                  pending INTEGER NOT NULL, h INTEGER, PRIMARY KEY({keys})) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS {pend} ON {ver}(ver) WHERE pending = 1;"
+             CREATE INDEX IF NOT EXISTS {pend} ON {ver}(ver) WHERE {PENDING};"
         ))
         .ctx("create change log")?;
+        let index_sql: Option<String> = tx
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = ?1",
+                [format!("__hl_pend_{}", t.name())],
+                |r| r.get(0),
+            )
+            .ctx("inspect outbox index")?;
+        if index_sql.is_some_and(|sql| !sql.ends_with(PENDING)) {
+            // an index from before `pending = 2`: it would not cover the outbox query
+            tx.execute_batch(&format!(
+                "DROP INDEX {pend}; CREATE INDEX {pend} ON {ver}(ver) WHERE {PENDING};"
+            ))
+            .ctx("rebuild outbox index")?;
+        }
         let had_digests: bool = tx
             .query_row(
                 &format!(
@@ -659,7 +701,7 @@ fn drop_stray_triggers(tx: &Connection, schema: &Schema) -> Result<(), DbError> 
 }
 
 /// `(SELECT digest FROM t a WHERE a.key IS v.k...)` for an UPDATE of the version table.
-fn digest_of_version_row(t: &Table) -> String {
+pub fn digest_of_version_row(t: &Table) -> String {
     let key = t
         .pk_columns()
         .iter()
@@ -739,11 +781,12 @@ fn resync(
         .collect::<Vec<_>>()
         .join(" AND ");
     let sql = format!(
-        "UPDATE {ver} SET ver = ver + 1, node = ?1, pending = 1, h = ({full}) \
+        "UPDATE {ver} SET ver = ver + 1, node = ?1, pending = {pending}, h = ({full}) \
          WHERE del = 0 AND EXISTS (SELECT 1 FROM {tbl} a WHERE {key} AND ({which}))",
         ver = t.ver,
         full = digest_of_version_row(t),
         tbl = quote(t.name()),
+        pending = if t.publish { PENDING_CHANGE } else { 0 },
     );
     let fills = tx
         .execute(&sql, [node as i64])
@@ -875,11 +918,24 @@ pub fn stamp(conn: &Connection, schema: &Schema, hlc: &mut Hlc, node: u64) -> Re
             write
                 .raw_bind_parameter(n + 3, (op == OP_DELETE) as i64)
                 .ctx("stamp change")?;
+            // 0: versioned, never queued (a table this node does not publish)
+            write
+                .raw_bind_parameter(n + 4, t.publish as i64)
+                .ctx("stamp change")?;
             write.raw_execute().ctx("stamp change")?;
             stamped += 1;
             any = true;
         }
         drop(rows);
+        if any && !t.publish {
+            if let Some(more) = crate::logging::repeated(&format!("local only {}", t.name())) {
+                log::info!(
+                    "table {}: local changes stay on this node, not sent ([table.{}] publish = false){more}",
+                    t.name(),
+                    t.name()
+                );
+            }
+        }
         if any {
             conn.prepare_cached(&t.sql.clear_log)
                 .and_then(|mut s| s.execute([]))
@@ -965,19 +1021,14 @@ pub fn discard_echoes(conn: &Connection, schema: &Schema) -> Result<(), DbError>
     Ok(())
 }
 
-/// One pending local change as read for publication.
-pub enum Pending {
-    Upsert(Vec<Value>),
-    Delete(Vec<Value>),
-}
-
-/// Visits the pending local changes of `t` in version order. `visit` returns false to stop.
+/// Visits the pending local changes of `t` in version order, as the frame operations that carry
+/// them. `visit` returns false to stop.
 /// A change whose row no longer exists (deleted after the stamp; its delete is still in the log)
 /// is passed over. Returns the highest version visited, for [`mark_published`].
 pub fn read_pending(
     conn: &Connection,
     t: &Table,
-    mut visit: impl FnMut(u64, Pending) -> bool,
+    mut visit: impl FnMut(u64, Op) -> bool,
 ) -> Result<Option<u64>, DbError> {
     let n = t.pk_len();
     let ncols = t.header.columns.len();
@@ -990,20 +1041,24 @@ pub fn read_pending(
         let version: i64 = r.get(0).ctx("read outbox")?;
         let deleted: bool = r.get(1).ctx("read outbox")?;
         let exists: bool = r.get(2).ctx("read outbox")?;
+        let new_key = r.get::<_, i64>(3).ctx("read outbox")? == PENDING_NEW;
         let change = if deleted {
-            Pending::Delete(
+            Op::Delete(
                 (0..n)
-                    .map(|i| r.get_ref(3 + i).map(value_of))
+                    .map(|i| r.get_ref(4 + i).map(value_of))
                     .collect::<Result<_, _>>()
                     .ctx("read outbox")?,
             )
         } else if exists {
-            Pending::Upsert(
-                (0..ncols)
-                    .map(|i| r.get_ref(3 + n + i).map(value_of))
-                    .collect::<Result<_, _>>()
-                    .ctx("read outbox")?,
-            )
+            let row = (0..ncols)
+                .map(|i| r.get_ref(4 + n + i).map(value_of))
+                .collect::<Result<_, _>>()
+                .ctx("read outbox")?;
+            if new_key {
+                Op::Insert(row)
+            } else {
+                Op::Upsert(row)
+            }
         } else {
             last = Some(version as u64);
             continue;
@@ -1029,7 +1084,7 @@ pub fn outbox_len(conn: &Connection, schema: &Schema) -> Result<u64, DbError> {
     for t in &schema.tables {
         let n: i64 = conn
             .query_row(
-                &format!("SELECT count(*) FROM {} WHERE pending = 1", t.ver),
+                &format!("SELECT count(*) FROM {} WHERE {PENDING}", t.ver),
                 [],
                 |r| r.get(0),
             )
@@ -1065,6 +1120,31 @@ impl ToSql for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ORM's temporary copy of a table is skipped as such, not as bookkeeping.
+    #[test]
+    fn migration_temp_tables_and_bookkeeping_are_skipped_with_their_own_reasons() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY); CREATE TABLE new__t(id INTEGER PRIMARY KEY);
+             CREATE TABLE _alembic_tmp_t(id INTEGER PRIMARY KEY);
+             CREATE TABLE alembic_version(version_num TEXT PRIMARY KEY);",
+        )
+        .unwrap();
+        let cfg = Config::parse("db_path = \"x.db\"").unwrap();
+        let schema = scan(&conn, &cfg).unwrap();
+        assert_eq!(schema.tables.len(), 1);
+        let why = |n: &str| {
+            schema
+                .skipped
+                .iter()
+                .find(|(t, _)| t == n)
+                .map(|(_, w)| w.as_str())
+        };
+        assert_eq!(why("new__t"), Some(MIGRATION_TEMP));
+        assert_eq!(why("_alembic_tmp_t"), Some(MIGRATION_TEMP));
+        assert_eq!(why("alembic_version"), Some(MIGRATION_BOOKKEEPING));
+    }
 
     /// The backfill looks each row up in the version table by key: a scan per row made a
     /// restored 1 GiB database take minutes to start.

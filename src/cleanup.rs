@@ -224,14 +224,14 @@ fn ours(conn: &Connection, kind: &str) -> Result<Vec<String>, DbError> {
     Ok(names)
 }
 
-/// Local changes no other node has: outbox rows (`pending = 1`) plus change-log rows (written by
+/// Local changes no other node has: outbox rows (`pending > 0`) plus change-log rows (written by
 /// the triggers, not stamped yet). A row changed both before and after the last stamp counts
 /// twice: this is an upper bound, like the outbox figure of `status`.
 pub fn unpublished(conn: &Connection) -> Result<u64, DbError> {
     let mut n = 0u64;
     for t in ours(conn, "table")? {
         let sql = if t.starts_with("__hl_ver_") {
-            format!("SELECT count(*) FROM {} WHERE pending = 1", quote(&t))
+            format!("SELECT count(*) FROM {} WHERE pending > 0", quote(&t))
         } else if t.starts_with("__hl_log_") {
             format!("SELECT count(*) FROM {}", quote(&t))
         } else {

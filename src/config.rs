@@ -3,6 +3,7 @@
 //! Key names follow HarmonyLite-Go where the meaning is the same, so its users can bring their
 //! files. Unknown keys are an error that names the key; every default is a named constant.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -90,6 +91,9 @@ pub struct Config {
     /// Tables never replicated.
     #[serde(default)]
     pub exclude_tables: Vec<String>,
+    /// Per-table direction, `[table.<name>]`: overrides of `publish` and `replicate`.
+    #[serde(default)]
+    pub table: BTreeMap<String, TableDirection>,
     /// Outbox size (estimated bytes of unpublished changes) above which a warning is logged.
     /// 0: no budget. Crossing it never drops data and never blocks the application.
     #[serde(default)]
@@ -115,6 +119,17 @@ pub struct Config {
     pub health_check: HealthCheck,
 }
 
+/// `[table.<name>]`: which way one table's changes go on this node (unset: the top-level
+/// `publish` and `replicate`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TableDirection {
+    /// Send this node's changes of the table.
+    pub publish: Option<bool>,
+    /// Receive other nodes' changes of the table (false: never downloaded).
+    pub replicate: Option<bool>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationLog {
@@ -130,6 +145,10 @@ pub struct ReplicationLog {
     /// HarmonyLite-Go's shard count; only 1 is supported.
     #[serde(default = "one")]
     pub shards: usize,
+    /// The frame format this node writes: the newest by default; 1 while part of the fleet
+    /// still runs a build that reads only version 1 (a rolling upgrade).
+    #[serde(default = "default_frame_version")]
+    pub frame_version: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +218,9 @@ fn default_polling_interval() -> u64 {
 fn default_max_frame_bytes() -> usize {
     DEFAULT_MAX_FRAME_BYTES
 }
+fn default_frame_version() -> u8 {
+    crate::frame::VERSION
+}
 fn default_max_entries() -> i64 {
     DEFAULT_MAX_ENTRIES
 }
@@ -213,6 +235,7 @@ impl Default for ReplicationLog {
             replicas: 1,
             compress: false,
             shards: 1,
+            frame_version: crate::frame::VERSION,
         }
     }
 }
@@ -287,6 +310,15 @@ impl Config {
         }
         if self.replication_log.max_entries < 1 {
             return Err("[replication_log] max_entries: must be at least 1".into());
+        }
+        let fv = self.replication_log.frame_version;
+        if !(crate::frame::OLDEST_VERSION..=crate::frame::VERSION).contains(&fv) {
+            return Err(format!(
+                "[replication_log] frame_version: expected {} to {} (this build writes {} by default)",
+                crate::frame::OLDEST_VERSION,
+                crate::frame::VERSION,
+                crate::frame::VERSION
+            ));
         }
         if self.replication_log.replicas < 1 || self.replication_log.replicas > 5 {
             return Err("[replication_log] replicas: expected 1 to 5".into());
@@ -424,6 +456,56 @@ impl Config {
             && !self.tables.iter().any(|t| t == table)
     }
 
+    /// Whether this node sends its changes of `table` (`[table.<name>] publish`, else
+    /// `publish`).
+    pub fn publishes(&self, table: &str) -> bool {
+        self.table
+            .get(table)
+            .and_then(|d| d.publish)
+            .unwrap_or(self.publish)
+    }
+
+    /// Whether this node receives other nodes' changes of `table` (`[table.<name>]
+    /// replicate`, else `replicate`).
+    pub fn replicates(&self, table: &str) -> bool {
+        self.table
+            .get(table)
+            .and_then(|d| d.replicate)
+            .unwrap_or(self.replicate)
+    }
+
+    /// Checks `[table.<name>]` against the tables this node replicates: a name that is not one
+    /// of them is an error naming the key (a typo would otherwise send what should stay).
+    pub fn check_table_keys<'a>(
+        &self,
+        replicated: impl Iterator<Item = &'a str> + Clone,
+    ) -> Result<(), String> {
+        for name in self.table.keys() {
+            if !replicated.clone().any(|t| t == name) {
+                let why =
+                    if !self.wants_table(name) {
+                        "it is left out by `tables`, `exclude_tables` or the defaults".to_string()
+                    } else {
+                        let mut all: Vec<&str> = replicated.clone().collect();
+                        all.sort_unstable();
+                        format!(
+                        "the database has no such table with a primary key (replicated tables: {})",
+                        if all.is_empty() { "none".to_string() } else { all.join(", ") }
+                    )
+                    };
+                return Err(format!("[table.{name}]: {why}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `table` is an ORM's temporary copy of a table being rebuilt
+    /// ([`MIGRATION_TEMP_PREFIXES`]).
+    pub fn is_migration_temp(table: &str) -> bool {
+        let lower = table.to_ascii_lowercase();
+        MIGRATION_TEMP_PREFIXES.iter().any(|p| lower.starts_with(p))
+    }
+
     /// The subject a status request for `node` (a node id, or `all`) goes to.
     pub fn status_subject(&self, node: &str) -> String {
         format!(
@@ -532,6 +614,62 @@ mod tests {
             "db_path = \"a\"\n[nats]\nurls = [\"nats://u:p@x:4222\", \"127.0.0.1:4222\"]\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn table_direction_overrides_the_defaults() {
+        let c = Config::parse(
+            "db_path = \"a\"\n[table.readings]\nreplicate = false\n[table.settings]\npublish = false\n",
+        )
+        .unwrap();
+        assert!(c.publishes("readings") && !c.replicates("readings"));
+        assert!(!c.publishes("settings") && c.replicates("settings"));
+        assert!(c.publishes("other") && c.replicates("other"));
+        let c = Config::parse(
+            "db_path = \"a\"\nreplicate = false\n[table.settings]\nreplicate = true\n",
+        )
+        .unwrap();
+        assert!(c.replicates("settings") && !c.replicates("other"));
+        let e = Config::parse("db_path = \"a\"\n[table.t]\npublsh = false\n").unwrap_err();
+        assert!(e.contains("publsh"), "{e}");
+        // a name that is no replicated table is an error naming the key
+        let c = Config::parse(
+            "db_path = \"a\"\nexclude_tables = [\"x\"]\n[table.readngs]\nreplicate = false\n[table.x]\npublish = false\n",
+        )
+        .unwrap();
+        let e = c
+            .check_table_keys(["readings", "settings"].into_iter())
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "[table.readngs]: the database has no such table with a primary key (replicated tables: readings, settings)"
+        );
+        let c = Config::parse(
+            "db_path = \"a\"\nexclude_tables = [\"x\"]\n[table.x]\npublish = false\n",
+        )
+        .unwrap();
+        let e = c
+            .check_table_keys(["x"].into_iter().filter(|_| false))
+            .unwrap_err();
+        assert!(e.starts_with("[table.x]: it is left out by"), "{e}");
+    }
+
+    #[test]
+    fn frame_version_is_one_this_build_writes() {
+        let c = Config::parse("db_path = \"a\"\n").unwrap();
+        assert_eq!(c.replication_log.frame_version, crate::frame::VERSION);
+        let c = Config::parse("db_path = \"a\"\n[replication_log]\nframe_version = 1\n").unwrap();
+        assert_eq!(c.replication_log.frame_version, 1);
+        for bad in ["0", "3"] {
+            let e = Config::parse(&format!(
+                "db_path = \"a\"\n[replication_log]\nframe_version = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.contains("[replication_log] frame_version: expected 1 to 2"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -133,6 +133,24 @@ pub fn set_meta(conn: &Connection, key: &str, value: i64) -> Result<(), DbError>
     Ok(())
 }
 
+/// A text value of `__hl_meta` (None when unset or not text).
+pub fn get_meta_text(conn: &Connection, key: &str) -> Result<Option<String>, DbError> {
+    conn.prepare_cached(&format!(
+        "SELECT value FROM {META_TABLE} WHERE key = ?1 AND typeof(value) = 'text'"
+    ))
+    .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+    .ctx("read state")
+}
+
+pub fn set_meta_text(conn: &Connection, key: &str, value: &str) -> Result<(), DbError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO {META_TABLE}(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+    ))
+    .and_then(|mut s| s.execute(rusqlite::params![key, value]))
+    .ctx("write state")?;
+    Ok(())
+}
+
 /// A column's type affinity, from its declared type, by SQLite's rules (section 3.1 of
 /// "Datatypes In SQLite"): what SQLite does to the values stored in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 2] = b"HL";
-pub const VERSION: u8 = 1;
+/// The frame format this build writes. Version 2 added [`Op::Insert`]; version 1 frames (from
+/// older builds) are still read, and `[replication_log] frame_version = 1` writes them, for a
+/// fleet part of which runs an older build (see the README's upgrade notes).
+pub const VERSION: u8 = 2;
+/// The oldest frame format this build reads.
+pub const OLDEST_VERSION: u8 = 1;
 /// Magic, version and checksum.
 const ENVELOPE: usize = 2 + 1 + 4;
 /// Upper bound of what a Changes frame adds around its tables and changes: variant tag,
@@ -68,6 +73,29 @@ pub enum Op {
     Upsert(Vec<Value>),
     /// Primary-key values, in key order.
     Delete(Vec<Value>),
+    /// Like `Upsert`, and the origin had no version of this key when its application wrote
+    /// the row: a new row, not a change of one it knew. A receiver already holding the key
+    /// from another node has met a primary-key collision (two nodes created the same key).
+    /// Frame version 2; a version-1 writer sends it as `Upsert`.
+    Insert(Vec<Value>),
+}
+
+impl Op {
+    /// The row image of an upsert or insert; None for a delete.
+    pub fn row(&self) -> Option<&Vec<Value>> {
+        match self {
+            Op::Upsert(v) | Op::Insert(v) => Some(v),
+            Op::Delete(_) => None,
+        }
+    }
+
+    /// The same change as frame version `version` carries it.
+    fn for_version(self, version: u8) -> Op {
+        match self {
+            Op::Insert(v) if version < 2 => Op::Upsert(v),
+            op => op,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,7 +230,7 @@ impl fmt::Display for FrameError {
             FrameError::BadMagic => write!(f, "not a HarmonyLite frame (bad magic)"),
             FrameError::UnknownVersion(v) => write!(
                 f,
-                "unknown frame version {v} (this build reads {VERSION}): upgrade this node"
+                "unknown frame version {v} (this build reads {OLDEST_VERSION} to {VERSION}): upgrade this node"
             ),
             FrameError::Checksum => write!(f, "checksum mismatch"),
             FrameError::Decode(e) => write!(f, "does not decode: {e}"),
@@ -221,17 +249,32 @@ fn seal(mut out: Vec<u8>) -> Vec<u8> {
     out
 }
 
-fn envelope_start(capacity: usize) -> Vec<u8> {
+fn envelope_start(capacity: usize, version: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(capacity + ENVELOPE);
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    out.push(version);
     out
 }
 
 /// Encodes a whole frame (used for fragments and tests; batches go through [`FrameBuilder`]).
 pub fn encode(frame: &Frame) -> Vec<u8> {
-    let out = envelope_start(64);
-    seal(postcard::to_extend(&frame.to_wire(), out).expect("encoding into a Vec cannot fail"))
+    encode_as(frame, VERSION)
+}
+
+/// Encodes a whole frame in format `version` (at most [`VERSION`]).
+pub fn encode_as(frame: &Frame, version: u8) -> Vec<u8> {
+    let out = envelope_start(64, version);
+    let wire = match frame.to_wire() {
+        WireFrame::Changes(mut c) => {
+            for ch in &mut c.changes {
+                let op = std::mem::replace(&mut ch.op, Op::Delete(Vec::new()));
+                ch.op = op.for_version(version);
+            }
+            WireFrame::Changes(c)
+        }
+        w => w,
+    };
+    seal(postcard::to_extend(&wire, out).expect("encoding into a Vec cannot fail"))
 }
 
 /// Decodes and checks a frame. Never panics, whatever the input.
@@ -242,7 +285,7 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
     if &bytes[..2] != MAGIC {
         return Err(FrameError::BadMagic);
     }
-    if bytes[2] != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&bytes[2]) {
         return Err(FrameError::UnknownVersion(bytes[2]));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -277,7 +320,7 @@ fn validate(frame: &Frame) -> Result<(), FrameError> {
                     .get(ch.table as usize)
                     .ok_or(FrameError::Invalid("table index out of range"))?;
                 let ok = match &ch.op {
-                    Op::Upsert(v) => v.len() == t.columns.len(),
+                    Op::Upsert(v) | Op::Insert(v) => v.len() == t.columns.len(),
                     Op::Delete(k) => k.len() == t.pk.len(),
                 };
                 if !ok {
@@ -297,7 +340,14 @@ fn validate(frame: &Frame) -> Result<(), FrameError> {
 }
 
 /// Splits an encoded frame into fragment frames, each at most `max_frame` bytes.
-pub fn fragment(origin: u64, id: u64, encoded: &[u8], max_frame: usize) -> Vec<Vec<u8>> {
+/// The fragments are written in format `version`, like the frame they carry.
+pub fn fragment(
+    origin: u64,
+    id: u64,
+    encoded: &[u8],
+    max_frame: usize,
+    version: u8,
+) -> Vec<Vec<u8>> {
     let chunk = max_frame
         .saturating_sub(ENVELOPE + FRAGMENT_OVERHEAD)
         .max(1);
@@ -306,13 +356,16 @@ pub fn fragment(origin: u64, id: u64, encoded: &[u8], max_frame: usize) -> Vec<V
         .chunks(chunk)
         .enumerate()
         .map(|(i, data)| {
-            encode(&Frame::Fragment(Fragment {
-                origin,
-                id,
-                index: i as u32,
-                count,
-                data: data.to_vec(),
-            }))
+            encode_as(
+                &Frame::Fragment(Fragment {
+                    origin,
+                    id,
+                    index: i as u32,
+                    count,
+                    data: data.to_vec(),
+                }),
+                version,
+            )
         })
         .collect()
 }
@@ -321,6 +374,8 @@ pub fn fragment(origin: u64, id: u64, encoded: &[u8], max_frame: usize) -> Vec<V
 pub struct FrameBuilder {
     origin: u64,
     max_frame: usize,
+    /// The frame format written ([`VERSION`] unless an older one was asked for).
+    version: u8,
     tables: Vec<TableHeader>,
     table_index: HashMap<String, u16>,
     table_lens: Vec<usize>,
@@ -342,9 +397,15 @@ pub enum Pushed {
 
 impl FrameBuilder {
     pub fn new(origin: u64, max_frame: usize) -> FrameBuilder {
+        FrameBuilder::with_version(origin, max_frame, VERSION)
+    }
+
+    /// A builder writing frame format `version` (at most [`VERSION`]).
+    pub fn with_version(origin: u64, max_frame: usize, version: u8) -> FrameBuilder {
         FrameBuilder {
             origin,
             max_frame,
+            version: version.min(VERSION),
             tables: Vec::new(),
             table_index: HashMap::new(),
             table_lens: Vec::new(),
@@ -374,7 +435,7 @@ impl FrameBuilder {
         let change = WireChange {
             table: index,
             version_delta: delta(self.prev_version, version),
-            op,
+            op: op.for_version(self.version),
         };
         self.body = postcard::to_extend(&change, std::mem::take(&mut self.body)).expect("Vec");
         let change_len = self.body.len() - start;
@@ -401,7 +462,10 @@ impl FrameBuilder {
 
     /// The sealed frame; the builder is empty again.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = envelope_start(self.tables_bytes + self.body.len() + CHANGES_OVERHEAD);
+        let mut out = envelope_start(
+            self.tables_bytes + self.body.len() + CHANGES_OVERHEAD,
+            self.version,
+        );
         out.push(0); // Frame::Changes
         out = postcard::to_extend(&self.origin, out).expect("Vec");
         out = postcard::to_extend(&self.tables, out).expect("Vec");
@@ -418,17 +482,26 @@ impl FrameBuilder {
     }
 }
 
-/// Encodes one change alone in a frame, for fragmenting.
-pub fn encode_single(origin: u64, table: &TableHeader, version: u64, op: Op) -> Vec<u8> {
-    encode(&Frame::Changes(Changes {
-        origin,
-        tables: vec![table.clone()],
-        changes: vec![Change {
-            table: 0,
-            version,
-            op,
-        }],
-    }))
+/// Encodes one change alone in a frame of format `frame_version`, for fragmenting and parking.
+pub fn encode_single(
+    origin: u64,
+    table: &TableHeader,
+    version: u64,
+    op: Op,
+    frame_version: u8,
+) -> Vec<u8> {
+    encode_as(
+        &Frame::Changes(Changes {
+            origin,
+            tables: vec![table.clone()],
+            changes: vec![Change {
+                table: 0,
+                version,
+                op,
+            }],
+        }),
+        frame_version,
+    )
 }
 
 fn encoded_len<T: Serialize>(value: &T) -> usize {
@@ -602,8 +675,8 @@ mod tests {
         let mut b = FrameBuilder::new(1, max);
         assert_eq!(b.push(&header(), 5, big.clone()), Pushed::TooLarge);
         assert!(b.is_empty());
-        let whole = encode_single(1, &header(), 5, big.clone());
-        let parts = fragment(1, 5, &whole, max);
+        let whole = encode_single(1, &header(), 5, big.clone(), VERSION);
+        let parts = fragment(1, 5, &whole, max, VERSION);
         assert!(parts.len() >= 5);
         let mut joined = Vec::new();
         for (i, p) in parts.iter().enumerate() {
@@ -646,7 +719,7 @@ mod tests {
         }
         // a body that passes the checksum but claims a huge sequence
         let forged = seal({
-            let mut o = envelope_start(16);
+            let mut o = envelope_start(16, VERSION);
             o.extend_from_slice(&[0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f]);
             o
         });

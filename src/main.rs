@@ -109,8 +109,10 @@ enum CliError {
     Cleanup(harmonylite::cleanup::CleanupError),
     /// Any other failure before logging is set up, said on stderr as `error: ...`.
     Failed(String),
-    /// A failure of the node or a snapshot command, said in the log (set up by then, in the
-    /// configured format).
+    /// The node cannot start, said in the log (set up by then, in the configured format);
+    /// a config that does not fit the database is a config error.
+    Node(harmonylite::node::NodeError),
+    /// A failure of a snapshot command or of the node's start, said in the log.
     Logged(String),
     /// The command ran and did nothing; its output on stdout said why (a cleanup that left
     /// objects behind, no snapshot to save or restore).
@@ -121,6 +123,10 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Config(_) => 2,
+            CliError::Node(e) => match e {
+                harmonylite::node::NodeError::Config(_) => 2,
+                _ => 1,
+            },
             CliError::Database(_)
             | CliError::Cleanup(_)
             | CliError::Failed(_)
@@ -136,6 +142,7 @@ impl CliError {
             CliError::Database(e) => eprintln!("error: {e}"),
             CliError::Cleanup(e) => eprintln!("error: {e}"),
             CliError::Failed(msg) => eprintln!("error: {msg}"),
+            CliError::Node(e) => log::error!("{e}"),
             CliError::Logged(msg) => log::error!("{msg}"),
             CliError::Refused => {}
         }
@@ -349,7 +356,7 @@ fn run_node(cfg: Config, stop: &Stop) -> Result<(), CliError> {
                     return Ok(());
                 }
             }
-            Err(e) => return Err(CliError::Logged(e.to_string())),
+            Err(e) => return Err(CliError::Node(e)),
         }
     };
     node.run(stop);
@@ -463,6 +470,7 @@ fn watch_signals(stop: Arc<Stop>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use harmonylite::node::NodeError;
 
     fn parsed(args: &[&str]) -> Result<Command, String> {
         parse(args.iter().map(|s| s.to_string())).map_err(|e| match e {
@@ -568,6 +576,9 @@ mod tests {
         assert_eq!(CliError::Database(db).exit_code(), 1);
         assert_eq!(CliError::Failed("x".into()).exit_code(), 1);
         assert_eq!(CliError::Logged("x".into()).exit_code(), 1);
+        let node = |e| CliError::Node(e).exit_code();
+        assert_eq!(node(NodeError::Config("x".into())), 2);
+        assert_eq!(node(NodeError::Busy("x".into())), 1);
         assert_eq!(CliError::Refused.exit_code(), 1);
     }
 }

@@ -31,10 +31,11 @@ pub enum Counter {
     SnapshotRestores,
     Statements,
     UniqueConflicts,
+    PkCollisions,
 }
 
 /// Name (without prefix) and help of each counter, in [`Counter`] order.
-pub const COUNTERS: [(&str, &str); 16] = [
+pub const COUNTERS: [(&str, &str); 17] = [
     ("changes_captured_total", "Local row changes stamped into the outbox."),
     ("changes_published_total", "Local changes acknowledged by JetStream."),
     ("frames_published_total", "Frames acknowledged by JetStream."),
@@ -51,6 +52,7 @@ pub const COUNTERS: [(&str, &str); 16] = [
     ("snapshot_restores_total", "Snapshots this node installed."),
     ("sqlite_statements_total", "SQL statements the node's main database connection started (trigger programs not counted)."),
     ("unique_conflicts_total", "Remote rows that met a unique constraint other than the primary key and were resolved: the higher version kept, the other row deleted."),
+    ("pk_collisions_total", "New rows from another node whose primary key this node already held a different row of (two nodes created the same key; last writer wins, the other row is overwritten)."),
 ];
 
 /// Counts the statements `conn` starts in [`Counter::Statements`] (SQLite's statement trace,

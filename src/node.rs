@@ -60,6 +60,8 @@ pub enum NodeError {
     Embedded(String),
     /// Another node process runs on the same database.
     Busy(String),
+    /// The config does not fit the database (a key names a table it lacks).
+    Config(String),
 }
 
 impl std::fmt::Display for NodeError {
@@ -67,6 +69,7 @@ impl std::fmt::Display for NodeError {
         match self {
             NodeError::Db(e) => e.fmt(f),
             NodeError::Embedded(e) | NodeError::Busy(e) => f.write_str(e),
+            NodeError::Config(e) => write!(f, "config: {e}"),
         }
     }
 }
@@ -274,6 +277,8 @@ impl Node {
         // read before the scan: a schema change committed after it is seen at the next tick
         let schema_version = db::schema_version(&conn)?;
         let mut schema = capture::scan(&conn, &cfg)?;
+        cfg.check_table_keys(schema.tables.iter().map(|t| t.name()))
+            .map_err(NodeError::Config)?;
         replicated.update(&schema);
         report_skipped(&schema, None);
         let recorded = schema::recorded_columns(&conn)?;

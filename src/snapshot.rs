@@ -112,7 +112,11 @@ fn strip(copy: &Connection, cfg: &Config, snap: &SnapMeta) -> Result<(), DbError
         if t.starts_with("__hl_log_") {
             sql += &format!("DROP TABLE {};", quote(&t));
         } else if t.starts_with("__hl_ver_") {
-            sql += &format!("UPDATE {} SET pending = 0 WHERE pending = 1;", quote(&t));
+            sql += &format!(
+                "UPDATE {} SET pending = 0 WHERE {};",
+                quote(&t),
+                crate::capture::PENDING
+            );
         } else if !t.starts_with("__hl_") && !t.starts_with("sqlite_") && schema.get(&t).is_none() {
             // not replicated: local data of the node that made the snapshot
             let virtual_table: bool = copy
@@ -439,12 +443,23 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64),
          INSERT INTO main.{name} SELECT * FROM temp.__hl_keep_row;
          DELETE FROM main.{ver};
          INSERT INTO main.{ver}({keys}, ver, node, del, pending) SELECT {keys}, ver, node, del, 0 FROM snap.{ver};
-         INSERT OR REPLACE INTO main.{ver}({keys}, ver, node, del, pending) SELECT {keys}, ver, node, del, pending FROM temp.__hl_keep_ver;"
+         INSERT OR REPLACE INTO main.{ver}({keys}, ver, node, del, pending, h) SELECT {keys}, ver, node, del, pending, h FROM temp.__hl_keep_ver;"
     ))
     .ctx("put local changes back")?;
+    // Each live version gets the digest of the row it now describes (the snapshot's versions
+    // arrive without one): a later table rebuild then resyncs by content, and a primary-key
+    // collision with the same content is told from a real one.
+    tx.execute(
+        &format!(
+            "UPDATE main.{ver} SET h = ({}) WHERE del = 0 AND h IS NULL",
+            capture::digest_of_version_row(t)
+        ),
+        [],
+    )
+    .ctx("digest restored rows")?;
     let (kept, unpublished): (i64, i64) = tx
         .query_row(
-            "SELECT count(*), count(*) FILTER (WHERE pending = 1) FROM temp.__hl_keep_ver",
+            "SELECT count(*), count(*) FILTER (WHERE pending > 0) FROM temp.__hl_keep_ver",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

@@ -7,7 +7,10 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::apply::{CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, PARKED_TABLE, UNIQUE_CONFLICTS_KEY};
+use crate::apply::{
+    CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_PK_COLLISION_KEY, PARKED_TABLE, PK_COLLISIONS_KEY,
+    UNIQUE_CONFLICTS_KEY,
+};
 use crate::capture;
 use crate::config::Config;
 use crate::db::{self, Context, DbError, META_TABLE};
@@ -44,6 +47,9 @@ pub struct Status {
     pub fragments_waiting: u64,
     /// Unique-key conflicts resolved here (the losing row deleted), see `apply`.
     pub unique_conflicts: u64,
+    /// Primary-key collisions seen (two nodes created the same key), and the newest one.
+    pub pk_collisions: u64,
+    pub last_pk_collision: Option<String>,
     pub last_publish_ms: Option<u64>,
     pub last_apply_ms: Option<u64>,
     pub link_up: Option<bool>,
@@ -101,6 +107,8 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.last_apply_ms = meta(LAST_APPLY_KEY)?.map(|v| v as u64);
     st.link_up = meta(LINK_UP_KEY)?.map(|v| v == 1);
     st.unique_conflicts = meta(UNIQUE_CONFLICTS_KEY)?.unwrap_or(0) as u64;
+    st.pk_collisions = meta(PK_COLLISIONS_KEY)?.unwrap_or(0) as u64;
+    st.last_pk_collision = crate::db::get_meta_text(&conn, LAST_PK_COLLISION_KEY)?;
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
     let u = |v: Option<i64>| v.map(|v| v as u64);
     st.restore_progress =
@@ -116,7 +124,7 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
         }
         let (n, oldest): (i64, Option<i64>) = conn
             .query_row(
-                &format!("SELECT count(*), min(ver) FROM {} WHERE pending = 1", t.ver),
+                &format!("SELECT count(*), min(ver) FROM {} WHERE pending > 0", t.ver),
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -272,6 +280,16 @@ impl Status {
                 self.unique_conflicts
             );
         }
+        if self.pk_collisions > 0 {
+            let _ = writeln!(
+                o,
+                "PK COLLISIONS:    {} (two nodes created the same key; the older row was overwritten)",
+                self.pk_collisions
+            );
+            if let Some(last) = &self.last_pk_collision {
+                let _ = writeln!(o, "  last:           {last}");
+            }
+        }
         if let Some((done, total)) = self.restore_progress {
             let pct = done as f64 * 100.0 / total.max(1) as f64;
             let _ = writeln!(
@@ -325,6 +343,8 @@ pub struct StatusJson<'a> {
     pub paused_tables: Vec<TableReason<'a>>,
     pub fragments_waiting: u64,
     pub unique_conflicts: u64,
+    pub pk_collisions: u64,
+    pub last_pk_collision: Option<&'a str>,
     pub restore_done_bytes: Option<u64>,
     pub restore_total_bytes: Option<u64>,
     pub restored_seq: Option<u64>,
@@ -392,6 +412,8 @@ impl<'a> From<&'a Status> for StatusJson<'a> {
             paused_tables: reasons(&s.paused_tables),
             fragments_waiting: s.fragments_waiting,
             unique_conflicts: s.unique_conflicts,
+            pk_collisions: s.pk_collisions,
+            last_pk_collision: s.last_pk_collision.as_deref(),
             restore_done_bytes: s.restore_progress.map(|p| p.0),
             restore_total_bytes: s.restore_progress.map(|p| p.1),
             restored_seq: s.restored_seq,
@@ -428,7 +450,7 @@ mod tests {
     fn json_is_the_documented_object() {
         assert_eq!(
             Status::default().to_json(),
-            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null}"#
+            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null}"#
         );
         let full = Status {
             db_path: "/x/\"a\\b\u{1}é.db".into(),
@@ -447,6 +469,8 @@ mod tests {
             paused_tables: vec![("u v".into(), "column x dropped".into())],
             fragments_waiting: 1,
             unique_conflicts: 2,
+            pk_collisions: 3,
+            last_pk_collision: Some("t id=1 \"x\"".into()),
             last_publish_ms: Some(10),
             last_apply_ms: Some(11),
             link_up: Some(false),
@@ -460,7 +484,7 @@ mod tests {
         };
         assert_eq!(
             full.to_json(),
-            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16}"#
+            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16}"#
         );
     }
 

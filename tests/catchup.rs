@@ -146,6 +146,15 @@ fn stalled_node_keeps_its_published_writes_through_the_restore() {
 
     wait_converged(&d, &["t"], Duration::from_secs(90));
     assert_eq!(count(d[2], "t"), 3 + 10 + 60);
+    // every live version n3 restored carries the digest of its row (for resync and collisions)
+    assert_eq!(
+        query_one(
+            d[2],
+            "SELECT count(*) FROM __hl_ver_t WHERE del = 0 AND h IS NULL"
+        )
+        .as_deref(),
+        Some("integer=0")
+    );
     for db in &d {
         assert_eq!(
             query_one(db, "SELECT count(*) FROM t WHERE origin = 'n3'").as_deref(),
@@ -175,6 +184,14 @@ fn stalled_node_keeps_its_published_writes_through_the_restore() {
     n4.wait_ready();
     wait_converged(&[d[2], &n4_db], &["t"], CONVERGE);
     assert_eq!(count(&n4_db, "t"), 73);
+    assert_eq!(
+        query_one(
+            &n4_db,
+            "SELECT count(*) FROM __hl_ver_t WHERE del = 0 AND h IS NULL"
+        )
+        .as_deref(),
+        Some("integer=0")
+    );
     for n in [&mut n3, &mut n4] {
         assert!(n.stop().success());
     }

@@ -1,5 +1,7 @@
-//! Unique keys other than the primary key: the same `name` created on two nodes under
-//! different ids converges to the newer row on both, with nothing parked.
+//! Keys created on two nodes at once. Unique keys other than the primary key: the same `name`
+//! created on two nodes under different ids converges to the newer row on both, with nothing
+//! parked. Primary keys: the same id created on two nodes converges to the newer row, and every
+//! node reports the collision (status, /metrics, log) with both origins.
 
 mod common;
 
@@ -103,5 +105,96 @@ fn the_same_unique_name_created_on_two_nodes_converges_to_the_newer_row() {
             &http_get(m2, "/metrics").expect("metrics of n2").1,
             "harmonylite_unique_conflicts_total"
         )
+    );
+}
+
+#[test]
+fn the_same_id_created_on_two_nodes_is_reported_as_a_collision_on_every_node() {
+    let dir = TestDir::new("pk-collision");
+    let schema = "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)";
+    let [m1, port] = free_ports::<2>();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut nodes = Vec::new();
+    for (i, name) in ["n1", "n2", "n3"].into_iter().enumerate() {
+        app(&dir.join(&format!("{name}.db")), schema);
+        let mut toml = format!("node_id = {}\n", i + 1);
+        if i == 0 {
+            toml += &format!("[prometheus]\nenable = true\nbind = \"127.0.0.1:{m1}\"\n");
+        }
+        nodes.push(Node::start_ready(dir.path(), name, &toml, Some(&url)));
+    }
+    // n1 and n2 cannot see each other yet: both applications take id 6 (as AUTOINCREMENT
+    // would), with different rows; both also load the same seed row 7, which is no collision
+    app(
+        &nodes[0].db,
+        "INSERT INTO item VALUES (6, 'bolt', 10); INSERT INTO item VALUES (7, 'seed', 1)",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    app(
+        &nodes[1].db,
+        "INSERT INTO item VALUES (6, 'nut', 20); INSERT INTO item VALUES (7, 'seed', 1)",
+    );
+    for n in &nodes[..2] {
+        wait_until(
+            "the inserts are in the outbox",
+            Duration::from_secs(20),
+            || json_scalar(&status_json(&n.config), "outbox_changes") == Some("2"),
+        );
+    }
+    let _nats = NatsServer::start_custom(dir.path(), "nats", port, free_port(), true, &[]);
+    for n in &mut nodes {
+        assert!(n.stop().success());
+        n.restart_ready();
+    }
+    let dbs: Vec<&std::path::Path> = nodes.iter().map(|n| n.db.as_path()).collect();
+    wait_until_or(
+        "every node reports one collision",
+        Duration::from_secs(30),
+        || {
+            nodes
+                .iter()
+                .all(|n| json_scalar(&status_json(&n.config), "pk_collisions") == Some("1"))
+        },
+        || {
+            nodes
+                .iter()
+                .map(|n| format!("{}: {}\n", n.name, status_json(&n.config)))
+                .collect()
+        },
+    );
+    wait_converged(&dbs, &["item"], Duration::from_secs(20));
+    let rows = dump(dbs[2], "item");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].contains("nut") && rows[0].contains("20"),
+        "n2's later row wins: {rows:?}"
+    );
+    for n in &nodes {
+        let s = status_json(&n.config);
+        assert_eq!(json_scalar(&s, "parked_changes"), Some("0"), "{s}");
+        assert!(
+            s.contains("table item key 6: nodes ")
+                && s.contains("node 2's row is kept, node 1's overwritten"),
+            "{}: {s}",
+            n.name
+        );
+        let text = run_bin(
+            &["status", "--config", n.config.to_str().unwrap()],
+            Duration::from_secs(10),
+        );
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("PK COLLISIONS:    1"), "{text}");
+    }
+    let log = nodes[0].log();
+    assert!(
+        log.contains("primary-key collision in table item key 6: nodes ")
+            && log.contains("Choosing primary keys"),
+        "{log}"
+    );
+    let metrics = http_get(m1, "/metrics").expect("metrics of n1").1;
+    assert_eq!(
+        sample(&metrics, "harmonylite_pk_collisions_total"),
+        Some(1.0),
+        "{metrics}"
     );
 }

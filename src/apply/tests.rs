@@ -356,7 +356,7 @@ fn paused_tables_park_and_accepted_dropped_columns_are_ignored() {
 
 fn pieces(origin: u64, id: u64, v: &str) -> Vec<Vec<u8>> {
     let whole = msg(0, origin, &[(id, up(id as i64, v))]).data;
-    let parts = frame::fragment(origin, id, &whole, 128);
+    let parts = frame::fragment(origin, id, &whole, 128, frame::VERSION);
     assert_eq!(
         parts.len(),
         4,
@@ -807,7 +807,8 @@ fn a_local_unpublished_row_in_a_unique_conflict_compares_by_its_version() {
     assert_eq!((s.stamped, s.applied, s.unique_conflicts), (1, 1, 1));
     assert_eq!(rows(&d), vec![(2, "same".to_string())]);
     let v = versions(&d);
-    assert_eq!((v[0].0, v[0].2, v[0].3, v[0].4), (1, ME as i64, 1, 1));
+    // pending 2: the fleet never heard of key 1 from this node
+    assert_eq!((v[0].0, v[0].2, v[0].3, v[0].4), (1, ME as i64, 1, 2));
     assert!(v[0].1 < future as i64);
     assert_eq!(v[1], (2, future as i64, 7, 0, 0));
     assert_eq!(
@@ -824,7 +825,8 @@ fn a_local_unpublished_row_in_a_unique_conflict_compares_by_its_version() {
     assert_eq!((s.applied, s.unique_conflicts), (1, 1));
     assert_eq!(rows(&d), vec![(1, "same".to_string())]);
     let v = versions(&d);
-    assert_eq!((v[0].0, v[0].2, v[0].3, v[0].4), (1, ME as i64, 0, 1));
+    // pending 2: a key new to the fleet, published as an insert
+    assert_eq!((v[0].0, v[0].2, v[0].3, v[0].4), (1, ME as i64, 0, 2));
     assert_eq!(v[1], (2, 1 << 16, 7, 1, 0));
     assert_eq!(capture::outbox_len(&d.conn, &d.schema).unwrap(), 1);
 }
@@ -900,4 +902,199 @@ fn unique_indexes_leave_out_the_primary_key_and_mark_partial_ones() {
         ],
         "by index name: p_expr, p_part, then the two autoindexes; not the key's"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Primary-key collisions
+
+fn ins(id: i64, v: &str) -> Op {
+    Op::Insert(vec![Value::Integer(id), Value::Text(v.as_bytes().to_vec())])
+}
+
+fn last_collision(d: &Db) -> Option<String> {
+    db::get_meta_text(&d.conn, LAST_PK_COLLISION_KEY).unwrap()
+}
+
+#[test]
+fn an_insert_for_a_key_another_node_created_is_a_counted_collision() {
+    let mut d = setup("pk-collide");
+    apply(&mut d, msg(1, 7, &[(100, ins(6, "from 7"))]));
+    assert_eq!(
+        last_collision(&d),
+        None,
+        "a first insert collides with nothing"
+    );
+    // node 8 created key 6 too, later: it wins, and the overwrite is counted and described
+    let s = apply(&mut d, msg(2, 8, &[(110, ins(6, "from 8"))]));
+    assert_eq!((s.applied, s.pk_collisions), (1, 1));
+    assert_eq!(rows(&d), vec![(6, "from 8".to_string())]);
+    let last = last_collision(&d).expect("the collision is recorded");
+    assert!(
+        last.contains("table t key 6") && last.contains("nodes 7 and 8"),
+        "{last}"
+    );
+    assert!(
+        last.contains("node 8's row is kept, node 7's overwritten"),
+        "{last}"
+    );
+    // node 9 created it as well, but earlier: it loses, and that is a collision too
+    let s = apply(&mut d, msg(3, 9, &[(105, ins(6, "from 9"))]));
+    assert_eq!((s.stale, s.pk_collisions), (1, 1));
+    assert_eq!(rows(&d), vec![(6, "from 8".to_string())]);
+    assert!(last_collision(&d)
+        .unwrap()
+        .contains("node 8's row is kept, node 9's overwritten"));
+    assert_eq!(db::get_meta(&d.conn, PK_COLLISIONS_KEY).unwrap(), Some(2));
+}
+
+#[test]
+fn updates_replays_same_content_and_reused_deleted_keys_are_no_collision() {
+    let mut d = setup("pk-no-collide");
+    apply(
+        &mut d,
+        msg(
+            1,
+            7,
+            &[(100, ins(1, "a")), (101, ins(2, "b")), (102, ins(3, "c"))],
+        ),
+    );
+    let s = apply(
+        &mut d,
+        msg(
+            2,
+            8,
+            &[
+                // an update of a row node 8 knew
+                (110, up(1, "a2")),
+                // the same row created on both nodes (seed data loaded everywhere)
+                (111, ins(2, "b")),
+            ],
+        ),
+    );
+    assert_eq!((s.applied, s.pk_collisions), (2, 0));
+    // node 7 re-creates a key it created itself (deleted in between elsewhere is not needed)
+    let s = apply(&mut d, msg(3, 7, &[(120, del(3)), (121, ins(3, "c2"))]));
+    assert_eq!((s.applied, s.pk_collisions), (2, 0));
+    // a key deleted here and created again by another node: the deleted row is gone, no loss
+    apply(&mut d, msg(4, 7, &[(130, del(1))]));
+    let s = apply(&mut d, msg(5, 9, &[(140, ins(1, "new"))]));
+    assert_eq!((s.applied, s.pk_collisions), (1, 0));
+    assert_eq!(last_collision(&d), None);
+}
+
+#[test]
+fn a_local_unpublished_insert_collides_with_a_remote_insert_of_its_key() {
+    let mut d = setup("pk-local");
+    d.conn
+        .execute("INSERT INTO t VALUES (6, 'mine')", [])
+        .unwrap();
+    let s = apply(&mut d, msg(1, 7, &[(1 << 16, ins(6, "theirs"))]));
+    assert_eq!((s.stamped, s.stale, s.pk_collisions), (1, 1, 1));
+    assert!(last_collision(&d).unwrap().contains(&format!(
+        "nodes {ME} and 7 both created it; node {ME}'s row is kept"
+    )));
+}
+
+#[test]
+fn local_inserts_of_new_keys_are_published_as_inserts_and_changes_as_upserts() {
+    let mut d = setup("pk-publish");
+    apply(&mut d, msg(1, 7, &[(100, ins(1, "remote"))]));
+    d.conn
+        .execute_batch(
+            "INSERT INTO t VALUES (2, 'new');
+             UPDATE t SET v = 'changed' WHERE id = 1;
+             INSERT INTO t VALUES (3, 'new then changed');",
+        )
+        .unwrap();
+    capture::stamp(&d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    // a change of key 3 before its insert was published: still a new key to the others
+    d.conn
+        .execute("UPDATE t SET v = 'changed again' WHERE id = 3", [])
+        .unwrap();
+    capture::stamp(&d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    let mut ops = Vec::new();
+    capture::read_pending(&d.conn, &d.schema.tables[0], |_, op| {
+        ops.push(op);
+        true
+    })
+    .unwrap();
+    ops.sort_by_key(|op| format!("{:?}", op.row().map(|r| r[0].clone())));
+    assert_eq!(
+        ops,
+        vec![up(1, "changed"), ins(2, "new"), ins(3, "changed again"),]
+    );
+    // the insert of a key this node saw deleted is a change of a known key
+    capture::mark_published(&d.conn, &d.schema.tables[0], i64::MAX as u64).unwrap();
+    apply(&mut d, msg(2, 7, &[(1 << 60, del(1))]));
+    d.conn
+        .execute("INSERT INTO t VALUES (1, 'again')", [])
+        .unwrap();
+    capture::stamp(&d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    let mut ops = Vec::new();
+    capture::read_pending(&d.conn, &d.schema.tables[0], |_, op| {
+        ops.push(op);
+        true
+    })
+    .unwrap();
+    assert_eq!(ops, vec![up(1, "again")]);
+}
+
+#[test]
+fn version_1_frames_still_apply_and_a_version_1_writer_sends_inserts_as_upserts() {
+    let mut d = setup("pk-v1");
+    let mut b = FrameBuilder::with_version(7, 1 << 16, 1);
+    b.push(&header(), 100, ins(1, "old build"));
+    let data = b.finish();
+    assert_eq!(data[2], 1, "the envelope says version 1");
+    match frame::decode(&data).unwrap() {
+        Frame::Changes(c) => assert_eq!(c.changes[0].op, up(1, "old build")),
+        f => panic!("{f:?}"),
+    }
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 1,
+            subject: "x.7".into(),
+            data,
+        },
+    );
+    assert_eq!(s.applied, 1);
+    assert_eq!(rows(&d), vec![(1, "old build".to_string())]);
+}
+
+#[test]
+fn a_table_this_node_does_not_publish_is_versioned_but_never_queued() {
+    let path = std::env::temp_dir().join(format!("hl-apply-nopub-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let mut conn = db::open(&path).unwrap();
+    prepare(&conn).unwrap();
+    let cfg = Config::parse(&format!(
+        "db_path = {:?}\n[table.t]\npublish = false\n",
+        path.display().to_string()
+    ))
+    .unwrap();
+    let schema = capture::scan(&conn, &cfg).unwrap();
+    capture::install(&mut conn, &schema, &Default::default(), ME).unwrap();
+    let mut d = Db {
+        path,
+        conn,
+        schema,
+        hlc: Hlc::new(0),
+    };
+    d.conn
+        .execute("INSERT INTO t VALUES (1, 'local')", [])
+        .unwrap();
+    capture::stamp(&d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    assert_eq!(capture::outbox_len(&d.conn, &d.schema).unwrap(), 0);
+    // versioned all the same: an older remote change loses, a newer one wins
+    let s = apply(&mut d, msg(1, 7, &[(1 << 16, up(1, "older"))]));
+    assert_eq!(s.stale, 1);
+    assert_eq!(rows(&d), vec![(1, "local".to_string())]);
+    let future = (crate::hlc::now_ms() + 60_000) << 16;
+    apply(&mut d, msg(2, 7, &[(future, up(1, "hub"))]));
+    assert_eq!(rows(&d), vec![(1, "hub".to_string())]);
 }

@@ -40,6 +40,7 @@ impl Node {
         metrics::add(Counter::Parked, stats.parked);
         metrics::add(Counter::Undecodable, stats.undecodable);
         metrics::add(Counter::UniqueConflicts, stats.unique_conflicts);
+        metrics::add(Counter::PkCollisions, stats.pk_collisions);
         metrics::observe_origins(&stats.newest);
     }
 }

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use super::{Node, NodeError, ROUND_BYTES};
-use crate::capture::{self, Pending};
+use crate::capture;
 use crate::db::{self, DbError};
-use crate::frame::{self, FrameBuilder, Op, Pushed};
+use crate::frame::{self, FrameBuilder, Pushed};
 use crate::status;
 use crate::transport::Outgoing;
 
@@ -84,7 +84,8 @@ impl Node {
         let mut marks = Vec::new();
         let mut more = false;
         let mut changes = 0usize;
-        let mut builder = FrameBuilder::new(node, max);
+        let fv = self.cfg.replication_log.frame_version;
+        let mut builder = FrameBuilder::with_version(node, max, fv);
         let seal = |data: Vec<u8>, frames: &mut Vec<Outgoing>, bytes: &mut usize| {
             *bytes += data.len();
             frames.push(Outgoing {
@@ -107,15 +108,11 @@ impl Node {
             if self.schema.is_paused(t.name()) {
                 continue; // held in the outbox until the table resumes
             }
-            let last = capture::read_pending(&tx, t, |version, change| {
+            let last = capture::read_pending(&tx, t, |version, op| {
                 if bytes >= ROUND_BYTES {
                     more = true;
                     return false;
                 }
-                let op = match change {
-                    Pending::Upsert(v) => Op::Upsert(v),
-                    Pending::Delete(k) => Op::Delete(k),
-                };
                 changes += 1;
                 match builder.push(&t.header, version, op.clone()) {
                     Pushed::Added => {}
@@ -132,8 +129,8 @@ impl Node {
                         if !builder.is_empty() {
                             seal(builder.finish(), &mut frames, &mut bytes);
                         }
-                        let whole = frame::encode_single(node, &t.header, version, op);
-                        for part in frame::fragment(node, version, &whole, max) {
+                        let whole = frame::encode_single(node, &t.header, version, op, fv);
+                        for part in frame::fragment(node, version, &whole, max, fv) {
                             seal(part, &mut frames, &mut bytes);
                         }
                     }

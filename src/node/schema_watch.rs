@@ -87,13 +87,16 @@ pub(super) fn retry_parked(
     Ok(())
 }
 
-/// Migration tools' bookkeeping tables are left out on purpose: one info line names them.
+/// Migration tools' bookkeeping tables are left out on purpose: one info line names them. An
+/// ORM's temporary copies of tables it rebuilds come and go with every migration: debug only.
 pub(super) fn report_skipped(now: &Schema, before: Option<&Schema>) {
     let new = |name: &String| before.is_none_or(|b| !b.skipped.iter().any(|(n, _)| n == name));
     let mut bookkeeping = Vec::new();
     for (name, why) in now.skipped.iter().filter(|(n, _)| new(n)) {
         if why == capture::MIGRATION_BOOKKEEPING {
             bookkeeping.push(name.as_str());
+        } else if why == capture::MIGRATION_TEMP {
+            log::debug!("table {name} is not replicated: {why}");
         } else {
             log::warn!("table {name} is not replicated: {why}");
         }

@@ -127,7 +127,7 @@ fn wait_drained(db: &Path, rows: u64) -> Result<(), String> {
         DRAIN_PROBE,
         || {
             let q = conn.query_row(
-            "SELECT (SELECT count(*) FROM __hl_log_t), (SELECT count(*) FROM __hl_ver_t WHERE pending = 1), (SELECT count(*) FROM __hl_ver_t)",
+            "SELECT (SELECT count(*) FROM __hl_log_t), (SELECT count(*) FROM __hl_ver_t WHERE pending > 0), (SELECT count(*) FROM __hl_ver_t)",
             [],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
         );
