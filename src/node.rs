@@ -21,6 +21,7 @@ use crate::gap;
 use crate::hlc::Hlc;
 use crate::retry::{self, Backoff, SHUTDOWN_FLUSH};
 use crate::schema;
+use crate::state::{self, LockError};
 use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
 
 mod link;
@@ -209,41 +210,22 @@ pub struct Node {
     link_cutter: Arc<Mutex<Option<crate::transport::LinkCutter>>>,
 }
 
-fn lock_path(db_path: &std::path::Path) -> std::path::PathBuf {
-    let mut s = db_path.as_os_str().to_os_string();
-    s.push(".hl-lock");
-    std::path::PathBuf::from(s)
-}
-
-/// Whether a node process holds the lock of this database now (for `status`).
-pub fn is_locked(db_path: &std::path::Path) -> bool {
-    std::fs::File::open(lock_path(db_path))
-        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
-}
-
-/// Takes the node lock of a database: a file next to it, locked exclusively.
+/// Takes the node lock of a database (see [`state::lock`]).
 fn lock_db(db_path: &std::path::Path) -> Result<std::fs::File, NodeError> {
-    let path = lock_path(db_path);
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| {
-            NodeError::Busy(format!("cannot open the lock file {}: {e}", path.display()))
-        })?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::Busy(format!(
+    state::lock(db_path).map_err(|e| match e {
+        LockError::Open { path, source } => NodeError::Busy(format!(
+            "cannot open the lock file {}: {source}",
+            path.display()
+        )),
+        LockError::Held { path } => NodeError::Busy(format!(
             "another harmonylite node is running on {} (it holds {}); stop it first",
             db_path.display(),
             path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(NodeError::Busy(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
-    }
+        )),
+        LockError::Lock { path, source } => {
+            NodeError::Busy(format!("cannot lock {}: {source}", path.display()))
+        }
+    })
 }
 
 impl Node {
@@ -273,7 +255,7 @@ impl Node {
         apply::prepare(&conn)?;
         schema::prepare(&conn)?;
         let node_id = db::node_id(&conn, cfg.node_id, &cfg.db_path)?;
-        let mut hlc = Hlc::new(db::get_meta(&conn, apply::HLC_KEY)?.unwrap_or(0) as u64);
+        let mut hlc = Hlc::new(db::get_meta(&conn, state::HLC_KEY)?.unwrap_or(0) as u64);
         // read before the scan: a schema change committed after it is seen at the next tick
         let schema_version = db::schema_version(&conn)?;
         let mut schema = capture::scan(&conn, &cfg)?;
@@ -485,9 +467,9 @@ impl Node {
             return Ok(());
         }
         self.own_cursor_saved = Instant::now();
-        let current = db::get_meta(&self.conn, apply::CURSOR_KEY)?.unwrap_or(0) as u64;
+        let current = db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64;
         if seq > current {
-            db::set_meta(&self.conn, apply::CURSOR_KEY, seq as i64)?;
+            db::set_meta(&self.conn, state::CURSOR_KEY, seq as i64)?;
         }
         self.own_cursor = None;
         Ok(())
@@ -506,7 +488,7 @@ impl Node {
                 })?;
             let n = capture::stamp(&tx, &self.schema, &mut self.hlc, self.node_id)?;
             if n > 0 {
-                db::set_meta(&tx, apply::HLC_KEY, self.hlc.last() as i64)?;
+                db::set_meta(&tx, state::HLC_KEY, self.hlc.last() as i64)?;
                 self.outbox_dirty = true;
                 log::debug!("stamped changes={n}");
             }

@@ -1,8 +1,8 @@
 //! Retrying and waiting: the one backoff, the retry policies that use it, and the deadlines
 //! that are policy rather than plumbing.
 //!
-//! A bottom module: it imports nothing of ours (`node`, `transport` and `main` all use it), so
-//! it can be read and tested alone. Deadlines that belong to one protocol stay next to it (the
+//! A bottom module: of ours it imports only `hlc::system_ms` (a jitter seed); `node`,
+//! `transport` and `main` use it, so it can be read and tested alone. Deadlines that belong to one protocol stay next to it (the
 //! NATS ones in `transport.rs`, the HTTP ones in `http.rs`, the database's in `db.rs`); the
 //! ones here are shared, or are the promise an operator relies on (the shutdown budget).
 //!

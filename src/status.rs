@@ -7,22 +7,16 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::apply::{
-    CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_PK_COLLISION_KEY, PARKED_TABLE, PK_COLLISIONS_KEY,
-    UNIQUE_CONFLICTS_KEY,
-};
 use crate::capture;
 use crate::config::Config;
 use crate::db::{self, Context, DbError, META_TABLE};
 use crate::hlc;
-use crate::snapshot;
-
-/// Keys the node writes into `__hl_meta` for status.
-pub const LINK_UP_KEY: &str = "link_up";
-pub const LINK_SINCE_KEY: &str = "link_since_ms";
-pub const LAST_PUBLISH_KEY: &str = "last_publish_ms";
-pub const LAST_APPLY_KEY: &str = "last_apply_ms";
-pub const OVER_BUDGET_KEY: &str = "outbox_over_budget";
+use crate::state::{
+    self, CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_APPLY_KEY, LAST_PK_COLLISION_KEY,
+    LAST_PUBLISH_KEY, LINK_SINCE_KEY, LINK_UP_KEY, NODE_ID_KEY, OVER_BUDGET_KEY, PARKED_TABLE,
+    PK_COLLISIONS_KEY, RESTORED_MS_KEY, RESTORED_SEQ_KEY, RESTORE_DONE_KEY, RESTORE_TOTAL_KEY,
+    SAVED_MS_KEY, SAVED_SEQ_KEY, UNIQUE_CONFLICTS_KEY,
+};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Status {
@@ -80,7 +74,7 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
         .ctx("set busy timeout")?;
     let mut st = Status {
         db_path: path.display().to_string(),
-        node_running: crate::node::is_locked(path),
+        node_running: state::is_locked(path),
         ..Default::default()
     };
     let mut schema = capture::scan(&conn, cfg)?;
@@ -98,7 +92,7 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
         return Ok(st);
     }
     let meta = |key: &str| -> Result<Option<i64>, DbError> { db::get_meta(&conn, key) };
-    st.node_id = meta("node_id")?.map(|v| v as u64);
+    st.node_id = meta(NODE_ID_KEY)?.map(|v| v as u64);
     st.stream_position = meta(CURSOR_KEY)?.unwrap_or(0) as u64;
     st.hlc = meta(HLC_KEY)?.unwrap_or(0) as u64;
     st.stream_gap = crate::gap::read(&conn)?.map(|g| (g.from, g.to));
@@ -111,12 +105,11 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.last_pk_collision = crate::db::get_meta_text(&conn, LAST_PK_COLLISION_KEY)?;
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
     let u = |v: Option<i64>| v.map(|v| v as u64);
-    st.restore_progress =
-        u(meta(snapshot::RESTORE_DONE_KEY)?).zip(u(meta(snapshot::RESTORE_TOTAL_KEY)?));
-    st.restored_seq = u(meta(snapshot::RESTORED_SEQ_KEY)?);
-    st.restored_ms = u(meta(snapshot::RESTORED_MS_KEY)?);
-    st.snapshot_saved_seq = u(meta(snapshot::SAVED_SEQ_KEY)?);
-    st.snapshot_saved_ms = u(meta(snapshot::SAVED_MS_KEY)?);
+    st.restore_progress = u(meta(RESTORE_DONE_KEY)?).zip(u(meta(RESTORE_TOTAL_KEY)?));
+    st.restored_seq = u(meta(RESTORED_SEQ_KEY)?);
+    st.restored_ms = u(meta(RESTORED_MS_KEY)?);
+    st.snapshot_saved_seq = u(meta(SAVED_SEQ_KEY)?);
+    st.snapshot_saved_ms = u(meta(SAVED_MS_KEY)?);
     let now = hlc::now_ms();
     for t in &schema.tables {
         if !exists(&conn, &format!("__hl_ver_{}", t.name()))? {

@@ -5,9 +5,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::{Attempt, Node, REPEAT_LOG_EVERY};
-use crate::apply;
 use crate::db;
-use crate::status;
+use crate::state;
 use crate::transport::{Transport, TransportError};
 
 impl Node {
@@ -45,7 +44,7 @@ impl Node {
         if Instant::now() < self.next_connect {
             return;
         }
-        let cursor = match db::get_meta(&self.conn, apply::CURSOR_KEY) {
+        let cursor = match db::get_meta(&self.conn, state::CURSOR_KEY) {
             Ok(c) => c.unwrap_or(0) as u64,
             Err(e) => {
                 log::warn!("{e}");
@@ -77,7 +76,7 @@ impl Node {
 
     pub(super) fn adopt(&mut self, t: Transport) {
         if t.cursor_reset {
-            if let Err(e) = db::set_meta(&self.conn, apply::CURSOR_KEY, 0) {
+            if let Err(e) = db::set_meta(&self.conn, state::CURSOR_KEY, 0) {
                 log::warn!("{e}");
                 return;
             }
@@ -90,7 +89,7 @@ impl Node {
             );
             self.max_frame = t.max_frame();
         }
-        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY)
+        let cursor = db::get_meta(&self.conn, state::CURSOR_KEY)
             .ok()
             .flatten()
             .unwrap_or(0) as u64;
@@ -119,10 +118,10 @@ impl Node {
             return;
         }
         self.link_recorded = Some(up);
-        let write = db::set_meta(&self.conn, status::LINK_UP_KEY, up as i64).and_then(|_| {
+        let write = db::set_meta(&self.conn, state::LINK_UP_KEY, up as i64).and_then(|_| {
             db::set_meta(
                 &self.conn,
-                status::LINK_SINCE_KEY,
+                state::LINK_SINCE_KEY,
                 crate::hlc::now_ms() as i64,
             )
         });
