@@ -44,6 +44,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{params, CachedStatement, Connection};
 
 use crate::capture::{self, Schema, Table};
+use crate::config::Config;
 use crate::db::{self, quote, Context, DbError};
 use crate::frame::{self, Change, Changes, Frame, Op, TableHeader, Value};
 use crate::hlc::Hlc;
@@ -74,6 +75,10 @@ pub struct ApplyStats {
     pub unique_conflicts: u64,
     /// New rows that arrived for a key this node holds a different row of, from another node.
     pub pk_collisions: u64,
+    /// Stream messages dropped because their subject and content disagree.
+    pub rejected: u64,
+    /// Changes of tables this node does not replicate, dropped (the server did not filter them).
+    pub not_replicated: u64,
     /// The origin whose stamps were furthest ahead of our clock, and by how many ms (if ahead).
     pub ahead: Option<(u64, u64)>,
     /// The newest version seen from each origin (for the replication lag metric).
@@ -136,6 +141,7 @@ pub const FRAGMENT_HORIZON_SEQS: u64 = 1_000_000;
 /// Applies a batch of stream messages in one transaction.
 pub fn apply_batch(
     conn: &mut Connection,
+    cfg: &Config,
     schema: &Schema,
     hlc: &mut Hlc,
     node: u64,
@@ -165,9 +171,17 @@ pub fn apply_batch(
             stats.own += 1;
             continue;
         }
+        let source = Source::of(&cfg.nats.subject_prefix, &m.subject);
         match frame::decode(&m.data) {
             Ok(Frame::Changes(c)) if c.origin == node && !replay_own => stats.own += 1,
-            Ok(Frame::Changes(c)) => apply_changes(&tx, schema, hlc, &c, &mut stats)?,
+            Ok(Frame::Changes(c)) => match source.check(&c) {
+                Ok(()) => apply_changes(&tx, &|t| cfg.replicates(t), schema, hlc, &c, &mut stats)?,
+                Err(why) => reject(m, &why, &mut stats),
+            },
+            Ok(Frame::Fragment(f)) if source.origin() != Some(f.origin) => {
+                let why = format!("a fragment of node {}'s frame on this subject", f.origin);
+                reject(m, &why, &mut stats);
+            }
             Ok(Frame::Fragment(f)) => {
                 fragments = true;
                 tx.prepare_cached(&format!(
@@ -177,7 +191,17 @@ pub fn apply_batch(
                 .ctx("store fragment")?;
                 if let Some(whole) = take_complete(&tx, f.origin, f.id, f.count)? {
                     match frame::decode(&whole) {
-                        Ok(Frame::Changes(c)) => apply_changes(&tx, schema, hlc, &c, &mut stats)?,
+                        Ok(Frame::Changes(c)) => match source.check(&c) {
+                            Ok(()) => apply_changes(
+                                &tx,
+                                &|t| cfg.replicates(t),
+                                schema,
+                                hlc,
+                                &c,
+                                &mut stats,
+                            )?,
+                            Err(why) => reject(m, &why, &mut stats),
+                        },
                         Ok(Frame::Fragment(_)) | Err(_) => {
                             stats.undecodable += 1;
                             log::warn!("skipping undecodable frame seq={} subject={}: reassembled fragments do not form a frame", m.seq, m.subject);
@@ -207,6 +231,96 @@ pub fn apply_batch(
     }
     tx.commit().ctx("commit apply")?;
     Ok(stats)
+}
+
+/// Where a stream message's subject says it comes from.
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    /// `<subject_prefix>.<table token>.<node id>`: one table's changes from one node.
+    Table { token: String, origin: u64 },
+    /// `<subject_prefix>.<node id>`: the single-subject layout of builds before per-table
+    /// subjects (any tables in a frame).
+    Legacy { origin: u64 },
+    /// Anything else: not a frame of this layout.
+    Outside,
+}
+
+impl Source {
+    fn of(prefix: &str, subject: &str) -> Source {
+        let Some(rest) = subject
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            return Source::Outside;
+        };
+        let mut parts = rest.split('.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(n), None, None) => n
+                .parse()
+                .map_or(Source::Outside, |origin| Source::Legacy { origin }),
+            (Some(t), Some(n), None) if !t.is_empty() => {
+                n.parse().map_or(Source::Outside, |origin| Source::Table {
+                    token: t.to_string(),
+                    origin,
+                })
+            }
+            _ => Source::Outside,
+        }
+    }
+
+    fn origin(&self) -> Option<u64> {
+        match self {
+            Source::Table { origin, .. } | Source::Legacy { origin } => Some(*origin),
+            Source::Outside => None,
+        }
+    }
+
+    /// The frame must come from the node its subject names, and carry only the table its
+    /// subject names: broker permissions on subjects are then a fence no frame can climb over.
+    fn check(&self, c: &Changes) -> Result<(), String> {
+        match self {
+            Source::Outside => {
+                Err("its subject is outside <subject_prefix>.<table>.<node_id>".into())
+            }
+            Source::Table { origin, .. } | Source::Legacy { origin } if *origin != c.origin => {
+                Err(format!(
+                    "it claims origin node {} on the subject of node {origin}",
+                    c.origin
+                ))
+            }
+            Source::Table { token, .. } => {
+                match c
+                    .tables
+                    .iter()
+                    .find(|t| crate::config::subject_token(&t.name) != *token)
+                {
+                    Some(t) => Err(format!(
+                        "it carries table {} on the subject of table token {token}",
+                        t.name
+                    )),
+                    None => Ok(()),
+                }
+            }
+            Source::Legacy { origin } => {
+                if let Some(more) = crate::logging::repeated(&format!("legacy subject {origin}")) {
+                    log::warn!("node {origin} publishes on the single-subject layout of older builds: its frames are applied, but per-table direction cannot keep its tables from nodes that do not replicate them; upgrade it{more}");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Drops a stream message whose subject and content disagree (counted, logged).
+fn reject(m: &Incoming, why: &str, stats: &mut ApplyStats) {
+    stats.rejected += 1;
+    if let Some(more) = crate::logging::repeated(&format!("reject {why}")) {
+        log::warn!(
+            "dropping frame seq={} subject={}: {why}{more}",
+            m.seq,
+            m.subject
+        );
+    }
 }
 
 /// Returns the reassembled bytes once every fragment of (origin, id) is stored, and removes them.
@@ -385,8 +499,12 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
     })
 }
 
+/// Applies the changes of one frame. `replicates` says which tables this node receives: the
+/// server filters the others out (a consumer per replicated table), but a server older than
+/// 2.10 and frames of the single-subject layout bring every table.
 fn apply_changes(
     conn: &Connection,
+    replicates: &dyn Fn(&str) -> bool,
     schema: &Schema,
     hlc: &mut Hlc,
     c: &Changes,
@@ -414,11 +532,20 @@ fn apply_changes(
     }
     let mut warned: HashMap<usize, ()> = HashMap::new();
     let mut refused = false;
+    let received: Vec<bool> = c.tables.iter().map(|t| replicates(&t.name)).collect();
+    for (t, _) in c.tables.iter().zip(&received).filter(|(_, r)| !**r) {
+        if let Some(more) = crate::logging::repeated(&format!("not replicated {}", t.name)) {
+            log::info!("dropping changes of table {} from node {}: this node does not replicate it (the server did not filter them: older than 2.10, or a node on the single-subject layout){more}", t.name, c.origin);
+        }
+    }
     // Changes of this frame that park whatever the database holds (their table is missing,
     // paused, or lacks a column): a child earlier in the frame than its parent waits too.
     let mut soon: HashSet<(&str, Vec<u8>)> = HashSet::new();
     for ch in &c.changes {
         let idx = ch.table as usize;
+        if !received[idx] {
+            continue;
+        }
         let blocked = match &targets[idx] {
             Err(_) => true,
             Ok(t) => t.upsert_blocked.is_some() && ch.op.row().is_some(),
@@ -434,6 +561,10 @@ fn apply_changes(
     for ch in &c.changes {
         let idx = ch.table as usize;
         let header = &c.tables[idx];
+        if !received[idx] {
+            stats.not_replicated += 1;
+            continue;
+        }
         if !hlc.observe(ch.version) && !refused {
             refused = true;
             log::warn!(
@@ -1223,7 +1354,8 @@ pub fn retry_parked(
                 continue;
             };
             let mut stats = ApplyStats::default();
-            apply_changes(&tx, schema, hlc, &c, &mut stats)?;
+            // accepted when it arrived: applied whatever the direction says now
+            apply_changes(&tx, &|_| true, schema, hlc, &c, &mut stats)?;
             done += stats.applied + stats.stale;
             left += stats.parked;
         }

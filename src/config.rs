@@ -119,6 +119,33 @@ pub struct Config {
     pub health_check: HealthCheck,
 }
 
+/// A table name as one token of a NATS subject: ASCII letters, digits, `_` and `-` stay as they
+/// are; every other byte of its UTF-8 (`.`, `*`, `>`, spaces, `%`, non-ASCII) becomes `%XX`
+/// (upper-case hex). `order.items` is `order%2Eitems`, `Straße` is `Stra%C3%9Fe`.
+pub fn subject_token(table: &str) -> String {
+    let mut out = String::with_capacity(table.len());
+    for b in table.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The subjects a node's durable consumer is filtered on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerFilter {
+    /// Every table: one wildcard subject, `<subject_prefix>.>`.
+    All(String),
+    /// Only these subjects (one per replicated table, plus the single-subject layout of older
+    /// builds): NATS 2.10+ `filter_subjects`.
+    Subjects(Vec<String>),
+    /// No table is received: no consumer.
+    Nothing,
+}
+
 /// `[table.<name>]`: which way one table's changes go on this node (unset: the top-level
 /// `publish` and `replicate`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -517,6 +544,35 @@ impl Config {
     /// The subject this node publishes to.
     pub fn own_subject(&self, node_id: u64) -> String {
         format!("{}.{}", self.nats.subject_prefix, node_id)
+    }
+
+    /// The subject this node publishes its changes of `table` on:
+    /// `<subject_prefix>.<table token>.<node_id>` (see [`subject_token`]).
+    pub fn table_subject(&self, table: &str, node_id: u64) -> String {
+        format!(
+            "{}.{}.{node_id}",
+            self.nats.subject_prefix,
+            subject_token(table)
+        )
+    }
+
+    /// What this node's consumer receives, given the tables it replicates.
+    pub fn consumer_filter<'a>(&self, tables: impl Iterator<Item = &'a str>) -> ConsumerFilter {
+        let prefix = &self.nats.subject_prefix;
+        if self.replicate && !self.table.values().any(|d| d.replicate == Some(false)) {
+            return ConsumerFilter::All(format!("{prefix}.>"));
+        }
+        let mut subjects: Vec<String> = tables
+            .filter(|t| self.replicates(t))
+            .map(|t| format!("{prefix}.{}.*", subject_token(t)))
+            .collect();
+        if subjects.is_empty() {
+            return ConsumerFilter::Nothing;
+        }
+        subjects.sort();
+        // frames of nodes that still publish in the single-subject layout of older builds
+        subjects.push(format!("{prefix}.*"));
+        ConsumerFilter::Subjects(subjects)
     }
 }
 

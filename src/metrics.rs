@@ -32,10 +32,12 @@ pub enum Counter {
     Statements,
     UniqueConflicts,
     PkCollisions,
+    Rejected,
+    NotReplicated,
 }
 
 /// Name (without prefix) and help of each counter, in [`Counter`] order.
-pub const COUNTERS: [(&str, &str); 17] = [
+pub const COUNTERS: [(&str, &str); 19] = [
     ("changes_captured_total", "Local row changes stamped into the outbox."),
     ("changes_published_total", "Local changes acknowledged by JetStream."),
     ("frames_published_total", "Frames acknowledged by JetStream."),
@@ -53,6 +55,8 @@ pub const COUNTERS: [(&str, &str); 17] = [
     ("sqlite_statements_total", "SQL statements the node's main database connection started (trigger programs not counted)."),
     ("unique_conflicts_total", "Remote rows that met a unique constraint other than the primary key and were resolved: the higher version kept, the other row deleted."),
     ("pk_collisions_total", "New rows from another node whose primary key this node already held a different row of (two nodes created the same key; last writer wins, the other row is overwritten)."),
+    ("frames_rejected_total", "Stream messages dropped because their subject and content disagree (another origin, another table, a subject outside the layout); each is logged with its sequence."),
+    ("changes_not_replicated_total", "Changes of tables this node does not replicate, dropped after download (the server did not filter them)."),
 ];
 
 /// Counts the statements `conn` starts in [`Counter::Statements`] (SQLite's statement trace,

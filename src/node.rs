@@ -153,6 +153,8 @@ pub struct Node {
     cfg: Config,
     conn: Connection,
     schema: Schema,
+    /// What the consumer receives: every table, or only those this node replicates.
+    filter: crate::config::ConsumerFilter,
     /// The replicated tables' names, read by `conn`'s authorizer ([`capture::guard_node_connection`]).
     replicated: capture::ReplicatedNames,
     pub node_id: u64,
@@ -263,6 +265,7 @@ impl Node {
             .map_err(NodeError::Config)?;
         replicated.update(&schema);
         report_skipped(&schema, None);
+        let filter = cfg.consumer_filter(schema.tables.iter().map(|t| t.name()));
         let recorded = schema::recorded_columns(&conn)?;
         let queued = capture::install(&mut conn, &schema, &recorded, node_id)?;
         if queued.total() > 0 {
@@ -311,6 +314,7 @@ impl Node {
             cfg,
             conn,
             schema,
+            filter,
             replicated,
             node_id,
             hlc,
@@ -512,13 +516,14 @@ impl Node {
         if !self.link_up() {
             return Ok(false);
         }
-        if !self.cfg.replicate {
+        if self.filter == crate::config::ConsumerFilter::Nothing {
             return Ok(false);
         }
         if self.last_stream_check.elapsed() >= STREAM_CHECK_EVERY {
             self.last_stream_check = Instant::now();
             let first = self.transport.as_ref().and_then(|t| t.first_seq());
             self.note_stream_start(first)?;
+            self.skip_other_tables()?;
         }
         let Some(t) = self.transport.as_mut() else {
             return Ok(false);
@@ -537,12 +542,35 @@ impl Node {
         }
     }
 
+    /// A consumer filtered on some tables: its position moves past the other tables' messages
+    /// once it has nothing pending (see [`Transport::quiet_position`]). Else the position would
+    /// stay at the last message it received, and the stream's retention passing it would look
+    /// like a hole and cost a snapshot restore.
+    fn skip_other_tables(&mut self) -> Result<(), NodeError> {
+        if !matches!(self.filter, crate::config::ConsumerFilter::Subjects(_))
+            || !self.unapplied.is_empty()
+        {
+            return Ok(());
+        }
+        let Some(last) = self.transport.as_ref().and_then(|t| t.quiet_position()) else {
+            return Ok(());
+        };
+        if last > db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64 {
+            db::set_meta(&self.conn, state::CURSOR_KEY, last as i64)?;
+        }
+        Ok(())
+    }
+
     fn apply_unapplied(&mut self) -> Result<(), NodeError> {
         // A hole is looked for in every batch, our own frames included (see `gap::in_batch`
-        // for why consecutive sequences are expected). The batch still applies: the restore
-        // that repairs the hole is a merge and undoes nothing applied meanwhile.
+        // for why consecutive sequences are expected), unless the consumer is filtered on some
+        // tables (its sequences skip the others' by design; the stream check still sees a
+        // hole before the stream's start). The batch still applies: the restore that repairs
+        // the hole is a merge and undoes nothing applied meanwhile.
         let position = self.position();
-        if let Some(g) = gap::in_batch(position, self.unapplied.iter().map(|m| m.seq)) {
+        let filtered = matches!(self.filter, crate::config::ConsumerFilter::Subjects(_));
+        let hole = gap::in_batch(position, self.unapplied.iter().map(|m| m.seq));
+        if let Some(g) = hole.filter(|_| !filtered) {
             self.found_gap(
                 g,
                 &format!(
@@ -575,6 +603,7 @@ impl Node {
         }
         let stats = apply::apply_batch(
             &mut self.conn,
+            &self.cfg,
             &self.schema,
             &mut self.hlc,
             self.node_id,

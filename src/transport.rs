@@ -16,7 +16,7 @@ use nats::jetstream::{
 };
 
 use crate::apply::Incoming;
-use crate::config::Config;
+use crate::config::{Config, ConsumerFilter};
 
 mod snapstore;
 mod status_service;
@@ -221,7 +221,6 @@ pub struct Transport {
     nc: nats::Connection,
     js: JetStream,
     stream: String,
-    subject: String,
     ack_inbox: String,
     acks: nats::Subscription,
     batch_no: u64,
@@ -239,6 +238,8 @@ pub struct Transport {
 
 struct Puller {
     sub: PullSubscription,
+    /// The durable consumer's name.
+    durable: String,
     /// The outstanding pull request, if any. At most one is outstanding, so an idle node sends
     /// one request per [`PULL_EXPIRES`], not one per poll.
     request: Option<PullRequest>,
@@ -273,6 +274,8 @@ impl LinkCutter {
 
 /// A published frame: subject, message id and bytes.
 pub struct Outgoing {
+    /// `<subject_prefix>.<table>.<node_id>` ([`Config::table_subject`]).
+    pub subject: String,
     pub msg_id: String,
     pub data: Vec<u8>,
 }
@@ -288,6 +291,7 @@ impl Transport {
         urls: &str,
         node: u64,
         mut cursor: u64,
+        receive: &ConsumerFilter,
     ) -> Result<Transport, TransportError> {
         let disconnected = Arc::new(AtomicBool::new(false));
         let opts = client_options(&cfg.nats)?;
@@ -371,7 +375,12 @@ impl Transport {
         let acks = nc
             .subscribe(&format!("{ack_inbox}.>"))
             .map_err(setup("subscribe to the ack inbox"))?;
-        let pull = if cfg.replicate {
+        let (filter_subject, filter_subjects) = match receive {
+            ConsumerFilter::All(all) => (all.clone(), Vec::new()),
+            ConsumerFilter::Subjects(list) => (String::new(), list.clone()),
+            ConsumerFilter::Nothing => (String::new(), Vec::new()),
+        };
+        let pull = if *receive != ConsumerFilter::Nothing {
             let durable = format!("hl-{node}");
             let _ = js.delete_consumer(&stream, &durable);
             let (deliver_policy, opt_start_seq) = if cursor > 0 {
@@ -379,7 +388,8 @@ impl Transport {
             } else {
                 (DeliverPolicy::All, None)
             };
-            js.add_consumer(
+            let info = js
+                .add_consumer(
                 &stream,
                 ConsumerConfig {
                     durable_name: Some(durable.clone()),
@@ -387,15 +397,29 @@ impl Transport {
                     opt_start_seq,
                     ack_policy: AckPolicy::All,
                     ack_wait: CONSUMER_ACK_WAIT,
-                    filter_subject: filter.clone(),
+                    filter_subject,
+                    filter_subjects,
                     replay_policy: ReplayPolicy::Instant,
                     max_ack_pending: MAX_ACK_PENDING,
                     ..Default::default()
                 },
             )
-            .map_err(setup(&format!(
-                "create consumer {durable} on stream {stream}"
-            )))?;
+            .map_err(|source| {
+                let what = format!("create consumer {durable} on stream {stream}");
+                match receive {
+                    // a server before 2.10 ignores the list and refuses a consumer without a filter
+                    ConsumerFilter::Subjects(list) => TransportError::Setup {
+                        what: format!("{what} filtered on {} subjects ([table.*] replicate = false needs NATS server 2.10 or newer)", list.len()),
+                        source,
+                    },
+                    _ => TransportError::Setup { what, source },
+                }
+            })?;
+            if matches!(receive, ConsumerFilter::Subjects(_))
+                && info.config.filter_subjects.is_empty()
+            {
+                log::warn!("the NATS server ignored the consumer's filter_subjects (it is older than 2.10): tables with replicate = false are downloaded and then dropped; upgrade nats-server to save the traffic");
+            }
             let sub = js
                 .pull_subscribe_with_options(
                     &filter,
@@ -406,6 +430,7 @@ impl Transport {
                 .map_err(setup(&format!("bind consumer {durable}")))?;
             Some(Puller {
                 sub,
+                durable,
                 request: None,
                 last: None,
             })
@@ -417,7 +442,6 @@ impl Transport {
             nc,
             js,
             stream,
-            subject: cfg.own_subject(node),
             ack_inbox,
             acks,
             batch_no: 0,
@@ -473,6 +497,18 @@ impl Transport {
         })
     }
 
+    /// The stream's last sequence, if this node's consumer has nothing left to deliver up to it
+    /// and every message it delivered was acknowledged. A consumer filtered on some tables
+    /// never sees the other tables' messages: this is how far its position may advance past
+    /// them (the stream's last sequence is read first, so a message matching the filter
+    /// published up to it is either pending or delivered, and then unacknowledged or applied).
+    pub fn quiet_position(&self) -> Option<u64> {
+        let p = self.pull.as_ref()?;
+        let last = self.js.stream_info(&self.stream).ok()?.state.last_seq;
+        let info = self.js.consumer_info(&self.stream, &p.durable).ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(last)
+    }
+
     /// Publishes every frame with its message id and waits until JetStream acknowledged all of
     /// them. Any missing or negative ack fails the whole batch; retrying it is safe because the
     /// ids let the server drop the copies it already stored.
@@ -491,7 +527,7 @@ impl Transport {
         self.batch_no += 1;
         let prefix = format!("{}.{}", self.ack_inbox, self.batch_no);
         let fail = |reason: String| TransportError::Publish {
-            subject: self.subject.clone(),
+            subject: frames[0].subject.clone(),
             reason,
         };
         for (i, f) in frames.iter().enumerate() {
@@ -499,7 +535,7 @@ impl Transport {
             headers.insert(nats::header::NATS_MSG_ID, f.msg_id.clone());
             self.nc
                 .publish_with_reply_or_headers(
-                    &self.subject,
+                    &f.subject,
                     Some(&format!("{prefix}.{i}")),
                     Some(&headers),
                     &f.data,

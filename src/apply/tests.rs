@@ -6,6 +6,7 @@ use crate::frame::FrameBuilder;
 
 struct Db {
     path: std::path::PathBuf,
+    cfg: Config,
     conn: Connection,
     schema: Schema,
     hlc: Hlc,
@@ -29,11 +30,16 @@ fn setup_with(name: &str, more: &str) -> Db {
         .unwrap();
     let mut conn = db::open(&path).unwrap();
     prepare(&conn).unwrap();
-    let cfg = Config::parse(&format!("db_path = {:?}", path.display().to_string())).unwrap();
+    let cfg = Config::parse(&format!(
+        "db_path = {:?}\n[nats]\nsubject_prefix = \"x\"\n",
+        path.display().to_string()
+    ))
+    .unwrap();
     let schema = capture::scan(&conn, &cfg).unwrap();
     capture::install(&mut conn, &schema, &Default::default(), ME).unwrap();
     Db {
         path,
+        cfg,
         conn,
         schema,
         hlc: Hlc::new(0),
@@ -63,7 +69,7 @@ fn msg(seq: u64, origin: u64, changes: &[(u64, Op)]) -> Incoming {
     }
     Incoming {
         seq,
-        subject: format!("x.{origin}"),
+        subject: format!("x.{origin}"), // the single-subject layout: any tables
         data: b.finish(),
     }
 }
@@ -87,7 +93,7 @@ fn rows(d: &Db) -> Vec<(i64, String)> {
 }
 
 fn apply(d: &mut Db, m: Incoming) -> ApplyStats {
-    apply_batch(&mut d.conn, &d.schema, &mut d.hlc, ME, &[m]).unwrap()
+    apply_batch(&mut d.conn, &d.cfg, &d.schema, &mut d.hlc, ME, &[m]).unwrap()
 }
 
 #[test]
@@ -1073,7 +1079,7 @@ fn a_table_this_node_does_not_publish_is_versioned_but_never_queued() {
     let mut conn = db::open(&path).unwrap();
     prepare(&conn).unwrap();
     let cfg = Config::parse(&format!(
-        "db_path = {:?}\n[table.t]\npublish = false\n",
+        "db_path = {:?}\n[table.t]\npublish = false\n[nats]\nsubject_prefix = \"x\"\n",
         path.display().to_string()
     ))
     .unwrap();
@@ -1081,6 +1087,7 @@ fn a_table_this_node_does_not_publish_is_versioned_but_never_queued() {
     capture::install(&mut conn, &schema, &Default::default(), ME).unwrap();
     let mut d = Db {
         path,
+        cfg,
         conn,
         schema,
         hlc: Hlc::new(0),
@@ -1097,4 +1104,86 @@ fn a_table_this_node_does_not_publish_is_versioned_but_never_queued() {
     let future = (crate::hlc::now_ms() + 60_000) << 16;
     apply(&mut d, msg(2, 7, &[(future, up(1, "hub"))]));
     assert_eq!(rows(&d), vec![(1, "hub".to_string())]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subjects: per-table layout, origin and table checks, direction
+
+fn on(subject: &str, m: Incoming) -> Incoming {
+    Incoming {
+        subject: subject.into(),
+        ..m
+    }
+}
+
+#[test]
+fn a_frame_must_come_from_the_node_and_table_its_subject_names() {
+    let mut d = setup("subjects");
+    // the per-table layout, origin and table as the subject says: applied
+    let s = apply(&mut d, on("x.t.7", msg(1, 7, &[(100, ins(1, "ok"))])));
+    assert_eq!((s.applied, s.rejected), (1, 0));
+    // another origin than the subject's: dropped, counted
+    let s = apply(&mut d, on("x.t.7", msg(2, 8, &[(110, up(1, "forged"))])));
+    assert_eq!((s.applied, s.rejected), (0, 1));
+    // another table than the subject's: dropped (a gateway allowed to publish readings only
+    // cannot slip settings into a readings frame)
+    let s = apply(
+        &mut d,
+        on("x.readings.7", msg(3, 7, &[(120, up(1, "smuggled"))])),
+    );
+    assert_eq!((s.applied, s.rejected), (0, 1));
+    // outside the layout: dropped
+    for (seq, subject) in [(4, "y.t.7"), (5, "x.t.7.9"), (6, "x.t.node7"), (7, "x..7")] {
+        let s = apply(&mut d, on(subject, msg(seq, 7, &[(130, up(1, "stray"))])));
+        assert_eq!((s.applied, s.rejected), (0, 1), "{subject}");
+    }
+    assert_eq!(rows(&d), vec![(1, "ok".to_string())]);
+    // the cursor moved past the dropped frames all the same: they are not read again
+    assert_eq!(db::get_meta(&d.conn, CURSOR_KEY).unwrap(), Some(7));
+    // the single-subject layout of older builds is still applied
+    let s = apply(&mut d, on("x.7", msg(8, 7, &[(140, up(1, "legacy"))])));
+    assert_eq!((s.applied, s.rejected), (1, 0));
+    assert_eq!(rows(&d), vec![(1, "legacy".to_string())]);
+}
+
+#[test]
+fn table_names_become_subject_tokens_that_round_trip_the_check() {
+    use crate::config::subject_token;
+    assert_eq!(subject_token("readings"), "readings");
+    assert_eq!(subject_token("order.items"), "order%2Eitems");
+    assert_eq!(subject_token("a b*>%"), "a%20b%2A%3E%25");
+    assert_eq!(subject_token("Straße"), "Stra%C3%9Fe");
+    assert_eq!(subject_token("shop_item-2"), "shop_item-2");
+    let mut d = setup_with(
+        "subject-token",
+        "CREATE TABLE \"odd.name\"(id INTEGER PRIMARY KEY, v TEXT);",
+    );
+    let odd = TableHeader {
+        name: "odd.name".into(),
+        columns: vec!["id".into(), "v".into()],
+        pk: vec![0],
+    };
+    let mut b = FrameBuilder::new(7, 1 << 16);
+    b.push(&odd, 100, up(1, "x"));
+    let m = Incoming {
+        seq: 1,
+        subject: d.cfg.table_subject("odd.name", 7),
+        data: b.finish(),
+    };
+    assert_eq!(m.subject, "x.odd%2Ename.7");
+    let s = apply(&mut d, m);
+    assert_eq!((s.applied, s.rejected), (1, 0));
+}
+
+#[test]
+fn changes_of_a_table_this_node_does_not_replicate_are_dropped_if_they_arrive() {
+    let mut d = setup("not-replicated");
+    d.cfg = Config::parse(
+        "db_path = \"x.db\"\n[table.t]\nreplicate = false\n[nats]\nsubject_prefix = \"x\"\n",
+    )
+    .unwrap();
+    let s = apply(&mut d, on("x.t.7", msg(1, 7, &[(100, ins(1, "no"))])));
+    assert_eq!((s.applied, s.not_replicated, s.parked), (0, 1, 0));
+    assert!(rows(&d).is_empty());
+    assert_eq!(db::get_meta(&d.conn, CURSOR_KEY).unwrap(), Some(1));
 }

@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::{Attempt, Node, REPEAT_LOG_EVERY};
+use crate::config::ConsumerFilter;
 use crate::db;
 use crate::state;
 use crate::transport::{Transport, TransportError};
@@ -53,11 +54,12 @@ impl Node {
         };
         let (tx, rx) = mpsc::channel();
         let (cfg, urls, node) = (self.cfg.clone(), self.urls.clone(), self.node_id);
+        let filter = self.filter.clone();
         let spawned = std::thread::Builder::new()
             .name("connect".into())
             .spawn(move || {
                 // the receiver may be gone (attempt abandoned): the connection is then dropped
-                let _ = tx.send(Transport::connect(&cfg, &urls, node, cursor));
+                let _ = tx.send(Transport::connect(&cfg, &urls, node, cursor, &filter));
             });
         match spawned {
             Ok(_) => {
@@ -93,7 +95,7 @@ impl Node {
             .ok()
             .flatten()
             .unwrap_or(0) as u64;
-        self.restore_check = self.cfg.replicate;
+        self.restore_check = self.filter != ConsumerFilter::Nothing;
         match self.offline_since.take() {
             Some(since) => log::info!(
                 "connected to nats urls={} cursor={cursor} after {:.1} s offline",

@@ -41,6 +41,8 @@ impl Node {
         metrics::add(Counter::Undecodable, stats.undecodable);
         metrics::add(Counter::UniqueConflicts, stats.unique_conflicts);
         metrics::add(Counter::PkCollisions, stats.pk_collisions);
+        metrics::add(Counter::Rejected, stats.rejected);
+        metrics::add(Counter::NotReplicated, stats.not_replicated);
         metrics::observe_origins(&stats.newest);
     }
 }

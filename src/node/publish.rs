@@ -86,9 +86,11 @@ impl Node {
         let mut changes = 0usize;
         let fv = self.cfg.replication_log.frame_version;
         let mut builder = FrameBuilder::with_version(node, max, fv);
-        let seal = |data: Vec<u8>, frames: &mut Vec<Outgoing>, bytes: &mut usize| {
+        // each frame holds one table and goes out on that table's subject
+        let seal = |data: Vec<u8>, subject: &str, frames: &mut Vec<Outgoing>, bytes: &mut usize| {
             *bytes += data.len();
             frames.push(Outgoing {
+                subject: subject.to_string(),
                 msg_id: format!("{node}-{:016x}", frame::fnv64(&data)),
                 data,
             });
@@ -108,6 +110,7 @@ impl Node {
             if self.schema.is_paused(t.name()) {
                 continue; // held in the outbox until the table resumes
             }
+            let subject = self.cfg.table_subject(t.name(), node);
             let last = capture::read_pending(&tx, t, |version, op| {
                 if bytes >= ROUND_BYTES {
                     more = true;
@@ -117,7 +120,7 @@ impl Node {
                 match builder.push(&t.header, version, op.clone()) {
                     Pushed::Added => {}
                     Pushed::Full => {
-                        seal(builder.finish(), &mut frames, &mut bytes);
+                        seal(builder.finish(), &subject, &mut frames, &mut bytes);
                         if bytes >= ROUND_BYTES {
                             more = true;
                             return false;
@@ -127,11 +130,11 @@ impl Node {
                     }
                     Pushed::TooLarge => {
                         if !builder.is_empty() {
-                            seal(builder.finish(), &mut frames, &mut bytes);
+                            seal(builder.finish(), &subject, &mut frames, &mut bytes);
                         }
                         let whole = frame::encode_single(node, &t.header, version, op, fv);
                         for part in frame::fragment(node, version, &whole, max, fv) {
-                            seal(part, &mut frames, &mut bytes);
+                            seal(part, &subject, &mut frames, &mut bytes);
                         }
                     }
                 }
@@ -140,9 +143,9 @@ impl Node {
             if let Some(v) = last {
                 marks.push((i, v));
             }
-        }
-        if !builder.is_empty() {
-            seal(builder.finish(), &mut frames, &mut bytes);
+            if !builder.is_empty() {
+                seal(builder.finish(), &subject, &mut frames, &mut bytes);
+            }
         }
         drop(tx);
         Ok((frames, marks, more, changes))

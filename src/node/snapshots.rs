@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Node, Stop, OWN_CURSOR_EVERY, REPEAT_LOG_EVERY};
-use crate::config::Config;
+use crate::config::{Config, ConsumerFilter};
 use crate::db;
 use crate::gap;
 use crate::snapshot::{self, SnapMeta};
@@ -261,7 +261,8 @@ pub fn restore_missing(cfg: &Config, stop: &Stop) -> Result<bool, String> {
     let urls = urls(cfg);
     let mut probe = cfg.clone();
     probe.replicate = false;
-    let t = Transport::connect(&probe, &urls, 0, 0).map_err(|e| e.to_string())?;
+    let t = Transport::connect(&probe, &urls, 0, 0, &ConsumerFilter::Nothing)
+        .map_err(|e| e.to_string())?;
     let Some(p) = latest(cfg, &t)? else {
         return Ok(false);
     };
@@ -338,7 +339,8 @@ impl Node {
             .spawn(move || {
                 let mut probe = cfg.clone();
                 probe.replicate = false;
-                let t = Transport::connect(&probe, &urls, node, 0).map_err(|e| e.to_string())?;
+                let t = Transport::connect(&probe, &urls, node, 0, &ConsumerFilter::Nothing)
+                    .map_err(|e| e.to_string())?;
                 match save(&cfg, &t, node, false)? {
                     Saved::Uploaded(p) => Ok(format!("uploaded {}", p.object)),
                     Saved::Skipped(why) => Ok(format!("no save: {why}")),
@@ -359,7 +361,7 @@ impl Node {
     /// restores the current snapshot if this node never replicated, or if a hole is recorded
     /// and the snapshot covers it. Schedules the next attempt otherwise (see the module doc).
     pub(super) fn catch_up(&mut self, stop: &Stop) {
-        if !self.cfg.replicate {
+        if self.filter == ConsumerFilter::Nothing {
             self.restore_check = false;
             return;
         }
@@ -571,8 +573,14 @@ impl Node {
     pub fn connect_now(&mut self) -> Result<(), String> {
         let mut probe = self.cfg.clone();
         probe.replicate = false;
-        let t = Transport::connect(&probe, &self.urls, self.node_id, self.position())
-            .map_err(|e| e.to_string())?;
+        let t = Transport::connect(
+            &probe,
+            &self.urls,
+            self.node_id,
+            self.position(),
+            &ConsumerFilter::Nothing,
+        )
+        .map_err(|e| e.to_string())?;
         self.transport = Some(t);
         Ok(())
     }

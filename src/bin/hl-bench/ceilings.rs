@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use harmonylite::capture;
-use harmonylite::config::Config;
+use harmonylite::config::{Config, ConsumerFilter};
 use harmonylite::transport::{Outgoing, StreamStats, Transport, ACK_TIMEOUT};
 
 use crate::app::{app_conn, create_db, insert_rows, Payloads, ROW_TABLE};
@@ -129,7 +129,7 @@ pub fn connect(url: &str, stream: &str, subject: &str, node: u64) -> Result<Tran
         &format!("connect to {url}"),
         CONNECT_TIMEOUT,
         Duration::from_millis(100),
-        || match Transport::connect(&cfg, url, node, 0) {
+        || match Transport::connect(&cfg, url, node, 0, &ConsumerFilter::Nothing) {
             Ok(t) => Ok(Some(t)),
             Err(e) => {
                 last = e.to_string();
@@ -169,6 +169,7 @@ pub fn publish(
     for i in 0..sequential {
         t.publish_all(
             &[Outgoing {
+                subject: "bench.raw.t.1".into(),
                 msg_id: format!("seq-{i}"),
                 data: data.clone(),
             }],
@@ -185,6 +186,7 @@ pub fn publish(
         let n = (PIPELINE_DEPTH as u64).min(pipelined - sent);
         let batch: Vec<Outgoing> = (sent..sent + n)
             .map(|i| Outgoing {
+                subject: "bench.raw.t.1".into(),
                 msg_id: format!("pipe-{i}"),
                 data: data.clone(),
             })

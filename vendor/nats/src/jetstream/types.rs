@@ -218,6 +218,10 @@ pub struct ConsumerConfig {
     /// When consuming from a Stream with many subjects, or wildcards, this selects only specific incoming subjects. Supports wildcards.
     #[serde(default, skip_serializing_if = "is_default")]
     pub filter_subject: String,
+    /// HarmonyLite patch: several filters (NATS server 2.10+); mutually exclusive with
+    /// `filter_subject`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_subjects: Vec<String>,
     /// Whether messages are sent as quickly as possible or at the rate of receipt
     pub replay_policy: ReplayPolicy,
     /// The rate of message delivery in bits per second

@@ -1,0 +1,188 @@
+//! Fleets: a hub that replicates everything and gateways with per-table direction
+//! (`[table.readings] replicate = false`: telemetry goes up and never comes down;
+//! `[table.settings] publish = false`: pushed from the hub, local edits stay local), on
+//! per-table subjects with a filtered consumer, against a real nats-server.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+const SCHEMA: &str = "CREATE TABLE readings(id TEXT PRIMARY KEY, device TEXT NOT NULL, ts INTEGER NOT NULL, payload TEXT NOT NULL);
+     CREATE TABLE settings(k TEXT PRIMARY KEY, v TEXT NOT NULL);";
+const GATEWAY: &str = "[table.readings]\nreplicate = false\n[table.settings]\npublish = false\n";
+
+/// The value of the sample `series` in a Prometheus scrape.
+fn sample(port: u16, series: &str) -> f64 {
+    let text = http_get(port, "/metrics").expect("metrics").1;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+fn readings(db: &Path, device: &str) -> i64 {
+    query_one(
+        db,
+        &format!("SELECT count(*) FROM readings WHERE device = '{device}'"),
+    )
+    .and_then(|v| v.strip_prefix("integer=").map(|n| n.parse().unwrap()))
+    .unwrap()
+}
+
+#[test]
+fn readings_go_up_settings_come_down_and_local_settings_stay_local() {
+    let dir = TestDir::new("fleet");
+    let nats = NatsServer::start(dir.path());
+    let ports = free_ports::<4>();
+    let mut nodes = Vec::new();
+    for (i, name) in ["hub", "gw1", "gw2", "gw3"].into_iter().enumerate() {
+        app(&dir.join(&format!("{name}.db")), SCHEMA);
+        let mut toml = format!(
+            "node_id = {}\n[prometheus]\nenable = true\nbind = \"127.0.0.1:{}\"\n",
+            i + 1,
+            ports[i]
+        );
+        if i > 0 {
+            toml += GATEWAY;
+        }
+        let mut n = Node::start_ready(dir.path(), name, &toml, Some(&nats.url()));
+        n.wait_connected();
+        nodes.push(n);
+    }
+    let (hub, gws) = (&nodes[0], &nodes[1..]);
+
+    // (a) readings: every gateway's reach the hub and no other gateway, and the gateways
+    // download nothing for them
+    let before: Vec<f64> = ports[1..]
+        .iter()
+        .map(|&p| sample(p, "harmonylite_received_bytes_total"))
+        .collect();
+    for (g, gw) in gws.iter().enumerate() {
+        let values: Vec<String> = (0..200)
+            .map(|i| {
+                format!(
+                    "('gw{g}-{i}', 'gw{g}', {i}, '{{\"t\": {}.5, \"h\": {}}}')",
+                    20 + i % 7,
+                    40 + i % 11
+                )
+            })
+            .collect();
+        app(
+            &gw.db,
+            &format!("INSERT INTO readings VALUES {}", values.join(", ")),
+        );
+    }
+    wait_until_or(
+        "the hub holds every gateway's 200 readings",
+        T,
+        || (0..3).all(|g| readings(&hub.db, &format!("gw{g}")) == 200),
+        || format!("hub: {}", status_json(&hub.config)),
+    );
+    for (g, gw) in gws.iter().enumerate() {
+        wait_until(&format!("{} publishes its readings", gw.name), T, || {
+            json_scalar(&status_json(&gw.config), "outbox_changes") == Some("0")
+        });
+        for other in (0..3).filter(|o| *o != g) {
+            assert_eq!(readings(&gw.db, &format!("gw{other}")), 0, "{}", gw.name);
+        }
+        assert_eq!(readings(&gw.db, &format!("gw{g}")), 200);
+    }
+    // a settle time in which frames would have arrived (the hub has them all by now)
+    std::thread::sleep(Duration::from_secs(1));
+    for (g, &p) in ports[1..].iter().enumerate() {
+        let after = sample(p, "harmonylite_received_bytes_total");
+        assert_eq!(
+            after,
+            before[g],
+            "gw{} downloaded {} bytes while only readings were written",
+            g + 1,
+            after - before[g]
+        );
+    }
+
+    // (b) a settings change on the hub reaches every gateway
+    app(
+        &hub.db,
+        "INSERT INTO settings VALUES ('interval', '60'), ('mode', 'eco')",
+    );
+    for gw in gws {
+        wait_dump(
+            &gw.db,
+            "settings",
+            &["text='interval'|text='60'", "text='mode'|text='eco'"],
+            T,
+        );
+    }
+
+    // (c) a gateway's local edit of settings stays local, and does not wait in its outbox
+    app(
+        &gws[0].db,
+        "UPDATE settings SET v = '5' WHERE k = 'interval'",
+    );
+    wait_until(&format!("{} stamps its edit", gws[0].name), T, || {
+        query_one(
+            &gws[0].db,
+            "SELECT count(*) FROM __hl_ver_settings WHERE node = 2",
+        )
+        .as_deref()
+            == Some("integer=1")
+    });
+    assert_eq!(
+        json_scalar(&status_json(&gws[0].config), "outbox_changes"),
+        Some("0")
+    );
+    assert!(
+        gws[0]
+            .log()
+            .contains("table settings: local changes stay on this node, not sent ([table.settings] publish = false)"),
+        "{}",
+        gws[0].log()
+    );
+    // the hub's next change of that setting still wins over the local edit
+    app(&hub.db, "UPDATE settings SET v = '30' WHERE k = 'interval'");
+    let dbs: Vec<&Path> = nodes.iter().map(|n| n.db.as_path()).collect();
+    wait_converged(&dbs, &["settings"], T);
+    assert_eq!(
+        dump(&gws[0].db, "settings"),
+        ["text='interval'|text='30'", "text='mode'|text='eco'"]
+    );
+    for n in &nodes {
+        assert_eq!(
+            sample(
+                ports[nodes.iter().position(|m| m.name == n.name).unwrap()],
+                "harmonylite_frames_rejected_total"
+            ),
+            0.0,
+            "{}",
+            n.name
+        );
+    }
+}
+
+#[test]
+fn a_table_key_naming_no_replicated_table_stops_the_start() {
+    let dir = TestDir::new("fleet-config");
+    app(&dir.join("n1.db"), SCHEMA);
+    let config = dir.join("n1.toml");
+    std::fs::write(
+        &config,
+        node_toml(
+            &dir.join("n1.db"),
+            "[table.reading]\nreplicate = false\n",
+            Some("nats://127.0.0.1:1"),
+        ),
+    )
+    .unwrap();
+    let out = run_bin(&["--config", config.to_str().unwrap()], T);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "config: [table.reading]: the database has no such table with a primary key (replicated tables: readings, settings)"
+        ),
+        "{err}"
+    );
+}
