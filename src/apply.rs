@@ -49,8 +49,9 @@ use crate::db::{self, quote, Context, DbError};
 use crate::frame::{self, Change, Changes, Frame, Op, TableHeader, Value};
 use crate::hlc::Hlc;
 use crate::state::{
-    CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_APPLY_KEY, LAST_PK_COLLISION_KEY, OWN_REPLAY_KEY,
-    PARKED_TABLE, PK_COLLISIONS_KEY, UNIQUE_CONFLICTS_KEY,
+    BACKFILL_TO_KEY, BACKFILL_UNTIL_KEY, CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_APPLY_KEY,
+    LAST_PK_COLLISION_KEY, OWN_REPLAY_KEY, PARKED_TABLE, PK_COLLISIONS_KEY, RECEIVED_KEY,
+    UNIQUE_CONFLICTS_KEY,
 };
 
 /// A message taken from the stream.
@@ -158,11 +159,23 @@ pub fn apply_batch(
     let own_until = own_replay_until(&tx)?;
     let own_suffix = format!(".{node}");
     let mut fragments = false;
+    let backfill = Backfill::read(&tx)?;
+    let mut backfill_done = false;
     for m in msgs {
-        if m.seq <= cursor {
-            continue;
+        // at or below the cursor: applied before, unless a backfill reads it again for the
+        // tables this node did not receive then
+        let again = m.seq <= cursor;
+        let replicates =
+            |t: &str| cfg.replicates(t) && !(again && backfill.as_ref().is_some_and(|b| b.had(t)));
+        match &backfill {
+            Some(b) if again && m.seq <= b.until => backfill_done |= m.seq == b.until,
+            Some(_) if !again => backfill_done = true,
+            _ if again => continue,
+            _ => {}
         }
-        cursor = m.seq;
+        if !again {
+            cursor = m.seq;
+        }
         stats.frames += 1;
         // Our own frames are in this database already, except those a rebuilt node published
         // in its previous life (at or below `own_until`): those apply like any other.
@@ -175,7 +188,7 @@ pub fn apply_batch(
         match frame::decode(&m.data) {
             Ok(Frame::Changes(c)) if c.origin == node && !replay_own => stats.own += 1,
             Ok(Frame::Changes(c)) => match source.check(&c) {
-                Ok(()) => apply_changes(&tx, &|t| cfg.replicates(t), schema, hlc, &c, &mut stats)?,
+                Ok(()) => apply_changes(&tx, &replicates, schema, hlc, &c, &mut stats)?,
                 Err(why) => reject(m, &why, &mut stats),
             },
             Ok(Frame::Fragment(f)) if source.origin() != Some(f.origin) => {
@@ -223,6 +236,9 @@ pub fn apply_batch(
     if fragments {
         prune_fragments(&tx, cursor)?;
     }
+    if backfill_done {
+        Backfill::finish(&tx)?;
+    }
     capture::discard_echoes(&tx, schema)?;
     db::set_meta(&tx, CURSOR_KEY, cursor as i64)?;
     db::set_meta(&tx, HLC_KEY, hlc.last() as i64)?;
@@ -231,6 +247,112 @@ pub fn apply_batch(
     }
     tx.commit().ctx("commit apply")?;
     Ok(stats)
+}
+
+/// A replay of the stream for tables this node starts to receive. A node that leaves tables out
+/// (`[table.<name>] replicate = false`) is never sent their frames; when it starts to receive
+/// one (a migration created it here, or the config changed), what other nodes wrote to it
+/// before is behind the node's position. The node then reads the stream again from its start
+/// up to that position (`until`), applying only the tables it did not receive (`had` is the
+/// set it did); last-writer-wins makes this safe against anything applied since. Planned by
+/// the node ([`plan_backfill`]); finished when the replay reaches `until` (or the consumer has
+/// nothing left to deliver), which makes the new set the received one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backfill {
+    pub until: u64,
+    /// The tables received before (None: all of them, nothing to replay).
+    had: Option<Vec<String>>,
+}
+
+const NAMES_SEP: char = '\u{1f}';
+
+/// A received set as stored: None is every table.
+fn received_text(tables: Option<&[String]>) -> String {
+    tables.map_or("*".into(), |t| t.join(&NAMES_SEP.to_string()))
+}
+
+fn received_parse(text: &str) -> Option<Vec<String>> {
+    (text != "*").then(|| {
+        text.split(NAMES_SEP)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect()
+    })
+}
+
+impl Backfill {
+    fn read(conn: &Connection) -> Result<Option<Backfill>, DbError> {
+        let Some(until) = db::get_meta(conn, BACKFILL_UNTIL_KEY)? else {
+            return Ok(None);
+        };
+        let had =
+            db::get_meta_text(conn, RECEIVED_KEY)?.map_or(Some(Vec::new()), |t| received_parse(&t));
+        Ok(Some(Backfill {
+            until: until as u64,
+            had,
+        }))
+    }
+
+    fn had(&self, table: &str) -> bool {
+        self.had
+            .as_ref()
+            .is_none_or(|had| had.iter().any(|t| t == table))
+    }
+
+    /// The replay is done: the tables it read become received ones.
+    pub fn finish(conn: &Connection) -> Result<(), DbError> {
+        if let Some(to) = db::get_meta_text(conn, BACKFILL_TO_KEY)? {
+            db::set_meta_text(conn, RECEIVED_KEY, &to)?;
+        }
+        conn.execute(
+            &format!("DELETE FROM {} WHERE key IN (?1, ?2)", db::META_TABLE),
+            [BACKFILL_UNTIL_KEY, BACKFILL_TO_KEY],
+        )
+        .ctx("finish backfill")?;
+        log::info!(
+            "backfill done: the tables this node now receives hold what was written to them before"
+        );
+        Ok(())
+    }
+
+    /// Whether a backfill runs (the consumer then starts at the stream's first message).
+    pub fn active(conn: &Connection) -> Result<bool, DbError> {
+        Ok(db::get_meta(conn, BACKFILL_UNTIL_KEY)?.is_some())
+    }
+}
+
+/// Compares the tables this node receives now (`now`; None: all) with those it received so far
+/// and plans a [`Backfill`] for the new ones. At `cursor` 0 the stream is read from its start
+/// anyway: nothing to plan. Returns whether a backfill runs.
+pub fn plan_backfill(
+    conn: &Connection,
+    now: Option<&[String]>,
+    cursor: u64,
+) -> Result<bool, DbError> {
+    let text = received_text(now);
+    let before = db::get_meta_text(conn, RECEIVED_KEY)?;
+    let running = Backfill::active(conn)?;
+    let missing = match before.as_deref().map(received_parse) {
+        // first start of this database with the direction recorded, or every table received
+        None | Some(None) => false,
+        Some(Some(had)) => match now {
+            None => true,
+            Some(now) => now.iter().any(|t| !had.contains(t)),
+        },
+    };
+    if !missing || (cursor == 0 && !running) {
+        db::set_meta_text(conn, RECEIVED_KEY, &text)?;
+        if running {
+            Backfill::finish(conn)?;
+        }
+        return Ok(false);
+    }
+    if !running {
+        db::set_meta(conn, BACKFILL_UNTIL_KEY, cursor as i64)?;
+        log::info!("this node starts to receive tables it did not before: reading the stream again from its start up to seq {cursor} for them (backfill)");
+    }
+    db::set_meta_text(conn, BACKFILL_TO_KEY, &text)?;
+    Ok(true)
 }
 
 /// Where a stream message's subject says it comes from.
@@ -700,7 +822,10 @@ fn apply_one<'c>(
     if let (Op::Insert(values), Some(cur)) = (&ch.op, &current) {
         // The origin created this key without knowing of the row here (see `Op::Insert`). The
         // same content created twice (seed data loaded on every node) is no collision.
-        if !cur.deleted && cur.node != origin && cur.digest != Some(row_digest(header, values)) {
+        if !cur.deleted
+            && cur.node != origin
+            && cur.digest != Some(row_digest(&t.table.header, header, values))
+        {
             let key: Vec<Value> = keys().cloned().collect();
             note_collision(conn, &header.name, &key, cur, origin, ch.version)?;
             stats.pk_collisions += 1;
@@ -773,16 +898,23 @@ struct Current {
     digest: Option<i64>,
 }
 
-/// The digest of a row image, as [`capture::digest`] computes it for a stored row.
-fn row_digest(header: &TableHeader, values: &[Value]) -> i64 {
+/// The digest of a row image as [`capture::digest`] computes it for the stored row here: over
+/// this node's columns in this node's order (the sender's order may differ after a rebuild),
+/// a column the sender lacks counting as NULL.
+fn row_digest(ours: &TableHeader, sender: &TableHeader, values: &[Value]) -> i64 {
     use rusqlite::types::ValueRef;
-    capture::digest(header.columns.iter().zip(values).flat_map(|(c, v)| {
-        let v = match v {
-            Value::Null => ValueRef::Null,
-            Value::Integer(i) => ValueRef::Integer(*i),
-            Value::Real(f) => ValueRef::Real(*f),
-            Value::Text(t) => ValueRef::Text(t),
-            Value::Blob(b) => ValueRef::Blob(b),
+    capture::digest(ours.columns.iter().flat_map(|c| {
+        let v = match sender
+            .columns
+            .iter()
+            .position(|s| s.eq_ignore_ascii_case(c))
+            .map(|i| &values[i])
+        {
+            None | Some(Value::Null) => ValueRef::Null,
+            Some(Value::Integer(i)) => ValueRef::Integer(*i),
+            Some(Value::Real(f)) => ValueRef::Real(*f),
+            Some(Value::Text(t)) => ValueRef::Text(t),
+            Some(Value::Blob(b)) => ValueRef::Blob(b),
         };
         [ValueRef::Text(c.as_bytes()), v]
     }))

@@ -653,9 +653,10 @@ pub fn install(
             .get(t.name())
             .filter(|old| **old != t.header.columns)
         {
-            // Columns came or went: the digests of rows unchanged since are taken again over
-            // today's columns, so that the next resync compares like with like.
-            let old_cols = t.header.columns.iter().filter(|c| old.contains(c));
+            // Columns came, went or moved: the digests of rows unchanged since (taken over the
+            // recorded columns, in their order) are taken again over today's columns, so that
+            // the next resync compares like with like.
+            let old_cols = old.iter().filter(|c| t.header.columns.contains(c));
             let key = t
                 .pk_columns()
                 .iter()
@@ -735,11 +736,12 @@ fn resync(
     node: u64,
 ) -> Result<Resync, DbError> {
     let h = &t.header;
-    let old_cols: Vec<&String> = h
-        .columns
-        .iter()
-        .filter(|c| old.is_none_or(|o| o.contains(c)))
-        .collect();
+    // in their recorded order, as the digests were taken: a rebuild may reorder the columns
+    // (Django's AlterField puts the altered column last), which changes no row
+    let old_cols: Vec<&String> = match old {
+        Some(o) => o.iter().filter(|c| h.columns.contains(c)).collect(),
+        None => h.columns.iter().collect(),
+    };
     let deletes = tx
         .execute(&resync_deletes_sql(t), [])
         .ctx("queue rows deleted without capture")? as u64;
@@ -1365,6 +1367,65 @@ mod tests {
         .collect();
         assert_eq!(
             install(&mut node, &schema, &now, 9).unwrap(),
+            Resync::default()
+        );
+        drop(node);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Django's AlterField on SQLite rebuilds the table with the altered column last: the same
+    /// rows in another column order are no write. Re-sent with fresh versions, this node's copy
+    /// would win over newer writes other nodes made meanwhile (a deleted row would come back).
+    #[test]
+    fn a_rebuild_that_only_reorders_columns_queues_nothing() {
+        let path = std::env::temp_dir().join(format!("hl-reorder-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, code TEXT, v TEXT); INSERT INTO t VALUES (1, 'a', 'x'), (2, 'b', 'y'), (3, 'c', 'z');")
+            .unwrap();
+        let mut node = crate::db::open(&path).unwrap();
+        let cfg = Config::parse("db_path = \"x.db\"").unwrap();
+        let schema = scan(&node, &cfg).unwrap();
+        let cols = |s: &Schema| -> Recorded {
+            [("t".to_string(), s.get("t").unwrap().header.columns.clone())]
+                .into_iter()
+                .collect()
+        };
+        let recorded = cols(&schema);
+        install(&mut node, &schema, &recorded, 9).unwrap();
+        let mut hlc = Hlc::new(0);
+        stamp(&node, &schema, &mut hlc, 9).unwrap();
+        node.execute_batch("UPDATE __hl_ver_t SET pending = 0, node = 4")
+            .unwrap();
+        // AlterField(code, max_length=80): code moves last; the application then updates row 2
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "PRAGMA foreign_keys = OFF; BEGIN; CREATE TABLE new__t(id INTEGER PRIMARY KEY, v TEXT, code varchar(80)); \
+                 INSERT INTO new__t(id, v, code) SELECT id, v, code FROM t; DROP TABLE t; ALTER TABLE new__t RENAME TO t; COMMIT; \
+                 UPDATE t SET v = 'Y' WHERE id = 2;",
+            )
+            .unwrap();
+        let schema = scan(&node, &cfg).unwrap();
+        assert_eq!(schema.get("t").unwrap().header.columns, ["id", "v", "code"]);
+        assert_eq!(
+            install(&mut node, &schema, &recorded, 9).unwrap(),
+            Resync {
+                updates: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            logged(&node, "t"),
+            vec![(1, 2)],
+            "only the application's update"
+        );
+        // the digests are now over the new order: the next look finds nothing
+        stamp(&node, &schema, &mut hlc, 9).unwrap();
+        node.execute_batch("DROP TRIGGER __hl_i_t").unwrap();
+        assert_eq!(
+            install(&mut node, &schema, &cols(&schema), 9).unwrap(),
             Resync::default()
         );
         drop(node);

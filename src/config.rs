@@ -556,10 +556,15 @@ impl Config {
         )
     }
 
+    /// Whether this node receives every table's changes (no `replicate = false` anywhere).
+    pub fn receives_all_tables(&self) -> bool {
+        self.replicate && !self.table.values().any(|d| d.replicate == Some(false))
+    }
+
     /// What this node's consumer receives, given the tables it replicates.
     pub fn consumer_filter<'a>(&self, tables: impl Iterator<Item = &'a str>) -> ConsumerFilter {
         let prefix = &self.nats.subject_prefix;
-        if self.replicate && !self.table.values().any(|d| d.replicate == Some(false)) {
+        if self.receives_all_tables() {
             return ConsumerFilter::All(format!("{prefix}.>"));
         }
         let mut subjects: Vec<String> = tables

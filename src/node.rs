@@ -212,6 +212,20 @@ pub struct Node {
     link_cutter: Arc<Mutex<Option<crate::transport::LinkCutter>>>,
 }
 
+/// The tables this node receives: None for every table (the hub), else those of `schema` it
+/// replicates.
+fn received_now(cfg: &Config, schema: &Schema) -> Option<Vec<String>> {
+    (!cfg.receives_all_tables()).then(|| {
+        schema
+            .tables
+            .iter()
+            .map(|t| t.name())
+            .filter(|t| cfg.replicates(t))
+            .map(String::from)
+            .collect()
+    })
+}
+
 /// Takes the node lock of a database (see [`state::lock`]).
 fn lock_db(db_path: &std::path::Path) -> Result<std::fs::File, NodeError> {
     state::lock(db_path).map_err(|e| match e {
@@ -266,6 +280,8 @@ impl Node {
         replicated.update(&schema);
         report_skipped(&schema, None);
         let filter = cfg.consumer_filter(schema.tables.iter().map(|t| t.name()));
+        let cursor = db::get_meta(&conn, state::CURSOR_KEY)?.unwrap_or(0) as u64;
+        apply::plan_backfill(&conn, received_now(&cfg, &schema).as_deref(), cursor)?;
         let recorded = schema::recorded_columns(&conn)?;
         let queued = capture::install(&mut conn, &schema, &recorded, node_id)?;
         if queued.total() > 0 {
@@ -545,18 +561,46 @@ impl Node {
     /// A consumer filtered on some tables: its position moves past the other tables' messages
     /// once it has nothing pending (see [`Transport::quiet_position`]). Else the position would
     /// stay at the last message it received, and the stream's retention passing it would look
-    /// like a hole and cost a snapshot restore.
+    /// like a hole and cost a snapshot restore. A backfill whose consumer has nothing pending
+    /// has read everything it had to.
     fn skip_other_tables(&mut self) -> Result<(), NodeError> {
-        if !matches!(self.filter, crate::config::ConsumerFilter::Subjects(_))
-            || !self.unapplied.is_empty()
-        {
+        let filtered = matches!(self.filter, crate::config::ConsumerFilter::Subjects(_));
+        let backfill = apply::Backfill::active(&self.conn)?;
+        if !(filtered || backfill) || !self.unapplied.is_empty() {
             return Ok(());
         }
         let Some(last) = self.transport.as_ref().and_then(|t| t.quiet_position()) else {
             return Ok(());
         };
-        if last > db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64 {
+        if backfill {
+            apply::Backfill::finish(&self.conn)?;
+        }
+        if filtered && last > db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64 {
             db::set_meta(&self.conn, state::CURSOR_KEY, last as i64)?;
+        }
+        Ok(())
+    }
+
+    /// The tables and the consumer filter follow the schema: a table this node starts to
+    /// receive is backfilled, and the consumer is set up again (at the position, or at the
+    /// stream's start for a backfill).
+    fn refilter(&mut self) -> Result<(), NodeError> {
+        let filter = self
+            .cfg
+            .consumer_filter(self.schema.tables.iter().map(|t| t.name()));
+        if filter == self.filter {
+            return Ok(());
+        }
+        self.filter = filter;
+        let cursor = db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64;
+        apply::plan_backfill(
+            &self.conn,
+            received_now(&self.cfg, &self.schema).as_deref(),
+            cursor,
+        )?;
+        if self.transport.take().is_some() {
+            log::info!("the tables this node receives changed: setting its consumer up again");
+            self.next_connect = Instant::now();
         }
         Ok(())
     }
@@ -651,6 +695,19 @@ impl Node {
     /// Compares the stream's first sequence (None: the server did not say) with our position;
     /// records a hole between them. Returns the hole recorded, if any.
     fn note_stream_start(&mut self, first: Option<u64>) -> Result<Option<gap::Gap>, NodeError> {
+        // a backfill reads the stream from its start: what retention discarded before it is
+        // missing for the tables it reads, and only a snapshot has it
+        if let Some(first) = first.filter(|&f| f > 1) {
+            if apply::Backfill::active(&self.conn)? && self.unapplied.is_empty() {
+                let g = gap::Gap {
+                    from: 1,
+                    to: first - 1,
+                };
+                if gap::read(&self.conn)?.is_none_or(|r| r.union(g) != r) {
+                    self.found_gap(g, &format!("the tables this node starts to receive need the stream from seq 1, but it starts at seq {first}"))?;
+                }
+            }
+        }
         let position = self.position();
         if let Some(g) = first.and_then(|first| gap::before_stream(position, first)) {
             if self.unapplied.is_empty() {

@@ -28,6 +28,13 @@ pub const UNIQUE_CONFLICTS_KEY: &str = "unique_conflicts";
 pub const PK_COLLISIONS_KEY: &str = "pk_collisions";
 /// The newest primary-key collision, as text (for `harmonylite status`).
 pub const LAST_PK_COLLISION_KEY: &str = "last_pk_collision";
+/// The tables this node has received every change of, from the stream's start (see
+/// `apply::Backfill`): `*` for all, else their names joined by U+001F (text).
+pub const RECEIVED_KEY: &str = "received_tables";
+/// While a backfill runs, the position up to which frames are read again.
+pub const BACKFILL_UNTIL_KEY: &str = "backfill_until";
+/// While a backfill runs, the received tables once it is done (text).
+pub const BACKFILL_TO_KEY: &str = "backfill_received";
 /// The oldest stream sequence of a hole this node cannot fetch any more (see `gap`).
 pub const GAP_FROM_KEY: &str = "gap_from";
 /// The newest stream sequence of that hole (inclusive).
@@ -138,6 +145,9 @@ mod tests {
             UNIQUE_CONFLICTS_KEY,
             PK_COLLISIONS_KEY,
             LAST_PK_COLLISION_KEY,
+            RECEIVED_KEY,
+            BACKFILL_UNTIL_KEY,
+            BACKFILL_TO_KEY,
             GAP_FROM_KEY,
             GAP_TO_KEY,
             LINK_UP_KEY,

@@ -252,7 +252,7 @@ fn a_hole_before_a_batch_of_own_frames_is_repaired() {
     write_many(d[0], "n1", 100, 5);
     wait_converged(&d[..2], &["t"], CONVERGE);
     save_snapshot(&n2);
-    let n1_subject = format!("{SUBJECT_PREFIX}.{}", node_id(d[0]));
+    let n1_subject = format!("{SUBJECT_PREFIX}.*.{}", node_id(d[0]));
     js(&nats).purge_stream_subject(STREAM, &n1_subject).unwrap();
     let (first, _) = stream_state(&nats);
     assert!(

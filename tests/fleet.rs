@@ -186,3 +186,61 @@ fn a_table_key_naming_no_replicated_table_stops_the_start() {
         "{err}"
     );
 }
+
+/// A gateway (filtered on the tables it knows) gets a table the hub created and wrote to
+/// earlier once a migration creates it there: the stream is read again for it (a backfill),
+/// and the hub's rows written before arrive, as do later ones.
+#[test]
+fn a_table_a_gateway_starts_to_receive_is_backfilled_from_the_stream() {
+    let dir = TestDir::new("fleet-backfill");
+    let nats = NatsServer::start(dir.path());
+    let alarms = "CREATE TABLE alarms(id INTEGER PRIMARY KEY, what TEXT NOT NULL)";
+    app(&dir.join("hub.db"), &format!("{SCHEMA} {alarms};"));
+    app(&dir.join("gw1.db"), SCHEMA);
+    let mut hub = Node::start_ready(dir.path(), "hub", "node_id = 1\n", Some(&nats.url()));
+    let mut gw = Node::start_ready(
+        dir.path(),
+        "gw1",
+        &format!("node_id = 2\n{GATEWAY}"),
+        Some(&nats.url()),
+    );
+    hub.wait_connected();
+    gw.wait_connected();
+    app(
+        &hub.db,
+        "INSERT INTO alarms VALUES (1, 'door'), (2, 'smoke')",
+    );
+    wait_until("the hub publishes its alarms", T, || {
+        json_scalar(&status_json(&hub.config), "outbox_changes") == Some("0")
+    });
+    // a later message the gateway receives moves its position past the alarms'
+    app(&hub.db, "INSERT INTO settings VALUES ('a', '1')");
+    wait_dump(&gw.db, "settings", &["text='a'|text='1'"], T);
+    assert_eq!(count(&gw.db, "readings"), 0);
+    // the gateway's app migrates: alarms appears there, empty
+    app(&gw.db, alarms);
+    gw.wait_log("backfill", T);
+    wait_dump(
+        &gw.db,
+        "alarms",
+        &["integer=1|text='door'", "integer=2|text='smoke'"],
+        T,
+    );
+    app(&hub.db, "INSERT INTO alarms VALUES (3, 'flood')");
+    wait_until("the later alarm arrives", T, || {
+        count(&gw.db, "alarms") == 3
+    });
+    // settings were not applied twice over anything newer, and readings still never come down
+    app(&hub.db, "INSERT INTO readings VALUES ('h', 'hub', 1, '{}')");
+    app(&hub.db, "UPDATE settings SET v = '2' WHERE k = 'a'");
+    wait_dump(&gw.db, "settings", &["text='a'|text='2'"], T);
+    assert_eq!(count(&gw.db, "readings"), 0);
+    // restarted, the gateway does not read the stream again
+    assert!(gw.stop().success());
+    gw.restart_ready();
+    gw.wait_connected();
+    let log = gw.current_log();
+    assert!(!log.contains("reading the stream again"), "{log}");
+    assert!(hub.stop().success());
+    assert!(gw.stop().success());
+}

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -360,6 +361,54 @@ fn a_declared_type_with_the_same_affinity_does_not_pause() {
     }
 }
 
+/// Django's AlterField on SQLite rebuilds the table with the altered column last. On a node
+/// whose sidecar was stopped meanwhile, the same rows in another column order are no write:
+/// re-sent with fresh versions they would win over what other nodes wrote in the meantime
+/// (a deleted row would come back, an update would be undone).
+#[test]
+fn a_rebuild_that_moves_a_column_resends_nothing() {
+    let dir = TestDir::new("migrations-reorder");
+    let nats = NatsServer::start(dir.path());
+    let schema = "CREATE TABLE item(id INTEGER PRIMARY KEY, code varchar(50) NOT NULL UNIQUE, name TEXT NOT NULL)";
+    let mut nodes = start_cluster(dir.path(), &nats.url(), &["n1", "n2"], schema, "");
+    let dbs: Vec<PathBuf> = nodes.iter().map(|n| n.db.clone()).collect();
+    app(
+        &dbs[0],
+        "INSERT INTO item VALUES (1, 'a', 'one'), (2, 'b', 'two'), (3, 'c', 'three')",
+    );
+    wait_until("n2 has the items", T, || dump(&dbs[1], "item").len() == 3);
+    assert!(nodes[0].stop().success());
+    app(
+        &dbs[1],
+        "DELETE FROM item WHERE id = 1; UPDATE item SET name = 'TWO' WHERE id = 2",
+    );
+    let alter = "PRAGMA foreign_keys = OFF; BEGIN; \
+         CREATE TABLE new__item(id INTEGER PRIMARY KEY, name TEXT NOT NULL, code varchar(80) NOT NULL UNIQUE); \
+         INSERT INTO new__item(id, name, code) SELECT id, name, code FROM item; DROP TABLE item; \
+         ALTER TABLE new__item RENAME TO item; COMMIT;";
+    app(&dbs[0], alter);
+    nodes[0].restart_ready();
+    app(&dbs[1], alter);
+    let rows = [
+        "integer=2|text='TWO'|text='b'",
+        "integer=3|text='three'|text='c'",
+    ];
+    for db in &dbs {
+        wait_dump(db, "item", &rows, T);
+    }
+    // and stays so: n1 re-sent nothing that could overwrite them later
+    std::thread::sleep(Duration::from_secs(1));
+    for (n, db) in nodes.iter().zip(&dbs) {
+        assert_eq!(dump(db, "item"), rows, "{}", n.name);
+        assert!(
+            !n.log().contains("capture resynced"),
+            "{}: {}",
+            n.name,
+            n.log()
+        );
+    }
+}
+
 /// Django's AddField(default=5) on SQLite: a rebuild with a NOT NULL column whose default lives
 /// in Python only. Rows from nodes still on the old schema lack it: they apply with the
 /// column's zero value on upgraded nodes instead of waiting forever, and after the rolling
@@ -454,8 +503,94 @@ fn manage(db: &Path, version: u8, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The application's ORM writer on one node: creates, updates and deletes items in its own id
-/// block until told to stop, then says what it committed.
+/// Rows by id: `integer=ID|...` -> the whole rendered row.
+type Rows = BTreeMap<i64, String>;
+
+fn by_id(rows: Vec<String>) -> Rows {
+    rows.into_iter()
+        .map(|r| {
+            let id = r
+                .strip_prefix("integer=")
+                .and_then(|s| s.split('|').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no integer id first in {r}"));
+            (id, r)
+        })
+        .collect()
+}
+
+/// What differs between `want` and `have` (empty if nothing): rows missing, extra, or with
+/// other values; at most 5 of each, with counts.
+fn diff(want: &Rows, have: &Rows) -> String {
+    let mut missing = Vec::new();
+    let mut extra = Vec::new();
+    let mut differ = Vec::new();
+    for (id, w) in want {
+        match have.get(id) {
+            None => missing.push(format!("  {w}")),
+            Some(h) if h != w => differ.push(format!("  want {w}\n  have {h}")),
+            Some(_) => {}
+        }
+    }
+    for (id, h) in have {
+        if !want.contains_key(id) {
+            extra.push(format!("  {h}"));
+        }
+    }
+    let mut s = String::new();
+    for (what, v) in [
+        ("missing", missing),
+        ("extra", extra),
+        ("with other values", differ),
+    ] {
+        if !v.is_empty() {
+            s += &format!("{} rows {what}:\n", v.len());
+            s += &v.iter().take(5).cloned().collect::<Vec<_>>().join("\n");
+            s += "\n";
+        }
+    }
+    s
+}
+
+/// The two models' rows in a node's key block, as tests/django_app/run.py renders them.
+const ITEM_COLS: &str = "id, name, qty";
+const ORDER_COLS: &str = "id, item_id, code, data, paid, updated";
+
+fn block(db: &Path, table: &str, cols: &str, base: i64) -> Rows {
+    by_id(dump_query(
+        db,
+        &format!(
+            "SELECT {cols} FROM {table} WHERE id > {base} AND id < {} ORDER BY id",
+            base + 10000
+        ),
+    ))
+}
+
+/// What a writer committed in its block: every item and order as it last wrote it.
+struct Committed {
+    items: Rows,
+    orders: Rows,
+}
+
+impl Committed {
+    /// What `db` holds of it (empty if everything is there).
+    fn diff(&self, db: &Path, base: i64) -> String {
+        let items = diff(&self.items, &block(db, "shop_item", ITEM_COLS, base));
+        let orders = diff(&self.orders, &block(db, "shop_order", ORDER_COLS, base));
+        let mut s = String::new();
+        if !items.is_empty() {
+            s += &format!("shop_item, block {base}:\n{items}");
+        }
+        if !orders.is_empty() {
+            s += &format!("shop_order, block {base}:\n{orders}");
+        }
+        s
+    }
+}
+
+/// The application's ORM writer on one node: creates, updates and deletes items and their
+/// orders in its own id block (each model's ids base+1..base+9999) until told to stop, then
+/// says what it committed.
 struct Writer {
     child: std::process::Child,
     stop: PathBuf,
@@ -482,17 +617,26 @@ impl Writer {
         Writer { child, stop, out }
     }
 
-    /// Stops the writer; returns the items of its block as it committed them (id -> name).
-    fn finish(mut self) -> std::collections::BTreeMap<i64, String> {
+    /// Stops the writer; returns the rows of its block as it committed them.
+    fn finish(mut self) -> Committed {
         std::fs::write(&self.stop, "").unwrap();
         let status = self.child.wait().unwrap();
         let err = std::fs::read_to_string(self.stop.with_extension("err")).unwrap_or_default();
         assert!(status.success(), "the Django writer failed: {err}");
         let text = std::fs::read_to_string(&self.out).unwrap();
-        let m: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).unwrap();
-        m.into_iter()
-            .map(|(k, v)| (k.parse().unwrap(), v))
-            .collect()
+        let mut m: BTreeMap<String, BTreeMap<String, String>> =
+            serde_json::from_str(&text).unwrap();
+        let mut rows = |model: &str| -> Rows {
+            m.remove(model)
+                .unwrap_or_else(|| panic!("no {model} in {text}"))
+                .into_iter()
+                .map(|(k, v)| (k.parse().unwrap(), v))
+                .collect()
+        };
+        Committed {
+            items: rows("items"),
+            orders: rows("orders"),
+        }
     }
 }
 
@@ -503,24 +647,32 @@ impl Drop for Writer {
     }
 }
 
+/// Items and orders in a node's key block.
 fn block_count(db: &Path, base: i64) -> i64 {
     query_one(
         db,
         &format!(
-            "SELECT count(*) FROM shop_item WHERE id > {base} AND id < {}",
-            base + 10000
+            "SELECT (SELECT count(*) FROM shop_item WHERE id > {base} AND id < {end}) + \
+             (SELECT count(*) FROM shop_order WHERE id > {base} AND id < {end})",
+            end = base + 10000
         ),
     )
     .and_then(|s| s.strip_prefix("integer=").map(|n| n.parse().unwrap()))
     .unwrap_or(0)
 }
 
-/// Three nodes run a Django 5.2 application with an ORM writer each; one node after the other
-/// stops its writer, runs `migrate` (AddField qty, default=1: a table rebuild leaving a NOT
-/// NULL column without a SQL default) and starts the new release's writer, while the other
-/// nodes' writers go on; n1's sidecar is stopped while it migrates, the others' run. Every node's `migrate` really migrates (its bookkeeping is its own),
-/// nothing is parked or paused at the end, every writer's last committed state is on every
-/// node, and all nodes hold the same rows.
+/// Three nodes run a Django 5.2 application (tests/django_app: `Item`, and `Order` with a
+/// ForeignKey to it on_delete=CASCADE, a unique `code`, a JSONField with non-ASCII text, a
+/// BooleanField and an auto_now DateTimeField) with an ORM writer each, in its own key block.
+/// One node after the other stops its writer, runs `migrate` (0002: AddField Item.qty,
+/// default=1, and AlterField Order.code max_length 50 -> 80: two table rebuilds, the first
+/// leaving a NOT NULL column without a SQL default) and starts the new release's writer, while
+/// the other nodes' writers go on; n1's sidecar is stopped while it migrates, the others' run.
+/// Every node's `migrate` really migrates (its bookkeeping is its own) and passes Django's
+/// foreign key check; right after it the node holds exactly what its old writer committed; at
+/// the end every writer's committed items and orders are on every node with exact values and
+/// nothing else in its block, all nodes hold the same rows, `PRAGMA foreign_key_check` is
+/// clean and nothing is parked or paused.
 #[test]
 fn a_django_app_upgrades_one_node_at_a_time_with_writers_running() {
     let dir = TestDir::new("migrations-django");
@@ -552,18 +704,21 @@ fn a_django_app_upgrades_one_node_at_a_time_with_writers_running() {
         .collect();
     let progress = |db: &Path, base: i64, at_least: i64| {
         wait_until(
-            &format!("{} holds {at_least} items of block {base}", db.display()),
+            &format!(
+                "{} holds {at_least} items and orders of block {base}",
+                db.display()
+            ),
             T,
             || block_count(db, base) >= at_least,
         )
     };
     for (db, b) in dbs.iter().zip(bases) {
-        progress(db, b, 10);
+        progress(db, b, 20);
     }
     for i in 0..3 {
         // the release upgrade on node i: stop the app, migrate, start the new release; n1's
         // sidecar is stopped during its migrate (the README's upgrade flow), the others' run
-        writers[i].take().unwrap().finish();
+        let mut old = writers[i].take().unwrap().finish();
         if i == 0 {
             assert!(nodes[0].stop().success());
         }
@@ -577,54 +732,70 @@ fn a_django_app_upgrades_one_node_at_a_time_with_writers_running() {
             "{}",
             names[i]
         );
+        // the node itself holds what its old release committed, qty 1 added by the migration
+        for row in old.items.values_mut() {
+            *row += "|integer=1";
+        }
+        let lost = old.diff(&dbs[i], bases[i]);
+        assert!(
+            lost.is_empty(),
+            "{} after its migrate, against what its writer committed:\n{lost}",
+            names[i]
+        );
         writers[i] = Some(Writer::start(dir.path(), &dbs[i], bases[i], 2));
         // every node goes on receiving node i's new writes (parked on the nodes not yet migrated)
         let now = block_count(&dbs[i], bases[i]);
-        progress(&dbs[i], bases[i], now + 10);
+        progress(&dbs[i], bases[i], now + 20);
     }
     for (db, b) in dbs.iter().zip(bases) {
         let now = block_count(db, b);
-        progress(db, b, now + 10);
+        progress(db, b, now + 20);
     }
-    let committed: Vec<_> = writers
+    let committed: Vec<Committed> = writers
         .iter_mut()
         .map(|w| w.take().unwrap().finish())
         .collect();
-    for (model, b) in committed.iter().zip(bases) {
-        let want: Vec<String> = model
-            .iter()
-            .map(|(id, name)| format!("integer={id}|text='{name}'"))
-            .collect();
+    for (c, b) in committed.iter().zip(bases) {
+        assert!(
+            !c.items.is_empty() && !c.orders.is_empty(),
+            "block {b}: the writer left no items or no orders"
+        );
         for db in &dbs {
-            let sql = format!(
-                "SELECT id, name FROM shop_item WHERE id > {b} AND id < {} ORDER BY id",
-                b + 10000
-            );
             wait_until_or(
                 &format!(
-                    "{} holds what the writer of block {b} committed",
-                    db.display()
+                    "{} holds what the writer of block {b} committed ({} items, {} orders)",
+                    db.display(),
+                    c.items.len(),
+                    c.orders.len()
                 ),
                 T,
-                || dump_query(db, &sql) == want,
-                || format!("want {want:?}\nhave {:?}", dump_query(db, &sql)),
+                || c.diff(db, b).is_empty(),
+                || c.diff(db, b),
             );
         }
     }
-    wait_until_or(
-        "all nodes hold the same items",
-        T,
-        || {
-            dump(&dbs[1], "shop_item") == dump(&dbs[0], "shop_item")
-                && dump(&dbs[2], "shop_item") == dump(&dbs[0], "shop_item")
-        },
-        || {
-            dbs.iter()
-                .map(|db| format!("{}: {} rows", db.display(), dump(db, "shop_item").len()))
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
-    );
+    for table in ["shop_item", "shop_order"] {
+        let differs = || {
+            let first = by_id(dump(&dbs[0], table));
+            dbs[1..]
+                .iter()
+                .map(|db| {
+                    let d = diff(&first, &by_id(dump(db, table)));
+                    if d.is_empty() {
+                        d
+                    } else {
+                        format!("{} against {}:\n{d}", db.display(), dbs[0].display())
+                    }
+                })
+                .collect::<String>()
+        };
+        wait_until_or(
+            &format!("all nodes hold the same {table}"),
+            T,
+            || differs().is_empty(),
+            differs,
+        );
+    }
     for n in &nodes {
         wait_until(&format!("{} has nothing parked", n.name), T, || {
             parked(&n.config) == "0"

@@ -1187,3 +1187,30 @@ fn changes_of_a_table_this_node_does_not_replicate_are_dropped_if_they_arrive() 
     assert!(rows(&d).is_empty());
     assert_eq!(db::get_meta(&d.conn, CURSOR_KEY).unwrap(), Some(1));
 }
+
+#[test]
+fn the_same_row_from_a_node_with_another_column_order_is_no_collision() {
+    let mut d = setup("pk-order");
+    apply(&mut d, msg(1, 7, &[(100, ins(1, "seed"))]));
+    // node 8 rebuilt t with v first (Django's AlterField moves a column last)
+    let reordered = TableHeader {
+        name: "t".into(),
+        columns: vec!["v".into(), "id".into()],
+        pk: vec![1],
+    };
+    let mut b = FrameBuilder::new(8, 1 << 16);
+    b.push(
+        &reordered,
+        110,
+        Op::Insert(vec![Value::Text(b"seed".to_vec()), Value::Integer(1)]),
+    );
+    let s = apply(
+        &mut d,
+        Incoming {
+            seq: 2,
+            subject: "x.8".into(),
+            data: b.finish(),
+        },
+    );
+    assert_eq!((s.applied, s.pk_collisions), (1, 0));
+}

@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::{Attempt, Node, REPEAT_LOG_EVERY};
+use crate::apply;
 use crate::config::ConsumerFilter;
 use crate::db;
 use crate::state;
@@ -45,9 +46,14 @@ impl Node {
         if Instant::now() < self.next_connect {
             return;
         }
-        let cursor = match db::get_meta(&self.conn, state::CURSOR_KEY) {
-            Ok(c) => c.unwrap_or(0) as u64,
-            Err(e) => {
+        // a backfill reads the stream from its start (see `apply::Backfill`)
+        let cursor = match (
+            db::get_meta(&self.conn, state::CURSOR_KEY),
+            apply::Backfill::active(&self.conn),
+        ) {
+            (Ok(_), Ok(true)) => 0,
+            (Ok(c), Ok(false)) => c.unwrap_or(0) as u64,
+            (Err(e), _) | (_, Err(e)) => {
                 log::warn!("{e}");
                 return;
             }

@@ -47,17 +47,7 @@ impl Node {
             );
         }
         self.schema = schema;
-        let filter = self
-            .cfg
-            .consumer_filter(self.schema.tables.iter().map(|t| t.name()));
-        if filter != self.filter {
-            // a table this node replicates appeared or went: the consumer is filtered anew
-            self.filter = filter;
-            if self.transport.take().is_some() {
-                log::info!("the tables this node receives changed: setting its consumer up again at its position");
-                self.next_connect = Instant::now();
-            }
-        }
+        self.refilter()?;
         // the version read before the scan: if the application changed the schema meanwhile (or
         // the install did), the next tick looks again; a second look changes nothing
         self.schema_version = sv;

@@ -120,6 +120,11 @@ fn mib(b: u64) -> f64 {
 /// Saves a snapshot through `t` unless a recent one exists (`force` skips that check, not the
 /// lease).
 pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved, String> {
+    if !cfg.receives_all_tables() {
+        return Ok(Saved::Skipped(
+            "this node does not replicate every table ([table.*] replicate = false, or replicate = false): its copy would lack them; a node that replicates everything (the hub) saves the fleet's snapshots".into(),
+        ));
+    }
     // looked at before copying (cheap); `snapshot::make` looks again in the copy itself
     if let Some(g) = db::open(&cfg.db_path)
         .ok()
@@ -320,6 +325,7 @@ impl Node {
         }
         if !self.cfg.snapshot.enabled
             || !self.cfg.snapshot.save
+            || !self.cfg.receives_all_tables()
             || Instant::now() < self.next_save
             || !self.link_up()
         {
