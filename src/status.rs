@@ -2,7 +2,6 @@
 //! (not the process), so it works whether the node runs or not.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
@@ -425,12 +424,6 @@ pub fn error_json(node_id: u64, error: &str) -> String {
         error: &'a str,
     }
     serde_json::to_string(&ErrorJson { node_id, error }).unwrap_or_default()
-}
-
-/// Reads the status for the config at `path`.
-pub fn for_config(path: &Path) -> Result<Status, String> {
-    let cfg = Config::load(path).map_err(|e| e.to_string())?;
-    read(&cfg).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
