@@ -48,27 +48,11 @@ use crate::config::Config;
 use crate::db::{self, quote, Context, DbError};
 use crate::frame::{self, Change, Changes, Frame, Op, TableHeader, Value};
 use crate::hlc::Hlc;
-
-pub const PARKED_TABLE: &str = "__hl_parked";
-pub const FRAGMENT_TABLE: &str = "__hl_frag";
-pub const CURSOR_KEY: &str = "cursor";
-pub const HLC_KEY: &str = "hlc";
-/// See [`own_replay_until`].
-pub const OWN_REPLAY_KEY: &str = "own_replay_until";
-/// `__hl_meta`: unique-key conflicts resolved on this database (for `harmonylite status`).
-pub const UNIQUE_CONFLICTS_KEY: &str = "unique_conflicts";
-/// `__hl_meta`: the tables this node has received every change of, from the stream's start
-/// ([`Backfill`]): `*` for all, else their names joined by U+001F.
-pub const RECEIVED_KEY: &str = "received_tables";
-/// `__hl_meta`: while a [`Backfill`] runs, the position up to which frames are read again.
-pub const BACKFILL_UNTIL_KEY: &str = "backfill_until";
-/// `__hl_meta`: while a [`Backfill`] runs, the received tables once it is done.
-pub const BACKFILL_TO_KEY: &str = "backfill_received";
-
-/// `__hl_meta`: primary-key collisions seen on this database (for `harmonylite status`).
-pub const PK_COLLISIONS_KEY: &str = "pk_collisions";
-/// `__hl_meta`: the newest primary-key collision, as text (for `harmonylite status`).
-pub const LAST_PK_COLLISION_KEY: &str = "last_pk_collision";
+use crate::state::{
+    BACKFILL_TO_KEY, BACKFILL_UNTIL_KEY, CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_APPLY_KEY,
+    LAST_PK_COLLISION_KEY, OWN_REPLAY_KEY, PARKED_TABLE, PK_COLLISIONS_KEY, RECEIVED_KEY,
+    UNIQUE_CONFLICTS_KEY,
+};
 
 /// A message taken from the stream.
 #[derive(Debug, Clone)]
@@ -259,11 +243,7 @@ pub fn apply_batch(
     db::set_meta(&tx, CURSOR_KEY, cursor as i64)?;
     db::set_meta(&tx, HLC_KEY, hlc.last() as i64)?;
     if stats.applied > 0 {
-        db::set_meta(
-            &tx,
-            crate::status::LAST_APPLY_KEY,
-            crate::hlc::now_ms() as i64,
-        )?;
+        db::set_meta(&tx, LAST_APPLY_KEY, crate::hlc::now_ms() as i64)?;
     }
     tx.commit().ctx("commit apply")?;
     Ok(stats)

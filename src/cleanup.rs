@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::db::{self, quote, Context, DbError};
+use crate::state::{self, lock_path, LockError};
 
 /// Names of everything HarmonyLite creates in a database start with this.
 pub const PREFIX: &str = "__hl_";
@@ -155,13 +156,6 @@ impl Report {
     }
 }
 
-/// `<db>.hl-lock`: the same file a node locks while it runs.
-pub fn lock_path(db_path: &Path) -> PathBuf {
-    let mut s = db_path.as_os_str().to_os_string();
-    s.push(".hl-lock");
-    PathBuf::from(s)
-}
-
 /// Holds the node lock while cleanup works. Removes the lock file on drop when `remove` is
 /// set (cleanup succeeded) or when cleanup created the file itself (nothing left behind by a
 /// refusal).
@@ -181,28 +175,19 @@ impl Drop for Held {
 }
 
 fn take_lock(db_path: &Path) -> Result<Held, CleanupError> {
-    let path = lock_path(db_path);
-    let existed = path.exists();
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| CleanupError::Lock {
-            path: path.clone(),
-            source,
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(Held {
-            path,
+    let existed = lock_path(db_path).exists();
+    match state::lock(db_path) {
+        Ok(file) => Ok(Held {
+            path: lock_path(db_path),
             _file: file,
             remove: !existed,
         }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(CleanupError::Running {
+        Err(LockError::Open { path, source }) => Err(CleanupError::Lock { path, source }),
+        Err(LockError::Held { path }) => Err(CleanupError::Running {
             db: db_path.to_path_buf(),
             lock: path,
         }),
-        Err(std::fs::TryLockError::Error(source)) => {
+        Err(LockError::Lock { path, source }) => {
             if !existed {
                 let _ = std::fs::remove_file(&path);
             }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use crate::state::NODE_ID_KEY;
+
 /// How long a statement waits for the application's write lock before reporting "locked".
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prepared statements kept per connection.
@@ -213,10 +215,10 @@ pub fn schema_version(conn: &Connection) -> Result<i64, DbError> {
 /// path (so several nodes on one machine differ) and persisted.
 pub fn node_id(conn: &Connection, configured: Option<u64>, db_path: &Path) -> Result<u64, DbError> {
     if let Some(id) = configured {
-        set_meta(conn, "node_id", id as i64)?;
+        set_meta(conn, NODE_ID_KEY, id as i64)?;
         return Ok(id);
     }
-    if let Some(id) = get_meta(conn, "node_id")? {
+    if let Some(id) = get_meta(conn, NODE_ID_KEY)? {
         return Ok(id as u64);
     }
     let machine = std::fs::read_to_string("/etc/machine-id")
@@ -234,6 +236,6 @@ pub fn node_id(conn: &Connection, configured: Option<u64>, db_path: &Path) -> Re
     let seed = format!("{salt}\0{}", canonical.display());
     // 53 bits: readable, positive as i64 and exact in JSON.
     let id = (crate::frame::fnv64(seed.as_bytes()) & ((1 << 53) - 1)).max(1);
-    set_meta(conn, "node_id", id as i64)?;
+    set_meta(conn, NODE_ID_KEY, id as i64)?;
     Ok(id)
 }

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 /// How long a starting nats-server may take to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadline of one TCP connect to the starting server (loopback: an answer is immediate, a
+/// refusal too; only a wedged server takes this long).
+const CONNECT_PROBE: Duration = Duration::from_millis(200);
 
 pub struct EmbeddedServer {
     child: Child,
@@ -63,7 +66,7 @@ impl EmbeddedServer {
                     self.store.join("nats-server.log").display()
                 ));
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if TcpStream::connect_timeout(&self.addr, CONNECT_PROBE).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -98,7 +101,7 @@ impl EmbeddedServer {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + crate::retry::CHILD_STOP;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 log::info!("embedded nats-server stopped");
@@ -140,7 +143,7 @@ fn stop_orphan(store: &Path) {
         .arg("-TERM")
         .arg(pid.to_string())
         .status();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + crate::retry::CHILD_STOP;
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
         // a zombie (already exited, not reaped by its dead parent) still has a /proc entry
         let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use crate::config::Config;
 
 /// How long answers are collected unless `--timeout-ms` says otherwise.
@@ -20,7 +22,7 @@ pub fn run(
     let urls = crate::node::snapshot_urls(cfg);
     let answers = crate::transport::ask_fleet(cfg, &urls, &subject, node.map(|_| 1), timeout)
         .map_err(|e| e.to_string())?;
-    let mut answers: Vec<String> = answers
+    let answers: Vec<String> = answers
         .into_iter()
         .map(|a| String::from_utf8_lossy(&a).into_owned())
         .collect();
@@ -30,112 +32,105 @@ pub fn run(
             timeout.as_millis()
         ));
     }
-    answers.sort_by_key(|a| {
-        field(a, "node_id")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(u64::MAX)
-    });
-    let lines: Vec<String> = if json {
-        answers
-    } else {
-        answers.iter().map(|a| summary(a)).collect()
-    };
+    let mut answers: Vec<(Answer, String)> = answers
+        .into_iter()
+        .map(|a| (Answer::parse(&a), a))
+        .collect();
+    answers.sort_by_key(|(a, _)| a.node_id.unwrap_or(u64::MAX));
+    let lines: Vec<String> = answers
+        .into_iter()
+        .map(|(a, raw)| if json { raw } else { a.summary() })
+        .collect();
     Ok(lines.join("\n") + "\n")
 }
 
-/// One line per node from its JSON answer.
-fn summary(a: &str) -> String {
-    let get = |k: &str| field(a, k).unwrap_or("?").to_string();
-    if let Some(e) = field(a, "error") {
-        return format!("node {}: error {e}", get("node_id"));
-    }
-    let link = match field(a, "link_up") {
-        Some("true") => "up",
-        Some("false") => "down",
-        _ => "unknown",
-    };
-    let oldest = field(a, "outbox_oldest_age_ms").and_then(|v| v.parse::<u64>().ok());
-    let oldest = oldest.map_or(String::new(), |ms| {
-        format!(" (oldest {:.1} s)", ms as f64 / 1000.0)
-    });
-    let ago = |k: &str| match field(a, k).and_then(|v| v.parse::<u64>().ok()) {
-        Some(t) => format!(
-            "{:.1} s ago",
-            crate::hlc::now_ms().saturating_sub(t) as f64 / 1000.0
-        ),
-        None => "never".into(),
-    };
-    format!(
-        "node {}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}, parked {}{}",
-        get("node_id"),
-        get("outbox_changes"),
-        ago("last_publish_ms"),
-        ago("last_apply_ms"),
-        get("stream_position"),
-        get("parked_changes"),
-        paused(a)
-    )
+/// What a summary line needs of a node's answer: the object of `status --json`
+/// ([`crate::status::StatusJson`]) or the service's `{"node_id":..,"error":..}`. Every field is
+/// optional, so an answer from another version, or one that is not JSON at all, still gets a
+/// line (its unknown values shown as `?`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Answer {
+    node_id: Option<u64>,
+    error: Option<String>,
+    link_up: Option<bool>,
+    outbox_changes: Option<u64>,
+    outbox_oldest_age_ms: Option<u64>,
+    last_publish_ms: Option<u64>,
+    last_apply_ms: Option<u64>,
+    stream_position: Option<u64>,
+    parked_changes: Option<u64>,
+    paused_tables: Vec<PausedTable>,
 }
 
-/// `, PAUSED: t1, t2` when the node has tables paused by a schema change.
-fn paused(a: &str) -> String {
-    let Some(start) = a
-        .find("\"paused_tables\":[")
-        .map(|i| i + "\"paused_tables\":[".len())
-    else {
-        return String::new();
-    };
-    let list = &a[start..start + a[start..].find(']').unwrap_or(0)];
-    let names: Vec<&str> = list
-        .split("{\"table\":\"")
-        .skip(1)
-        .filter_map(|t| t.split('"').next())
-        .collect();
-    if names.is_empty() {
-        String::new()
-    } else {
-        format!(", PAUSED: {}", names.join(", "))
-    }
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PausedTable {
+    table: String,
 }
 
-/// The raw value of a top-level scalar field of a status JSON object (numbers, booleans, null,
-/// or a string with its quotes). Inside JSON strings every `"` is escaped, so `,"key":` or
-/// `{"key":` can only be a key.
-fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let start = [format!("{{\"{key}\":"), format!(",\"{key}\":")]
-        .iter()
-        .find_map(|p| json.find(p.as_str()).map(|i| i + p.len()))?;
-    let rest = &json[start..];
-    let end = if rest.starts_with('"') {
-        let mut escaped = false;
-        rest.char_indices()
-            .skip(1)
-            .find(|&(_, c)| {
-                let done = c == '"' && !escaped;
-                escaped = c == '\\' && !escaped;
-                done
-            })?
-            .0
-            + 1
-    } else {
-        rest.find([',', '}']).unwrap_or(rest.len())
-    };
-    Some(&rest[..end])
+impl Answer {
+    fn parse(a: &str) -> Answer {
+        serde_json::from_str(a).unwrap_or_default()
+    }
+
+    /// One line per node.
+    fn summary(&self) -> String {
+        let show = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+        let node = show(self.node_id);
+        if let Some(e) = &self.error {
+            // quoted and escaped, as it came
+            let e = serde_json::to_string(e).unwrap_or_default();
+            return format!("node {node}: error {e}");
+        }
+        let link = match self.link_up {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "unknown",
+        };
+        let oldest = self.outbox_oldest_age_ms.map_or(String::new(), |ms| {
+            format!(" (oldest {:.1} s)", ms as f64 / 1000.0)
+        });
+        let ago = |t: Option<u64>| match t {
+            Some(t) => format!(
+                "{:.1} s ago",
+                crate::hlc::now_ms().saturating_sub(t) as f64 / 1000.0
+            ),
+            None => "never".into(),
+        };
+        let paused = if self.paused_tables.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = self
+                .paused_tables
+                .iter()
+                .map(|p| p.table.as_str())
+                .collect();
+            format!(", PAUSED: {}", names.join(", "))
+        };
+        format!(
+            "node {node}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}, parked {}{paused}",
+            show(self.outbox_changes),
+            ago(self.last_publish_ms),
+            ago(self.last_apply_ms),
+            show(self.stream_position),
+            show(self.parked_changes),
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn summary(json: &str) -> String {
+        Answer::parse(json).summary()
+    }
+
     #[test]
-    fn fields_are_found_by_key_only() {
-        let j = r#"{"db_path":"/x/\",\"node_id\":9.db","node_id":7,"link_up":true,"outbox_changes":0,"error":"a \"b\", c"}"#;
-        assert_eq!(field(j, "node_id"), Some("7"));
-        assert_eq!(field(j, "link_up"), Some("true"));
-        assert_eq!(field(j, "error"), Some(r#""a \"b\", c""#));
-        assert_eq!(field(j, "db_path"), Some(r#""/x/\",\"node_id\":9.db""#));
-        assert_eq!(field(j, "missing"), None);
+    fn summaries_read_the_status_object() {
         let s = crate::status::Status {
+            db_path: r#"/x/","node_id":9.db"#.into(),
             node_id: Some(3),
             outbox_changes: 2,
             outbox_oldest_age_ms: Some(1500),
@@ -155,6 +150,16 @@ mod tests {
             summary(&p.to_json()).ends_with(", parked 0, PAUSED: t, u"),
             "{}",
             summary(&p.to_json())
+        );
+    }
+
+    #[test]
+    fn errors_and_strangers_get_a_line_too() {
+        let e = crate::status::error_json(7, "cannot open \"x.db\", gone");
+        assert_eq!(summary(&e), r#"node 7: error "cannot open \"x.db\", gone""#);
+        assert_eq!(
+            summary("not json"),
+            "node ?: link unknown, outbox ?, last publish never, last apply never, position ?, parked ?"
         );
     }
 }

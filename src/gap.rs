@@ -11,9 +11,7 @@
 use rusqlite::Connection;
 
 use crate::db::{self, DbError};
-
-pub const GAP_FROM_KEY: &str = "gap_from";
-pub const GAP_TO_KEY: &str = "gap_to";
+use crate::state::{GAP_FROM_KEY, GAP_TO_KEY};
 
 /// Stream sequences `from..=to` that this node never applied and cannot fetch any more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

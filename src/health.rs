@@ -7,7 +7,9 @@
 
 use crate::config::Config;
 use crate::metrics::{self, Liveness};
-use crate::status::{self, json_str, Status};
+use serde::Serialize;
+
+use crate::status::{self, Status};
 
 /// The loop may be quiet this long (or 20 polls, whichever is longer) before it counts as stalled.
 pub const MIN_STALL_MS: u64 = 10_000;
@@ -71,44 +73,76 @@ pub fn answer(cfg: &Config) -> (u16, String) {
         now,
     );
     let code = if reasons.is_empty() { 200 } else { 503 };
-    let mut body = format!(
-        "{{\"status\":\"{}\"",
-        if code == 200 { "ok" } else { "unhealthy" }
-    );
-    if !reasons.is_empty() {
-        let list: Vec<String> = reasons.iter().map(|r| json_str(r)).collect();
-        body.push_str(&format!(",\"reasons\":[{}]", list.join(",")));
-    }
-    if cfg.health_check.detailed {
-        body.push_str(&detail(&live, st.as_ref().ok(), now));
-    }
-    body.push('}');
-    (code, body)
+    let detail = cfg
+        .health_check
+        .detailed
+        .then(|| detail(&live, st.as_ref().ok(), now));
+    (code, body(&reasons, detail))
+}
+
+/// The JSON body: `{"status":"ok"}` or `{"status":"unhealthy","reasons":[...]}`, then the
+/// detail's fields when `[health_check] detailed = true`.
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    reasons: &'a [String],
+    #[serde(flatten)]
+    detail: Option<Detail>,
 }
 
 /// `detailed = true`: what the node is doing, for a person looking at a failing check.
-fn detail(live: &Liveness, st: Option<&Status>, now: u64) -> String {
-    let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
-    let loop_age = (live.last_tick_ms > 0).then(|| now.saturating_sub(live.last_tick_ms));
-    let mut o = format!(
-        ",\"main_loop_age_ms\":{},\"restoring\":{},\"link_up\":{},\"link_since_ms\":{}",
-        opt(loop_age),
-        live.restoring,
-        live.link_up.map_or("null".into(), |u| u.to_string()),
-        opt((live.link_since_ms > 0).then_some(live.link_since_ms))
-    );
-    if let Some(st) = st {
-        o.push_str(&format!(
-            ",\"node_id\":{},\"outbox_changes\":{},\"outbox_oldest_age_ms\":{},\"parked_changes\":{},\"last_publish_ms\":{},\"last_apply_ms\":{}",
-            opt(st.node_id),
-            st.outbox_changes,
-            opt(st.outbox_oldest_age_ms),
-            st.parked_changes,
-            opt(st.last_publish_ms),
-            opt(st.last_apply_ms)
-        ));
+#[derive(Debug, Serialize)]
+struct Detail {
+    main_loop_age_ms: Option<u64>,
+    restoring: bool,
+    link_up: Option<bool>,
+    link_since_ms: Option<u64>,
+    /// Absent when the database cannot be read.
+    #[serde(flatten)]
+    db: Option<DbDetail>,
+}
+
+#[derive(Debug, Serialize)]
+struct DbDetail {
+    node_id: Option<u64>,
+    outbox_changes: u64,
+    outbox_oldest_age_ms: Option<u64>,
+    parked_changes: u64,
+    last_publish_ms: Option<u64>,
+    last_apply_ms: Option<u64>,
+}
+
+fn body(reasons: &[String], detail: Option<Detail>) -> String {
+    let status = if reasons.is_empty() {
+        "ok"
+    } else {
+        "unhealthy"
+    };
+    let body = Body {
+        status,
+        reasons,
+        detail,
+    };
+    // plain data with string keys: serializing cannot fail
+    serde_json::to_string(&body).unwrap_or_default()
+}
+
+fn detail(live: &Liveness, st: Option<&Status>, now: u64) -> Detail {
+    Detail {
+        main_loop_age_ms: (live.last_tick_ms > 0).then(|| now.saturating_sub(live.last_tick_ms)),
+        restoring: live.restoring,
+        link_up: live.link_up,
+        link_since_ms: (live.link_since_ms > 0).then_some(live.link_since_ms),
+        db: st.map(|st| DbDetail {
+            node_id: st.node_id,
+            outbox_changes: st.outbox_changes,
+            outbox_oldest_age_ms: st.outbox_oldest_age_ms,
+            parked_changes: st.parked_changes,
+            last_publish_ms: st.last_publish_ms,
+            last_apply_ms: st.last_apply_ms,
+        }),
     }
-    o
 }
 
 #[cfg(test)]
@@ -193,5 +227,45 @@ mod tests {
         assert!(reasons(&restoring, Ok(&st), 10_000, 30_000, NOW).is_empty());
         assert_eq!(stall_limit_ms(100), 10_000);
         assert_eq!(stall_limit_ms(1_000), 20_000);
+    }
+
+    /// The bytes of the body before it was serde-derived (formatted by hand) are kept.
+    #[test]
+    fn the_body_is_the_documented_object() {
+        assert_eq!(body(&[], None), r#"{"status":"ok"}"#);
+        let reasons = ["a \"b\"".to_string(), "c\\".to_string()];
+        assert_eq!(
+            body(&reasons, None),
+            r#"{"status":"unhealthy","reasons":["a \"b\"","c\\"]}"#
+        );
+        let live = Liveness {
+            last_tick_ms: 900,
+            link_up: Some(true),
+            link_since_ms: 500,
+            restoring: false,
+        };
+        let st = Status {
+            node_id: Some(3),
+            outbox_changes: 2,
+            outbox_oldest_age_ms: Some(7),
+            parked_changes: 1,
+            last_publish_ms: Some(8),
+            last_apply_ms: None,
+            ..Default::default()
+        };
+        assert_eq!(
+            body(&[], Some(detail(&live, Some(&st), 1000))),
+            r#"{"status":"ok","main_loop_age_ms":100,"restoring":false,"link_up":true,"link_since_ms":500,"node_id":3,"outbox_changes":2,"outbox_oldest_age_ms":7,"parked_changes":1,"last_publish_ms":8,"last_apply_ms":null}"#
+        );
+        let starting = Liveness {
+            last_tick_ms: 0,
+            link_up: None,
+            link_since_ms: 0,
+            restoring: true,
+        };
+        assert_eq!(
+            body(&reasons[..1], Some(detail(&starting, None, 1000))),
+            r#"{"status":"unhealthy","reasons":["a \"b\""],"main_loop_age_ms":null,"restoring":true,"link_up":null,"link_since_ms":null}"#
+        );
     }
 }

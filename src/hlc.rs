@@ -56,11 +56,15 @@ pub fn wall_ms(stamp: u64) -> u64 {
 
 /// Current Unix time in milliseconds as this node sees it (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
-    let real = std::time::SystemTime::now()
+    (system_ms() as i64 + clock_offset_ms()).max(0) as u64
+}
+
+/// The machine's Unix time in milliseconds, without the test offset of [`clock_offset_ms`]
+/// (log timestamps, jitter seeds); 0 if the clock is before 1970.
+pub fn system_ms() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    (real + clock_offset_ms()).max(0) as u64
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `HL_FAKE_CLOCK_OFFSET_MS`: a signed offset added to every wall-clock reading of this node,

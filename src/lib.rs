@@ -9,7 +9,9 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file, defaults, validation with errors that name the key.
-//! - [`db`]: opening the application's database, our state table, node id.
+//! - [`db`]: opening the application's database, reading and writing `__hl_meta`, node id.
+//! - [`state`]: the names of our state (every `__hl_meta` key, the shared `__hl_*` tables) and
+//!   the node lock (`<db>.hl-lock`).
 //! - [`hlc`]: the hybrid logical clock.
 //! - [`capture`]: change-log tables and triggers, stamping, reading the outbox.
 //! - [`frame`]: the wire format (postcard, byte-bounded batches, fragments, checksum).
@@ -31,6 +33,12 @@
 //!   [`http`]: the tiny server for both (`[prometheus]`, `[health_check]`).
 //! - [`cleanup`]: `harmonylite cleanup`, removing everything HarmonyLite added to a database.
 //! - [`logging`]: the stderr logger (text or JSON lines).
+//! - [`retry`]: the one backoff, the retry policies and the shared deadlines (the shutdown
+//!   budget).
+//!
+//! At the bottom, imported by the modules above and importing none of them (`retry` reads
+//! `hlc`'s clock): [`state`] (every `__hl_meta` key, the shared `__hl_*` tables, the node
+//! lock), [`retry`], [`hlc`].
 #![forbid(unsafe_code)]
 #![allow(deprecated)] // the sync `nats` crate is deprecated upstream; it is confined to transport
 
@@ -49,7 +57,9 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod retry;
 pub mod schema;
 pub mod snapshot;
+pub mod state;
 pub mod status;
 pub mod transport;

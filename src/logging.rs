@@ -16,9 +16,10 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use log::{LevelFilter, Log, Metadata, Record};
+use serde::Serialize;
 
 /// How a record is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,15 +72,15 @@ impl Logger {
         let _ = match self.format {
             Format::Text => writeln!(out, "{ts} {:<5} [{target}] {msg}", level.as_str()),
             Format::Json => {
-                out.push_str("{\"ts\":\"");
-                out.push_str(&ts);
-                out.push_str("\",\"level\":\"");
-                out.push_str(&level.as_str().to_ascii_lowercase());
-                out.push_str("\",\"target\":\"");
-                let _ = JsonEscape(&mut out).write_str(target);
-                out.push_str("\",\"msg\":\"");
-                let _ = write!(JsonEscape(&mut out), "{msg}");
-                writeln!(out, "\"}}")
+                let line = JsonLine {
+                    ts: &ts,
+                    level: &level.as_str().to_ascii_lowercase(),
+                    target,
+                    msg: &msg.to_string(),
+                };
+                // plain data with string keys: serializing cannot fail
+                let json = serde_json::to_string(&line).unwrap_or_default();
+                writeln!(out, "{json}")
             }
         };
         out
@@ -95,7 +96,12 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = self.line(now_ms(), record.level(), record.target(), record.args());
+        let line = self.line(
+            crate::hlc::system_ms(),
+            record.level(),
+            record.target(),
+            record.args(),
+        );
         // One write per line, so lines of different threads never interleave. A closed stderr
         // must not stop the node: the error is ignored.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
@@ -116,12 +122,6 @@ pub fn init(format: Format, verbose: bool) {
     if format == Format::Json {
         std::panic::set_hook(Box::new(|info| log::error!(target: "panic", "{info}")));
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `1970-01-01T00:00:00.000Z`: RFC 3339, UTC, milliseconds.
@@ -152,25 +152,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Writes into a String as the inside of a JSON string: quotes, backslashes and control
-/// characters escaped, everything else (non-ASCII too) as UTF-8.
-struct JsonEscape<'a>(&'a mut String);
-
-impl fmt::Write for JsonEscape<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for c in s.chars() {
-            match c {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
-                '\n' => self.0.push_str("\\n"),
-                '\r' => self.0.push_str("\\r"),
-                '\t' => self.0.push_str("\\t"),
-                c if (c as u32) < 0x20 => write!(self.0, "\\u{:04x}", c as u32)?,
-                c => self.0.push(c),
-            }
-        }
-        Ok(())
-    }
+/// One record in the JSON format.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    ts: &'a str,
+    level: &'a str,
+    target: &'a str,
+    msg: &'a str,
 }
 
 /// A repeated warning is logged again at most this often after its first occurrence.

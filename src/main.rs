@@ -1,14 +1,16 @@
-//! `harmonylite`: parse arguments, set up logging and signals, run one command, exit.
+//! `harmonylite`: parse the arguments into a [`Command`], run it, and map a failure
+//! ([`CliError`]) to its message and exit code. Logging and signals are set up only for the
+//! commands that run a node (the node itself, `snapshot`); the work is in the library.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-use harmonylite::config::Config;
 use std::time::Duration;
 
-use harmonylite::node::{Backoff, Node, Stop};
+use harmonylite::config::Config;
+use harmonylite::node::{Node, Stop};
+use harmonylite::retry::{self, EXIT_DEADLINE, SHUTDOWN_OVERDUE};
 
 const USAGE: &str = "\
 harmonylite: leaderless SQLite replication over NATS JetStream
@@ -43,43 +45,170 @@ Exit codes: 0 stopped cleanly, 1 runtime error (e.g. database missing) or a refu
 A first SIGTERM/SIGINT flushes the outbox (up to 5 s) and exits 0; a second exits at once.
 ";
 
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Command {
+    Help,
+    Version,
+    /// Run a node in the foreground until SIGTERM/SIGINT.
+    Run {
+        config: PathBuf,
+    },
+    /// `status [--json]`: read from the database.
+    Status {
+        config: PathBuf,
+        json: bool,
+    },
+    /// `status --fleet [--node N] [--timeout-ms MS] [--json]`: asked through NATS.
+    Fleet {
+        config: PathBuf,
+        node: Option<u64>,
+        timeout: Duration,
+        json: bool,
+    },
+    Snapshot {
+        config: PathBuf,
+        op: SnapshotOp,
+    },
+    SchemaAccept {
+        config: PathBuf,
+        table: String,
+    },
+    Cleanup {
+        config: PathBuf,
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SnapshotOp {
+    Save,
+    Restore,
+}
+
+impl SnapshotOp {
+    fn name(self) -> &'static str {
+        match self {
+            SnapshotOp::Save => "save",
+            SnapshotOp::Restore => "restore",
+        }
+    }
+}
+
+/// Why a command failed, which says how it is reported and its exit code (README, "Exit
+/// codes": 1 a runtime error that needs a person or a refused command, 2 bad usage or config).
+#[derive(Debug)]
+enum CliError {
+    /// Bad arguments: the message and the usage on stderr.
+    Usage(String),
+    /// The configuration cannot be read or is invalid (the message names the key).
+    Config(harmonylite::config::ConfigError),
+    /// `status`: the database cannot be read.
+    Database(harmonylite::db::DbError),
+    /// `cleanup` cannot or may not run.
+    Cleanup(harmonylite::cleanup::CleanupError),
+    /// Any other failure before logging is set up, said on stderr as `error: ...`.
+    Failed(String),
+    /// The node cannot start, said in the log (set up by then, in the configured format);
+    /// a config that does not fit the database is a config error.
+    Node(harmonylite::node::NodeError),
+    /// A failure of a snapshot command or of the node's start, said in the log.
+    Logged(String),
+    /// The command ran and did nothing; its output on stdout said why (a cleanup that left
+    /// objects behind, no snapshot to save or restore).
+    Refused,
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Config(_) => 2,
+            CliError::Node(e) => match e {
+                harmonylite::node::NodeError::Config(_) => 2,
+                _ => 1,
+            },
+            CliError::Database(_)
+            | CliError::Cleanup(_)
+            | CliError::Failed(_)
+            | CliError::Logged(_)
+            | CliError::Refused => 1,
+        }
+    }
+
+    fn report(&self) {
+        match self {
+            CliError::Usage(msg) => eprintln!("error: {msg}\n\n{USAGE}"),
+            CliError::Config(e) => eprintln!("error: {e}"),
+            CliError::Database(e) => eprintln!("error: {e}"),
+            CliError::Cleanup(e) => eprintln!("error: {e}"),
+            CliError::Failed(msg) => eprintln!("error: {msg}"),
+            CliError::Node(e) => log::error!("{e}"),
+            CliError::Logged(msg) => log::error!("{msg}"),
+            CliError::Refused => {}
+        }
+    }
+}
+
+impl From<harmonylite::config::ConfigError> for CliError {
+    fn from(e: harmonylite::config::ConfigError) -> Self {
+        CliError::Config(e)
+    }
+}
+
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1).peekable();
+    let result = parse(std::env::args().skip(1)).and_then(run);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            e.report();
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+/// The arguments (without the program name) as a [`Command`].
+fn parse(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    let mut args = args.peekable();
     let mut config: Option<PathBuf> = None;
     let status = args.peek().map(String::as_str) == Some("status");
     if status {
         args.next();
     }
-    let mut snapshot_cmd = None;
+    let mut snapshot_op = None;
     if args.peek().map(String::as_str) == Some("snapshot") {
         args.next();
-        match args.next().as_deref() {
-            Some(c @ ("save" | "restore")) => snapshot_cmd = Some(c.to_string()),
+        snapshot_op = Some(match args.next().as_deref() {
+            Some("save") => SnapshotOp::Save,
+            Some("restore") => SnapshotOp::Restore,
             Some(other) => {
-                return usage_error(&format!(
+                return Err(usage(format!(
                     "unknown snapshot command {other:?}: expected save or restore"
-                ))
+                )))
             }
-            None => return usage_error("snapshot needs a command: save or restore"),
-        }
+            None => return Err(usage("snapshot needs a command: save or restore")),
+        });
     }
     let mut accept_table = None;
-    if snapshot_cmd.is_none() && !status && args.peek().map(String::as_str) == Some("schema") {
+    if snapshot_op.is_none() && !status && args.peek().map(String::as_str) == Some("schema") {
         args.next();
         match (args.next().as_deref(), args.next()) {
             (Some("accept"), Some(t)) if !t.starts_with('-') => accept_table = Some(t),
-            (Some("accept"), _) => return usage_error(
+            (Some("accept"), _) => return Err(usage(
                 "schema accept needs a table name: harmonylite schema accept TABLE --config PATH",
-            ),
+            )),
             (Some(other), _) => {
-                return usage_error(&format!(
+                return Err(usage(format!(
                     "unknown schema command {other:?}: expected accept"
-                ))
+                )))
             }
-            (None, _) => return usage_error("schema needs a command: accept"),
+            (None, _) => return Err(usage("schema needs a command: accept")),
         }
     }
-    let cleanup = snapshot_cmd.is_none()
+    let cleanup = snapshot_op.is_none()
         && !status
         && accept_table.is_none()
         && args.peek().map(String::as_str) == Some("cleanup");
@@ -93,17 +222,11 @@ fn main() -> ExitCode {
     let mut timeout_ms = harmonylite::fleet::DEFAULT_TIMEOUT_MS;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            "-V" | "--version" => {
-                println!("harmonylite {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
             "-c" | "--config" => match args.next() {
                 Some(p) => config = Some(p.into()),
-                None => return usage_error("--config needs a path"),
+                None => return Err(usage("--config needs a path")),
             },
             s if s.starts_with("--config=") => config = Some(s["--config=".len()..].into()),
             "--json" if status => json = true,
@@ -114,7 +237,7 @@ fn main() -> ExitCode {
                     .and_then(|v| v.parse::<u64>().ok())
                     .filter(|n| *n > 0)
                 else {
-                    return usage_error(&format!("{arg} needs a positive number"));
+                    return Err(usage(format!("{arg} needs a positive number")));
                 };
                 if arg == "--node" {
                     (fleet, ask_node) = (true, Some(n));
@@ -123,174 +246,151 @@ fn main() -> ExitCode {
                 }
             }
             "--force" if cleanup => force = true,
-            other => return usage_error(&format!("unknown argument {other:?}")),
+            other => return Err(usage(format!("unknown argument {other:?}"))),
         }
     }
-    let Some(path) = config else {
-        return usage_error("missing --config PATH");
+    let Some(config) = config else {
+        return Err(usage("missing --config PATH"));
     };
-    if status && fleet {
-        return fleet_status(&path, ask_node, Duration::from_millis(timeout_ms), json);
-    }
-    if status {
-        return match harmonylite::status::for_config(&path) {
-            Ok(st) => {
-                print!(
-                    "{}",
-                    if json {
-                        st.to_json() + "\n"
-                    } else {
-                        st.to_text()
-                    }
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(if e.starts_with("config ") { 2 } else { 1 })
-            }
-        };
-    }
-    let cfg = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+    Ok(if status && fleet {
+        Command::Fleet {
+            config,
+            node: ask_node,
+            timeout: Duration::from_millis(timeout_ms),
+            json,
         }
-    };
-    if let Some(table) = accept_table {
-        return match harmonylite::schema::accept_in(&cfg, &table) {
-            Ok(msg) => {
-                println!("{msg}");
-                ExitCode::SUCCESS
+    } else if status {
+        Command::Status { config, json }
+    } else if let Some(table) = accept_table {
+        Command::SchemaAccept { config, table }
+    } else if cleanup {
+        Command::Cleanup { config, force }
+    } else if let Some(op) = snapshot_op {
+        Command::Snapshot { config, op }
+    } else {
+        Command::Run { config }
+    })
+}
+
+/// Runs one command; what it prints on success is its own.
+fn run(cmd: Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Help => print!("{USAGE}"),
+        Command::Version => println!("harmonylite {}", env!("CARGO_PKG_VERSION")),
+        Command::Status { config, json } => {
+            let cfg = Config::load(&config)?;
+            let st = harmonylite::status::read(&cfg).map_err(CliError::Database)?;
+            if json {
+                print!("{}", st.to_json() + "\n");
+            } else {
+                print!("{}", st.to_text());
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
+        }
+        Command::Fleet {
+            config,
+            node,
+            timeout,
+            json,
+        } => {
+            let cfg = Config::load(&config)?;
+            let out =
+                harmonylite::fleet::run(&cfg, node, timeout, json).map_err(CliError::Failed)?;
+            print!("{out}");
+        }
+        Command::SchemaAccept { config, table } => {
+            let cfg = Config::load(&config)?;
+            let msg = harmonylite::schema::accept_in(&cfg, &table).map_err(CliError::Failed)?;
+            println!("{msg}");
+        }
+        Command::Cleanup { config, force } => {
+            let cfg = Config::load(&config)?;
+            let report =
+                harmonylite::cleanup::run(&cfg.db_path, force).map_err(CliError::Cleanup)?;
+            print!("{}", report.to_text());
+            if !report.not_removed.is_empty() {
+                return Err(CliError::Refused);
             }
-        };
+        }
+        Command::Snapshot { config, op } => {
+            let cfg = Config::load(&config)?;
+            let stop = start_logging_and_signals(&cfg)?;
+            snapshot_command(op, cfg, &stop)?;
+        }
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let stop = start_logging_and_signals(&cfg)?;
+            run_node(cfg, &stop)?;
+        }
     }
-    if cleanup {
-        return match harmonylite::cleanup::run(&cfg.db_path, force) {
-            Ok(report) => {
-                print!("{}", report.to_text());
-                ExitCode::from(if report.not_removed.is_empty() { 0 } else { 1 })
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    init_logging(&cfg);
+    Ok(())
+}
+
+/// The logger in the configured format, then the signal handling (see [`watch_signals`]).
+fn start_logging_and_signals(cfg: &Config) -> Result<Arc<Stop>, CliError> {
+    init_logging(cfg);
     let stop = Arc::new(Stop::default());
-    if let Err(e) = watch_signals(stop.clone()) {
-        eprintln!("error: cannot install signal handlers: {e}");
-        return ExitCode::from(1);
-    }
-    if let Some(cmd) = snapshot_cmd {
-        return snapshot_command(&cmd, cfg, &stop);
-    }
+    watch_signals(stop.clone())
+        .map_err(|e| CliError::Failed(format!("cannot install signal handlers: {e}")))?;
+    Ok(stop)
+}
+
+/// A node in the foreground: the HTTP endpoints, a restore when the database is missing, the
+/// node opened (waiting while the database is locked), then its loop until `stop`.
+fn run_node(cfg: Config, stop: &Stop) -> Result<(), CliError> {
     // before a restore or a wait for a locked database, so /health can say "starting"
-    if let Err(e) = harmonylite::http::start(&cfg) {
-        log::error!("{e}");
-        return ExitCode::from(1);
-    }
+    harmonylite::http::start(&cfg).map_err(CliError::Logged)?;
     if !cfg.db_path.exists() && cfg.snapshot.enabled && !cfg.nats.urls.is_empty() {
-        match harmonylite::node::restore_missing(&cfg, &stop) {
+        match harmonylite::node::restore_missing(&cfg, stop) {
             Ok(true) => {}
             Ok(false) => log::info!("no snapshot to build {} from", cfg.db_path.display()),
             Err(e) => log::warn!("cannot restore the missing database from a snapshot: {e}"),
         }
     }
-    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut retry = retry::NODE_OPEN.backoff();
     let mut node = loop {
         match Node::open(cfg.clone()) {
             Ok(n) => break n,
             Err(e) if e.is_transient() => {
                 log::warn!("{e}");
                 if stop.wait(retry.fail()) {
-                    return ExitCode::SUCCESS;
+                    return Ok(());
                 }
             }
-            Err(e) => {
-                log::error!("{e}");
-                let config = matches!(e, harmonylite::node::NodeError::Config(_));
-                return ExitCode::from(if config { 2 } else { 1 });
-            }
+            Err(e) => return Err(CliError::Node(e)),
         }
     };
-    node.run(&stop);
-    ExitCode::SUCCESS
-}
-
-/// `status --fleet`: the answers of the nodes through NATS; exit 1 when none answered.
-fn fleet_status(
-    path: &std::path::Path,
-    node: Option<u64>,
-    timeout: Duration,
-    json: bool,
-) -> ExitCode {
-    let cfg = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match harmonylite::fleet::run(&cfg, node, timeout, json) {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    node.run(stop);
+    Ok(())
 }
 
 /// `snapshot save` and `snapshot restore`. With the embedded server, they talk to the one the
 /// running node started.
-fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
+fn snapshot_command(op: SnapshotOp, mut cfg: Config, stop: &Stop) -> Result<(), CliError> {
     if cfg.nats.urls.is_empty() {
         cfg.nats.urls = vec![harmonylite::node::snapshot_urls(&cfg)];
     }
-    if cmd == "restore" && !cfg.db_path.exists() {
+    if op == SnapshotOp::Restore && !cfg.db_path.exists() {
         return match harmonylite::node::restore_missing(&cfg, stop) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => {
-                log::error!(
-                    "no snapshot exists yet for stream {}",
-                    cfg.nats.stream_prefix
-                );
-                ExitCode::from(1)
-            }
-            Err(e) => {
-                log::error!("snapshot restore failed: {e}");
-                ExitCode::from(1)
-            }
+            Ok(true) => Ok(()),
+            Ok(false) => Err(CliError::Logged(format!(
+                "no snapshot exists yet for stream {}",
+                cfg.nats.stream_prefix
+            ))),
+            Err(e) => Err(CliError::Logged(format!("snapshot restore failed: {e}"))),
         };
     }
-    let mut node = match Node::open_with(cfg, cmd == "restore") {
+    let mut node = match Node::open_with(cfg, op == SnapshotOp::Restore) {
         Ok(n) => n,
         Err(e @ harmonylite::node::NodeError::Busy(_)) => {
-            log::error!(
+            return Err(CliError::Logged(format!(
                 "{e}: a running node restores a snapshot by itself when it falls behind the stream"
-            );
-            return ExitCode::from(1);
+            )));
         }
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return Err(CliError::Logged(e.to_string())),
     };
-    if let Err(e) = node.connect_now() {
-        log::error!("{e}");
-        return ExitCode::from(1);
-    }
-    let result = if cmd == "save" {
-        node.save_now().map(|s| match s {
+    node.connect_now().map_err(CliError::Logged)?;
+    let result = match op {
+        SnapshotOp::Save => node.save_now().map(|s| match s {
             harmonylite::node::Saved::Uploaded(p) => {
                 println!(
                     "saved snapshot {} at seq {} ({} bytes)",
@@ -302,9 +402,8 @@ fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
                 println!("no snapshot saved: {why}");
                 false
             }
-        })
-    } else {
-        node.restore_latest(stop, true).map(|r| match r {
+        }),
+        SnapshotOp::Restore => node.restore_latest(stop, true).map(|r| match r {
             Some(msg) => {
                 println!("{msg}");
                 true
@@ -313,15 +412,15 @@ fn snapshot_command(cmd: &str, mut cfg: Config, stop: &Stop) -> ExitCode {
                 println!("no snapshot exists yet");
                 false
             }
-        })
+        }),
     };
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            log::error!("snapshot {cmd} failed: {e}");
-            ExitCode::from(1)
-        }
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CliError::Refused),
+        Err(e) => Err(CliError::Logged(format!(
+            "snapshot {} failed: {e}",
+            op.name()
+        ))),
     }
 }
 
@@ -333,11 +432,6 @@ fn init_logging(cfg: &Config) {
         Format::Text
     };
     logging::init(format, cfg.logging.verbose);
-}
-
-fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("error: {msg}\n\n{USAGE}");
-    ExitCode::from(2)
 }
 
 /// First SIGTERM/SIGINT: set the stop flag (the loop flushes and exits 0). Second: exit now.
@@ -359,9 +453,9 @@ fn watch_signals(stop: Arc<Stop>) -> std::io::Result<()> {
             // comes. Exiting is safe at any moment: the outbox and the cursor are in SQLite.
             let stop = stop.clone();
             let _ = std::thread::Builder::new().name("exit-deadline".into()).spawn(move || {
-                std::thread::sleep(OVERDUE_AFTER);
+                std::thread::sleep(SHUTDOWN_OVERDUE);
                 stop.overdue();
-                std::thread::sleep(EXIT_DEADLINE - OVERDUE_AFTER);
+                std::thread::sleep(EXIT_DEADLINE - SHUTDOWN_OVERDUE);
                 log::warn!(
                     "stopping took longer than {:.1} s (a stalled link); exiting now, unsent changes stay in the outbox",
                     EXIT_DEADLINE.as_secs_f64()
@@ -373,7 +467,118 @@ fn watch_signals(stop: Arc<Stop>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// After the first signal, a node still waiting on the network this long cuts its link.
-const OVERDUE_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
-/// After the first signal the process exits within this long, whatever the link does.
-const EXIT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(4500);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harmonylite::node::NodeError;
+
+    fn parsed(args: &[&str]) -> Result<Command, String> {
+        parse(args.iter().map(|s| s.to_string())).map_err(|e| match e {
+            CliError::Usage(msg) => msg,
+            other => panic!("not a usage error: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn commands() {
+        let c = || PathBuf::from("n.toml");
+        assert_eq!(parsed(&["-c", "n.toml"]), Ok(Command::Run { config: c() }));
+        assert_eq!(
+            parsed(&["--config=n.toml"]),
+            Ok(Command::Run { config: c() })
+        );
+        assert_eq!(
+            parsed(&["status", "--config", "n.toml", "--json"]),
+            Ok(Command::Status {
+                config: c(),
+                json: true
+            })
+        );
+        assert_eq!(
+            parsed(&["status", "-c", "n.toml", "--node", "7"]),
+            Ok(Command::Fleet {
+                config: c(),
+                node: Some(7),
+                timeout: Duration::from_millis(harmonylite::fleet::DEFAULT_TIMEOUT_MS),
+                json: false
+            })
+        );
+        assert_eq!(
+            parsed(&["status", "-c", "n.toml", "--fleet", "--timeout-ms", "500"]),
+            Ok(Command::Fleet {
+                config: c(),
+                node: None,
+                timeout: Duration::from_millis(500),
+                json: false
+            })
+        );
+        assert_eq!(
+            parsed(&["snapshot", "restore", "-c", "n.toml"]),
+            Ok(Command::Snapshot {
+                config: c(),
+                op: SnapshotOp::Restore
+            })
+        );
+        assert_eq!(
+            parsed(&["schema", "accept", "t", "-c", "n.toml"]),
+            Ok(Command::SchemaAccept {
+                config: c(),
+                table: "t".into()
+            })
+        );
+        assert_eq!(
+            parsed(&["cleanup", "-c", "n.toml", "--force"]),
+            Ok(Command::Cleanup {
+                config: c(),
+                force: true
+            })
+        );
+        assert_eq!(parsed(&["status", "--help"]), Ok(Command::Help));
+        assert_eq!(parsed(&["-V"]), Ok(Command::Version));
+    }
+
+    #[test]
+    fn usage_errors_say_what_is_wrong() {
+        assert_eq!(parsed(&[]), Err("missing --config PATH".into()));
+        assert_eq!(parsed(&["-c"]), Err("--config needs a path".into()));
+        assert_eq!(
+            parsed(&["-c", "n.toml", "--json"]),
+            Err("unknown argument \"--json\"".into())
+        );
+        assert_eq!(
+            parsed(&["status", "-c", "n.toml", "--node", "0"]),
+            Err("--node needs a positive number".into())
+        );
+        assert_eq!(
+            parsed(&["snapshot", "take"]),
+            Err("unknown snapshot command \"take\": expected save or restore".into())
+        );
+        assert_eq!(
+            parsed(&["schema", "accept", "--config", "n.toml"]),
+            Err(
+                "schema accept needs a table name: harmonylite schema accept TABLE --config PATH"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parsed(&["cleanup", "-c", "n.toml", "--json"]),
+            Err("unknown argument \"--json\"".into())
+        );
+    }
+
+    #[test]
+    fn exit_codes_are_the_documented_ones() {
+        let config = Config::load(std::path::Path::new("/nonexistent/harmonylite.toml"))
+            .expect_err("no such file");
+        assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
+        assert_eq!(CliError::Config(config).exit_code(), 2);
+        let db = harmonylite::db::DbError::Missing("/x.db".into());
+        assert_eq!(CliError::Database(db).exit_code(), 1);
+        assert_eq!(CliError::Failed("x".into()).exit_code(), 1);
+        assert_eq!(CliError::Logged("x".into()).exit_code(), 1);
+        let node = |e| CliError::Node(e).exit_code();
+        assert_eq!(node(NodeError::Config("x".into())), 2);
+        assert_eq!(node(NodeError::Busy("x".into())), 1);
+        assert_eq!(CliError::Refused.exit_code(), 1);
+    }
+}

@@ -19,7 +19,9 @@ use crate::db::{self, DbError};
 use crate::embedded::EmbeddedServer;
 use crate::gap;
 use crate::hlc::Hlc;
+use crate::retry::{self, Backoff, SHUTDOWN_FLUSH};
 use crate::schema;
+use crate::state::{self, LockError};
 use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
 
 mod link;
@@ -34,14 +36,7 @@ pub use snapshots::{restore_missing, urls as snapshot_urls, Saved};
 
 /// Bytes of frames published before their acks are awaited (one publish round).
 pub const ROUND_BYTES: usize = 8 * 1024 * 1024;
-/// How long shutdown may spend flushing the outbox (the whole exit must take under 5 s; the
-/// flush happens only when the server answers a PING within [`crate::transport::PROBE_TIMEOUT`]).
-pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
-/// Backoff bounds for retrying a failing database step.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// The same warning is repeated at most this often.
-pub const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+pub use crate::retry::REPEAT_LOG_EVERY;
 /// How often the position past our own frames is written down.
 const OWN_CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// How often, while connected and replicating, the stream's first sequence is compared with
@@ -50,6 +45,10 @@ const OWN_CURSOR_EVERY: Duration = Duration::from_secs(1);
 const STREAM_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How often the outbox size is compared with its budget.
 const BUDGET_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How often, while a table is paused, `__hl_meta` is read to see whether `harmonylite schema
+/// accept` (another process) lifted the pause: a lifted pause resumes within a second, and the
+/// read is one indexed row.
+const PAUSE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 struct Attempt {
     rx: mpsc::Receiver<Result<Transport, TransportError>>,
@@ -150,41 +149,6 @@ impl Stop {
     }
 }
 
-/// Capped exponential backoff with jitter; resets on success.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            next: min,
-            min,
-            max,
-            seed: crate::hlc::now_ms() | 1,
-        }
-    }
-
-    /// The delay before the next attempt: the current step plus up to 25% jitter, then doubled.
-    pub fn fail(&mut self) -> Duration {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let base = self.next;
-        let jitter = base.mul_f64((self.seed % 1000) as f64 / 4000.0);
-        self.next = (self.next * 2).min(self.max);
-        (base + jitter).min(self.max)
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 pub struct Node {
     cfg: Config,
     conn: Connection,
@@ -262,41 +226,22 @@ fn received_now(cfg: &Config, schema: &Schema) -> Option<Vec<String>> {
     })
 }
 
-fn lock_path(db_path: &std::path::Path) -> std::path::PathBuf {
-    let mut s = db_path.as_os_str().to_os_string();
-    s.push(".hl-lock");
-    std::path::PathBuf::from(s)
-}
-
-/// Whether a node process holds the lock of this database now (for `status`).
-pub fn is_locked(db_path: &std::path::Path) -> bool {
-    std::fs::File::open(lock_path(db_path))
-        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
-}
-
-/// Takes the node lock of a database: a file next to it, locked exclusively.
+/// Takes the node lock of a database (see [`state::lock`]).
 fn lock_db(db_path: &std::path::Path) -> Result<std::fs::File, NodeError> {
-    let path = lock_path(db_path);
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| {
-            NodeError::Busy(format!("cannot open the lock file {}: {e}", path.display()))
-        })?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::Busy(format!(
+    state::lock(db_path).map_err(|e| match e {
+        LockError::Open { path, source } => NodeError::Busy(format!(
+            "cannot open the lock file {}: {source}",
+            path.display()
+        )),
+        LockError::Held { path } => NodeError::Busy(format!(
             "another harmonylite node is running on {} (it holds {}); stop it first",
             db_path.display(),
             path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(NodeError::Busy(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
-    }
+        )),
+        LockError::Lock { path, source } => {
+            NodeError::Busy(format!("cannot lock {}: {source}", path.display()))
+        }
+    })
 }
 
 impl Node {
@@ -326,7 +271,7 @@ impl Node {
         apply::prepare(&conn)?;
         schema::prepare(&conn)?;
         let node_id = db::node_id(&conn, cfg.node_id, &cfg.db_path)?;
-        let mut hlc = Hlc::new(db::get_meta(&conn, apply::HLC_KEY)?.unwrap_or(0) as u64);
+        let mut hlc = Hlc::new(db::get_meta(&conn, state::HLC_KEY)?.unwrap_or(0) as u64);
         // read before the scan: a schema change committed after it is seen at the next tick
         let schema_version = db::schema_version(&conn)?;
         let mut schema = capture::scan(&conn, &cfg)?;
@@ -335,7 +280,7 @@ impl Node {
         replicated.update(&schema);
         report_skipped(&schema, None);
         let filter = cfg.consumer_filter(schema.tables.iter().map(|t| t.name()));
-        let cursor = db::get_meta(&conn, apply::CURSOR_KEY)?.unwrap_or(0) as u64;
+        let cursor = db::get_meta(&conn, state::CURSOR_KEY)?.unwrap_or(0) as u64;
         apply::plan_backfill(&conn, received_now(&cfg, &schema).as_deref(), cursor)?;
         let recorded = schema::recorded_columns(&conn)?;
         let queued = capture::install(&mut conn, &schema, &recorded, node_id)?;
@@ -417,7 +362,7 @@ impl Node {
             next_restore: Instant::now(),
             bad_snapshot: None,
             gap_logged: None,
-            restore_backoff: Backoff::new(Duration::from_secs(1), REPEAT_LOG_EVERY),
+            restore_backoff: retry::RESTORE.backoff(),
             last_stream_check: Instant::now(),
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -428,7 +373,7 @@ impl Node {
     /// Runs until `stop` is set, then flushes what it can and returns.
     pub fn run(&mut self, stop: &Stop) {
         let poll = Duration::from_millis(self.cfg.polling_interval);
-        let mut db_backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut db_backoff = retry::DB_STEP.backoff();
         self.stopping = stop.flag();
         let cutter = self.link_cutter.clone();
         stop.on_overdue(move || {
@@ -542,9 +487,9 @@ impl Node {
             return Ok(());
         }
         self.own_cursor_saved = Instant::now();
-        let current = db::get_meta(&self.conn, apply::CURSOR_KEY)?.unwrap_or(0) as u64;
+        let current = db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64;
         if seq > current {
-            db::set_meta(&self.conn, apply::CURSOR_KEY, seq as i64)?;
+            db::set_meta(&self.conn, state::CURSOR_KEY, seq as i64)?;
         }
         self.own_cursor = None;
         Ok(())
@@ -563,7 +508,7 @@ impl Node {
                 })?;
             let n = capture::stamp(&tx, &self.schema, &mut self.hlc, self.node_id)?;
             if n > 0 {
-                db::set_meta(&tx, apply::HLC_KEY, self.hlc.last() as i64)?;
+                db::set_meta(&tx, state::HLC_KEY, self.hlc.last() as i64)?;
                 self.outbox_dirty = true;
                 log::debug!("stamped changes={n}");
             }
@@ -630,8 +575,8 @@ impl Node {
         if backfill {
             apply::Backfill::finish(&self.conn)?;
         }
-        if filtered && last > db::get_meta(&self.conn, apply::CURSOR_KEY)?.unwrap_or(0) as u64 {
-            db::set_meta(&self.conn, apply::CURSOR_KEY, last as i64)?;
+        if filtered && last > db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64 {
+            db::set_meta(&self.conn, state::CURSOR_KEY, last as i64)?;
         }
         Ok(())
     }
@@ -647,7 +592,7 @@ impl Node {
             return Ok(());
         }
         self.filter = filter;
-        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY)?.unwrap_or(0) as u64;
+        let cursor = db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64;
         apply::plan_backfill(
             &self.conn,
             received_now(&self.cfg, &self.schema).as_deref(),

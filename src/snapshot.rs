@@ -19,22 +19,18 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::apply::{CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, OWN_REPLAY_KEY, PARKED_TABLE};
 use crate::capture::{self, Schema};
 use crate::config::Config;
 use crate::db::{self, quote, Context, DbError, META_TABLE};
 use crate::hlc::Hlc;
+use crate::state::{
+    CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, NODE_ID_KEY, OWN_REPLAY_KEY, PARKED_TABLE,
+    RESTORED_MS_KEY, RESTORED_SEQ_KEY, RESTORE_DONE_KEY, RESTORE_TOTAL_KEY,
+};
 
 pub const SNAPSHOT_TABLE: &str = "__hl_snapshot";
 /// Snapshot layout version; a node refuses layouts it does not know.
 pub const FORMAT: i64 = 1;
-/// Status keys in `__hl_meta`.
-pub const RESTORED_SEQ_KEY: &str = "restored_seq";
-pub const RESTORED_MS_KEY: &str = "restored_ms";
-pub const RESTORE_DONE_KEY: &str = "restore_done_bytes";
-pub const RESTORE_TOTAL_KEY: &str = "restore_total_bytes";
-pub const SAVED_SEQ_KEY: &str = "snapshot_saved_seq";
-pub const SAVED_MS_KEY: &str = "snapshot_saved_ms";
 
 /// What a snapshot says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,7 +78,7 @@ pub fn make(cfg: &Config, out: &Path) -> Result<Result<SnapMeta, crate::gap::Gap
     }
     let snap = SnapMeta {
         seq: meta(CURSOR_KEY)?,
-        node: meta("node_id")?,
+        node: meta(NODE_ID_KEY)?,
         created_ms: crate::hlc::now_ms(),
         hlc: meta(HLC_KEY)?,
     };

@@ -2,26 +2,20 @@
 //! (not the process), so it works whether the node runs or not.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
 
-use crate::apply::{
-    CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_PK_COLLISION_KEY, PARKED_TABLE, PK_COLLISIONS_KEY,
-    UNIQUE_CONFLICTS_KEY,
-};
 use crate::capture;
 use crate::config::Config;
 use crate::db::{self, Context, DbError, META_TABLE};
 use crate::hlc;
-use crate::snapshot;
-
-/// Keys the node writes into `__hl_meta` for status.
-pub const LINK_UP_KEY: &str = "link_up";
-pub const LINK_SINCE_KEY: &str = "link_since_ms";
-pub const LAST_PUBLISH_KEY: &str = "last_publish_ms";
-pub const LAST_APPLY_KEY: &str = "last_apply_ms";
-pub const OVER_BUDGET_KEY: &str = "outbox_over_budget";
+use crate::state::{
+    self, CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_APPLY_KEY, LAST_PK_COLLISION_KEY,
+    LAST_PUBLISH_KEY, LINK_SINCE_KEY, LINK_UP_KEY, NODE_ID_KEY, OVER_BUDGET_KEY, PARKED_TABLE,
+    PK_COLLISIONS_KEY, RESTORED_MS_KEY, RESTORED_SEQ_KEY, RESTORE_DONE_KEY, RESTORE_TOTAL_KEY,
+    SAVED_MS_KEY, SAVED_SEQ_KEY, UNIQUE_CONFLICTS_KEY,
+};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Status {
@@ -79,7 +73,7 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
         .ctx("set busy timeout")?;
     let mut st = Status {
         db_path: path.display().to_string(),
-        node_running: crate::node::is_locked(path),
+        node_running: state::is_locked(path),
         ..Default::default()
     };
     let mut schema = capture::scan(&conn, cfg)?;
@@ -97,7 +91,7 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
         return Ok(st);
     }
     let meta = |key: &str| -> Result<Option<i64>, DbError> { db::get_meta(&conn, key) };
-    st.node_id = meta("node_id")?.map(|v| v as u64);
+    st.node_id = meta(NODE_ID_KEY)?.map(|v| v as u64);
     st.stream_position = meta(CURSOR_KEY)?.unwrap_or(0) as u64;
     st.hlc = meta(HLC_KEY)?.unwrap_or(0) as u64;
     st.stream_gap = crate::gap::read(&conn)?.map(|g| (g.from, g.to));
@@ -110,12 +104,11 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.last_pk_collision = crate::db::get_meta_text(&conn, LAST_PK_COLLISION_KEY)?;
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
     let u = |v: Option<i64>| v.map(|v| v as u64);
-    st.restore_progress =
-        u(meta(snapshot::RESTORE_DONE_KEY)?).zip(u(meta(snapshot::RESTORE_TOTAL_KEY)?));
-    st.restored_seq = u(meta(snapshot::RESTORED_SEQ_KEY)?);
-    st.restored_ms = u(meta(snapshot::RESTORED_MS_KEY)?);
-    st.snapshot_saved_seq = u(meta(snapshot::SAVED_SEQ_KEY)?);
-    st.snapshot_saved_ms = u(meta(snapshot::SAVED_MS_KEY)?);
+    st.restore_progress = u(meta(RESTORE_DONE_KEY)?).zip(u(meta(RESTORE_TOTAL_KEY)?));
+    st.restored_seq = u(meta(RESTORED_SEQ_KEY)?);
+    st.restored_ms = u(meta(RESTORED_MS_KEY)?);
+    st.snapshot_saved_seq = u(meta(SAVED_SEQ_KEY)?);
+    st.snapshot_saved_ms = u(meta(SAVED_MS_KEY)?);
     let now = hlc::now_ms();
     for t in &schema.tables {
         if !exists(&conn, &format!("__hl_ver_{}", t.name()))? {
@@ -309,102 +302,183 @@ impl Status {
         o
     }
 
+    /// The object of `status --json`, of the status service (`status --fleet --json`) and of
+    /// its summary lines: field names and types are an interface (see [`StatusJson`]).
     pub fn to_json(&self) -> String {
-        let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
-        let tables = self
-            .tables
-            .iter()
-            .map(|t| json_str(t))
-            .collect::<Vec<_>>()
-            .join(",");
-        let skipped = self
-            .not_replicated
-            .iter()
-            .map(|(t, w)| format!("{{\"table\":{},\"reason\":{}}}", json_str(t), json_str(w)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let paused = self
-            .paused_tables
-            .iter()
-            .map(|(t, w)| format!("{{\"table\":{},\"reason\":{}}}", json_str(t), json_str(w)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let parked = self
-            .parked_by_table
-            .iter()
-            .map(|(t, n, w)| {
-                format!(
-                    "{{\"table\":{},\"changes\":{n},\"reason\":{}}}",
-                    json_str(t),
-                    json_str(w)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        format!(
-            "{{\"db_path\":{},\"node_running\":{},\"node_id\":{},\"capture_installed\":{},\"tables\":[{tables}],\"not_replicated\":[{skipped}],\
-             \"stream_position\":{},\"stream_gap\":{},\"hlc\":{},\"link_up\":{},\"link_since_ms\":{},\"outbox_changes\":{},\
-             \"outbox_oldest_age_ms\":{},\"outbox_over_budget\":{},\"last_publish_ms\":{},\"last_apply_ms\":{},\
-             \"parked_changes\":{},\"parked_by_table\":[{parked}],\"paused_tables\":[{paused}],\"fragments_waiting\":{},\"unique_conflicts\":{},\"pk_collisions\":{},\"last_pk_collision\":{},\"restore_done_bytes\":{},\"restore_total_bytes\":{},\
-             \"restored_seq\":{},\"restored_ms\":{},\"snapshot_saved_seq\":{},\"snapshot_saved_ms\":{}}}",
-            json_str(&self.db_path),
-            self.node_running,
-            opt(self.node_id),
-            self.installed,
-            self.stream_position,
-            self.stream_gap.map_or("null".into(), |(f, t)| format!("{{\"from\":{f},\"to\":{t}}}")),
-            self.hlc,
-            self.link_up.map_or("null".into(), |b| b.to_string()),
-            opt(self.link_since_ms),
-            self.outbox_changes,
-            opt(self.outbox_oldest_age_ms),
-            self.outbox_over_budget,
-            opt(self.last_publish_ms),
-            opt(self.last_apply_ms),
-            self.parked_changes,
-            self.fragments_waiting,
-            self.unique_conflicts,
-            self.pk_collisions,
-            self.last_pk_collision.as_deref().map_or("null".into(), json_str),
-            opt(self.restore_progress.map(|p| p.0)),
-            opt(self.restore_progress.map(|p| p.1)),
-            opt(self.restored_seq),
-            opt(self.restored_ms),
-            opt(self.snapshot_saved_seq),
-            opt(self.snapshot_saved_ms)
-        )
+        // plain data with string keys: serializing cannot fail
+        serde_json::to_string(&StatusJson::from(self)).unwrap_or_default()
     }
 }
 
-pub fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
+/// `status --json`, field by field in its documented order. A view of [`Status`] (which
+/// keeps the shapes the code wants); scripts and `status --fleet` read these names.
+#[derive(Debug, Serialize)]
+pub struct StatusJson<'a> {
+    pub db_path: &'a str,
+    pub node_running: bool,
+    pub node_id: Option<u64>,
+    pub capture_installed: bool,
+    pub tables: &'a [String],
+    pub not_replicated: Vec<TableReason<'a>>,
+    pub stream_position: u64,
+    pub stream_gap: Option<Gap>,
+    pub hlc: u64,
+    pub link_up: Option<bool>,
+    pub link_since_ms: Option<u64>,
+    pub outbox_changes: u64,
+    pub outbox_oldest_age_ms: Option<u64>,
+    pub outbox_over_budget: bool,
+    pub last_publish_ms: Option<u64>,
+    pub last_apply_ms: Option<u64>,
+    pub parked_changes: u64,
+    pub parked_by_table: Vec<Parked<'a>>,
+    pub paused_tables: Vec<TableReason<'a>>,
+    pub fragments_waiting: u64,
+    pub unique_conflicts: u64,
+    pub pk_collisions: u64,
+    pub last_pk_collision: Option<&'a str>,
+    pub restore_done_bytes: Option<u64>,
+    pub restore_total_bytes: Option<u64>,
+    pub restored_seq: Option<u64>,
+    pub restored_ms: Option<u64>,
+    pub snapshot_saved_seq: Option<u64>,
+    pub snapshot_saved_ms: Option<u64>,
+}
+
+/// A table and why: `{"table":..,"reason":..}` (not replicated, paused).
+#[derive(Debug, Serialize)]
+pub struct TableReason<'a> {
+    pub table: &'a str,
+    pub reason: &'a str,
+}
+
+/// `{"table":..,"changes":..,"reason":..}`: parked changes of one table.
+#[derive(Debug, Serialize)]
+pub struct Parked<'a> {
+    pub table: &'a str,
+    pub changes: u64,
+    pub reason: &'a str,
+}
+
+/// `{"from":..,"to":..}`: the stream messages missing here (inclusive).
+#[derive(Debug, Serialize)]
+pub struct Gap {
+    pub from: u64,
+    pub to: u64,
+}
+
+impl<'a> From<&'a Status> for StatusJson<'a> {
+    fn from(s: &'a Status) -> Self {
+        let reasons = |v: &'a [(String, String)]| {
+            v.iter()
+                .map(|(table, reason)| TableReason { table, reason })
+                .collect()
+        };
+        StatusJson {
+            db_path: &s.db_path,
+            node_running: s.node_running,
+            node_id: s.node_id,
+            capture_installed: s.installed,
+            tables: &s.tables,
+            not_replicated: reasons(&s.not_replicated),
+            stream_position: s.stream_position,
+            stream_gap: s.stream_gap.map(|(from, to)| Gap { from, to }),
+            hlc: s.hlc,
+            link_up: s.link_up,
+            link_since_ms: s.link_since_ms,
+            outbox_changes: s.outbox_changes,
+            outbox_oldest_age_ms: s.outbox_oldest_age_ms,
+            outbox_over_budget: s.outbox_over_budget,
+            last_publish_ms: s.last_publish_ms,
+            last_apply_ms: s.last_apply_ms,
+            parked_changes: s.parked_changes,
+            parked_by_table: s
+                .parked_by_table
+                .iter()
+                .map(|(table, changes, reason)| Parked {
+                    table,
+                    changes: *changes,
+                    reason,
+                })
+                .collect(),
+            paused_tables: reasons(&s.paused_tables),
+            fragments_waiting: s.fragments_waiting,
+            unique_conflicts: s.unique_conflicts,
+            pk_collisions: s.pk_collisions,
+            last_pk_collision: s.last_pk_collision.as_deref(),
+            restore_done_bytes: s.restore_progress.map(|p| p.0),
+            restore_total_bytes: s.restore_progress.map(|p| p.1),
+            restored_seq: s.restored_seq,
+            restored_ms: s.restored_ms,
+            snapshot_saved_seq: s.snapshot_saved_seq,
+            snapshot_saved_ms: s.snapshot_saved_ms,
         }
     }
-    o.push('"');
-    o
 }
 
-/// Reads the status for the config at `path`.
-pub fn for_config(path: &Path) -> Result<Status, String> {
-    let cfg = Config::load(path).map_err(|e| e.to_string())?;
-    read(&cfg).map_err(|e| e.to_string())
+/// The status service's answer when the database cannot be read: `{"node_id":..,"error":..}`.
+pub fn error_json(node_id: u64, error: &str) -> String {
+    #[derive(Serialize)]
+    struct ErrorJson<'a> {
+        node_id: u64,
+        error: &'a str,
+    }
+    serde_json::to_string(&ErrorJson { node_id, error }).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The bytes of `status --json` before it was serde-derived (a hand-written formatter):
+    /// field names, order, types, nulls and escapes are kept.
     #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    fn json_is_the_documented_object() {
+        assert_eq!(
+            Status::default().to_json(),
+            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null}"#
+        );
+        let full = Status {
+            db_path: "/x/\"a\\b\u{1}é.db".into(),
+            node_id: Some(7),
+            installed: true,
+            tables: vec!["t".into(), "u v".into()],
+            not_replicated: vec![("w".into(), "no \"key\"".into())],
+            stream_position: 41,
+            stream_gap: Some((3, 9)),
+            hlc: 123456789,
+            outbox_changes: 2,
+            outbox_oldest_age_ms: Some(1500),
+            outbox_over_budget: true,
+            parked_changes: 5,
+            parked_by_table: vec![("t".into(), 5, "parent missing".into())],
+            paused_tables: vec![("u v".into(), "column x dropped".into())],
+            fragments_waiting: 1,
+            unique_conflicts: 2,
+            pk_collisions: 3,
+            last_pk_collision: Some("t id=1 \"x\"".into()),
+            last_publish_ms: Some(10),
+            last_apply_ms: Some(11),
+            link_up: Some(false),
+            link_since_ms: Some(12),
+            restore_progress: Some((100, 200)),
+            restored_seq: Some(13),
+            restored_ms: Some(14),
+            snapshot_saved_seq: Some(15),
+            snapshot_saved_ms: Some(16),
+            node_running: true,
+        };
+        assert_eq!(
+            full.to_json(),
+            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16}"#
+        );
+    }
+
+    #[test]
+    fn error_answers_are_escaped() {
+        assert_eq!(
+            error_json(7, "a\"b\\c\u{1}"),
+            r#"{"node_id":7,"error":"a\"b\\c\u0001"}"#
+        );
     }
 }

@@ -47,6 +47,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(300);
 /// A request whose end (batch delivered, or the server's 408) is still unseen this long after
 /// its expiry was lost (a reconnect); another is sent.
 const PULL_GRACE: Duration = Duration::from_secs(5);
+/// The server redelivers a frame not acked this long after delivery. Acks are sent once a
+/// batch is applied (one transaction, a few milliseconds to seconds on an SD card), so 30 s is
+/// never reached by a live node; redelivery is harmless anyway (apply is idempotent).
+const CONSUMER_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Messages the server may hand out before our acks.
 const MAX_ACK_PENDING: i64 = 4096;
 
@@ -392,7 +396,7 @@ impl Transport {
                     deliver_policy,
                     opt_start_seq,
                     ack_policy: AckPolicy::All,
-                    ack_wait: Duration::from_secs(30),
+                    ack_wait: CONSUMER_ACK_WAIT,
                     filter_subject,
                     filter_subjects,
                     replay_policy: ReplayPolicy::Instant,

@@ -8,7 +8,7 @@ use super::{Attempt, Node, REPEAT_LOG_EVERY};
 use crate::apply;
 use crate::config::ConsumerFilter;
 use crate::db;
-use crate::status;
+use crate::state;
 use crate::transport::{Transport, TransportError};
 
 impl Node {
@@ -48,7 +48,7 @@ impl Node {
         }
         // a backfill reads the stream from its start (see `apply::Backfill`)
         let cursor = match (
-            db::get_meta(&self.conn, apply::CURSOR_KEY),
+            db::get_meta(&self.conn, state::CURSOR_KEY),
             apply::Backfill::active(&self.conn),
         ) {
             (Ok(_), Ok(true)) => 0,
@@ -84,7 +84,7 @@ impl Node {
 
     pub(super) fn adopt(&mut self, t: Transport) {
         if t.cursor_reset {
-            if let Err(e) = db::set_meta(&self.conn, apply::CURSOR_KEY, 0) {
+            if let Err(e) = db::set_meta(&self.conn, state::CURSOR_KEY, 0) {
                 log::warn!("{e}");
                 return;
             }
@@ -97,7 +97,7 @@ impl Node {
             );
             self.max_frame = t.max_frame();
         }
-        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY)
+        let cursor = db::get_meta(&self.conn, state::CURSOR_KEY)
             .ok()
             .flatten()
             .unwrap_or(0) as u64;
@@ -126,10 +126,10 @@ impl Node {
             return;
         }
         self.link_recorded = Some(up);
-        let write = db::set_meta(&self.conn, status::LINK_UP_KEY, up as i64).and_then(|_| {
+        let write = db::set_meta(&self.conn, state::LINK_UP_KEY, up as i64).and_then(|_| {
             db::set_meta(
                 &self.conn,
-                status::LINK_SINCE_KEY,
+                state::LINK_SINCE_KEY,
                 crate::hlc::now_ms() as i64,
             )
         });

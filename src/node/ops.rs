@@ -26,10 +26,7 @@ impl Node {
         let node = self.node_id;
         let answer = move || match crate::status::read(&cfg) {
             Ok(st) => st.to_json(),
-            Err(e) => format!(
-                "{{\"node_id\":{node},\"error\":{}}}",
-                crate::status::json_str(&e.to_string())
-            ),
+            Err(e) => crate::status::error_json(node, &e.to_string()),
         };
         if let Err(e) = t.serve_status(&self.cfg, self.node_id, answer) {
             log::warn!("status service not available on this connection: {e}");

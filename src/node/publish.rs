@@ -7,7 +7,7 @@ use super::{Node, NodeError, ROUND_BYTES};
 use crate::capture;
 use crate::db::{self, DbError};
 use crate::frame::{self, FrameBuilder, Pushed};
-use crate::status;
+use crate::state;
 use crate::transport::Outgoing;
 
 impl Node {
@@ -48,7 +48,7 @@ impl Node {
             for (i, version) in &marks {
                 capture::mark_published(&tx, &self.schema.tables[*i], *version)?;
             }
-            db::set_meta(&tx, status::LAST_PUBLISH_KEY, crate::hlc::now_ms() as i64)?;
+            db::set_meta(&tx, state::LAST_PUBLISH_KEY, crate::hlc::now_ms() as i64)?;
             tx.commit().map_err(|source| DbError::Sql {
                 op: "commit mark published",
                 source,
@@ -167,7 +167,7 @@ impl Node {
             log::info!("outbox back under budget: about {estimate} bytes in {pending} changes");
         }
         self.over_budget = over;
-        db::set_meta(&self.conn, status::OVER_BUDGET_KEY, over as i64)?;
+        db::set_meta(&self.conn, state::OVER_BUDGET_KEY, over as i64)?;
         Ok(())
     }
 }

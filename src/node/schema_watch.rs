@@ -1,7 +1,7 @@
 //! Watching the application's schema: new tables and columns are adopted at run time, tables
 //! are paused and resumed (see [`crate::schema`]), and parked changes are retried.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rusqlite::Connection;
 
@@ -62,7 +62,8 @@ impl Node {
     /// While a table is paused, looks once a second whether `harmonylite schema accept` (another
     /// process) lifted the pause.
     fn pause_lifted(&mut self) -> Result<bool, NodeError> {
-        if self.schema.paused.is_empty() || self.pause_checked.elapsed() < Duration::from_secs(1) {
+        if self.schema.paused.is_empty() || self.pause_checked.elapsed() < super::PAUSE_CHECK_EVERY
+        {
             return Ok(false);
         }
         self.pause_checked = Instant::now();

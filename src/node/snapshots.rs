@@ -22,11 +22,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Node, Stop, OWN_CURSOR_EVERY, REPEAT_LOG_EVERY};
-use crate::apply;
 use crate::config::{Config, ConsumerFilter};
 use crate::db;
 use crate::gap;
 use crate::snapshot::{self, SnapMeta};
+use crate::state;
 use crate::transport::{self, Fetched, Pointer, Transport};
 
 /// How long an upload lease holds before another node may take over.
@@ -187,8 +187,8 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
             started.elapsed().as_secs_f64()
         );
         if let Ok(conn) = db::open(&cfg.db_path) {
-            let _ = db::set_meta(&conn, snapshot::SAVED_SEQ_KEY, p.seq as i64)
-                .and_then(|_| db::set_meta(&conn, snapshot::SAVED_MS_KEY, p.created_ms as i64));
+            let _ = db::set_meta(&conn, state::SAVED_SEQ_KEY, p.seq as i64)
+                .and_then(|_| db::set_meta(&conn, state::SAVED_MS_KEY, p.created_ms as i64));
         }
         crate::metrics::add(crate::metrics::Counter::SnapshotSaves, 1);
         Ok(Saved::Uploaded(p))
@@ -476,7 +476,7 @@ impl Node {
 
     /// Position in the stream, counting our own frames passed over but not yet written down.
     pub(super) fn position(&self) -> u64 {
-        let cursor = db::get_meta(&self.conn, apply::CURSOR_KEY)
+        let cursor = db::get_meta(&self.conn, state::CURSOR_KEY)
             .ok()
             .flatten()
             .unwrap_or(0) as u64;

@@ -28,6 +28,9 @@ const LEASE_KEY: &str = "lease";
 const PULL_CHUNKS: usize = 4;
 /// A chunk not seen this long after it was asked for: the pull is started again.
 const CHUNK_WAIT: Duration = Duration::from_secs(5);
+/// The server removes a download's ephemeral consumer idle this long (a node killed mid
+/// download leaves none behind); a resume creates a new one at the next chunk.
+const DOWNLOAD_CONSUMER_IDLE: Duration = Duration::from_secs(30);
 /// Verified progress is written to the state file (with an fsync) this often, in chunks.
 const STATE_EVERY: u64 = 8;
 
@@ -316,8 +319,7 @@ impl SnapStore<'_> {
         }
         let stream = format!("OBJ_{}", self.bucket);
         let subject = format!("$O.{}.C.{}", self.bucket, p.nuid);
-        let mut retry =
-            crate::node::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+        let mut retry = crate::retry::SNAPSHOT_DOWNLOAD.backoff();
         while st.chunks < p.chunks {
             if stopped() {
                 st.save(&state_file, &file)?;
@@ -396,7 +398,7 @@ impl SnapStore<'_> {
                         ack_policy: AckPolicy::All,
                         filter_subject: subject.to_string(),
                         replay_policy: ReplayPolicy::Instant,
-                        inactive_threshold: Duration::from_secs(30),
+                        inactive_threshold: DOWNLOAD_CONSUMER_IDLE,
                         ..Default::default()
                     }),
             )

@@ -14,21 +14,13 @@
 //! - `report`: the table and the JSON line.
 #![forbid(unsafe_code)]
 
-#[path = "hl-bench/amplification.rs"]
 mod amplification;
-#[path = "hl-bench/app.rs"]
 mod app;
-#[path = "hl-bench/ceilings.rs"]
 mod ceilings;
-#[path = "hl-bench/harness.rs"]
 mod harness;
-#[path = "hl-bench/lag.rs"]
 mod lag;
-#[path = "hl-bench/replication.rs"]
 mod replication;
-#[path = "hl-bench/report.rs"]
 mod report;
-#[path = "hl-bench/snapshot.rs"]
 mod snapshot;
 
 use std::process::ExitCode;
