@@ -61,12 +61,21 @@ struct Answer {
     stream_position: Option<u64>,
     parked_changes: Option<u64>,
     paused_tables: Vec<PausedTable>,
+    directions: Vec<Direction>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct PausedTable {
     table: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Direction {
+    table: String,
+    publish: bool,
+    replicate: bool,
 }
 
 impl Answer {
@@ -108,8 +117,26 @@ impl Answer {
                 .collect();
             format!(", PAUSED: {}", names.join(", "))
         };
+        let one_way = |publish: bool, replicate: bool| -> Vec<&str> {
+            self.directions
+                .iter()
+                .filter(|d| d.publish == publish && d.replicate == replicate)
+                .map(|d| d.table.as_str())
+                .collect()
+        };
+        let mut ways = String::new();
+        for (label, publish, replicate) in [
+            ("send only", true, false),
+            ("receive only", false, true),
+            ("local only", false, false),
+        ] {
+            let tables = one_way(publish, replicate);
+            if !tables.is_empty() {
+                ways += &format!(", {label}: {}", tables.join(", "));
+            }
+        }
         format!(
-            "node {node}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}, parked {}{paused}",
+            "node {node}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}, parked {}{ways}{paused}",
             show(self.outbox_changes),
             ago(self.last_publish_ms),
             ago(self.last_apply_ms),
@@ -150,6 +177,24 @@ mod tests {
             summary(&p.to_json()).ends_with(", parked 0, PAUSED: t, u"),
             "{}",
             summary(&p.to_json())
+        );
+    }
+
+    #[test]
+    fn summaries_name_tables_that_go_one_way() {
+        let s = crate::status::Status {
+            node_id: Some(17),
+            directions: vec![
+                ("readings".into(), true, false),
+                ("settings".into(), false, true),
+                ("t".into(), true, true),
+            ],
+            ..Default::default()
+        };
+        let line = summary(&s.to_json());
+        assert!(
+            line.ends_with(", parked 0, send only: readings, receive only: settings"),
+            "{line}"
         );
     }
 

@@ -55,6 +55,8 @@ pub struct Status {
     pub snapshot_saved_ms: Option<u64>,
     /// A node process holds the database's lock file right now.
     pub node_running: bool,
+    /// Each replicated table's direction on this node: (table, publish, replicate).
+    pub directions: Vec<(String, bool, bool)>,
 }
 
 pub fn read(cfg: &Config) -> Result<Status, DbError> {
@@ -85,6 +87,17 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
         .collect();
     st.paused_tables.sort();
     st.tables = schema.tables.iter().map(|t| t.name().to_string()).collect();
+    st.directions = schema
+        .tables
+        .iter()
+        .map(|t| {
+            (
+                t.name().to_string(),
+                cfg.publishes(t.name()),
+                cfg.replicates(t.name()),
+            )
+        })
+        .collect();
     st.not_replicated = schema.skipped.clone();
     st.installed = exists(&conn, META_TABLE)?;
     if !st.installed {
@@ -214,6 +227,17 @@ impl Status {
                 self.tables.join(", ")
             }
         );
+        for (t, publish, replicate) in &self.directions {
+            let way = match (publish, replicate) {
+                (true, true) => continue,
+                (true, false) => {
+                    "send only (replicate = false: other nodes' changes are not downloaded)"
+                }
+                (false, true) => "receive only (publish = false: local changes stay here)",
+                (false, false) => "local only (publish = false, replicate = false)",
+            };
+            let _ = writeln!(o, "  direction:      {t}: {way}");
+        }
         for (t, why) in &self.not_replicated {
             let _ = writeln!(o, "not replicated:   {t}: {why}");
         }
@@ -343,6 +367,8 @@ pub struct StatusJson<'a> {
     pub restored_ms: Option<u64>,
     pub snapshot_saved_seq: Option<u64>,
     pub snapshot_saved_ms: Option<u64>,
+    /// Each replicated table's direction (`[table.<name>]`).
+    pub directions: Vec<Direction<'a>>,
 }
 
 /// A table and why: `{"table":..,"reason":..}` (not replicated, paused).
@@ -412,8 +438,25 @@ impl<'a> From<&'a Status> for StatusJson<'a> {
             restored_ms: s.restored_ms,
             snapshot_saved_seq: s.snapshot_saved_seq,
             snapshot_saved_ms: s.snapshot_saved_ms,
+            directions: s
+                .directions
+                .iter()
+                .map(|(table, publish, replicate)| Direction {
+                    table,
+                    publish: *publish,
+                    replicate: *replicate,
+                })
+                .collect(),
         }
     }
+}
+
+/// One table's direction in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct Direction<'a> {
+    pub table: &'a str,
+    pub publish: bool,
+    pub replicate: bool,
 }
 
 /// The status service's answer when the database cannot be read: `{"node_id":..,"error":..}`.
@@ -436,7 +479,7 @@ mod tests {
     fn json_is_the_documented_object() {
         assert_eq!(
             Status::default().to_json(),
-            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null}"#
+            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null,"directions":[]}"#
         );
         let full = Status {
             db_path: "/x/\"a\\b\u{1}é.db".into(),
@@ -467,10 +510,11 @@ mod tests {
             snapshot_saved_seq: Some(15),
             snapshot_saved_ms: Some(16),
             node_running: true,
+            directions: vec![("t".into(), true, false), ("u v".into(), false, true)],
         };
         assert_eq!(
             full.to_json(),
-            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16}"#
+            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16,"directions":[{"table":"t","publish":true,"replicate":false},{"table":"u v","publish":false,"replicate":true}]}"#
         );
     }
 

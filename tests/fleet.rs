@@ -149,6 +149,33 @@ fn readings_go_up_settings_come_down_and_local_settings_stay_local() {
         dump(&gws[0].db, "settings"),
         ["text='interval'|text='30'", "text='mode'|text='eco'"]
     );
+    // every node shows each table's direction, locally and across the fleet
+    let text = run_bin(&["status", "--config", gws[0].config.to_str().unwrap()], T);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("  direction:      readings: send only")
+            && text.contains("  direction:      settings: receive only"),
+        "{text}"
+    );
+    let fleet = run_bin(
+        &[
+            "status",
+            "--fleet",
+            "--config",
+            hub.config.to_str().unwrap(),
+        ],
+        T,
+    );
+    let fleet = String::from_utf8_lossy(&fleet.stdout);
+    assert_eq!(
+        fleet
+            .lines()
+            .filter(|l| l.ends_with("send only: readings, receive only: settings"))
+            .count(),
+        3,
+        "{fleet}"
+    );
+    assert_eq!(fleet.lines().count(), 4, "{fleet}");
     for n in &nodes {
         assert_eq!(
             sample(
