@@ -49,7 +49,7 @@ use crate::db::{self, quote, Context, DbError};
 use crate::frame::{self, Change, Changes, Frame, Op, TableHeader, Value};
 use crate::hlc::Hlc;
 use crate::state::{
-    BACKFILL_TO_KEY, BACKFILL_UNTIL_KEY, CURSOR_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_APPLY_KEY,
+    BACKFILL_TO_KEY, BACKFILL_UNTIL_KEY, FRAGMENT_TABLE, HLC_KEY, LAST_APPLY_KEY,
     LAST_PK_COLLISION_KEY, OWN_REPLAY_KEY, PARKED_TABLE, PK_COLLISIONS_KEY, RECEIVED_KEY,
     UNIQUE_CONFLICTS_KEY,
 };
@@ -155,7 +155,7 @@ pub fn apply_batch(
         stamped: capture::stamp(&tx, schema, hlc, node)?,
         ..Default::default()
     };
-    let mut cursor = db::get_meta(&tx, CURSOR_KEY)?.unwrap_or(0) as u64;
+    let mut cursor = db::cursor(&tx)?;
     let own_until = own_replay_until(&tx)?;
     let own_suffix = format!(".{node}");
     let mut fragments = false;
@@ -240,7 +240,7 @@ pub fn apply_batch(
         Backfill::finish(&tx)?;
     }
     capture::discard_echoes(&tx, schema)?;
-    db::set_meta(&tx, CURSOR_KEY, cursor as i64)?;
+    db::set_cursor(&tx, cursor)?;
     db::set_meta(&tx, HLC_KEY, hlc.last() as i64)?;
     if stats.applied > 0 {
         db::set_meta(&tx, LAST_APPLY_KEY, crate::hlc::now_ms() as i64)?;
@@ -954,84 +954,6 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
-/// A unique index of a table other than its primary key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UniqueIndex {
-    pub name: String,
-    /// Its columns (empty names for expressions).
-    pub columns: Vec<String>,
-    collations: Vec<String>,
-    /// Plain columns and not partial: conflicts on it are resolved (see the module doc).
-    pub resolvable: bool,
-}
-
-/// The unique indexes of `table` other than its primary key (UNIQUE columns, table
-/// constraints and `CREATE UNIQUE INDEX`).
-pub fn unique_indexes(conn: &Connection, table: &str) -> Result<Vec<UniqueIndex>, DbError> {
-    let list: Vec<(String, String, bool)> = conn
-        .prepare_cached("SELECT name, origin, partial FROM pragma_index_list(?1) WHERE \"unique\" = 1 ORDER BY name")
-        .and_then(|mut s| s.query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
-        .ctx("read unique indexes")?;
-    let mut out = Vec::new();
-    for (name, origin, partial) in list {
-        if origin == "pk" {
-            continue;
-        }
-        let cols: Vec<(i64, Option<String>, String)> = conn
-            .prepare_cached(
-                "SELECT cid, name, coll FROM pragma_index_xinfo(?1) WHERE key = 1 ORDER BY seqno",
-            )
-            .and_then(|mut s| {
-                s.query_map([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect()
-            })
-            .ctx("read unique index columns")?;
-        let resolvable = !partial && cols.iter().all(|(cid, n, _)| *cid >= 0 && n.is_some());
-        out.push(UniqueIndex {
-            name,
-            columns: cols
-                .iter()
-                .map(|(_, n, _)| n.clone().unwrap_or_default())
-                .collect(),
-            collations: cols.into_iter().map(|(_, _, c)| c).collect(),
-            resolvable,
-        });
-    }
-    Ok(out)
-}
-
-/// Logs once per table and process that its unique constraints other than the primary key are
-/// resolved by last-writer-wins (called when capture is installed).
-pub fn note_unique_indexes(conn: &Connection, table: &str) -> Result<(), DbError> {
-    static NOTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    if NOTED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|t| t == table)
-    {
-        return Ok(());
-    }
-    let idx = unique_indexes(conn, table)?;
-    NOTED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(table.to_string());
-    if idx.is_empty() {
-        return Ok(());
-    }
-    let cols: Vec<String> = idx
-        .iter()
-        .map(|i| format!("({})", i.columns.join(",")))
-        .collect();
-    log::warn!(
-        "table {table} has unique constraints besides its primary key: {}; when two nodes create the same value under different keys, the row with the higher version wins and the other row is deleted on every node{}",
-        cols.join(" "),
-        if idx.iter().all(|i| i.resolvable) { "" } else { " (conflicts on a partial or expression index are parked instead)" }
-    );
-    Ok(())
-}
-
 enum Resolved {
     /// The incoming row won: the conflicting local row is deleted and the row applied.
     Won,
@@ -1086,7 +1008,7 @@ fn resolve_unique<'c>(
         .collect();
     let mut found: Vec<(Vec<Value>, Vec<String>)> = Vec::new();
     let mut unresolvable = None;
-    for idx in unique_indexes(conn, table.name())? {
+    for idx in capture::unique_indexes(conn, table.name())? {
         let pos: Option<Vec<usize>> = idx
             .columns
             .iter()

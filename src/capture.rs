@@ -562,6 +562,84 @@ fn parents_first(conn: &Connection, schema: &mut Schema) -> Result<(), DbError> 
     Ok(())
 }
 
+/// A unique index of a table other than its primary key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueIndex {
+    pub name: String,
+    /// Its columns (empty names for expressions).
+    pub columns: Vec<String>,
+    pub collations: Vec<String>,
+    /// Plain columns and not partial: conflicts on it are resolved (see the module doc).
+    pub resolvable: bool,
+}
+
+/// The unique indexes of `table` other than its primary key (UNIQUE columns, table
+/// constraints and `CREATE UNIQUE INDEX`).
+pub fn unique_indexes(conn: &Connection, table: &str) -> Result<Vec<UniqueIndex>, DbError> {
+    let list: Vec<(String, String, bool)> = conn
+        .prepare_cached("SELECT name, origin, partial FROM pragma_index_list(?1) WHERE \"unique\" = 1 ORDER BY name")
+        .and_then(|mut s| s.query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+        .ctx("read unique indexes")?;
+    let mut out = Vec::new();
+    for (name, origin, partial) in list {
+        if origin == "pk" {
+            continue;
+        }
+        let cols: Vec<(i64, Option<String>, String)> = conn
+            .prepare_cached(
+                "SELECT cid, name, coll FROM pragma_index_xinfo(?1) WHERE key = 1 ORDER BY seqno",
+            )
+            .and_then(|mut s| {
+                s.query_map([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .ctx("read unique index columns")?;
+        let resolvable = !partial && cols.iter().all(|(cid, n, _)| *cid >= 0 && n.is_some());
+        out.push(UniqueIndex {
+            name,
+            columns: cols
+                .iter()
+                .map(|(_, n, _)| n.clone().unwrap_or_default())
+                .collect(),
+            collations: cols.into_iter().map(|(_, _, c)| c).collect(),
+            resolvable,
+        });
+    }
+    Ok(out)
+}
+
+/// Logs once per table and process that its unique constraints other than the primary key are
+/// resolved by last-writer-wins (called when capture is installed).
+pub fn note_unique_indexes(conn: &Connection, table: &str) -> Result<(), DbError> {
+    static NOTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if NOTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|t| t == table)
+    {
+        return Ok(());
+    }
+    let idx = unique_indexes(conn, table)?;
+    NOTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(table.to_string());
+    if idx.is_empty() {
+        return Ok(());
+    }
+    let cols: Vec<String> = idx
+        .iter()
+        .map(|i| format!("({})", i.columns.join(",")))
+        .collect();
+    log::warn!(
+        "table {table} has unique constraints besides its primary key: {}; when two nodes create the same value under different keys, the row with the higher version wins and the other row is deleted on every node{}",
+        cols.join(" "),
+        if idx.iter().all(|i| i.resolvable) { "" } else { " (conflicts on a partial or expression index are parked instead)" }
+    );
+    Ok(())
+}
+
 /// Creates our tables and triggers for every replicated table, in one transaction. A table whose
 /// triggers were missing (first start, or the application rebuilt it) is resynced: rows inserted,
 /// changed or deleted while nothing captured them are queued (see the module doc).
@@ -674,7 +752,7 @@ pub fn install(
                     .ctx("install trigger")?;
             }
         }
-        crate::apply::note_unique_indexes(&tx, t.name())?;
+        note_unique_indexes(&tx, t.name())?;
         if missing {
             let r = resync(&tx, t, recorded.get(t.name()).map(|c| c.as_slice()), node)?;
             if r.total() > 0 {

@@ -135,6 +135,16 @@ pub fn set_meta(conn: &Connection, key: &str, value: i64) -> Result<(), DbError>
     Ok(())
 }
 
+/// The stream position this database has applied up to (0: nothing yet). It moves with the
+/// data it stands for, in the same transaction (see `apply`).
+pub fn cursor(conn: &Connection) -> Result<u64, DbError> {
+    Ok(get_meta(conn, crate::state::CURSOR_KEY)?.unwrap_or(0) as u64)
+}
+
+pub fn set_cursor(conn: &Connection, seq: u64) -> Result<(), DbError> {
+    set_meta(conn, crate::state::CURSOR_KEY, seq as i64)
+}
+
 /// A text value of `__hl_meta` (None when unset or not text).
 pub fn get_meta_text(conn: &Connection, key: &str) -> Result<Option<String>, DbError> {
     conn.prepare_cached(&format!(

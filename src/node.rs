@@ -280,7 +280,7 @@ impl Node {
         replicated.update(&schema);
         report_skipped(&schema, None);
         let filter = cfg.consumer_filter(schema.tables.iter().map(|t| t.name()));
-        let cursor = db::get_meta(&conn, state::CURSOR_KEY)?.unwrap_or(0) as u64;
+        let cursor = db::cursor(&conn)?;
         apply::plan_backfill(&conn, received_now(&cfg, &schema).as_deref(), cursor)?;
         let recorded = schema::recorded_columns(&conn)?;
         let queued = capture::install(&mut conn, &schema, &recorded, node_id)?;
@@ -487,9 +487,9 @@ impl Node {
             return Ok(());
         }
         self.own_cursor_saved = Instant::now();
-        let current = db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64;
+        let current = db::cursor(&self.conn)?;
         if seq > current {
-            db::set_meta(&self.conn, state::CURSOR_KEY, seq as i64)?;
+            db::set_cursor(&self.conn, seq)?;
         }
         self.own_cursor = None;
         Ok(())
@@ -575,8 +575,8 @@ impl Node {
         if backfill {
             apply::Backfill::finish(&self.conn)?;
         }
-        if filtered && last > db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64 {
-            db::set_meta(&self.conn, state::CURSOR_KEY, last as i64)?;
+        if filtered && last > db::cursor(&self.conn)? {
+            db::set_cursor(&self.conn, last)?;
         }
         Ok(())
     }
@@ -592,7 +592,7 @@ impl Node {
             return Ok(());
         }
         self.filter = filter;
-        let cursor = db::get_meta(&self.conn, state::CURSOR_KEY)?.unwrap_or(0) as u64;
+        let cursor = db::cursor(&self.conn)?;
         apply::plan_backfill(
             &self.conn,
             received_now(&self.cfg, &self.schema).as_deref(),

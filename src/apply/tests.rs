@@ -893,7 +893,7 @@ fn unique_indexes_leave_out_the_primary_key_and_mark_partial_ones() {
              CREATE UNIQUE INDEX p_part ON p(c) WHERE c > 0; CREATE UNIQUE INDEX p_expr ON p(lower(b))",
         )
         .unwrap();
-    let got: Vec<(Vec<String>, bool)> = unique_indexes(&d.conn, "p")
+    let got: Vec<(Vec<String>, bool)> = capture::unique_indexes(&d.conn, "p")
         .unwrap()
         .into_iter()
         .map(|i| (i.columns, i.resolvable))
@@ -1139,7 +1139,7 @@ fn a_frame_must_come_from_the_node_and_table_its_subject_names() {
     }
     assert_eq!(rows(&d), vec![(1, "ok".to_string())]);
     // the cursor moved past the dropped frames all the same: they are not read again
-    assert_eq!(db::get_meta(&d.conn, CURSOR_KEY).unwrap(), Some(7));
+    assert_eq!(db::cursor(&d.conn).unwrap(), 7);
     // the single-subject layout of older builds is still applied
     let s = apply(&mut d, on("x.7", msg(8, 7, &[(140, up(1, "legacy"))])));
     assert_eq!((s.applied, s.rejected), (1, 0));
@@ -1185,7 +1185,7 @@ fn changes_of_a_table_this_node_does_not_replicate_are_dropped_if_they_arrive() 
     let s = apply(&mut d, on("x.t.7", msg(1, 7, &[(100, ins(1, "no"))])));
     assert_eq!((s.applied, s.not_replicated, s.parked), (0, 1, 0));
     assert!(rows(&d).is_empty());
-    assert_eq!(db::get_meta(&d.conn, CURSOR_KEY).unwrap(), Some(1));
+    assert_eq!(db::cursor(&d.conn).unwrap(), 1);
 }
 
 #[test]

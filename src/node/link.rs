@@ -47,12 +47,9 @@ impl Node {
             return;
         }
         // a backfill reads the stream from its start (see `apply::Backfill`)
-        let cursor = match (
-            db::get_meta(&self.conn, state::CURSOR_KEY),
-            apply::Backfill::active(&self.conn),
-        ) {
+        let cursor = match (db::cursor(&self.conn), apply::Backfill::active(&self.conn)) {
             (Ok(_), Ok(true)) => 0,
-            (Ok(c), Ok(false)) => c.unwrap_or(0) as u64,
+            (Ok(c), Ok(false)) => c,
             (Err(e), _) | (_, Err(e)) => {
                 log::warn!("{e}");
                 return;
@@ -84,7 +81,7 @@ impl Node {
 
     pub(super) fn adopt(&mut self, t: Transport) {
         if t.cursor_reset {
-            if let Err(e) = db::set_meta(&self.conn, state::CURSOR_KEY, 0) {
+            if let Err(e) = db::set_cursor(&self.conn, 0) {
                 log::warn!("{e}");
                 return;
             }
@@ -97,10 +94,7 @@ impl Node {
             );
             self.max_frame = t.max_frame();
         }
-        let cursor = db::get_meta(&self.conn, state::CURSOR_KEY)
-            .ok()
-            .flatten()
-            .unwrap_or(0) as u64;
+        let cursor = db::cursor(&self.conn).unwrap_or(0);
         self.restore_check = self.filter != ConsumerFilter::Nothing;
         match self.offline_since.take() {
             Some(since) => log::info!(

@@ -476,10 +476,7 @@ impl Node {
 
     /// Position in the stream, counting our own frames passed over but not yet written down.
     pub(super) fn position(&self) -> u64 {
-        let cursor = db::get_meta(&self.conn, state::CURSOR_KEY)
-            .ok()
-            .flatten()
-            .unwrap_or(0) as u64;
+        let cursor = db::cursor(&self.conn).unwrap_or(0);
         cursor.max(self.own_cursor.unwrap_or(0))
     }
 
