@@ -393,7 +393,14 @@ impl Node {
                 continue;
             }
             if let Err(e) = self.tick() {
-                log::warn!("{e}");
+                // a lock held by the application passes by itself; anything else (a full
+                // disk, an I/O error, a database gone) is an error, repeated at most once a
+                // minute, and retried all the same: the operator may fix it any time
+                if e.is_transient() {
+                    log::debug!("{e}; retrying");
+                } else if let Some(more) = crate::logging::repeated(&format!("tick {e}")) {
+                    log::error!("{e}; retrying with backoff{more}");
+                }
                 if stop.wait(db_backoff.fail()) {
                     break;
                 }

@@ -76,10 +76,28 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    /// Everything here is worth retrying: servers come back.
+    /// Whether the condition passes by itself (a server down, a link that stalled, a timeout).
+    /// Not transient: a refusal only the operator can lift (credentials the server rejects, a
+    /// permission the account lacks, a key file missing). The node retries those too, since
+    /// the operator may fix them at any time, but at its longest backoff and as an error.
     pub fn is_transient(&self) -> bool {
-        true
+        match self {
+            TransportError::Files(_) => false,
+            TransportError::Connect { source, .. }
+            | TransportError::Setup { source, .. }
+            | TransportError::Fetch(source) => !refusal(&source.to_string()),
+            TransportError::Publish { reason, .. } => !refusal(reason),
+        }
     }
+}
+
+/// A server's answer that no retry changes: an authorization or permissions violation.
+fn refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("authorization violation")
+        || m.contains("permissions violation")
+        || m.contains("authentication expired")
+        || m.contains("authentication revoked")
 }
 
 impl fmt::Display for TransportError {
@@ -700,7 +718,41 @@ impl Transport {
 
 #[cfg(test)]
 mod redact_tests {
-    use super::redact_urls;
+    use super::{redact_urls, TransportError};
+    use std::io;
+
+    #[test]
+    fn refusals_are_not_transient_outages_are() {
+        let io = |m: &str| io::Error::other(m.to_string());
+        let setup = |m: &str| TransportError::Setup {
+            what: "create consumer hl-17 on stream HLRS".into(),
+            source: io(m),
+        };
+        assert!(!setup(
+            "nats: Permissions Violation for Publish to \"$JS.API.CONSUMER.CREATE.HLRS\""
+        )
+        .is_transient());
+        assert!(!TransportError::Publish {
+            subject: "hlrs.changes.t.17".into(),
+            reason: "Permissions Violation for Publish to \"hlrs.changes.t.17\"".into()
+        }
+        .is_transient());
+        assert!(!TransportError::Files("[nats] seed_file: cannot read x".into()).is_transient());
+        assert!(setup("timed out").is_transient());
+        assert!(TransportError::Fetch(io("connection reset")).is_transient());
+        assert!(TransportError::Connect {
+            urls: "nats://127.0.0.1:1".into(),
+            source: io("Connection refused (os error 111)"),
+            auth: None
+        }
+        .is_transient());
+        assert!(!TransportError::Connect {
+            urls: "nats://127.0.0.1:1".into(),
+            source: io("Authorization Violation"),
+            auth: Some("token")
+        }
+        .is_transient());
+    }
 
     #[test]
     fn credentials_in_urls_are_hidden() {

@@ -29,7 +29,7 @@ impl Node {
                 }
                 Ok(Err(e)) => {
                     self.connecting = None;
-                    self.connect_failed(e.to_string());
+                    self.connect_failed(e.to_string(), e.is_transient());
                 }
                 Err(mpsc::TryRecvError::Empty)
                     if attempt.started.elapsed() < self.connect_timeout() => {}
@@ -38,7 +38,7 @@ impl Node {
                     self.connect_failed(format!(
                         "connecting to NATS at {} took longer than {} ms ([nats] connect_timeout_ms)",
                         crate::transport::redact_urls(&self.urls), self.cfg.nats.connect_timeout_ms
-                    ));
+                    ), true);
                 }
             }
             return;
@@ -71,7 +71,7 @@ impl Node {
                     started: Instant::now(),
                 })
             }
-            Err(e) => self.connect_failed(format!("cannot start a connect thread: {e}")),
+            Err(e) => self.connect_failed(format!("cannot start a connect thread: {e}"), true),
         }
     }
 
@@ -133,14 +133,20 @@ impl Node {
         }
     }
 
-    pub(super) fn connect_failed(&mut self, msg: String) {
+    /// A failed attempt: retried with backoff. A refusal only the operator can lift
+    /// (`transient` false, see [`TransportError::is_transient`]) is logged as an error.
+    pub(super) fn connect_failed(&mut self, msg: String, transient: bool) {
         self.offline_since.get_or_insert_with(Instant::now);
         self.record_link(false);
         let delay = self.backoff.fail();
         if self.last_connect_error.as_deref() != Some(&msg)
             || self.last_connect_log.elapsed() > REPEAT_LOG_EVERY
         {
-            log::warn!("{msg}; retrying with backoff (local writes are kept and sent later)");
+            if transient {
+                log::warn!("{msg}; retrying with backoff (local writes are kept and sent later)");
+            } else {
+                log::error!("{msg}; the server refuses this node: fix its credentials, permissions or key files (retrying with backoff; local writes are kept and sent later)");
+            }
             self.last_connect_log = Instant::now();
         } else {
             log::debug!("{msg}; next attempt in {delay:?}");
@@ -150,11 +156,16 @@ impl Node {
     }
 
     pub(super) fn drop_transport(&mut self, e: &TransportError) {
-        log::warn!("{e}; will reconnect");
+        let delay = self.backoff.fail();
+        if e.is_transient() {
+            log::warn!("{e}; will reconnect");
+        } else if let Some(more) = crate::logging::repeated(&format!("refused {e}")) {
+            log::error!("{e}; the server refuses this node: fix its permissions (reconnecting with backoff; local writes are kept){more}");
+        }
         self.transport = None;
         self.offline_since.get_or_insert_with(Instant::now);
         self.record_link(false);
-        self.next_connect = Instant::now() + self.backoff.fail();
+        self.next_connect = Instant::now() + delay;
     }
 
     /// Connected and not in the middle of a reconnect (publishing then would only fill the
