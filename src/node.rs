@@ -25,10 +25,12 @@ use crate::state::{self, LockError};
 use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
 
 mod link;
+use link::Link;
 mod ops;
 mod publish;
 mod schema_watch;
 mod snapshots;
+use snapshots::Snapshots;
 
 use schema_watch::report_skipped;
 
@@ -159,16 +161,8 @@ pub struct Node {
     replicated: capture::ReplicatedNames,
     pub node_id: u64,
     hlc: Hlc,
-    urls: String,
-    embedded: Option<EmbeddedServer>,
-    transport: Option<Transport>,
-    backoff: Backoff,
-    next_connect: Instant,
-    last_connect_error: Option<String>,
-    last_connect_log: Instant,
-    connecting: Option<Attempt>,
-    /// When the link went down (for the "after N s offline" line).
-    offline_since: Option<Instant>,
+    /// The NATS link: transport, connection attempts, backoff (see `link.rs`).
+    link: Link,
     /// When we last reported each node's clock as ahead of ours.
     clock_reports: HashMap<u64, Instant>,
     /// The outbox is over `outbox_budget_bytes` (reported once per crossing).
@@ -176,7 +170,6 @@ pub struct Node {
     /// Average encoded bytes of one published change, for the outbox estimate.
     bytes_per_change: f64,
     last_budget_check: Instant,
-    link_recorded: Option<bool>,
     data_version: Option<i64>,
     schema_version: i64,
     /// When [`Node::pause_lifted`] last looked.
@@ -189,27 +182,12 @@ pub struct Node {
     /// Fetched messages not yet applied (the apply failed and will be retried).
     unapplied: Vec<Incoming>,
     max_frame: usize,
-    /// The background snapshot save, while one runs.
-    saving: Option<snapshots::Saving>,
-    next_save: Instant,
-    /// Look whether a snapshot restore is needed (after connecting, or on a hole in the stream).
-    restore_check: bool,
-    next_restore: Instant,
-    /// A snapshot whose download failed verification: not tried again.
-    bad_snapshot: Option<String>,
-    /// When an unrepaired hole in the stream was last reported at error level.
-    gap_logged: Option<Instant>,
-    /// Between failed restore attempts.
-    restore_backoff: Backoff,
-    /// When the stream's first sequence was last compared with our position.
-    last_stream_check: Instant,
+    /// Snapshot saves, restores and the stream checks that lead to them (see `snapshots.rs`).
+    snap: Snapshots,
     /// Held while the node runs: one node per database (released by the OS on any exit).
     _lock: Option<std::fs::File>,
     /// Set when the stop signal comes: a wait for acks ends at once.
     stopping: Arc<AtomicBool>,
-    /// Cuts the current transport's link; taken by [`Stop::overdue`] while the loop has not
-    /// reached its shutdown (a shutdown flush has its own deadline and is left alone).
-    link_cutter: Arc<Mutex<Option<crate::transport::LinkCutter>>>,
 }
 
 /// The tables this node receives: None for every table (the hub), else those of `schema` it
@@ -314,9 +292,14 @@ impl Node {
         }
         let max_frame = cfg.max_frame_bytes;
         let next_save = Node::first_save_at(&cfg);
-        let backoff = Backoff::new(
-            Duration::from_millis(cfg.nats.reconnect_min_ms),
-            Duration::from_millis(cfg.nats.reconnect_max_ms),
+        let link = Link::new(
+            urls,
+            embedded,
+            Backoff::new(
+                Duration::from_millis(cfg.nats.reconnect_min_ms),
+                Duration::from_millis(cfg.nats.reconnect_max_ms),
+            ),
+            Instant::now(),
         );
         let tables: Vec<&str> = schema.tables.iter().map(|t| t.name()).collect();
         log::info!(
@@ -334,20 +317,11 @@ impl Node {
             replicated,
             node_id,
             hlc,
-            urls,
-            embedded,
-            transport: None,
-            backoff,
-            next_connect: Instant::now(),
-            last_connect_error: None,
-            last_connect_log: Instant::now(),
-            connecting: None,
-            offline_since: None,
+            link,
             clock_reports: HashMap::new(),
             over_budget: false,
             bytes_per_change: 128.0,
             last_budget_check: Instant::now(),
-            link_recorded: None,
             data_version: None,
             schema_version,
             pause_checked: Instant::now(),
@@ -356,17 +330,9 @@ impl Node {
             own_cursor_saved: Instant::now(),
             unapplied: Vec::new(),
             max_frame,
-            saving: None,
-            next_save,
-            restore_check: false,
-            next_restore: Instant::now(),
-            bad_snapshot: None,
-            gap_logged: None,
-            restore_backoff: retry::RESTORE.backoff(),
-            last_stream_check: Instant::now(),
+            snap: Snapshots::new(next_save, Instant::now()),
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
-            link_cutter: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -375,7 +341,7 @@ impl Node {
         let poll = Duration::from_millis(self.cfg.polling_interval);
         let mut db_backoff = retry::DB_STEP.backoff();
         self.stopping = stop.flag();
-        let cutter = self.link_cutter.clone();
+        let cutter = self.link.cutter.clone();
         stop.on_overdue(move || {
             if let Some(c) = cutter.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 log::warn!("stopping: a network call is still waiting; cutting the link");
@@ -384,11 +350,11 @@ impl Node {
         });
         while !stop.is_set() {
             self.heartbeat();
-            if let Some(e) = self.embedded.as_mut() {
+            if let Some(e) = self.link.embedded.as_mut() {
                 e.supervise();
             }
             self.ensure_connected();
-            if self.restore_check && Instant::now() >= self.next_restore {
+            if self.snap.restore_due(Instant::now()) {
                 self.catch_up(stop);
                 continue;
             }
@@ -429,17 +395,18 @@ impl Node {
     pub fn shutdown(&mut self) {
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
         // the loop came back: the flush below has its own deadline
-        self.link_cutter
+        self.link
+            .cutter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if !self.unapplied.is_empty() && self.transport.is_some() {
+        if !self.unapplied.is_empty() && self.link.transport.is_some() {
             if let Err(e) = self.apply_unapplied() {
                 log::warn!("shutdown: {e}");
             }
         }
         // A link that stalled but is not found out yet would only hold the exit.
-        let answers = self.transport.as_ref().is_some_and(|t| t.answers());
+        let answers = self.link.transport.as_ref().is_some_and(|t| t.answers());
         while answers && self.link_up() && Instant::now() < deadline {
             if let Err(e) = self.stamp_if_changed() {
                 log::warn!("shutdown: {e}");
@@ -460,9 +427,9 @@ impl Node {
         if self.outbox_dirty && self.cfg.publish {
             log::info!("unpublished changes stay in the outbox and are sent at the next start");
         }
-        self.transport = None;
+        self.link.transport = None;
         self.record_link(false);
-        if let Some(mut e) = self.embedded.take() {
+        if let Some(mut e) = self.link.embedded.take() {
             e.stop();
         }
         log::info!("node stopped node_id={}", self.node_id);
@@ -542,13 +509,15 @@ impl Node {
         if self.filter == crate::config::ConsumerFilter::Nothing {
             return Ok(false);
         }
-        if self.last_stream_check.elapsed() >= STREAM_CHECK_EVERY {
-            self.last_stream_check = Instant::now();
-            let first = self.transport.as_ref().and_then(|t| t.first_seq());
+        if self
+            .snap
+            .stream_check_due(Instant::now(), STREAM_CHECK_EVERY)
+        {
+            let first = self.link.transport.as_ref().and_then(|t| t.first_seq());
             self.note_stream_start(first)?;
             self.skip_other_tables()?;
         }
-        let Some(t) = self.transport.as_mut() else {
+        let Some(t) = self.link.transport.as_mut() else {
             return Ok(false);
         };
         match t.fetch(wait, self.max_frame) {
@@ -576,7 +545,12 @@ impl Node {
         if !(filtered || backfill) || !self.unapplied.is_empty() {
             return Ok(());
         }
-        let Some(last) = self.transport.as_ref().and_then(|t| t.quiet_position()) else {
+        let Some(last) = self
+            .link
+            .transport
+            .as_ref()
+            .and_then(|t| t.quiet_position())
+        else {
             return Ok(());
         };
         if backfill {
@@ -605,9 +579,9 @@ impl Node {
             received_now(&self.cfg, &self.schema).as_deref(),
             cursor,
         )?;
-        if self.transport.take().is_some() {
+        if self.link.transport.take().is_some() {
             log::info!("the tables this node receives changed: setting its consumer up again");
-            self.next_connect = Instant::now();
+            self.link.next_connect = Instant::now();
         }
         Ok(())
     }
@@ -645,7 +619,7 @@ impl Node {
             let last = self.unapplied.iter().map(|m| m.seq).max();
             self.own_cursor = self.own_cursor.max(last);
             self.unapplied.clear();
-            if let Some(t) = self.transport.as_mut() {
+            if let Some(t) = self.link.transport.as_mut() {
                 if let Err(e) = t.ack_fetched() {
                     self.drop_transport(&e);
                 }
@@ -689,7 +663,7 @@ impl Node {
             stats.undecodable,
             stats.own
         );
-        if let Some(t) = self.transport.as_mut() {
+        if let Some(t) = self.link.transport.as_mut() {
             if let Err(e) = t.ack_fetched() {
                 self.drop_transport(&e);
             }
@@ -737,9 +711,7 @@ impl Node {
             };
             log::error!("{what}: messages {g} are gone before this node applied them (missing here: {now}); applying what follows and {restore}");
         }
-        self.restore_check = true;
-        self.next_restore = Instant::now();
-        self.restore_backoff.reset();
+        self.snap.restore_now(Instant::now());
         Ok(())
     }
 }

@@ -30,7 +30,7 @@ impl Node {
                 }
                 return Ok(());
             }
-            let Some(t) = self.transport.as_mut() else {
+            let Some(t) = self.link.transport.as_mut() else {
                 return Ok(());
             };
             let bytes: usize = frames.iter().map(|f| f.data.len()).sum();

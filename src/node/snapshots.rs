@@ -25,6 +25,7 @@ use super::{Node, Stop, OWN_CURSOR_EVERY, REPEAT_LOG_EVERY};
 use crate::config::{Config, ConsumerFilter};
 use crate::db;
 use crate::gap;
+use crate::retry::Backoff;
 use crate::snapshot::{self, SnapMeta};
 use crate::state;
 use crate::transport::{self, Fetched, Pointer, Transport};
@@ -75,6 +76,79 @@ impl RestoreError {
 /// The background save, while one runs.
 pub(super) struct Saving {
     handle: JoinHandle<Result<String, String>>,
+}
+
+/// Snapshot saves and restores, and the stream checks that call for a restore: when each is
+/// due. Time is passed in (`now`), so the schedule is tested without waiting.
+pub(super) struct Snapshots {
+    /// The background save, while one runs.
+    pub(super) saving: Option<Saving>,
+    pub(super) next_save: Instant,
+    /// Look whether a restore is needed (after connecting, or on a hole in the stream).
+    pub(super) restore_check: bool,
+    pub(super) next_restore: Instant,
+    /// A snapshot whose download failed verification: not tried again.
+    pub(super) bad: Option<String>,
+    /// When an unrepaired hole in the stream was last reported at error level.
+    pub(super) gap_logged: Option<Instant>,
+    /// Between failed restore attempts.
+    pub(super) restore_backoff: Backoff,
+    /// When the stream's first sequence was last compared with our position.
+    pub(super) last_stream_check: Instant,
+}
+
+impl Snapshots {
+    pub(super) fn new(next_save: Instant, now: Instant) -> Snapshots {
+        Snapshots {
+            saving: None,
+            next_save,
+            restore_check: false,
+            next_restore: now,
+            bad: None,
+            gap_logged: None,
+            restore_backoff: crate::retry::RESTORE.backoff(),
+            last_stream_check: now,
+        }
+    }
+
+    /// Whether the restore check is due at `now`.
+    pub(super) fn restore_due(&self, now: Instant) -> bool {
+        self.restore_check && now >= self.next_restore
+    }
+
+    /// A hole was found: look for a restore at once, with the backoff from its start.
+    pub(super) fn restore_now(&mut self, now: Instant) {
+        self.restore_check = true;
+        self.next_restore = now;
+        self.restore_backoff.reset();
+    }
+
+    /// A restore attempt failed at `now`: the next one waits the backoff. Returns that wait.
+    pub(super) fn restore_failed(&mut self, now: Instant) -> Duration {
+        let delay = self.restore_backoff.fail();
+        self.next_restore = now + delay;
+        delay
+    }
+
+    /// Whether the periodic stream check is due at `now` (and if so, it counts as done).
+    pub(super) fn stream_check_due(&mut self, now: Instant, every: Duration) -> bool {
+        let due = now.duration_since(self.last_stream_check) >= every;
+        if due {
+            self.last_stream_check = now;
+        }
+        due
+    }
+
+    /// Whether an unrepaired hole is news at `now` (not reported for [`REPEAT_LOG_EVERY`]).
+    pub(super) fn gap_news(&mut self, now: Instant) -> bool {
+        let news = self
+            .gap_logged
+            .is_none_or(|t| now.duration_since(t) >= REPEAT_LOG_EVERY);
+        if news {
+            self.gap_logged = Some(now);
+        }
+        news
+    }
 }
 
 /// Result of a save attempt that did not fail.
@@ -312,9 +386,9 @@ pub fn urls(cfg: &Config) -> String {
 impl Node {
     /// Starts a background save when one is due.
     pub(super) fn maybe_save(&mut self) {
-        if let Some(s) = self.saving.take() {
+        if let Some(s) = self.snap.saving.take() {
             if !s.handle.is_finished() {
-                self.saving = Some(s);
+                self.snap.saving = Some(s);
                 return;
             }
             match s.handle.join() {
@@ -326,7 +400,7 @@ impl Node {
         if !self.cfg.snapshot.enabled
             || !self.cfg.snapshot.save
             || !self.cfg.receives_all_tables()
-            || Instant::now() < self.next_save
+            || Instant::now() < self.snap.next_save
             || !self.link_up()
         {
             return;
@@ -338,8 +412,8 @@ impl Node {
         let interval = Duration::from_millis(self.cfg.snapshot.interval_ms());
         // up to 10% jitter, so nodes started together do not all look at once
         let jitter = interval.mul_f64((self.node_id % 1000) as f64 / 10_000.0);
-        self.next_save = Instant::now() + interval + jitter;
-        let (cfg, urls, node) = (self.cfg.clone(), self.urls.clone(), self.node_id);
+        self.snap.next_save = Instant::now() + interval + jitter;
+        let (cfg, urls, node) = (self.cfg.clone(), self.link.urls.clone(), self.node_id);
         let spawned = std::thread::Builder::new()
             .name("snapshot-save".into())
             .spawn(move || {
@@ -353,7 +427,7 @@ impl Node {
                 }
             });
         match spawned {
-            Ok(handle) => self.saving = Some(Saving { handle }),
+            Ok(handle) => self.snap.saving = Some(Saving { handle }),
             Err(e) => log::warn!("cannot start the snapshot thread: {e}"),
         }
     }
@@ -368,16 +442,16 @@ impl Node {
     /// and the snapshot covers it. Schedules the next attempt otherwise (see the module doc).
     pub(super) fn catch_up(&mut self, stop: &Stop) {
         if self.filter == ConsumerFilter::Nothing {
-            self.restore_check = false;
+            self.snap.restore_check = false;
             return;
         }
         if !self.link_up() {
             // the check stays due: the next connection runs it (adopt sets it again anyway)
-            self.next_restore = Instant::now() + self.restore_backoff.fail();
+            self.snap.restore_failed(Instant::now());
             return;
         }
-        self.last_stream_check = Instant::now();
-        let state = self.transport.as_ref().and_then(|t| t.stream_state());
+        self.snap.last_stream_check = Instant::now();
+        let state = self.link.transport.as_ref().and_then(|t| t.stream_state());
         if let Err(e) = self.forget_gap_of_an_old_stream(state.map(|s| s.last_seq)) {
             log::warn!("{e}");
         }
@@ -386,14 +460,14 @@ impl Node {
             Ok(g) => g,
             Err(e) => {
                 log::warn!("{e}");
-                self.next_restore = Instant::now() + self.restore_backoff.fail();
+                self.snap.restore_failed(Instant::now());
                 return;
             }
         };
         let position = self.position();
         if gap.is_none() && (position > 0 || first.is_none()) {
             // nothing missing (a failed look at the stream is repeated by the periodic check)
-            self.restore_check = false;
+            self.snap.restore_check = false;
             return;
         }
         if !self.cfg.snapshot.enabled {
@@ -402,16 +476,16 @@ impl Node {
                     "the stream no longer holds messages {g} that this node never applied, and [snapshot] enabled = false: their changes are missing here (enable snapshots, or rebuild this node's database from another node's copy)"
                 ));
             }
-            self.restore_check = gap.is_some();
-            self.next_restore = Instant::now() + REPEAT_LOG_EVERY;
+            self.snap.restore_check = gap.is_some();
+            self.snap.next_restore = Instant::now() + REPEAT_LOG_EVERY;
             return;
         }
         match self.restore(stop, false) {
             Ok(Some(msg)) => {
                 log::info!("{msg}");
-                self.restore_check = false;
-                self.restore_backoff.reset();
-                self.gap_logged = None;
+                self.snap.restore_check = false;
+                self.snap.restore_backoff.reset();
+                self.snap.gap_logged = None;
             }
             Ok(None) => match gap {
                 Some(g) => {
@@ -420,15 +494,15 @@ impl Node {
                         g.to,
                         GAP_RECHECK.as_secs()
                     ));
-                    self.next_restore = Instant::now() + GAP_RECHECK;
+                    self.snap.next_restore = Instant::now() + GAP_RECHECK;
                 }
-                None => self.restore_check = false,
+                None => self.snap.restore_check = false,
             },
             Err(RestoreError::Stopped) => {}
             Err(e) => {
                 // a passing failure backs off; a corrupt snapshot waits for the next one
                 let delay = if e.is_transient() {
-                    self.restore_backoff.fail()
+                    self.snap.restore_backoff.fail()
                 } else {
                     GAP_RECHECK
                 };
@@ -439,7 +513,7 @@ impl Node {
                     )),
                     None => log::warn!("snapshot restore failed: {e}; retrying in {:.0} s", delay.as_secs_f64()),
                 }
-                self.next_restore = Instant::now() + delay;
+                self.snap.next_restore = Instant::now() + delay;
             }
         }
     }
@@ -463,11 +537,7 @@ impl Node {
 
     /// Logs an unrepaired hole at error level, at most once per [`REPEAT_LOG_EVERY`].
     fn gap_error(&mut self, msg: &str) {
-        if self
-            .gap_logged
-            .is_none_or(|t| t.elapsed() >= REPEAT_LOG_EVERY)
-        {
-            self.gap_logged = Some(Instant::now());
+        if self.snap.gap_news(Instant::now()) {
             log::error!("{msg}");
         } else {
             log::debug!("{msg}");
@@ -488,7 +558,7 @@ impl Node {
 
     /// See [`Node::restore_latest`]. With a hole recorded, only a snapshot covering it applies.
     fn restore(&mut self, stop: &Stop, force: bool) -> Result<Option<String>, RestoreError> {
-        let Some(t) = self.transport.as_ref() else {
+        let Some(t) = self.link.transport.as_ref() else {
             return Err(RestoreError::Unavailable("not connected".into()));
         };
         let Some(p) = latest(&self.cfg, t).map_err(RestoreError::Unavailable)? else {
@@ -503,7 +573,7 @@ impl Node {
         if !force && !applies {
             return Ok(None);
         }
-        if self.bad_snapshot.as_deref() == Some(p.nuid.as_str()) && !force {
+        if self.snap.bad.as_deref() == Some(p.nuid.as_str()) && !force {
             return Err(RestoreError::Corrupt(format!(
                 "snapshot {} failed verification before; waiting for a newer one",
                 p.object
@@ -516,7 +586,7 @@ impl Node {
             Err(e) => {
                 // only a failed verification marks the snapshot bad; a passing error is retried
                 if matches!(e, RestoreError::Corrupt(_)) {
-                    self.bad_snapshot = Some(p.nuid.clone());
+                    self.snap.bad = Some(p.nuid.clone());
                 }
                 return Err(e);
             }
@@ -546,9 +616,9 @@ impl Node {
         self.outbox_dirty = true;
         self.own_cursor = None;
         self.unapplied.clear();
-        self.transport = None;
-        self.next_connect = Instant::now();
-        self.bad_snapshot = None;
+        self.link.transport = None;
+        self.link.next_connect = Instant::now();
+        self.snap.bad = None;
         let now_at = self.position();
         let left = gap::read(&self.conn)
             .ok()
@@ -578,13 +648,13 @@ impl Node {
         probe.replicate = false;
         let t = Transport::connect(
             &probe,
-            &self.urls,
+            &self.link.urls,
             self.node_id,
             self.position(),
             &ConsumerFilter::Nothing,
         )
         .map_err(|e| e.to_string())?;
-        self.transport = Some(t);
+        self.link.transport = Some(t);
         Ok(())
     }
 
@@ -592,7 +662,7 @@ impl Node {
     pub fn save_now(&mut self) -> Result<Saved, String> {
         // what the app wrote since the node last ran gets its version before the copy
         self.stamp_if_changed().map_err(|e| e.to_string())?;
-        let Some(t) = self.transport.as_ref() else {
+        let Some(t) = self.link.transport.as_ref() else {
             return Err("not connected".into());
         };
         save(&self.cfg, t, self.node_id, true)
@@ -611,4 +681,40 @@ fn latest(cfg: &Config, t: &Transport) -> Result<Option<Pointer>, String> {
 fn parent_exists(p: &Path) -> bool {
     p.parent()
         .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn restores_are_due_when_asked_for_and_back_off_when_they_fail() {
+        let t0 = Instant::now();
+        let mut s = Snapshots::new(t0 + Duration::from_secs(60), t0);
+        assert!(!s.restore_due(t0), "nothing asked for a restore");
+        s.restore_now(t0);
+        assert!(s.restore_due(t0));
+        let wait = s.restore_failed(t0);
+        assert!(wait >= Duration::from_secs(1), "{wait:?}");
+        assert!(!s.restore_due(t0 + wait - Duration::from_millis(1)));
+        assert!(s.restore_due(t0 + wait));
+        let longer = s.restore_failed(t0 + wait);
+        assert!(longer > wait, "{longer:?} after {wait:?}");
+        // a new hole starts the backoff afresh
+        s.restore_now(t0 + wait);
+        assert!(s.restore_failed(t0 + wait) < longer);
+    }
+
+    #[test]
+    fn stream_checks_and_gap_reports_keep_their_pace() {
+        let t0 = Instant::now();
+        let mut s = Snapshots::new(t0, t0);
+        let every = Duration::from_secs(30);
+        assert!(!s.stream_check_due(t0 + Duration::from_secs(29), every));
+        assert!(s.stream_check_due(t0 + every, every));
+        assert!(!s.stream_check_due(t0 + every + Duration::from_secs(1), every));
+        assert!(s.gap_news(t0));
+        assert!(!s.gap_news(t0 + Duration::from_secs(59)));
+        assert!(s.gap_news(t0 + REPEAT_LOG_EVERY));
+    }
 }
