@@ -28,6 +28,7 @@ mod link;
 use link::Link;
 mod ops;
 mod publish;
+use publish::Outbox;
 mod schema_watch;
 mod snapshots;
 use snapshots::Snapshots;
@@ -46,7 +47,6 @@ const OWN_CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// found this way.
 const STREAM_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How often the outbox size is compared with its budget.
-const BUDGET_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// How often, while a table is paused, `__hl_meta` is read to see whether `harmonylite schema
 /// accept` (another process) lifted the pause: a lifted pause resumes within a second, and the
 /// read is one indexed row.
@@ -165,17 +165,12 @@ pub struct Node {
     link: Link,
     /// When we last reported each node's clock as ahead of ours.
     clock_reports: HashMap<u64, Instant>,
-    /// The outbox is over `outbox_budget_bytes` (reported once per crossing).
-    over_budget: bool,
-    /// Average encoded bytes of one published change, for the outbox estimate.
-    bytes_per_change: f64,
-    last_budget_check: Instant,
+    /// What the node knows of its outbox (see `publish.rs`).
+    outbox: Outbox,
     data_version: Option<i64>,
     schema_version: i64,
     /// When [`Node::pause_lifted`] last looked.
     pause_checked: Instant,
-    /// The outbox may hold changes (set by stamping, cleared when a read finds none).
-    outbox_dirty: bool,
     /// Stream position past a run of our own frames, not yet written to the database.
     own_cursor: Option<u64>,
     own_cursor_saved: Instant,
@@ -319,13 +314,10 @@ impl Node {
             hlc,
             link,
             clock_reports: HashMap::new(),
-            over_budget: false,
-            bytes_per_change: 128.0,
-            last_budget_check: Instant::now(),
+            outbox: Outbox::new(Instant::now()),
             data_version: None,
             schema_version,
             pause_checked: Instant::now(),
-            outbox_dirty: true,
             own_cursor: None,
             own_cursor_saved: Instant::now(),
             unapplied: Vec::new(),
@@ -412,7 +404,7 @@ impl Node {
                 log::warn!("shutdown: {e}");
                 break;
             }
-            if !self.cfg.publish || !self.outbox_dirty {
+            if !self.cfg.publish || !self.outbox.dirty {
                 break;
             }
             if let Err(e) = self.publish_round(deadline, false) {
@@ -424,7 +416,7 @@ impl Node {
         if let Err(e) = self.save_own_cursor() {
             log::warn!("shutdown: {e}");
         }
-        if self.outbox_dirty && self.cfg.publish {
+        if self.outbox.dirty && self.cfg.publish {
             log::info!("unpublished changes stay in the outbox and are sent at the next start");
         }
         self.link.transport = None;
@@ -441,12 +433,10 @@ impl Node {
         self.stamp_if_changed()?;
         self.save_own_cursor()?;
         self.maybe_save();
-        if self.cfg.outbox_budget_bytes > 0 && self.last_budget_check.elapsed() > BUDGET_CHECK_EVERY
-        {
-            self.last_budget_check = Instant::now();
+        if self.cfg.outbox_budget_bytes > 0 && self.outbox.budget_check_due(Instant::now()) {
             self.check_budget()?;
         }
-        if self.cfg.publish && self.outbox_dirty && self.link_up() {
+        if self.cfg.publish && self.outbox.dirty && self.link_up() {
             self.publish_round(Instant::now() + ACK_TIMEOUT, true)?;
         }
         Ok(())
@@ -483,7 +473,7 @@ impl Node {
             let n = capture::stamp(&tx, &self.schema, &mut self.hlc, self.node_id)?;
             if n > 0 {
                 db::set_meta(&tx, state::HLC_KEY, self.hlc.last() as i64)?;
-                self.outbox_dirty = true;
+                self.outbox.dirty = true;
                 log::debug!("stamped changes={n}");
             }
             tx.commit().map_err(|source| DbError::Sql {
@@ -652,7 +642,7 @@ impl Node {
             }
         }
         if stats.stamped > 0 {
-            self.outbox_dirty = true;
+            self.outbox.dirty = true;
         }
         log::debug!(
             "apply ok frames={} applied={} stale={} parked={} undecodable={} own={}",

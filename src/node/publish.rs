@@ -10,6 +10,56 @@ use crate::frame::{self, FrameBuilder, Pushed};
 use crate::state;
 use crate::transport::Outgoing;
 
+/// The budget check's pace: an estimate, not worth a count of the outbox every poll.
+const BUDGET_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// What the node knows of its outbox without reading it: whether it may hold changes, the
+/// average size of a published change, and whether the estimate is over the budget. Time is
+/// passed in (`now`).
+pub(super) struct Outbox {
+    /// The outbox may hold changes (set by stamping, cleared when a read finds none).
+    pub(super) dirty: bool,
+    /// Average encoded bytes of one published change, for the outbox estimate.
+    pub(super) bytes_per_change: f64,
+    /// The outbox is over `outbox_budget_bytes` (reported once per crossing).
+    pub(super) over_budget: bool,
+    pub(super) last_check: Instant,
+}
+
+impl Outbox {
+    pub(super) fn new(now: Instant) -> Outbox {
+        Outbox {
+            dirty: true,
+            bytes_per_change: 128.0,
+            over_budget: false,
+            last_check: now,
+        }
+    }
+
+    /// A round of `changes` went out in `bytes`: the average follows (a moving average, so a
+    /// change in row sizes shows within a few rounds).
+    pub(super) fn published(&mut self, bytes: usize, changes: usize) {
+        if changes > 0 {
+            self.bytes_per_change =
+                0.8 * self.bytes_per_change + 0.2 * (bytes as f64 / changes as f64);
+        }
+    }
+
+    /// The estimated bytes of `pending` unpublished changes.
+    pub(super) fn estimate(&self, pending: u64) -> u64 {
+        (pending as f64 * self.bytes_per_change) as u64
+    }
+
+    /// Whether the budget check is due at `now` (and if so, it counts as done).
+    pub(super) fn budget_check_due(&mut self, now: Instant) -> bool {
+        let due = now.duration_since(self.last_check) > BUDGET_CHECK_EVERY;
+        if due {
+            self.last_check = now;
+        }
+        due
+    }
+}
+
 impl Node {
     /// Publishes pending local changes in rounds of up to [`ROUND_BYTES`], marking each round
     /// published only after JetStream acknowledged all of its frames. `interruptible`: the
@@ -26,7 +76,7 @@ impl Node {
             let (frames, marks, more, changes) = self.build_round()?;
             if frames.is_empty() {
                 if !more {
-                    self.outbox_dirty = false;
+                    self.outbox.dirty = false;
                 }
                 return Ok(());
             }
@@ -63,12 +113,9 @@ impl Node {
                 "publish ok frames={} bytes={bytes} changes={changes}",
                 frames.len()
             );
-            if changes > 0 {
-                self.bytes_per_change =
-                    0.8 * self.bytes_per_change + 0.2 * (bytes as f64 / changes as f64);
-            }
+            self.outbox.published(bytes, changes);
             if !more {
-                self.outbox_dirty = false;
+                self.outbox.dirty = false;
                 return Ok(());
             }
         }
@@ -156,18 +203,50 @@ impl Node {
     /// outbox holds one entry per changed row, so it cannot outgrow the tables themselves).
     pub(super) fn check_budget(&mut self) -> Result<(), NodeError> {
         let pending = capture::outbox_len(&self.conn, &self.schema)?;
-        let estimate = (pending as f64 * self.bytes_per_change) as u64;
+        let estimate = self.outbox.estimate(pending);
         let over = estimate > self.cfg.outbox_budget_bytes;
-        if over && !self.over_budget {
+        if over && !self.outbox.over_budget {
             log::warn!(
                 "outbox over budget: about {estimate} bytes in {pending} unpublished changes (outbox_budget_bytes={}); nothing is dropped, they are sent when NATS is reachable",
                 self.cfg.outbox_budget_bytes
             );
-        } else if !over && self.over_budget {
+        } else if !over && self.outbox.over_budget {
             log::info!("outbox back under budget: about {estimate} bytes in {pending} changes");
         }
-        self.over_budget = over;
+        self.outbox.over_budget = over;
         db::set_meta(&self.conn, state::OVER_BUDGET_KEY, over as i64)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_estimate_follows_the_published_sizes() {
+        let t0 = Instant::now();
+        let mut o = Outbox::new(t0);
+        assert_eq!(
+            o.estimate(10),
+            1280,
+            "128 bytes a change before anything was sent"
+        );
+        for _ in 0..30 {
+            o.published(40_000, 100);
+        }
+        assert!(
+            (o.estimate(1000) as i64 - 400_000).abs() < 1000,
+            "{}",
+            o.estimate(1000)
+        );
+        o.published(0, 0);
+        assert!(
+            (o.estimate(1000) as i64 - 400_000).abs() < 1000,
+            "an empty round changes nothing"
+        );
+        assert!(!o.budget_check_due(t0 + Duration::from_secs(10)));
+        assert!(o.budget_check_due(t0 + Duration::from_secs(11)));
+        assert!(!o.budget_check_due(t0 + Duration::from_secs(12)));
     }
 }

@@ -28,7 +28,7 @@ impl Node {
         let queued = capture::install(&mut self.conn, &schema, &recorded, self.node_id)?.total();
         schema.paused = std::mem::take(&mut self.schema.paused);
         if schema::reconcile_and_report(&mut self.conn, &mut schema)? {
-            self.outbox_dirty = true;
+            self.outbox.dirty = true;
         }
         let changed: Vec<&str> = schema
             .tables
@@ -55,7 +55,7 @@ impl Node {
         // retrying parked changes stamps the log first (capture before apply), the resync's
         // rows and the application's alike: the outbox must be read again, or they wait there
         // until the next local write
-        self.outbox_dirty = true;
+        self.outbox.dirty = true;
         retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)
     }
 

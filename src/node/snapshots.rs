@@ -613,7 +613,7 @@ impl Node {
         // the position after the merge.
         self.schema_version = -1;
         self.data_version = None;
-        self.outbox_dirty = true;
+        self.outbox.dirty = true;
         self.own_cursor = None;
         self.unapplied.clear();
         self.link.transport = None;
