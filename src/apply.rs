@@ -17,7 +17,7 @@
 //!
 //! Two nodes can create rows with different primary keys and the same value of a UNIQUE column
 //! (`name = CharField(unique=True)`). Applying the other node's row then fails with `UNIQUE
-//! constraint failed`. [`resolve_unique`] settles it the way last-writer-wins settles a row:
+//! constraint failed`. `resolve_unique` settles it the way last-writer-wins settles a row:
 //! the row with the higher (version, node id) wins, the other is deleted, on every node.
 //! - The loser gets a tombstone at its own version, not a new one: nothing new is made, so a
 //!   node that sees the two rows in either order ends with the same table and the same version

@@ -21,9 +21,10 @@
 //!   `vendor/nats/PATCHES.md`): stream, consumer, publish, fetch, the snapshot buckets
 //!   (`transport/snapstore.rs`) and the status service (`transport/status_service.rs`).
 //! - [`embedded`]: the local nats-server started when no server is configured.
-//! - [`node`]: the loop that joins them; in `node/`: the NATS link (`link.rs`), the publish
-//!   round (`publish.rs`), schema watching (`schema_watch.rs`), snapshot scheduling and catch-up
-//!   (`snapshots.rs`), the operations hooks (`ops.rs`).
+//! - [`node`]: the loop that joins them. `Node` is composed of parts that own their fields:
+//!   the NATS link (`Link`, `link.rs`), the outbox's bookkeeping (`Outbox`, `publish.rs`, with
+//!   the publish round), snapshot scheduling and catch-up (`Snapshots`, `snapshots.rs`); schema
+//!   watching (`schema_watch.rs`) and the operations hooks (`ops.rs`) are `impl Node` methods.
 //! - [`snapshot`]: snapshots, database side: a consistent stripped copy, verification, the
 //!   last-writer-wins merge into a live database.
 //! - [`schema`]: rolling schema changes: recorded definitions, pausing a table.

@@ -16,7 +16,7 @@ const SERVICE_POLL: Duration = Duration::from_millis(500);
 
 impl Transport {
     /// Answers status requests for `node` and for `all` with `reply()`, one thread per subject,
-    /// each ending within [`SERVICE_POLL`] of this transport being dropped (a new transport after
+    /// each ending within `SERVICE_POLL` of this transport being dropped (a new transport after
     /// a reconnect subscribes anew; the client itself resubscribes across its own reconnects).
     /// Exact subjects, not a wildcard: a node hears only requests meant for it, and a request for
     /// a node nobody runs gets the server's "no responders" at once.
