@@ -154,6 +154,13 @@ pub fn get_meta_text(conn: &Connection, key: &str) -> Result<Option<String>, DbE
     .ctx("read state")
 }
 
+pub fn delete_meta(conn: &Connection, key: &str) -> Result<(), DbError> {
+    conn.prepare_cached(&format!("DELETE FROM {META_TABLE} WHERE key = ?1"))
+        .and_then(|mut s| s.execute([key]))
+        .ctx("write state")?;
+    Ok(())
+}
+
 pub fn set_meta_text(conn: &Connection, key: &str, value: &str) -> Result<(), DbError> {
     conn.prepare_cached(&format!(
         "INSERT INTO {META_TABLE}(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value"

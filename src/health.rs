@@ -48,6 +48,11 @@ pub fn reasons(
                     "table {t} is paused: {why} (see harmonylite schema accept)"
                 ));
             }
+            if let Some(r) = &st.refused {
+                out.push(format!(
+                    "the NATS server refuses this node's publishes: {r}"
+                ));
+            }
         }
     }
     if live.link_up == Some(false) && now_ms.saturating_sub(live.link_since_ms) > grace_ms {

@@ -49,6 +49,9 @@ pub const LAST_PUBLISH_KEY: &str = "last_publish_ms";
 pub const LAST_APPLY_KEY: &str = "last_apply_ms";
 /// 1 while the outbox is over its `[replication_log]` budget.
 pub const OVER_BUDGET_KEY: &str = "outbox_over_budget";
+/// The server's refusal of this node's publishes (a permissions violation), as text, until a
+/// publish round goes through again.
+pub const REFUSED_KEY: &str = "refused";
 
 /// Snapshots (see `snapshot`): the stream sequence and time of the last restore here, the
 /// progress of one in flight (bytes), and the last snapshot this node saved.

@@ -252,6 +252,9 @@ pub struct Transport {
     max_payload: usize,
     /// The stream restarted its sequence below our cursor; the caller must reset its cursor.
     pub cursor_reset: bool,
+    /// The newest refusal the server reported on this connection (`-ERR 'Permissions
+    /// Violation ...'`): it comes on its own, not as the answer to a publish.
+    refused: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 struct Puller {
@@ -321,9 +324,22 @@ impl Transport {
         let renew = reconnected.clone();
         let live = Arc::new(AtomicBool::new(false));
         let live_down = live.clone();
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        let refused_cb = refused.clone();
         let (min, max) = (cfg.nats.reconnect_min_ms, cfg.nats.reconnect_max_ms);
         let nc = opts
             .with_name(&format!("harmonylite node {node}"))
+            .error_callback(move |e| {
+                let msg = e.to_string();
+                if refusal(&msg) {
+                    if let Some(more) = crate::logging::repeated(&format!("server refusal {msg}")) {
+                        log::error!("the NATS server refuses what this node did: {msg}; this node's user lacks the permission (fix the server's permissions, or this node's node_id if it is wrong){more}");
+                    }
+                    *refused_cb.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+                } else {
+                    log::warn!("the NATS server reports: {msg}");
+                }
+            })
             .max_reconnects(None)
             .reconnect_delay_callback(move |attempts| reconnect_delay(min, max, attempts))
             .disconnect_callback(move || {
@@ -472,7 +488,31 @@ impl Transport {
             },
             max_payload,
             cursor_reset,
+            refused,
         })
+    }
+
+    /// A refusal the server reported for the subject of one of `frames`, if any (taken).
+    fn refusal_of(&self, frames: &[Outgoing]) -> Option<String> {
+        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = r.as_deref().is_some_and(|m| {
+            frames
+                .iter()
+                .any(|f| m.contains(&format!("\"{}\"", f.subject)))
+        });
+        if ours {
+            r.take()
+        } else {
+            None
+        }
+    }
+
+    /// The newest refusal the server reported on this connection, if any (taken).
+    pub fn take_refusal(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The largest frame the server accepts: its `max_payload` less the headers sent with it.
@@ -567,6 +607,10 @@ impl Transport {
         let mut acked = vec![false; frames.len()];
         let mut remaining = frames.len();
         while remaining > 0 {
+            // a publish the server refuses gets no ack, only an -ERR of its own
+            if let Some(r) = self.refusal_of(frames) {
+                return Err(fail(r));
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(fail(format!(

@@ -271,3 +271,101 @@ fn a_table_a_gateway_starts_to_receive_is_backfilled_from_the_stream() {
     assert!(hub.stop().success());
     assert!(gw.stop().success());
 }
+
+/// NATS permissions on the per-table subjects fence what a gateway may publish: its user may
+/// publish only `hlrs.changes.*.17`. The gateway replicates; a node using the same user under
+/// another node id is refused, says so (log, status, /health) and keeps its rows queued.
+#[test]
+fn broker_permissions_keep_a_gateway_to_its_own_subjects() {
+    let dir = TestDir::new("fleet-perms");
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        r#"authorization {
+  users = [
+    { user: hub, password: hubpw }
+    { user: gw17, password: gwpw, permissions: {
+        publish: { allow: ["hlrs.changes.*.17", "$JS.API.>", "$JS.ACK.>", "_INBOX.>", "hlrs.status.>", "$O.>", "$KV.>"] }
+        subscribe: { allow: ["_INBOX.>", "hlrs.status.>"] }
+    } }
+  ]
+}
+"#,
+    )
+    .unwrap();
+    let [port, mon, health] = free_ports::<3>();
+    let _nats = NatsServer::start_custom(
+        dir.path(),
+        "nats",
+        port,
+        mon,
+        true,
+        &["-c".into(), conf.display().to_string()],
+    );
+    let url = format!("nats://127.0.0.1:{port}");
+    for n in ["hub", "gw", "impostor"] {
+        app(&dir.join(&format!("{n}.db")), SCHEMA);
+    }
+    let user = |u: &str, p: &str| format!("[nats]\nuser_name = \"{u}\"\nuser_password = \"{p}\"\n");
+    let mut hub = Node::start_ready(
+        dir.path(),
+        "hub",
+        &format!("node_id = 1\n{}", user("hub", "hubpw")),
+        Some(&url),
+    );
+    let mut gw = Node::start_ready(
+        dir.path(),
+        "gw",
+        &format!("node_id = 17\n{GATEWAY}{}", user("gw17", "gwpw")),
+        Some(&url),
+    );
+    hub.wait_connected();
+    gw.wait_connected();
+    app(&hub.db, "INSERT INTO settings VALUES ('a', '1')");
+    app(&gw.db, "INSERT INTO readings VALUES ('r1', 'gw', 1, '{}')");
+    wait_dump(&gw.db, "settings", &["text='a'|text='1'"], T);
+    wait_until("the hub has gw17's reading", T, || {
+        count(&hub.db, "readings") == 1
+    });
+
+    // the same user under node id 18: its subjects are not its own
+    let mut impostor = Node::start_ready(
+        dir.path(),
+        "impostor",
+        &format!(
+            "node_id = 18\n{GATEWAY}[health_check]\nenable = true\nbind = \"127.0.0.1:{health}\"\n{}",
+            user("gw17", "gwpw")
+        ),
+        Some(&url),
+    );
+    impostor.wait_connected();
+    app(
+        &impostor.db,
+        "INSERT INTO readings VALUES ('x', 'impostor', 1, '{}')",
+    );
+    impostor.wait_log(
+        "Permissions Violation for Publish to \"hlrs.changes.readings.18\"",
+        T,
+    );
+    wait_until("status shows the refusal", T, || {
+        json_scalar(&status_json(&impostor.config), "refused").is_some_and(|r| r != "null")
+    });
+    let log = impostor.current_log();
+    assert!(
+        log.contains("ERROR") && log.contains("the NATS server refuses"),
+        "{log}"
+    );
+    let (code, body) = http_get(health, "/health").expect("/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("refuses this node's publishes"), "{body}");
+    // nothing of it got through, and it keeps the row to send once permitted
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&hub.db, "readings"), 1);
+    assert_eq!(
+        json_scalar(&status_json(&impostor.config), "outbox_changes"),
+        Some("1")
+    );
+    for n in [&mut hub, &mut gw, &mut impostor] {
+        assert!(n.stop().success(), "{}", n.name);
+    }
+}

@@ -88,6 +88,10 @@ impl Node {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(100));
             if let Err(e) = t.publish_all(&frames, timeout, &abort) {
+                if !e.is_transient() {
+                    // shown by status and /health until a round goes through
+                    db::set_meta_text(&self.conn, state::REFUSED_KEY, &e.to_string())?;
+                }
                 self.drop_transport(&e);
                 return Ok(());
             }
@@ -99,6 +103,7 @@ impl Node {
                 capture::mark_published(&tx, &self.schema.tables[*i], *version)?;
             }
             db::set_meta(&tx, state::LAST_PUBLISH_KEY, crate::hlc::now_ms() as i64)?;
+            db::delete_meta(&tx, state::REFUSED_KEY)?;
             tx.commit().map_err(|source| DbError::Sql {
                 op: "commit mark published",
                 source,
