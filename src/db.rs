@@ -34,6 +34,16 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// The file system is full (SQLite's `SQLITE_FULL`): freeing space lets the write succeed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            DbError::Sql { source, .. } | DbError::Open { source, .. } => {
+                source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            DbError::Missing(_) => false,
+        }
+    }
+
     /// Locked or busy: retrying later will likely work.
     pub fn is_transient(&self) -> bool {
         match self {

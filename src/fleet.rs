@@ -62,6 +62,8 @@ struct Answer {
     parked_changes: Option<u64>,
     paused_tables: Vec<PausedTable>,
     directions: Vec<Direction>,
+    disk_full: bool,
+    refused: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,12 +138,14 @@ impl Answer {
             }
         }
         format!(
-            "node {node}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}, parked {}{ways}{paused}",
+            "node {node}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}, parked {}{ways}{paused}{}{}",
             show(self.outbox_changes),
             ago(self.last_publish_ms),
             ago(self.last_apply_ms),
             show(self.stream_position),
             show(self.parked_changes),
+            if self.disk_full { ", DISK FULL" } else { "" },
+            if self.refused.is_some() { ", REFUSED by the server" } else { "" },
         )
     }
 }

@@ -40,6 +40,9 @@ pub fn reasons(
             ));
         }
     }
+    if live.disk_full {
+        out.push("disk full: the node cannot write its database (it retries and resumes by itself once space is freed; nothing is lost)".to_string());
+    }
     match db {
         Err(e) => out.push(format!("database not readable: {e}")),
         Ok(st) => {
@@ -162,7 +165,20 @@ mod tests {
             link_up,
             link_since_ms: since,
             restoring: false,
+            disk_full: false,
         }
+    }
+
+    #[test]
+    fn a_full_disk_is_unhealthy() {
+        let mut l = live(NOW, Some(true), 0);
+        l.disk_full = true;
+        let r = reasons(&l, Ok(&Status::default()), 10_000, 30_000, NOW);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(
+            r[0].starts_with("disk full: the node cannot write its database"),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -248,6 +264,7 @@ mod tests {
             link_up: Some(true),
             link_since_ms: 500,
             restoring: false,
+            disk_full: false,
         };
         let st = Status {
             node_id: Some(3),
@@ -267,6 +284,7 @@ mod tests {
             link_up: None,
             link_since_ms: 0,
             restoring: true,
+            disk_full: false,
         };
         assert_eq!(
             body(&reasons[..1], Some(detail(&starting, None, 1000))),

@@ -91,6 +91,8 @@ static LAST_TICK_MS: AtomicU64 = AtomicU64::new(0);
 /// 0 unknown (the loop never ran), 1 down, 2 up.
 static LINK: AtomicU8 = AtomicU8::new(0);
 static LINK_SINCE_MS: AtomicU64 = AtomicU64::new(0);
+/// The node's last write to its database failed for lack of space (0 or 1).
+static DISK_FULL: AtomicU8 = AtomicU8::new(0);
 /// Restores in progress (a count, so nesting cannot clear it early).
 static RESTORING: AtomicU64 = AtomicU64::new(0);
 static RESTORE_DONE: AtomicU64 = AtomicU64::new(0);
@@ -106,6 +108,11 @@ pub fn tick(link_up: bool) {
     if LINK.swap(state, Relaxed) != state {
         LINK_SINCE_MS.store(now, Relaxed);
     }
+}
+
+/// The node could (false) or could not (true) write its database for lack of space.
+pub fn disk_full(full: bool) {
+    DISK_FULL.store(full as u8, Relaxed);
 }
 
 /// The newest version applied from each origin in a batch: records how old it was.
@@ -149,6 +156,8 @@ pub struct Liveness {
     pub link_up: Option<bool>,
     pub link_since_ms: u64,
     pub restoring: bool,
+    /// The last write to the database failed for lack of space.
+    pub disk_full: bool,
 }
 
 pub fn liveness() -> Liveness {
@@ -160,6 +169,7 @@ pub fn liveness() -> Liveness {
         },
         link_since_ms: LINK_SINCE_MS.load(Relaxed),
         restoring: RESTORING.load(Relaxed) > 0,
+        disk_full: DISK_FULL.load(Relaxed) == 1,
     }
 }
 
@@ -199,6 +209,14 @@ pub fn render(prefix: &str, status: Result<&Status, &str>, now_ms: u64) -> Strin
         "gauge",
         "Seconds since the main loop last ran (NaN before its first run).",
         &[("", loop_age)],
+    );
+    metric(
+        &mut o,
+        prefix,
+        "disk_full",
+        "gauge",
+        "1 while the node cannot write its database for lack of space (it retries; nothing is lost).",
+        &[("", live.disk_full as u8 as f64)],
     );
     metric(
         &mut o,

@@ -84,6 +84,11 @@ impl NodeError {
     pub fn is_transient(&self) -> bool {
         matches!(self, NodeError::Db(e) if e.is_transient())
     }
+
+    /// The database's file system is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, NodeError::Db(e) if e.is_disk_full())
+    }
 }
 
 impl From<DbError> for NodeError {
@@ -353,7 +358,10 @@ impl Node {
             if let Err(e) = self.tick() {
                 // a lock held by the application passes by itself; anything else (a full
                 // disk, an I/O error, a database gone) is an error, repeated at most once a
-                // minute, and retried all the same: the operator may fix it any time
+                // minute, and retried all the same: the operator may fix it any time. Every
+                // write the tick makes is one transaction, so a failed one left nothing half
+                // done: the retry does it again from the start.
+                crate::metrics::disk_full(e.is_disk_full());
                 if e.is_transient() {
                     log::debug!("{e}; retrying");
                 } else if let Some(more) = crate::logging::repeated(&format!("tick {e}")) {
@@ -365,6 +373,7 @@ impl Node {
                 continue;
             }
             db_backoff.reset();
+            crate::metrics::disk_full(false);
             match self.receive(poll) {
                 Ok(true) => {}
                 Ok(false) => {
@@ -373,7 +382,12 @@ impl Node {
                     }
                 }
                 Err(e) => {
-                    log::warn!("{e}");
+                    crate::metrics::disk_full(e.is_disk_full());
+                    if e.is_transient() {
+                        log::debug!("{e}; retrying");
+                    } else if let Some(more) = crate::logging::repeated(&format!("receive {e}")) {
+                        log::error!("{e}; retrying with backoff{more}");
+                    }
                     if stop.wait(db_backoff.fail()) {
                         break;
                     }

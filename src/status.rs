@@ -60,6 +60,9 @@ pub struct Status {
     /// The NATS server refuses this node's publishes (a permissions violation), until a
     /// publish goes through.
     pub refused: Option<String>,
+    /// The node cannot write its database for lack of space. Known only inside the node's
+    /// process (the status service, `status --fleet`): the database cannot record it.
+    pub disk_full: bool,
 }
 
 pub fn read(cfg: &Config) -> Result<Status, DbError> {
@@ -118,6 +121,8 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.unique_conflicts = meta(UNIQUE_CONFLICTS_KEY)?.unwrap_or(0) as u64;
     st.pk_collisions = meta(PK_COLLISIONS_KEY)?.unwrap_or(0) as u64;
     st.refused = db::get_meta_text(&conn, state::REFUSED_KEY)?;
+    // in the node's own process (the status service) this is its state; elsewhere false
+    st.disk_full = crate::metrics::liveness().disk_full;
     st.last_pk_collision = crate::db::get_meta_text(&conn, LAST_PK_COLLISION_KEY)?;
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
     let u = |v: Option<i64>| v.map(|v| v as u64);
@@ -291,6 +296,12 @@ impl Status {
         if let Some(r) = &self.refused {
             let _ = writeln!(o, "REFUSED:          {r}");
         }
+        if self.disk_full {
+            let _ = writeln!(
+                o,
+                "DISK FULL:        the node cannot write its database (it retries and resumes once space is freed)"
+            );
+        }
         let _ = writeln!(o, "parked changes:   {}", self.parked_changes);
         for (t, n, why) in &self.parked_by_table {
             let _ = writeln!(o, "  parked:         {t}: {n} ({why})");
@@ -377,6 +388,7 @@ pub struct StatusJson<'a> {
     /// Each replicated table's direction (`[table.<name>]`).
     pub directions: Vec<Direction<'a>>,
     pub refused: Option<&'a str>,
+    pub disk_full: bool,
 }
 
 /// A table and why: `{"table":..,"reason":..}` (not replicated, paused).
@@ -456,6 +468,7 @@ impl<'a> From<&'a Status> for StatusJson<'a> {
                 })
                 .collect(),
             refused: s.refused.as_deref(),
+            disk_full: s.disk_full,
         }
     }
 }
@@ -488,7 +501,7 @@ mod tests {
     fn json_is_the_documented_object() {
         assert_eq!(
             Status::default().to_json(),
-            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null,"directions":[],"refused":null}"#
+            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null,"directions":[],"refused":null,"disk_full":false}"#
         );
         let full = Status {
             db_path: "/x/\"a\\b\u{1}é.db".into(),
@@ -521,10 +534,11 @@ mod tests {
             node_running: true,
             directions: vec![("t".into(), true, false), ("u v".into(), false, true)],
             refused: Some("Permissions Violation".into()),
+            disk_full: true,
         };
         assert_eq!(
             full.to_json(),
-            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16,"directions":[{"table":"t","publish":true,"replicate":false},{"table":"u v","publish":false,"replicate":true}],"refused":"Permissions Violation"}"#
+            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16,"directions":[{"table":"t","publish":true,"replicate":false},{"table":"u v","publish":false,"replicate":true}],"refused":"Permissions Violation","disk_full":true}"#
         );
     }
 

@@ -452,16 +452,20 @@ pub struct Node {
     env: Vec<(String, String)>,
 }
 
-/// The TOML `Node::start` writes: `db_path`, `polling_interval = 50` (unless `extra` sets it),
+/// The TOML `Node::start` writes: `db_path` and `polling_interval = 50` (unless `extra` sets them),
 /// `extra` verbatim, and `urls = [nats_url]` in `[nats]` (inside `extra`'s `[nats]` table when
 /// it has one).
 pub fn node_toml(db: &Path, extra: &str, nats_url: Option<&str>) -> String {
-    let mut top = format!("db_path = {}\n", toml_str(&db.display().to_string()));
     let sets = |key: &str| {
         extra.lines().any(|l| {
             let l = l.trim_start();
             l.starts_with(key) && l[key.len()..].trim_start().starts_with('=')
         })
+    };
+    let mut top = if sets("db_path") {
+        String::new() // the test puts the database elsewhere
+    } else {
+        format!("db_path = {}\n", toml_str(&db.display().to_string()))
     };
     if !sets("polling_interval") {
         top.push_str("polling_interval = 50\n");
