@@ -163,6 +163,12 @@ pub struct ReplicationLog {
     /// Stream message limit (oldest messages are discarded beyond it).
     #[serde(default = "default_max_entries")]
     pub max_entries: i64,
+    /// Stream age limit in hours (older messages are discarded); 0: none.
+    #[serde(default)]
+    pub max_age_hours: u64,
+    /// Stream size limit in bytes (oldest messages discarded beyond it); 0: none.
+    #[serde(default)]
+    pub max_bytes: u64,
     /// Stream replicas in a clustered NATS.
     #[serde(default = "one")]
     pub replicas: usize,
@@ -259,6 +265,8 @@ impl Default for ReplicationLog {
     fn default() -> Self {
         ReplicationLog {
             max_entries: DEFAULT_MAX_ENTRIES,
+            max_age_hours: 0,
+            max_bytes: 0,
             replicas: 1,
             compress: false,
             shards: 1,
@@ -337,6 +345,12 @@ impl Config {
         }
         if self.replication_log.max_entries < 1 {
             return Err("[replication_log] max_entries: must be at least 1".into());
+        }
+        if self.replication_log.max_age_hours > 24 * 365 * 100 {
+            return Err("[replication_log] max_age_hours: expected hours, at most 876000 (or 0 for no age limit)".into());
+        }
+        if self.replication_log.max_bytes > i64::MAX as u64 {
+            return Err("[replication_log] max_bytes: too large".into());
         }
         let fv = self.replication_log.frame_version;
         if !(crate::frame::OLDEST_VERSION..=crate::frame::VERSION).contains(&fv) {

@@ -301,6 +301,22 @@ pub struct Outgoing {
     pub data: Vec<u8>,
 }
 
+/// The stream's limits from `[replication_log]`, as the server states them (no limit: -1 for
+/// counts and bytes, 0 for age).
+fn stream_limits(cfg: &Config) -> (i64, Duration, i64) {
+    let r = &cfg.replication_log;
+    let bytes = if r.max_bytes == 0 {
+        -1
+    } else {
+        r.max_bytes as i64
+    };
+    (
+        r.max_entries,
+        Duration::from_secs(r.max_age_hours * 3600),
+        bytes,
+    )
+}
+
 /// See [`client_options`].
 const RECONNECT_BUFFER: usize = 64 * 1024;
 
@@ -388,20 +404,44 @@ impl Transport {
                         info.config.subjects
                     );
                 }
+                let want = stream_limits(cfg);
+                let have = (
+                    info.config.max_msgs,
+                    info.config.max_age,
+                    info.config.max_bytes,
+                );
+                if have != want {
+                    let show = |(m, a, b): (i64, Duration, i64)| {
+                        format!(
+                            "max_entries={m} max_age_hours={} max_bytes={b}",
+                            a.as_secs() / 3600
+                        )
+                    };
+                    log::info!(
+                        "stream {stream} keeps the limits it was created with ({}), not this node's ([replication_log] {}); change them on the server (nats stream edit {stream})",
+                        show(have),
+                        show(want)
+                    );
+                }
             }
             Err(_) => {
+                let (max_msgs, max_age, max_bytes) = stream_limits(cfg);
                 js.add_stream(StreamConfig {
                     name: stream.clone(),
                     subjects: vec![filter.clone()],
-                    max_msgs: cfg.replication_log.max_entries,
+                    max_msgs,
+                    max_age,
+                    max_bytes,
                     num_replicas: cfg.replication_log.replicas,
                     storage: StorageType::File,
                     ..Default::default()
                 })
                 .map_err(setup(&format!("create stream {stream}")))?;
                 log::info!(
-                    "stream created name={stream} subjects={filter} max_entries={}",
-                    cfg.replication_log.max_entries
+                    "stream created name={stream} subjects={filter} max_entries={} max_age_hours={} max_bytes={}",
+                    cfg.replication_log.max_entries,
+                    cfg.replication_log.max_age_hours,
+                    cfg.replication_log.max_bytes
                 );
             }
         }

@@ -566,3 +566,30 @@ fn a_failed_restore_attempt_is_retried_and_the_snapshot_not_marked_bad() {
         assert!(n.stop().success());
     }
 }
+
+/// `[replication_log] max_age_hours` and `max_bytes` set the stream's limits beside
+/// `max_entries` when the node creates it; a node with other limits keeps the stream's and says
+/// so.
+#[test]
+fn the_stream_is_created_with_the_configured_age_and_size_limits() {
+    let dir = TestDir::new("catchup-limits");
+    let nats = NatsServer::start(dir.path());
+    let dbs = make_dbs(dir.path(), &["n1", "n2"]);
+    let limits =
+        "[replication_log]\nmax_entries = 5000\nmax_age_hours = 48\nmax_bytes = 10000000\n";
+    let mut n1 = Node::start_ready(dir.path(), "n1", limits, Some(&nats.url()));
+    n1.wait_connected();
+    let info = js(&nats).stream_info(STREAM).unwrap();
+    assert_eq!(info.config.max_msgs, 5000);
+    assert_eq!(info.config.max_age, Duration::from_secs(48 * 3600));
+    assert_eq!(info.config.max_bytes, 10_000_000);
+    let mut n2 = Node::start_ready(dir.path(), "n2", "", Some(&nats.url()));
+    n2.wait_connected();
+    n2.wait_log("keeps the limits it was created with (max_entries=5000 max_age_hours=48 max_bytes=10000000)", CONVERGE);
+    let info = js(&nats).stream_info(STREAM).unwrap();
+    assert_eq!(info.config.max_age, Duration::from_secs(48 * 3600));
+    let _ = dbs;
+    for n in [&mut n1, &mut n2] {
+        assert!(n.stop().success());
+    }
+}
