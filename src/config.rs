@@ -166,8 +166,9 @@ pub struct ReplicationLog {
     /// Stream replicas in a clustered NATS.
     #[serde(default = "one")]
     pub replicas: usize,
-    /// Frame compression (not implemented yet; accepted and ignored).
-    #[serde(default)]
+    /// Compress each frame's body (deflate) when that makes it smaller; every node reads
+    /// both raw and compressed frames. Off with `frame_version = 1`.
+    #[serde(default = "yes")]
     pub compress: bool,
     /// HarmonyLite-Go's shard count; only 1 is supported.
     #[serde(default = "one")]
@@ -260,7 +261,7 @@ impl Default for ReplicationLog {
         ReplicationLog {
             max_entries: DEFAULT_MAX_ENTRIES,
             replicas: 1,
-            compress: false,
+            compress: true,
             shards: 1,
             frame_version: crate::frame::VERSION,
         }
