@@ -712,6 +712,17 @@ mod tests {
     }
 
     #[test]
+    fn compress_is_on_by_default_and_can_be_turned_off() {
+        let c = Config::parse("db_path = \"a\"\n").unwrap();
+        assert!(c.replication_log.compress);
+        let c = Config::parse("db_path = \"a\"\n[replication_log]\ncompress = false\n").unwrap();
+        assert!(!c.replication_log.compress);
+        let e =
+            Config::parse("db_path = \"a\"\n[replication_log]\ncompress = \"yes\"\n").unwrap_err();
+        assert!(e.contains("compress"), "{e}");
+    }
+
+    #[test]
     fn frame_version_is_one_this_build_writes() {
         let c = Config::parse("db_path = \"a\"\n").unwrap();
         assert_eq!(c.replication_log.frame_version, crate::frame::VERSION);
