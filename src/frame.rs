@@ -31,6 +31,9 @@ pub const COMPRESSED: u8 = 0x80;
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Deflate level: 6 (miniz's default) is measured in BENCHMARKS.md ("Frame compression").
 const DEFLATE_LEVEL: u8 = 6;
+/// A body over 4 times this is compressed only if its first `PROBE` bytes shrink by a tenth:
+/// a large random blob is not deflated in full for nothing.
+const PROBE: usize = 256 * 1024;
 /// Magic, version and checksum.
 const ENVELOPE: usize = 2 + 1 + 4;
 /// Upper bound of what a Changes frame adds around its tables and changes: variant tag,
@@ -339,6 +342,12 @@ pub fn compress(frame: Vec<u8>) -> Vec<u8> {
     let body = &frame[3..frame.len() - 4];
     if body.len() > MAX_BODY {
         return frame;
+    }
+    if body.len() > 4 * PROBE {
+        let probe = miniz_oxide::deflate::compress_to_vec(&body[..PROBE], DEFLATE_LEVEL);
+        if probe.len() > PROBE - PROBE / 10 {
+            return frame;
+        }
     }
     let deflated = miniz_oxide::deflate::compress_to_vec(body, DEFLATE_LEVEL);
     let mut out = envelope_start(deflated.len() + 5, frame[2] | COMPRESSED);
@@ -920,6 +929,23 @@ mod tests {
             Op::Upsert(vec![Value::Integer(1), Value::Blob(noise)]),
         );
         let raw = b.finish();
+        assert_eq!(compress(raw.clone()), raw);
+        // a large one too (found out from its first 256 KiB)
+        let noise: Vec<u8> = (0..5 * PROBE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let raw = encode_single(
+            1,
+            &header(),
+            2,
+            Op::Upsert(vec![Value::Integer(2), Value::Blob(noise)]),
+            VERSION,
+        );
         assert_eq!(compress(raw.clone()), raw);
         // so is a frame too small to gain, and anything that is not a frame
         let mut b = FrameBuilder::new(1, 1 << 16);
