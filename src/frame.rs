@@ -372,7 +372,7 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>, FrameError> {
         let Some(&b) = body.get(used) else {
             return Err(FrameError::Decompress("truncated length".into()));
         };
-        if used == 4 && b > 0x07 {
+        if used == 4 && b > 0x0f {
             return Err(FrameError::Decompress("length over 4 GiB".into()));
         }
         len |= ((b & 0x7f) as usize) << (7 * used);

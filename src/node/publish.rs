@@ -85,7 +85,8 @@ impl Node {
         let mut more = false;
         let mut changes = 0usize;
         let fv = self.cfg.replication_log.frame_version;
-        // A build that writes only frame format 1 for an older fleet reads no compressed frames.
+        // `frame_version = 1` means part of the fleet runs a build older than format 2, which
+        // reads no compressed frames either. Rounds are bounded by the bytes sent (compressed).
         let compress = self.cfg.replication_log.compress && fv >= 2;
         // Compression comes after a frame is built, so frames stay bounded by `max` raw bytes
         // (compressed, they are smaller, never larger). Not packing more rows into a compressed
