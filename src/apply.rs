@@ -215,9 +215,18 @@ pub fn apply_batch(
                             )?,
                             Err(why) => reject(m, &why, &mut stats),
                         },
-                        Ok(Frame::Fragment(_)) | Err(_) => {
+                        Ok(Frame::Fragment(_)) => {
                             stats.undecodable += 1;
                             log::warn!("skipping undecodable frame seq={} subject={}: reassembled fragments do not form a frame", m.seq, m.subject);
+                        }
+                        Err(e) => {
+                            stats.undecodable += 1;
+                            log::warn!(
+                                "skipping undecodable frame seq={} subject={} bytes={}: reassembled fragments: {e}",
+                                m.seq,
+                                m.subject,
+                                whole.len()
+                            );
                         }
                     }
                 }

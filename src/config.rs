@@ -172,8 +172,9 @@ pub struct ReplicationLog {
     /// Stream replicas in a clustered NATS.
     #[serde(default = "one")]
     pub replicas: usize,
-    /// Frame compression (not implemented yet; accepted and ignored).
-    #[serde(default)]
+    /// Compress each frame's body (deflate) when that makes it smaller; every node reads
+    /// both raw and compressed frames. Off with `frame_version = 1`.
+    #[serde(default = "yes")]
     pub compress: bool,
     /// HarmonyLite-Go's shard count; only 1 is supported.
     #[serde(default = "one")]
@@ -268,7 +269,7 @@ impl Default for ReplicationLog {
             max_age_hours: 0,
             max_bytes: 0,
             replicas: 1,
-            compress: false,
+            compress: true,
             shards: 1,
             frame_version: crate::frame::VERSION,
         }
@@ -727,6 +728,17 @@ mod tests {
             .check_table_keys(["x"].into_iter().filter(|_| false))
             .unwrap_err();
         assert!(e.starts_with("[table.x]: it is left out by"), "{e}");
+    }
+
+    #[test]
+    fn compress_is_on_by_default_and_can_be_turned_off() {
+        let c = Config::parse("db_path = \"a\"\n").unwrap();
+        assert!(c.replication_log.compress);
+        let c = Config::parse("db_path = \"a\"\n[replication_log]\ncompress = false\n").unwrap();
+        assert!(!c.replication_log.compress);
+        let e =
+            Config::parse("db_path = \"a\"\n[replication_log]\ncompress = \"yes\"\n").unwrap_err();
+        assert!(e.contains("compress"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! little endian) of everything before it. A frame holds many row changes, bounded in bytes by
 //! [`FrameBuilder`]; a change too large for one frame is encoded alone and cut into
 //! [`Fragment`]s that the receiver reassembles.
+//!
+//! A compressed frame ([`compress`], `[replication_log] compress`) sets [`COMPRESSED`] in the
+//! version byte, and its body is the length of the postcard encoding (a LEB128 varint, at most
+//! [`MAX_BODY`]) followed by that encoding as a raw deflate stream; the CRC-32 covers the bytes
+//! sent (magic, version byte, length, deflate stream). Every build since reads both, so a fleet
+//! can switch compression one node at a time. A frame that would not shrink is sent raw.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +23,17 @@ pub const MAGIC: &[u8; 2] = b"HL";
 pub const VERSION: u8 = 2;
 /// The oldest frame format this build reads.
 pub const OLDEST_VERSION: u8 = 1;
+/// Set in the version byte of a frame whose body is compressed (any format version).
+pub const COMPRESSED: u8 = 0x80;
+/// The largest postcard body a compressed frame may carry, and so the most a frame can make a
+/// receiver allocate by decompression (the largest `max_frame_bytes`). Larger encodings (a
+/// fragmented row over 64 MiB) are sent raw.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Deflate level: 6 (miniz's default) is measured in BENCHMARKS.md ("Frame compression").
+const DEFLATE_LEVEL: u8 = 6;
+/// A body over 4 times this is compressed only if its first `PROBE` bytes shrink by a tenth:
+/// a large random blob is not deflated in full for nothing.
+const PROBE: usize = 256 * 1024;
 /// Magic, version and checksum.
 const ENVELOPE: usize = 2 + 1 + 4;
 /// Upper bound of what a Changes frame adds around its tables and changes: variant tag,
@@ -221,6 +238,9 @@ pub enum FrameError {
     Decode(String),
     TrailingBytes(usize),
     Invalid(&'static str),
+    /// A compressed body that does not decompress to the length it declares (at most
+    /// [`MAX_BODY`]).
+    Decompress(String),
 }
 
 impl fmt::Display for FrameError {
@@ -236,6 +256,7 @@ impl fmt::Display for FrameError {
             FrameError::Decode(e) => write!(f, "does not decode: {e}"),
             FrameError::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the frame"),
             FrameError::Invalid(why) => write!(f, "invalid: {why}"),
+            FrameError::Decompress(why) => write!(f, "compressed body does not decompress: {why}"),
         }
     }
 }
@@ -277,7 +298,8 @@ pub fn encode_as(frame: &Frame, version: u8) -> Vec<u8> {
     seal(postcard::to_extend(&wire, out).expect("encoding into a Vec cannot fail"))
 }
 
-/// Decodes and checks a frame. Never panics, whatever the input.
+/// Decodes and checks a frame, raw or compressed. Never panics, whatever the input, and a
+/// compressed body never makes it allocate more than [`MAX_BODY`] bytes.
 pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
     if bytes.len() < ENVELOPE {
         return Err(FrameError::TooShort(bytes.len()));
@@ -285,14 +307,22 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
     if &bytes[..2] != MAGIC {
         return Err(FrameError::BadMagic);
     }
-    if !(OLDEST_VERSION..=VERSION).contains(&bytes[2]) {
+    let version = bytes[2] & !COMPRESSED;
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(FrameError::UnknownVersion(bytes[2]));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     if crc32(body).to_le_bytes() != crc {
         return Err(FrameError::Checksum);
     }
-    let (wire, rest) = postcard::take_from_bytes::<WireFrame>(&body[3..])
+    let inflated;
+    let body = if bytes[2] & COMPRESSED != 0 {
+        inflated = decompress(&body[3..])?;
+        &inflated[..]
+    } else {
+        &body[3..]
+    };
+    let (wire, rest) = postcard::take_from_bytes::<WireFrame>(body)
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     let frame = Frame::from_wire(wire);
     if !rest.is_empty() {
@@ -300,6 +330,78 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
     }
     validate(&frame)?;
     Ok(frame)
+}
+
+/// The same frame with its body compressed, when that makes it smaller; otherwise `frame`
+/// itself (also for a frame already compressed, not a frame, or with a body over
+/// [`MAX_BODY`]).
+pub fn compress(frame: Vec<u8>) -> Vec<u8> {
+    if frame.len() < ENVELOPE || &frame[..2] != MAGIC || frame[2] & COMPRESSED != 0 {
+        return frame;
+    }
+    let body = &frame[3..frame.len() - 4];
+    if body.len() > MAX_BODY {
+        return frame;
+    }
+    if body.len() > 4 * PROBE {
+        let probe = miniz_oxide::deflate::compress_to_vec(&body[..PROBE], DEFLATE_LEVEL);
+        if probe.len() > PROBE - PROBE / 10 {
+            return frame;
+        }
+    }
+    let deflated = miniz_oxide::deflate::compress_to_vec(body, DEFLATE_LEVEL);
+    let mut out = envelope_start(deflated.len() + 5, frame[2] | COMPRESSED);
+    let mut n = body.len();
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(&deflated);
+    if out.len() + 4 >= frame.len() {
+        return frame;
+    }
+    seal(out)
+}
+
+/// A compressed body (declared length, deflate stream) back to its postcard encoding.
+fn decompress(body: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut len = 0usize;
+    let mut used = 0;
+    loop {
+        let Some(&b) = body.get(used) else {
+            return Err(FrameError::Decompress("truncated length".into()));
+        };
+        if used == 4 && b > 0x0f {
+            return Err(FrameError::Decompress("length over 4 GiB".into()));
+        }
+        len |= ((b & 0x7f) as usize) << (7 * used);
+        used += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    if len > MAX_BODY {
+        return Err(FrameError::Decompress(format!(
+            "declares {len} bytes, more than the limit of {MAX_BODY}"
+        )));
+    }
+    // inflating stops at the declared length: a bomb allocates no more than that
+    let out = miniz_oxide::inflate::decompress_to_vec_with_limit(&body[used..], len).map_err(
+        |e| match e.status {
+            miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
+                FrameError::Decompress(format!("more than the {len} bytes it declares"))
+            }
+            _ => FrameError::Decompress(format!("deflate stream: {e}")),
+        },
+    )?;
+    if out.len() != len {
+        return Err(FrameError::Decompress(format!(
+            "{} bytes, not the {len} it declares",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 /// Structural checks so that the apply code can index without panicking.
@@ -735,6 +837,236 @@ mod tests {
             }],
         }));
         assert!(matches!(decode(&bad), Err(FrameError::Invalid(_))));
+    }
+
+    /// Telemetry-like rows: a device id, a timestamp and a JSON payload whose values drift.
+    fn telemetry(b: &mut FrameBuilder, rows: i64) {
+        let h = TableHeader {
+            name: "readings".into(),
+            columns: vec!["id".into(), "device".into(), "ts".into(), "payload".into()],
+            pk: vec![0],
+        };
+        for i in 0..rows {
+            let payload = format!(
+                "{{\"temperature\":{:.2},\"humidity\":{:.1},\"pressure\":{:.1},\"voltage\":{:.1}}}",
+                21.0 + (i % 13) as f64 * 0.07,
+                48.0 + (i % 7) as f64 * 0.3,
+                1013.0 + (i % 5) as f64 * 0.1,
+                229.0 + (i % 11) as f64 * 0.2
+            );
+            let op = Op::Upsert(vec![
+                Value::Integer(i),
+                Value::Text(format!("gw-0017-sensor-{:02}", i % 8).into_bytes()),
+                Value::Integer(1_764_500_000_000 + i * 1000),
+                Value::Text(payload.into_bytes()),
+            ]);
+            assert_eq!(b.push(&h, 1000 + i as u64, op), Pushed::Added);
+        }
+    }
+
+    /// A compressed frame with `body` as its (already deflated) stream after `declared`.
+    fn forge_compressed(declared: &[u8], stream: &[u8]) -> Vec<u8> {
+        let mut o = envelope_start(16, VERSION | COMPRESSED);
+        o.extend_from_slice(declared);
+        o.extend_from_slice(stream);
+        seal(o)
+    }
+
+    #[test]
+    fn compressed_frames_round_trip_and_decode_like_raw_ones() {
+        let mut b = FrameBuilder::new(9, 1 << 20);
+        telemetry(&mut b, 200);
+        for (i, v) in all_values().into_iter().enumerate() {
+            b.push(
+                &header(),
+                5000 + i as u64,
+                Op::Insert(vec![Value::Integer(i as i64), v]),
+            );
+        }
+        let raw = b.finish();
+        let packed = compress(raw.clone());
+        assert_eq!(&packed[..2], MAGIC);
+        assert_eq!(packed[2], VERSION | COMPRESSED);
+        assert!(
+            packed.len() * 3 < raw.len(),
+            "{} of {}",
+            packed.len(),
+            raw.len()
+        );
+        let (a, c) = (decode(&raw).unwrap(), decode(&packed).unwrap());
+        assert_eq!(a, c);
+        let Frame::Changes(c) = c else { panic!() };
+        assert_eq!(c.changes.len(), 210);
+        // compressing twice changes nothing; the CRC covers the bytes sent
+        assert_eq!(compress(packed.clone()), packed);
+        let mut flipped = packed.clone();
+        let at = packed.len() / 2;
+        flipped[at] ^= 0x01;
+        assert_eq!(decode(&flipped), Err(FrameError::Checksum));
+        // format 1 compresses too (the node does not write it compressed; readers would not know it)
+        let mut b1 = FrameBuilder::with_version(9, 1 << 20, 1);
+        telemetry(&mut b1, 50);
+        let v1 = compress(b1.finish());
+        assert_eq!(v1[2], 1 | COMPRESSED);
+        assert!(matches!(decode(&v1), Ok(Frame::Changes(c)) if c.changes.len() == 50));
+    }
+
+    #[test]
+    fn a_frame_that_does_not_shrink_is_sent_raw() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..3000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut b = FrameBuilder::new(1, 1 << 16);
+        b.push(
+            &header(),
+            1,
+            Op::Upsert(vec![Value::Integer(1), Value::Blob(noise)]),
+        );
+        let raw = b.finish();
+        assert_eq!(compress(raw.clone()), raw);
+        // a large one too (found out from its first 256 KiB)
+        let noise: Vec<u8> = (0..5 * PROBE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let raw = encode_single(
+            1,
+            &header(),
+            2,
+            Op::Upsert(vec![Value::Integer(2), Value::Blob(noise)]),
+            VERSION,
+        );
+        assert_eq!(compress(raw.clone()), raw);
+        // so is a frame too small to gain, and anything that is not a frame
+        let mut b = FrameBuilder::new(1, 1 << 16);
+        b.push(&header(), 1, Op::Delete(vec![Value::Integer(1)]));
+        let tiny = b.finish();
+        assert_eq!(compress(tiny.clone()), tiny);
+        assert_eq!(compress(b"HL".to_vec()), b"HL".to_vec());
+        assert_eq!(
+            compress(b"not a frame at all".to_vec()),
+            b"not a frame at all".to_vec()
+        );
+    }
+
+    #[test]
+    fn bombs_and_garbage_in_a_compressed_body_are_clear_errors() {
+        let decompress_err = |bytes: &[u8]| match decode(bytes) {
+            Err(FrameError::Decompress(why)) => why,
+            other => panic!("expected a decompression error, got {other:?}"),
+        };
+        // a length over the limit is refused before inflating anything
+        let mut over = Vec::new();
+        let mut n = MAX_BODY + 1;
+        while n >= 0x80 {
+            over.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        over.push(n as u8);
+        let why = decompress_err(&forge_compressed(&over, &[0x03, 0x00]));
+        assert!(why.contains("more than the limit"), "{why}");
+        assert!(decompress_err(&forge_compressed(&[0xff; 6], &[])).contains("4 GiB"));
+        assert!(decompress_err(&forge_compressed(&[0x80], &[])).contains("truncated length"));
+        // a bomb: 4 MiB of zeros deflated to ~4 KiB, declaring 100 bytes, stops at 100
+        let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; 4 << 20], 6);
+        assert!(bomb.len() < 16 << 10);
+        let why = decompress_err(&forge_compressed(&[100], &bomb));
+        assert!(why.contains("more than the 100 bytes it declares"), "{why}");
+        // ... and declaring all of it passes inflation, then fails as a frame, not a panic
+        let mut declared = Vec::new();
+        let mut n = 4usize << 20;
+        while n >= 0x80 {
+            declared.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        declared.push(n as u8);
+        assert!(decode(&forge_compressed(&declared, &bomb)).is_err());
+        // fewer bytes than declared, and streams that are not deflate
+        let short = miniz_oxide::deflate::compress_to_vec(b"abc", 6);
+        assert!(decompress_err(&forge_compressed(&[10], &short)).contains("not the 10"));
+        assert!(decompress_err(&forge_compressed(&[10], &[0xff; 12])).contains("deflate stream"));
+        assert!(decompress_err(&forge_compressed(&[10], &[])).contains("deflate stream"));
+        let text = FrameError::Decompress("x".into()).to_string();
+        assert_eq!(text, "compressed body does not decompress: x");
+    }
+
+    #[test]
+    fn truncated_compressed_frames_are_errors_not_panics() {
+        let mut b = FrameBuilder::new(3, 1 << 16);
+        telemetry(&mut b, 40);
+        let packed = compress(b.finish());
+        assert_ne!(packed[2] & COMPRESSED, 0);
+        for n in 0..packed.len() {
+            assert!(decode(&packed[..n]).is_err());
+            // cut, then sealed again: the checksum passes and the deflate stream ends early
+            if n > 3 && n < packed.len() - 4 {
+                let resealed = seal(packed[..n].to_vec());
+                assert!(decode(&resealed).is_err(), "cut at {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_compressible_row_is_compressed_then_fragmented() {
+        let max = 2048;
+        // words drawn at random from a small vocabulary: compressible, not trivially
+        let words = [
+            "telemetry ",
+            "été ",
+            "✓ ",
+            "sensor ",
+            "42.5 ",
+            "日本 ",
+            "ok ",
+            "drift ",
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut text = Vec::new();
+        while text.len() < 200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.extend_from_slice(words[(x % 8) as usize].as_bytes());
+        }
+        let big = Op::Upsert(vec![Value::Integer(1), Value::Text(text)]);
+        let raw = encode_single(1, &header(), 5, big.clone(), VERSION);
+        let whole = compress(raw.clone());
+        assert!(
+            whole.len() < raw.len() / 2,
+            "{} of {}",
+            whole.len(),
+            raw.len()
+        );
+        let parts = fragment(1, 5, &whole, max, VERSION);
+        let raw_parts = fragment(1, 5, &raw, max, VERSION).len();
+        assert!(
+            parts.len() > 1 && parts.len() < raw_parts / 2,
+            "{} {raw_parts}",
+            parts.len()
+        );
+        let mut joined = Vec::new();
+        for p in &parts {
+            assert!(p.len() <= max);
+            let Frame::Fragment(f) = decode(p).unwrap() else {
+                panic!()
+            };
+            joined.extend_from_slice(&f.data);
+        }
+        assert_eq!(joined, whole);
+        let Frame::Changes(c) = decode(&joined).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.changes[0].op, big);
     }
 
     #[test]

@@ -287,8 +287,8 @@ impl Node {
         } else {
             (None, cfg.nats.urls.join(","))
         };
-        if cfg.replication_log.compress {
-            log::info!("[replication_log] compress = true is accepted but not implemented yet; frames go uncompressed");
+        if cfg.replication_log.compress && cfg.replication_log.frame_version < 2 {
+            log::info!("[replication_log] compress is off with frame_version = 1: builds that read only format 1 read no compressed frames");
         }
         let max_frame = cfg.max_frame_bytes;
         let next_save = Node::first_save_at(&cfg);

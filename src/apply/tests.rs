@@ -1214,3 +1214,78 @@ fn the_same_row_from_a_node_with_another_column_order_is_no_collision() {
     );
     assert_eq!((s.applied, s.pk_collisions), (1, 0));
 }
+
+/// `frame` with byte `at` flipped and its checksum made right again: passes the CRC, does not
+/// decompress.
+fn spoil_compressed(mut frame: Vec<u8>, at: usize) -> Vec<u8> {
+    assert_ne!(
+        frame[2] & frame::COMPRESSED,
+        0,
+        "test premise: a compressed frame"
+    );
+    let body = frame.len() - 4;
+    frame[at] ^= 0xff;
+    let crc = frame::crc32(&frame[..body]).to_le_bytes();
+    frame[body..].copy_from_slice(&crc);
+    frame
+}
+
+#[test]
+fn compressed_frames_apply_and_a_bad_compressed_body_is_skipped_and_counted() {
+    let mut d = setup("compressed");
+    let text = |i: i64| format!("reading {i}: {{\"temperature\": 21.{i}, \"humidity\": 48}}");
+    let batch = |seq: u64, first: i64| {
+        let changes: Vec<(u64, Op)> = (first..first + 20)
+            .map(|i| (100 + i as u64, up(i, &text(i))))
+            .collect();
+        let mut m = msg(seq, 7, &changes);
+        m.data = frame::compress(m.data);
+        m
+    };
+    let good = batch(1, 0);
+    assert_ne!(good.data[2] & frame::COMPRESSED, 0);
+    let mut bad = batch(2, 20);
+    bad.data = spoil_compressed(bad.data, 8);
+    assert!(matches!(
+        frame::decode(&bad.data),
+        Err(frame::FrameError::Decompress(_))
+    ));
+    let after = batch(3, 40);
+    let s = apply_batch(
+        &mut d.conn,
+        &d.cfg,
+        &d.schema,
+        &mut d.hlc,
+        ME,
+        &[good, bad, after],
+    )
+    .unwrap();
+    assert_eq!((s.applied, s.undecodable), (40, 1));
+    let ids: Vec<i64> = rows(&d).into_iter().map(|(id, _)| id).collect();
+    let want: Vec<i64> = (0..20).chain(40..60).collect();
+    assert_eq!(ids, want);
+    assert_eq!(rows(&d)[25], (45, text(45)));
+
+    // a compressed frame cut into fragments: applied once whole; a spoiled one is counted
+    let big = "telemetry ".repeat(200);
+    let whole = frame::compress(msg(0, 7, &[(500, up(500, &big))]).data);
+    let spoiled = spoil_compressed(whole.clone(), 10);
+    for (n, (data, id)) in [(whole, 500u64), (spoiled, 501)].into_iter().enumerate() {
+        let parts = frame::fragment(7, id, &data, 60, frame::VERSION);
+        assert!(parts.len() > 1);
+        let mut s = ApplyStats::default();
+        for (i, p) in parts.into_iter().enumerate() {
+            s = apply(
+                &mut d,
+                Incoming {
+                    seq: 10 + 100 * n as u64 + i as u64,
+                    subject: "x.7".into(),
+                    data: p,
+                },
+            );
+        }
+        assert_eq!(s.undecodable, n as u64, "set {n}");
+    }
+    assert_eq!(rows(&d).last(), Some(&(500, big)));
+    assert_eq!(frag_rows(&d), 0);
+}
