@@ -19,7 +19,8 @@ use rusqlite::params;
 use crate::app::{app_conn, create_db, reader};
 use crate::ceilings::stream_stats;
 use crate::harness::{
-    check_interrupted, free_port, pause, process_cpu_time, status_kib, wait_for, NodeProc, NodeSpec,
+    check_interrupted, cpu_time, free_port, pause, process_cpu_time, status_kib, wait_for,
+    NodeProc, NodeSpec,
 };
 use crate::lag::{self, Idle};
 use crate::replication::{converge_timeout, Env};
@@ -87,11 +88,16 @@ pub struct Fleet {
     pub settings_ms: Vec<f64>,
     /// Per gateway: VmRSS once ready, before any write.
     pub rss_ready_kib: Vec<u64>,
+    /// Per gateway: VmRSS right after the ingest (its readings published).
+    pub rss_after_ingest_kib: Vec<u64>,
     /// The gateways over the idle window.
     pub idle: Idle,
     pub gateway_peak_rss_kib: u64,
     pub hub_rss_kib: u64,
     pub hub_peak_rss_kib: u64,
+    /// CPU % of one core over the gateways' idle window: the hub's and nats-server's.
+    pub hub_idle_cpu_pct: f64,
+    pub server_idle_cpu_pct: f64,
 }
 
 impl Fleet {
@@ -127,6 +133,9 @@ impl Fleet {
     }
     pub fn rss_ready_max_kib(&self) -> u64 {
         self.rss_ready_kib.iter().copied().max().unwrap_or(0)
+    }
+    pub fn rss_after_ingest_max_kib(&self) -> u64 {
+        self.rss_after_ingest_kib.iter().copied().max().unwrap_or(0)
     }
     pub fn idle_cpu_pct(&self) -> f64 {
         self.idle.cpu_pct.iter().copied().fold(0.0, f64::max)
@@ -344,6 +353,10 @@ pub fn measure(env: &Env, sizes: FleetSizes) -> Result<Fleet, String> {
     );
     // every gateway's outbox is empty (the hub has every row); let stray frames arrive
     pause(SETTLE)?;
+    let rss_after_ingest_kib = gws
+        .iter()
+        .map(|g| status_kib(g.pid, "VmRSS"))
+        .collect::<Result<Vec<_>, _>>()?;
     let recv1 = received(gws)?;
     let readings_received_bytes: Vec<f64> = recv1.iter().zip(&recv0).map(|(a, b)| a - b).collect();
     let wire = stream_stats(env.url, stream, subject)?;
@@ -426,7 +439,19 @@ pub fn measure(env: &Env, sizes: FleetSizes) -> Result<Fleet, String> {
 
     // 3. idle
     pause(SETTLE)?;
+    let others0 = (
+        cpu_time(hub.pid)?,
+        cpu_time(env.server_pid)?,
+        Instant::now(),
+    );
     let idle = lag::idle(gws, Duration::from_secs(sizes.idle_secs))?;
+    let others1 = (
+        cpu_time(hub.pid)?,
+        cpu_time(env.server_pid)?,
+        Instant::now(),
+    );
+    let window = (others1.2 - others0.2).as_secs_f64();
+    let pct = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64() / window * 100.0;
     let gateway_peak_rss_kib = gws
         .iter()
         .map(|g| status_kib(g.pid, "VmHWM"))
@@ -450,9 +475,12 @@ pub fn measure(env: &Env, sizes: FleetSizes) -> Result<Fleet, String> {
         settings_received_bytes,
         settings_ms,
         rss_ready_kib,
+        rss_after_ingest_kib,
         idle,
         gateway_peak_rss_kib,
         hub_rss_kib: status_kib(hub.pid, "VmRSS")?,
         hub_peak_rss_kib: status_kib(hub.pid, "VmHWM")?,
+        hub_idle_cpu_pct: pct(others1.0, others0.0),
+        server_idle_cpu_pct: pct(others1.1, others0.1),
     })
 }

@@ -667,10 +667,11 @@ pub fn fleet_table(f: &Fleet) -> String {
     );
     row(
         &mut o,
-        "  gateway RSS when ready (largest), peak (VmHWM, largest)",
+        "  gateway RSS ready / after ingest / peak (VmHWM), largest",
         format!(
-            "{} KiB, {} KiB",
+            "{} / {} / {} KiB",
             n(f.rss_ready_max_kib() as f64),
+            n(f.rss_after_ingest_max_kib() as f64),
             n(f.gateway_peak_rss_kib as f64)
         ),
     );
@@ -689,6 +690,14 @@ pub fn fleet_table(f: &Fleet) -> String {
         &mut o,
         "  gateway idle CPU, mean",
         format!("{:.3} % of a core", f.idle_cpu_pct_mean()),
+    );
+    row(
+        &mut o,
+        "  hub and nats-server CPU over the same window",
+        format!(
+            "{:.3} %, {:.3} % of a core",
+            f.hub_idle_cpu_pct, f.server_idle_cpu_pct
+        ),
     );
     row(
         &mut o,
@@ -754,6 +763,8 @@ pub fn fleet_fields(f: &Fleet) -> Vec<(&'static str, String)> {
             num(f.idle_cpu_pct_mean()),
         ),
         ("fleet_idle_window_s", num(f.idle.window_secs)),
+        ("fleet_hub_idle_cpu_pct", num(f.hub_idle_cpu_pct)),
+        ("fleet_server_idle_cpu_pct", num(f.server_idle_cpu_pct)),
         ("fleet_hub_rss_kib", f.hub_rss_kib.to_string()),
         ("fleet_hub_rss_peak_kib", f.hub_peak_rss_kib.to_string()),
     ]
