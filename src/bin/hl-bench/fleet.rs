@@ -317,11 +317,11 @@ pub fn measure(env: &Env, sizes: FleetSizes) -> Result<Fleet, String> {
             })
         })
         .collect();
+    // join every writer before looking at any result, so none is still writing on an error
+    let results: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
     let mut app_secs: f64 = 0.0;
-    for w in writers {
-        let took = w
-            .join()
-            .map_err(|_| "a gateway writer thread panicked".to_string())??;
+    for r in results {
+        let took = r.map_err(|_| "a gateway writer thread panicked".to_string())??;
         app_secs = app_secs.max(took.as_secs_f64());
     }
     let hub_conn = reader(&hub.db)?;
@@ -417,6 +417,9 @@ pub fn measure(env: &Env, sizes: FleetSizes) -> Result<Fleet, String> {
             },
         )
         .map_err(|e| {
+            if check_interrupted().is_err() {
+                return e;
+            }
             let missing: Vec<&str> = has
                 .iter()
                 .zip(gws)
