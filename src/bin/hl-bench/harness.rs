@@ -292,6 +292,8 @@ pub struct NodeSpec<'a> {
     pub poll_ms: u64,
     /// Serve `/metrics` on this loopback port (it also turns on the node's statement count).
     pub metrics_port: Option<u16>,
+    /// More TOML appended to the config (e.g. `[table.readings]` sections); empty for none.
+    pub extra: &'a str,
 }
 
 /// A running `harmonylite --config` process, logging to `<name>.log`.
@@ -325,6 +327,7 @@ impl NodeProc {
             }
             None => text,
         };
+        let text = format!("{text}{}", spec.extra);
         fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let err =
             File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;

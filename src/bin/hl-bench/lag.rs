@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::params;
 
 use crate::app::{app_conn, reader, Payloads};
-use crate::harness::{check_interrupted, cpu_time, pause, status_kib, unix_ms};
+use crate::harness::{check_interrupted, cpu_time, pause, status_kib, unix_ms, NodeProc};
 use crate::replication::Cluster;
 
 /// Pause between two probes of a replica.
@@ -188,17 +188,15 @@ pub struct Idle {
     pub rss_shared_lib_kib: Vec<u64>,
 }
 
-/// Leaves the cluster without writes for `window` and reads each node's CPU time and RSS.
-pub fn idle(cluster: &Cluster, window: Duration) -> Result<Idle, String> {
-    let before = cluster
-        .nodes
+/// Leaves the nodes without writes for `window` and reads each node's CPU time and RSS.
+pub fn idle(nodes: &[NodeProc], window: Duration) -> Result<Idle, String> {
+    let before = nodes
         .iter()
         .map(|n| cpu_time(n.pid))
         .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     pause(window)?;
-    let after = cluster
-        .nodes
+    let after = nodes
         .iter()
         .map(|n| cpu_time(n.pid))
         .collect::<Result<Vec<_>, _>>()?;
@@ -208,18 +206,15 @@ pub fn idle(cluster: &Cluster, window: Duration) -> Result<Idle, String> {
         .zip(&after)
         .map(|(b, a)| a.saturating_sub(*b).as_secs_f64() / secs * 100.0)
         .collect();
-    let rss_kib = cluster
-        .nodes
+    let rss_kib = nodes
         .iter()
         .map(|n| status_kib(n.pid, "VmRSS"))
         .collect::<Result<Vec<_>, _>>()?;
-    let rss_anon_kib = cluster
-        .nodes
+    let rss_anon_kib = nodes
         .iter()
         .map(|n| status_kib(n.pid, "RssAnon"))
         .collect::<Result<Vec<_>, _>>()?;
-    let rss_shared_lib_kib = cluster
-        .nodes
+    let rss_shared_lib_kib = nodes
         .iter()
         .map(|n| shared_lib_kib(n.pid))
         .collect::<Result<Vec<_>, _>>()?;

@@ -11,12 +11,14 @@
 //! - `replication`: clusters of nodes; one writer, mixed workload, all writers.
 //! - `lag`: lag at a steady rate; idle CPU and RSS.
 //! - `amplification`: bytes written per captured change against a plain insert.
+//! - `fleet`: a hub and N gateways with per-table direction (`--fleet N`; N = 3 in every run).
 //! - `report`: the table and the JSON line.
 #![forbid(unsafe_code)]
 
 mod amplification;
 mod app;
 mod ceilings;
+mod fleet;
 mod harness;
 mod lag;
 mod replication;
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use harmonylite::config::DEFAULT_POLLING_INTERVAL_MS;
 
+use crate::fleet::FleetSizes;
 use crate::harness::{find_nats_server, find_node_binary, loadavg, pause, Scratch, Server};
 use crate::replication::{Cluster, Env, ROW_TABLE, STAMPED_TABLE};
 use crate::report::Results;
@@ -38,12 +41,17 @@ hl-bench: replication throughput, lag, cost and footprint against the machine's 
 Usage:
   cargo build --release --bins && target/release/hl-bench [--quick] [--json]
   target/release/hl-bench --snapshot [MIB] [--json]
+  target/release/hl-bench --fleet N [--fleet-rows ROWS] [--json]
 
 Options:
   --quick          fewer rows and a 10 s idle window (under two minutes on 2 cores)
   --json           also print one JSON object as the last line of stdout (the table goes to stderr)
   --snapshot [MIB] only the snapshot figures: save and restore a MIB MiB database (default 1024)
                    and the peak RSS of each process; needs about 6x MIB of free disk
+  --fleet N        only the fleet figures: a hub and N gateways (readings up, settings down) on one
+                   nats-server; hub ingest, bytes each gateway receives, settings propagation,
+                   wire bytes per reading, gateway RSS and idle CPU, hub and server CPU
+  --fleet-rows R   readings written by the whole fleet in --fleet (default 100000)
 
 Needs nats-server: $NATS_SERVER, else .tools/py/bin/nats-server (bash scripts/tools.sh), else PATH.
 The nodes run target/release/harmonylite next to hl-bench, or $HL_NODE_BIN (e.g. a static build).
@@ -75,6 +83,7 @@ pub struct Sizes {
     pub amp_rows: u64,
     pub lag_secs: u64,
     pub idle_secs: u64,
+    pub fleet: FleetSizes,
 }
 
 const QUICK: Sizes = Sizes {
@@ -88,6 +97,12 @@ const QUICK: Sizes = Sizes {
     amp_rows: 50_000,
     lag_secs: 5,
     idle_secs: 10,
+    fleet: FleetSizes {
+        gateways: 3,
+        rows: 15_000,
+        settings_changes: 20,
+        idle_secs: 5,
+    },
 };
 
 const FULL: Sizes = Sizes {
@@ -101,11 +116,24 @@ const FULL: Sizes = Sizes {
     amp_rows: 200_000,
     lag_secs: 20,
     idle_secs: 30,
+    fleet: FleetSizes {
+        gateways: 3,
+        rows: 60_000,
+        settings_changes: 50,
+        idle_secs: 30,
+    },
 };
+
+/// `--fleet N` alone: readings of the whole fleet (`--fleet-rows`), settings changes, idle window.
+const FLEET_ROWS: u64 = 100_000;
+const FLEET_SETTINGS: u64 = 50;
+const FLEET_IDLE_SECS: u64 = 30;
 
 fn main() -> ExitCode {
     let (mut quick, mut json) = (false, false);
     let mut snapshot_mib: Option<u64> = None;
+    let mut fleet_n: Option<usize> = None;
+    let mut fleet_rows = FLEET_ROWS;
     let mut args = std::env::args().skip(1).peekable();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -118,6 +146,21 @@ fn main() -> ExitCode {
                 }
                 snapshot_mib = Some(size.unwrap_or(1024));
             }
+            "--fleet" | "--fleet-rows" => {
+                let Some(v) = args
+                    .next()
+                    .and_then(|a| a.parse::<u64>().ok())
+                    .filter(|&v| v > 0)
+                else {
+                    eprintln!("hl-bench: error: {arg} needs a positive number\n\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                if arg == "--fleet" {
+                    fleet_n = Some(v as usize);
+                } else {
+                    fleet_rows = v;
+                }
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -127,6 +170,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(gateways) = fleet_n {
+        let sizes = FleetSizes {
+            gateways,
+            rows: fleet_rows,
+            settings_changes: FLEET_SETTINGS,
+            idle_secs: FLEET_IDLE_SECS,
+        };
+        return finish(run_fleet(sizes), json);
     }
     match snapshot_mib {
         Some(mib) => finish(
@@ -184,6 +236,46 @@ fn run_snapshot(mib: u64) -> Result<snapshot::SnapshotResults, String> {
     let scratch = Scratch::new()?;
     let server = Server::start(&nats_bin, scratch.path())?;
     snapshot::measure(scratch.path(), &node_bin, &server, mib)
+}
+
+/// The fleet figures only (`--fleet N`): the table and the JSON line.
+fn run_fleet(sizes: FleetSizes) -> Result<(String, String), String> {
+    harness::watch_signals()?;
+    let node_bin = find_node_binary()?;
+    let nats_bin = find_nats_server()?;
+    let scratch = Scratch::new()?;
+    let start = Instant::now();
+    let load_start = loadavg();
+    let f = {
+        let server = Server::start(&nats_bin, scratch.path())?;
+        let env = Env {
+            node_bin: &node_bin,
+            dir: scratch.path(),
+            url: &server.url,
+            server_pid: server.pid,
+            poll_ms: DEFAULT_POLLING_INTERVAL_MS,
+        };
+        eprintln!(
+            "hl-bench: fleet of 1 hub + {} gateways, {} readings, {} settings changes, {} s idle window ({})",
+            sizes.gateways, sizes.rows, sizes.settings_changes, sizes.idle_secs, server.url
+        );
+        fleet::measure(&env, sizes)?
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    let load = format!("{load_start} at the start, {} at the end", loadavg());
+    let table = format!(
+        "\nhl-bench --fleet {} - harmonylite {}, {elapsed:.0} s\n  load average (1/5/15 min): {load}\n  node binary: {}\n{}",
+        sizes.gateways,
+        env!("CARGO_PKG_VERSION"),
+        node_bin.display(),
+        report::fleet_table(&f)
+    );
+    let mut fields = vec![
+        ("elapsed_s", format!("{elapsed:.1}")),
+        ("poll_interval_ms", DEFAULT_POLLING_INTERVAL_MS.to_string()),
+    ];
+    fields.extend(report::fleet_fields(&f));
+    Ok((table, report::json_object(&fields)))
 }
 
 /// Every scenario in order; each guard (scratch folder, server, cluster) stops its processes
@@ -292,9 +384,15 @@ fn run(quick: bool) -> Result<Results, String> {
     }
     p.step(&format!("idle footprint over {} s", sizes.idle_secs));
     pause(SETTLE)?;
-    let idle = lag::idle(&c, Duration::from_secs(sizes.idle_secs))?;
+    let idle = lag::idle(&c.nodes, Duration::from_secs(sizes.idle_secs))?;
     peak_rss_kib = peak_rss_kib.max(c.peak_rss_kib()?);
     drop(c);
+
+    p.step(&format!(
+        "fleet: 1 hub + {} gateways, {} readings, {} settings changes",
+        sizes.fleet.gateways, sizes.fleet.rows, sizes.fleet.settings_changes
+    ));
+    let fleet = fleet::measure(&env, sizes.fleet)?;
     drop(server);
     p.step("done");
 
@@ -314,6 +412,7 @@ fn run(quick: bool) -> Result<Results, String> {
         amp,
         idle,
         peak_rss_kib,
+        fleet,
         node_binary_bytes: std::fs::metadata(&node_bin).map(|m| m.len()).unwrap_or(0),
         node_binary: node_bin.display().to_string(),
         elapsed_secs: p.start.elapsed().as_secs_f64(),

@@ -74,6 +74,7 @@ impl Cluster {
                 subject: &subject,
                 poll_ms: env.poll_ms,
                 metrics_port,
+                extra: "",
             };
             nodes.push(NodeProc::start(env.node_bin, env.dir, env.url, &spec)?);
         }

@@ -9,6 +9,7 @@ use crate::amplification::Amplification;
 use crate::ceilings::{
     InsertRates, PublishRates, CEILING_ROUNDS, CEILING_ROUNDS_100, PIPELINE_DEPTH,
 };
+use crate::fleet::{Fleet, DEVICES_PER_GATEWAY as DEVICES, GOAL_COMPRESSED_OVER_RAW};
 use crate::lag::{Idle, Lag};
 use crate::replication::Throughput;
 use crate::{Sizes, E2E_ROUNDS, MIXED_ROW_BYTES, ROW_BYTES};
@@ -40,6 +41,8 @@ pub struct Results {
     pub amp: Amplification,
     pub idle: Idle,
     pub peak_rss_kib: u64,
+    /// The small fleet of the full and quick runs.
+    pub fleet: Fleet,
     pub node_binary_bytes: u64,
     pub node_binary: String,
     pub elapsed_secs: f64,
@@ -320,6 +323,8 @@ pub fn table(r: &Results) -> String {
         ),
     );
 
+    o.push_str(&fleet_table(&r.fleet));
+
     let _ = writeln!(o, "\nratios and goals (issue 7)");
     let goal = |o: &mut String, what: &str, value: String, goal: String, met: bool| {
         let _ = writeln!(
@@ -422,7 +427,7 @@ fn num(v: f64) -> String {
 
 pub fn json(r: &Results) -> String {
     let a = &r.amp;
-    let fields: Vec<(&str, String)> = vec![
+    let mut fields: Vec<(&str, String)> = vec![
         ("quick", r.quick.to_string()),
         ("poll_interval_ms", r.poll_ms.to_string()),
         ("row_bytes", ROW_BYTES.to_string()),
@@ -516,6 +521,261 @@ pub fn json(r: &Results) -> String {
         ("node_binary_bytes", r.node_binary_bytes.to_string()),
         ("elapsed_s", num(r.elapsed_secs)),
     ];
+    fields.extend(fleet_fields(&r.fleet));
+    json_object(&fields)
+}
+
+/// The fleet scenario's section of the table (issue 14, item 5).
+pub fn fleet_table(f: &Fleet) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\nfleet: 1 hub + {} gateways ([table.readings] replicate = false, [table.settings] publish = false), one nats-server",
+        f.gateways
+    );
+    let _ = writeln!(
+        o,
+        "  {} readings ({} per gateway, {DEVICES} sensors each, JSON payload of 10 drifting fields, {:.0} B on average), poll interval {} ms",
+        n(f.rows as f64),
+        n((f.rows / f.gateways.max(1) as u64) as f64),
+        f.payload_bytes,
+        f.poll_ms
+    );
+    let row = |o: &mut String, what: &str, value: String| {
+        let _ = writeln!(o, "  {what:<58} {value}");
+    };
+    let goal = |o: &mut String, what: &str, value: String, goal: String, met: bool| {
+        let _ = writeln!(
+            o,
+            "  {what:<58} {value:>14}   goal {goal:<14} {}",
+            verdict(met)
+        );
+    };
+    row(
+        &mut o,
+        "hub ingest, all gateways writing at once",
+        format!(
+            "{} rows/s  ({} in {:.2} s; slowest gateway app wrote {} /s)",
+            n(f.ingest_rate()),
+            n(f.rows as f64),
+            f.ingest_secs,
+            n(f.rows as f64 / f.gateways.max(1) as f64 / f.app_secs)
+        ),
+    );
+    row(
+        &mut o,
+        "  cpu seconds during it: hub, nats-server",
+        format!(
+            "{:.2}, {:.2}  ({:.3} / {:.3} ms per reading)",
+            f.hub_cpu_s,
+            f.server_cpu_s,
+            f.hub_cpu_s * 1000.0 / f.rows as f64,
+            f.server_cpu_s * 1000.0 / f.rows as f64
+        ),
+    );
+    row(
+        &mut o,
+        "  cpu seconds during it: gateways (sum), bench (apps+probe)",
+        format!("{:.2}, {:.2}", f.gateways_cpu_s, f.bench_cpu_s),
+    );
+    let rb = f.readings_bytes_per_reading();
+    goal(
+        &mut o,
+        "bytes received per gateway per fleet-wide reading (max)",
+        format!("{rb:.3} B"),
+        "0 B".into(),
+        rb == 0.0,
+    );
+    row(
+        &mut o,
+        "  received_bytes_total growth over the ingest, per gateway",
+        format!(
+            "max {} B, sum {} B",
+            n(max_f(&f.readings_received_bytes)),
+            n(f.readings_received_bytes.iter().sum())
+        ),
+    );
+    let foreign = f.foreign_readings_max();
+    goal(
+        &mut o,
+        "other gateways' readings in a gateway's database (max)",
+        n(foreign as f64),
+        "0".into(),
+        foreign == 0,
+    );
+    row(
+        &mut o,
+        &format!(
+            "bytes received per gateway per settings change ({})",
+            f.settings_changes
+        ),
+        format!(
+            "{:.1} B max, {:.1} B min",
+            f.settings_bytes_per_change(),
+            f.settings_bytes_per_change_min()
+        ),
+    );
+    row(
+        &mut o,
+        &format!(
+            "settings propagation, hub commit -> all {} gateways",
+            f.gateways
+        ),
+        format!(
+            "p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} changes)",
+            f.settings_pct(0.5),
+            f.settings_pct(0.99),
+            f.settings_pct(1.0),
+            f.settings_ms.len()
+        ),
+    );
+    row(
+        &mut o,
+        "wire bytes per telemetry row, raw (stream bytes / rows)",
+        format!(
+            "{:.1} B  ({} B in {} messages, {:.0} rows/message)",
+            f.wire_bytes_per_row(),
+            n(f.wire.bytes as f64),
+            n(f.wire.messages as f64),
+            f.rows as f64 / f.wire.messages.max(1) as f64
+        ),
+    );
+    // COMPRESSED: when `[replication_log] compress` is implemented, run the ingest a second
+    // time with it on and report that stream's bytes per row here (goal: <= 50 % of raw).
+    let _ = writeln!(
+        o,
+        "  {:<58} {:>14}   goal {:<14} not measured: [replication_log] compress is accepted and ignored in this build",
+        "wire bytes per telemetry row, compressed",
+        "n/a",
+        format!("<= {:.0} % raw", GOAL_COMPRESSED_OVER_RAW * 100.0),
+    );
+    let rss = f.rss_steady_kib() as f64;
+    goal(
+        &mut o,
+        "gateway steady RSS (VmRSS after idle window, largest)",
+        format!("{} KiB", n(rss)),
+        format!("<= {} KiB", n(GOAL_RSS_KIB)),
+        rss <= GOAL_RSS_KIB,
+    );
+    row(
+        &mut o,
+        "  of which shared libraries (largest; a static build has none)",
+        format!(
+            "{} KiB",
+            n(f.idle.rss_shared_lib_kib.iter().copied().max().unwrap_or(0) as f64)
+        ),
+    );
+    row(
+        &mut o,
+        "  gateway RSS ready / after ingest / peak (VmHWM), largest",
+        format!(
+            "{} / {} / {} KiB",
+            n(f.rss_ready_max_kib() as f64),
+            n(f.rss_after_ingest_max_kib() as f64),
+            n(f.gateway_peak_rss_kib as f64)
+        ),
+    );
+    let c = f.idle_cpu_pct();
+    goal(
+        &mut o,
+        &format!(
+            "gateway idle CPU over {:.0} s (largest)",
+            f.idle.window_secs
+        ),
+        format!("{c:.3} %"),
+        format!("<= {GOAL_IDLE_CPU_PCT} %"),
+        c <= GOAL_IDLE_CPU_PCT,
+    );
+    row(
+        &mut o,
+        "  gateway idle CPU, mean",
+        format!("{:.3} % of a core", f.idle_cpu_pct_mean()),
+    );
+    row(
+        &mut o,
+        "  hub and nats-server CPU over the same window",
+        format!(
+            "{:.3} %, {:.3} % of a core",
+            f.hub_idle_cpu_pct, f.server_idle_cpu_pct
+        ),
+    );
+    row(
+        &mut o,
+        "hub RSS after the run, peak (VmHWM)",
+        format!(
+            "{} KiB, {} KiB",
+            n(f.hub_rss_kib as f64),
+            n(f.hub_peak_rss_kib as f64)
+        ),
+    );
+    o
+}
+
+/// The fleet scenario's keys of the JSON line.
+pub fn fleet_fields(f: &Fleet) -> Vec<(&'static str, String)> {
+    vec![
+        ("fleet_gateways", f.gateways.to_string()),
+        ("fleet_rows", f.rows.to_string()),
+        ("fleet_payload_bytes", num(f.payload_bytes)),
+        ("fleet_ingest_rows_per_s", num(f.ingest_rate())),
+        ("fleet_ingest_s", num(f.ingest_secs)),
+        ("fleet_hub_cpu_s", num(f.hub_cpu_s)),
+        ("fleet_server_cpu_s", num(f.server_cpu_s)),
+        ("fleet_gateways_cpu_s", num(f.gateways_cpu_s)),
+        (
+            "fleet_readings_bytes_per_gateway_per_reading",
+            num(f.readings_bytes_per_reading()),
+        ),
+        (
+            "fleet_readings_received_bytes_max",
+            num(max_f(&f.readings_received_bytes)),
+        ),
+        (
+            "fleet_foreign_readings_max",
+            f.foreign_readings_max().to_string(),
+        ),
+        ("fleet_settings_changes", f.settings_changes.to_string()),
+        (
+            "fleet_settings_bytes_per_gateway_per_change",
+            num(f.settings_bytes_per_change()),
+        ),
+        ("fleet_settings_p50_ms", num(f.settings_pct(0.5))),
+        ("fleet_settings_p99_ms", num(f.settings_pct(0.99))),
+        ("fleet_settings_max_ms", num(f.settings_pct(1.0))),
+        ("fleet_wire_bytes_per_row", num(f.wire_bytes_per_row())),
+        ("fleet_wire_bytes_per_row_compressed", "null".into()),
+        ("fleet_wire_messages", f.wire.messages.to_string()),
+        (
+            "fleet_gateway_rss_steady_kib",
+            f.rss_steady_kib().to_string(),
+        ),
+        (
+            "fleet_gateway_rss_ready_kib",
+            f.rss_ready_max_kib().to_string(),
+        ),
+        (
+            "fleet_gateway_rss_peak_kib",
+            f.gateway_peak_rss_kib.to_string(),
+        ),
+        ("fleet_gateway_idle_cpu_pct", num(f.idle_cpu_pct())),
+        (
+            "fleet_gateway_idle_cpu_pct_mean",
+            num(f.idle_cpu_pct_mean()),
+        ),
+        ("fleet_idle_window_s", num(f.idle.window_secs)),
+        ("fleet_hub_idle_cpu_pct", num(f.hub_idle_cpu_pct)),
+        ("fleet_server_idle_cpu_pct", num(f.server_idle_cpu_pct)),
+        ("fleet_hub_rss_kib", f.hub_rss_kib.to_string()),
+        ("fleet_hub_rss_peak_kib", f.hub_peak_rss_kib.to_string()),
+    ]
+}
+
+fn max_f(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+/// A JSON object of `fields`.
+pub fn json_object(fields: &[(&str, String)]) -> String {
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     format!("{{{}}}", body.join(","))
 }
