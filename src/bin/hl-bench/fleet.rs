@@ -75,8 +75,10 @@ pub struct Fleet {
     pub gateways_cpu_s: f64,
     /// The bench: the gateways' applications and the hub probe.
     pub bench_cpu_s: f64,
-    /// The stream after the ingest (readings only).
+    /// The stream after the ingest (readings only), as sent (compressed: the default).
     pub wire: StreamStats,
+    /// The same frames' bytes uncompressed (each decoded and encoded again raw).
+    pub wire_raw_bytes: u64,
     /// Per gateway: `received_bytes_total` growth over the ingest phase.
     pub readings_received_bytes: Vec<f64>,
     /// Per gateway: readings of other gateways in its database after the ingest.
@@ -106,6 +108,11 @@ impl Fleet {
     }
     pub fn wire_bytes_per_row(&self) -> f64 {
         self.wire.bytes as f64 / self.rows as f64
+    }
+    /// Message bytes per row had the frames gone raw: the stream's bytes less the frames'
+    /// compressed sizes plus their raw sizes (message headers and overhead counted alike).
+    pub fn wire_raw_bytes_per_row(&self) -> f64 {
+        self.wire_raw_bytes as f64 / self.rows as f64
     }
     /// Largest over the gateways: bytes received per reading written by the whole fleet.
     pub fn readings_bytes_per_reading(&self) -> f64 {
@@ -360,6 +367,7 @@ pub fn measure(env: &Env, sizes: FleetSizes) -> Result<Fleet, String> {
     let recv1 = received(gws)?;
     let readings_received_bytes: Vec<f64> = recv1.iter().zip(&recv0).map(|(a, b)| a - b).collect();
     let wire = stream_stats(env.url, stream, subject)?;
+    let wire_raw_bytes = raw_bytes(env.url, stream, &wire)?;
     let mut foreign_readings = Vec::with_capacity(n);
     for (g, gw) in gws.iter().enumerate() {
         let c = reader(&gw.db)?;
@@ -472,6 +480,7 @@ pub fn measure(env: &Env, sizes: FleetSizes) -> Result<Fleet, String> {
         gateways_cpu_s: cpu1.2 - cpu0.2,
         bench_cpu_s: cpu1.3 - cpu0.3,
         wire,
+        wire_raw_bytes,
         readings_received_bytes,
         foreign_readings,
         settings_changes: sizes.settings_changes,
@@ -486,4 +495,22 @@ pub fn measure(env: &Env, sizes: FleetSizes) -> Result<Fleet, String> {
         hub_idle_cpu_pct: pct(others1.0, others0.0),
         server_idle_cpu_pct: pct(others1.1, others0.1),
     })
+}
+
+/// The stream's bytes had its frames been sent raw: each message is read back, and its frame's
+/// compressed length is replaced by the length of the same frame encoded raw.
+#[allow(deprecated)] // the sync `nats` client, as the node uses it
+fn raw_bytes(url: &str, stream: &str, wire: &StreamStats) -> Result<u64, String> {
+    let nc = nats::connect(url).map_err(|e| format!("connect to {url}: {e}"))?;
+    let js = nats::jetstream::new(nc);
+    let mut delta: i64 = 0;
+    for seq in wire.first_seq..=wire.last_seq {
+        let m = js
+            .get_message(stream, seq)
+            .map_err(|e| format!("read {stream} seq {seq}: {e}"))?;
+        let frame = harmonylite::frame::decode(&m.data)
+            .map_err(|e| format!("{stream} seq {seq} does not decode: {e}"))?;
+        delta += harmonylite::frame::encode(&frame).len() as i64 - m.data.len() as i64;
+    }
+    Ok((wire.bytes as i64 + delta).max(0) as u64)
 }
