@@ -186,6 +186,18 @@ pub struct Idle {
     /// Per node: resident pages of shared libraries (`.so` mappings in `/proc/PID/smaps`), KiB:
     /// what a dynamically linked build maps that the static release binary does not.
     pub rss_shared_lib_kib: Vec<u64>,
+    /// Per node: bytes it caused to be written to storage over the window
+    /// (`/proc/PID/io` `write_bytes`): an idle node should write nothing (SD cards wear out).
+    pub write_bytes: Vec<u64>,
+}
+
+/// `write_bytes` of `/proc/PID/io`: bytes the process caused to reach the storage layer.
+fn write_bytes(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/io");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: ")?.trim().parse().ok())
+        .ok_or_else(|| format!("{path} has no write_bytes"))
 }
 
 /// Leaves the nodes without writes for `window` and reads each node's CPU time and RSS.
@@ -194,8 +206,16 @@ pub fn idle(nodes: &[NodeProc], window: Duration) -> Result<Idle, String> {
         .iter()
         .map(|n| cpu_time(n.pid))
         .collect::<Result<Vec<_>, _>>()?;
+    let written0 = nodes
+        .iter()
+        .map(|n| write_bytes(n.pid))
+        .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     pause(window)?;
+    let written1 = nodes
+        .iter()
+        .map(|n| write_bytes(n.pid))
+        .collect::<Result<Vec<_>, _>>()?;
     let after = nodes
         .iter()
         .map(|n| cpu_time(n.pid))
@@ -224,6 +244,11 @@ pub fn idle(nodes: &[NodeProc], window: Duration) -> Result<Idle, String> {
         rss_kib,
         rss_anon_kib,
         rss_shared_lib_kib,
+        write_bytes: written1
+            .iter()
+            .zip(&written0)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect(),
     })
 }
 

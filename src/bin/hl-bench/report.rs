@@ -77,6 +77,11 @@ impl Results {
     pub fn idle_cpu_pct(&self) -> f64 {
         self.idle.cpu_pct.iter().copied().fold(0.0, f64::max)
     }
+    /// The most any node wrote to storage per minute of the idle window.
+    pub fn idle_write_bytes_per_min(&self) -> f64 {
+        let most = self.idle.write_bytes.iter().copied().max().unwrap_or(0);
+        most as f64 * 60.0 / self.idle.window_secs.max(1e-9)
+    }
     fn lag_goal_ms(&self) -> f64 {
         self.poll_ms as f64 + GOAL_LAG_P99_OVER_POLL_MS
     }
@@ -315,6 +320,15 @@ pub fn table(r: &Results) -> String {
     );
     row(
         &mut o,
+        "idle writes to storage per node (/proc/PID/io write_bytes)",
+        format!(
+            "{:?} B over the window, {:.0} B/min at most (goal 0)",
+            r.idle.write_bytes,
+            r.idle_write_bytes_per_min()
+        ),
+    );
+    row(
+        &mut o,
         "harmonylite binary size",
         format!(
             "{} bytes ({})",
@@ -508,6 +522,10 @@ pub fn json(r: &Results) -> String {
                 .to_string(),
         ),
         ("idle_cpu_pct", num(r.idle_cpu_pct())),
+        (
+            "idle_write_bytes_per_min",
+            num(r.idle_write_bytes_per_min()),
+        ),
         ("idle_window_s", num(r.idle.window_secs)),
         ("trigger_overhead_ratio", num(r.trigger_overhead_ratio())),
         (
