@@ -1001,6 +1001,18 @@ fn a_local_unpublished_insert_collides_with_a_remote_insert_of_its_key() {
     )));
 }
 
+/// Stamps the application's writes and returns the outbox of `t` as it would be published.
+fn stamped_ops(d: &mut Db) -> Vec<Op> {
+    capture::stamp(&d.conn, &d.schema, &mut d.hlc, ME).unwrap();
+    let mut ops = Vec::new();
+    capture::read_pending(&d.conn, &d.schema.tables[0], |_, op| {
+        ops.push(op);
+        true
+    })
+    .unwrap();
+    ops
+}
+
 #[test]
 fn local_inserts_of_new_keys_are_published_as_inserts_and_changes_as_upserts() {
     let mut d = setup("pk-publish");
@@ -1017,13 +1029,7 @@ fn local_inserts_of_new_keys_are_published_as_inserts_and_changes_as_upserts() {
     d.conn
         .execute("UPDATE t SET v = 'changed again' WHERE id = 3", [])
         .unwrap();
-    capture::stamp(&d.conn, &d.schema, &mut d.hlc, ME).unwrap();
-    let mut ops = Vec::new();
-    capture::read_pending(&d.conn, &d.schema.tables[0], |_, op| {
-        ops.push(op);
-        true
-    })
-    .unwrap();
+    let mut ops = stamped_ops(&mut d);
     ops.sort_by_key(|op| format!("{:?}", op.row().map(|r| r[0].clone())));
     assert_eq!(
         ops,
@@ -1035,14 +1041,7 @@ fn local_inserts_of_new_keys_are_published_as_inserts_and_changes_as_upserts() {
     d.conn
         .execute("INSERT INTO t VALUES (1, 'again')", [])
         .unwrap();
-    capture::stamp(&d.conn, &d.schema, &mut d.hlc, ME).unwrap();
-    let mut ops = Vec::new();
-    capture::read_pending(&d.conn, &d.schema.tables[0], |_, op| {
-        ops.push(op);
-        true
-    })
-    .unwrap();
-    assert_eq!(ops, vec![up(1, "again")]);
+    assert_eq!(stamped_ops(&mut d), vec![up(1, "again")]);
 }
 
 #[test]
