@@ -15,6 +15,30 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Once the first `writers` nodes hold `outbox` changes each in their outbox (written while no
+/// server existed), the server appears on `port` and every node is restarted to connect.
+fn server_appears(
+    dir: &TestDir,
+    port: u16,
+    nodes: &mut [Node],
+    writers: usize,
+    outbox: &str,
+) -> NatsServer {
+    for n in &nodes[..writers] {
+        wait_until(
+            "the writes are in the outbox",
+            Duration::from_secs(20),
+            || json_scalar(&status_json(&n.config), "outbox_changes") == Some(outbox),
+        );
+    }
+    let nats = NatsServer::start_custom(dir.path(), "nats", port, free_port(), true, &[]);
+    for n in nodes.iter_mut() {
+        assert!(n.stop().success());
+        n.restart_ready();
+    }
+    nats
+}
+
 #[test]
 fn the_same_unique_name_created_on_two_nodes_converges_to_the_newer_row() {
     let dir = TestDir::new("unique");
@@ -40,19 +64,8 @@ fn the_same_unique_name_created_on_two_nodes_converges_to_the_newer_row() {
     app(&nodes[0].db, "INSERT INTO item VALUES (1, 'same', 10)");
     std::thread::sleep(Duration::from_millis(50));
     app(&nodes[1].db, "INSERT INTO item VALUES (2, 'same', 20)");
-    for n in &nodes {
-        wait_until(
-            "the insert is in the outbox",
-            Duration::from_secs(20),
-            || json_scalar(&status_json(&n.config), "outbox_changes") == Some("1"),
-        );
-    }
     // the server appears: each node receives the other's row
-    let _nats = NatsServer::start_custom(dir.path(), "nats", port, free_port(), true, &[]);
-    for n in &mut nodes {
-        assert!(n.stop().success());
-        n.restart_ready();
-    }
+    let _nats = server_appears(&dir, port, &mut nodes, 2, "1");
     let dbs: Vec<&std::path::Path> = nodes.iter().map(|n| n.db.as_path()).collect();
     wait_until_or(
         "both nodes hold only the newer row",
@@ -134,18 +147,7 @@ fn the_same_id_created_on_two_nodes_is_reported_as_a_collision_on_every_node() {
         &nodes[1].db,
         "INSERT INTO item VALUES (6, 'nut', 20); INSERT INTO item VALUES (7, 'seed', 1)",
     );
-    for n in &nodes[..2] {
-        wait_until(
-            "the inserts are in the outbox",
-            Duration::from_secs(20),
-            || json_scalar(&status_json(&n.config), "outbox_changes") == Some("2"),
-        );
-    }
-    let _nats = NatsServer::start_custom(dir.path(), "nats", port, free_port(), true, &[]);
-    for n in &mut nodes {
-        assert!(n.stop().success());
-        n.restart_ready();
-    }
+    let _nats = server_appears(&dir, port, &mut nodes, 2, "2");
     let dbs: Vec<&std::path::Path> = nodes.iter().map(|n| n.db.as_path()).collect();
     wait_until_or(
         "every node reports one collision",
