@@ -327,7 +327,12 @@ impl NodeProc {
             }
             None => text,
         };
-        let text = format!("{text}{}", spec.extra);
+        let mut text = format!("{text}{}", spec.extra);
+        // HL_BENCH_COMPRESS=false|true sets [replication_log] compress on every node (default:
+        // the node's default), for A/B runs of the same build
+        if let Ok(v) = std::env::var("HL_BENCH_COMPRESS") {
+            text += &format!("\n[replication_log]\ncompress = {}\n", v == "true" || v == "1");
+        }
         fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let err =
             File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;

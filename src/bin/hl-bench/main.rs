@@ -56,6 +56,7 @@ Options:
 Needs nats-server: $NATS_SERVER, else .tools/py/bin/nats-server (bash scripts/tools.sh), else PATH.
 The nodes run target/release/harmonylite next to hl-bench, or $HL_NODE_BIN (e.g. a static build).
 HL_KEEP_TMP=1 keeps the scratch folder (databases, configs, node logs).
+HL_BENCH_COMPRESS=false (or true) sets [replication_log] compress on every node, for A/B runs.
 ";
 
 /// Row size of the throughput, lag and cost scenarios, and of the raw publish payload.
