@@ -142,8 +142,17 @@ pub enum ConsumerFilter {
     /// Only these subjects (one per replicated table, plus the single-subject layout of older
     /// builds): NATS 2.10+ `filter_subjects`.
     Subjects(Vec<String>),
+    /// The one table this node receives: a single filter, `<subject_prefix>.<table>.*`.
+    One(String),
     /// No table is received: no consumer.
     Nothing,
+}
+
+impl ConsumerFilter {
+    /// Some tables only: the consumer's sequences skip the others' messages.
+    pub fn is_partial(&self) -> bool {
+        matches!(self, ConsumerFilter::Subjects(_) | ConsumerFilter::One(_))
+    }
 }
 
 /// `[table.<name>]`: which way one table's changes go on this node (unset: the top-level
@@ -588,6 +597,12 @@ impl Config {
             .collect();
         if subjects.is_empty() {
             return ConsumerFilter::Nothing;
+        }
+        if subjects.len() == 1 {
+            // one filter: the consumer's creation names it, so permissions can fence reading;
+            // frames of older builds on the single-subject layout are not received (upgrade
+            // the nodes that send this table, the hub, first: see the README)
+            return ConsumerFilter::One(subjects.remove(0));
         }
         subjects.sort();
         // frames of nodes that still publish in the single-subject layout of older builds

@@ -544,7 +544,7 @@ impl Node {
     /// like a hole and cost a snapshot restore. A backfill whose consumer has nothing pending
     /// has read everything it had to.
     fn skip_other_tables(&mut self) -> Result<(), NodeError> {
-        let filtered = matches!(self.filter, crate::config::ConsumerFilter::Subjects(_));
+        let filtered = self.filter.is_partial();
         let backfill = apply::Backfill::active(&self.conn)?;
         if !(filtered || backfill) || !self.unapplied.is_empty() {
             return Ok(());
@@ -597,7 +597,7 @@ impl Node {
         // hole before the stream's start). The batch still applies: the restore that repairs
         // the hole is a merge and undoes nothing applied meanwhile.
         let position = self.position();
-        let filtered = matches!(self.filter, crate::config::ConsumerFilter::Subjects(_));
+        let filtered = self.filter.is_partial();
         let hole = gap::in_batch(position, self.unapplied.iter().map(|m| m.seq));
         if let Some(g) = hole.filter(|_| !filtered) {
             self.found_gap(

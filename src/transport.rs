@@ -450,7 +450,7 @@ impl Transport {
             .subscribe(&format!("{ack_inbox}.>"))
             .map_err(setup("subscribe to the ack inbox"))?;
         let (filter_subject, filter_subjects) = match receive {
-            ConsumerFilter::All(all) => (all.clone(), Vec::new()),
+            ConsumerFilter::All(all) | ConsumerFilter::One(all) => (all.clone(), Vec::new()),
             ConsumerFilter::Subjects(list) => (String::new(), list.clone()),
             ConsumerFilter::Nothing => (String::new(), Vec::new()),
         };
@@ -494,9 +494,14 @@ impl Transport {
             {
                 log::warn!("the NATS server ignored the consumer's filter_subjects (it is older than 2.10): tables with replicate = false are downloaded and then dropped; upgrade nats-server to save the traffic");
             }
+            // the client checks the subject against the consumer's single filter, if it has one
+            let bind = match receive {
+                ConsumerFilter::All(f) | ConsumerFilter::One(f) => f.clone(),
+                _ => filter.clone(),
+            };
             let sub = js
                 .pull_subscribe_with_options(
-                    &filter,
+                    &bind,
                     &PullSubscribeOptions::new()
                         .bind_stream(stream.clone())
                         .durable_name(durable.clone()),

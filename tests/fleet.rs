@@ -369,3 +369,111 @@ fn broker_permissions_keep_a_gateway_to_its_own_subjects() {
         assert!(n.stop().success(), "{}", n.name);
     }
 }
+
+/// Reading is fenced too when a gateway receives one table: its consumer is created through
+/// `$JS.API.CONSUMER.CREATE.<stream>.<consumer>.<filter>`, so the gateway's user may be allowed
+/// exactly that. The gateway replicates; the same user cannot create a consumer on readings.
+#[test]
+#[allow(deprecated)] // the sync nats client, as the node uses it
+fn broker_permissions_keep_a_single_table_gateway_from_reading_other_tables() {
+    let dir = TestDir::new("fleet-readfence");
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        r#"authorization {
+  users = [
+    { user: hub, password: hubpw }
+    { user: gw17, password: gwpw, permissions: {
+        publish: { allow: ["hlrs.changes.*.17", "$JS.API.STREAM.INFO.HLRS",
+                           "$JS.API.CONSUMER.CREATE.HLRS.hl-17.hlrs.changes.settings.*",
+                           "$JS.API.CONSUMER.DELETE.HLRS.hl-17", "$JS.API.CONSUMER.INFO.HLRS.hl-17",
+                           "$JS.API.CONSUMER.MSG.NEXT.HLRS.hl-17", "$JS.ACK.HLRS.hl-17.>",
+                           "_INBOX.>", "hlrs.status.>"] }
+        subscribe: { allow: ["_INBOX.>", "hlrs.status.>"] }
+    } }
+  ]
+}
+"#,
+    )
+    .unwrap();
+    let [port, mon] = free_ports::<2>();
+    let _nats = NatsServer::start_custom(
+        dir.path(),
+        "nats",
+        port,
+        mon,
+        true,
+        &["-c".into(), conf.display().to_string()],
+    );
+    let url = format!("nats://127.0.0.1:{port}");
+    for n in ["hub", "gw"] {
+        app(&dir.join(&format!("{n}.db")), SCHEMA);
+    }
+    let user = |u: &str, p: &str| format!("[nats]\nuser_name = \"{u}\"\nuser_password = \"{p}\"\n");
+    let mut hub = Node::start_ready(
+        dir.path(),
+        "hub",
+        &format!("node_id = 1\n{}", user("hub", "hubpw")),
+        Some(&url),
+    );
+    hub.wait_connected();
+    let mut gw = Node::start_ready(
+        dir.path(),
+        "gw",
+        &format!(
+            "node_id = 17\n{GATEWAY}[snapshot]\nenabled = false\n{}",
+            user("gw17", "gwpw")
+        ),
+        Some(&url),
+    );
+    gw.wait_connected();
+    app(&hub.db, "INSERT INTO settings VALUES ('a', '1')");
+    app(&gw.db, "INSERT INTO readings VALUES ('r1', 'gw', 1, '{}')");
+    wait_dump(&gw.db, "settings", &["text='a'|text='1'"], T);
+    wait_until("the hub has gw17's reading", T, || {
+        count(&hub.db, "readings") == 1
+    });
+    assert!(!gw.log().contains("Permissions Violation"), "{}", gw.log());
+
+    // the same user, by hand: no consumer on readings, by either creation subject
+    let nc = nats::Options::with_user_pass("gw17", "gwpw")
+        .connect(&url)
+        .expect("gw17 connects");
+    let body = |filter: &str| {
+        format!(
+            r#"{{"stream_name":"HLRS","config":{{"durable_name":"hl-17","deliver_policy":"all","ack_policy":"all","filter_subject":"{filter}","replay_policy":"instant"}}}}"#
+        )
+    };
+    for subject in [
+        "$JS.API.CONSUMER.CREATE.HLRS.hl-17.hlrs.changes.readings.*",
+        "$JS.API.CONSUMER.DURABLE.CREATE.HLRS.hl-17",
+        "$JS.API.CONSUMER.CREATE.HLRS.spy",
+    ] {
+        let answer = nc.request_timeout(
+            subject,
+            body("hlrs.changes.readings.*"),
+            Duration::from_secs(2),
+        );
+        assert!(
+            answer.is_err(),
+            "{subject} answered: {:?}",
+            answer.map(|m| String::from_utf8_lossy(&m.data).to_string())
+        );
+    }
+    // and settings only through the one allowed subject (the node's own consumer)
+    let ok = nc
+        .request_timeout(
+            "$JS.API.CONSUMER.CREATE.HLRS.hl-17.hlrs.changes.settings.*",
+            body("hlrs.changes.settings.*"),
+            Duration::from_secs(2),
+        )
+        .expect("the allowed creation answers");
+    assert!(
+        String::from_utf8_lossy(&ok.data).contains("consumer_create_response"),
+        "{}",
+        String::from_utf8_lossy(&ok.data)
+    );
+    for n in [&mut hub, &mut gw] {
+        assert!(n.stop().success(), "{}", n.name);
+    }
+}

@@ -1714,7 +1714,22 @@ impl JetStream {
             ));
         }
 
-        let subject = if let Some(ref durable_name) = config.durable_name {
+        // HarmonyLite patch: a durable consumer with one filter is created through the subject
+        // that names the filter (server 2.9+), so account permissions can allow exactly the
+        // subjects a user may read; several filters still use the old subject.
+        let subject = if let (Some(durable_name), false, true) = (
+            &config.durable_name,
+            config.filter_subject.is_empty(),
+            config.filter_subjects.is_empty(),
+        ) {
+            format!(
+                "{}CONSUMER.CREATE.{}.{}.{}",
+                self.api_prefix(),
+                stream,
+                durable_name,
+                config.filter_subject
+            )
+        } else if let Some(ref durable_name) = config.durable_name {
             format!(
                 "{}CONSUMER.DURABLE.CREATE.{}.{}",
                 self.api_prefix(),
