@@ -311,7 +311,7 @@ impl Backfill {
     /// The replay is done: the tables it read become received ones.
     pub fn finish(conn: &Connection) -> Result<(), DbError> {
         if let Some(to) = db::get_meta_text(conn, BACKFILL_TO_KEY)? {
-            db::set_meta_text(conn, RECEIVED_KEY, &to)?;
+            db::set_meta(conn, RECEIVED_KEY, &to)?;
         }
         conn.execute(
             &format!("DELETE FROM {} WHERE key IN (?1, ?2)", db::META_TABLE),
@@ -350,7 +350,7 @@ pub fn plan_backfill(
         },
     };
     if !missing || (cursor == 0 && !running) {
-        db::set_meta_text(conn, RECEIVED_KEY, &text)?;
+        db::set_meta(conn, RECEIVED_KEY, &text)?;
         if running {
             Backfill::finish(conn)?;
         }
@@ -360,7 +360,7 @@ pub fn plan_backfill(
         db::set_meta(conn, BACKFILL_UNTIL_KEY, cursor as i64)?;
         log::info!("this node starts to receive tables it did not before: reading the stream again from its start up to seq {cursor} for them (backfill)");
     }
-    db::set_meta_text(conn, BACKFILL_TO_KEY, &text)?;
+    db::set_meta(conn, BACKFILL_TO_KEY, &text)?;
     Ok(true)
 }
 
@@ -913,18 +913,11 @@ struct Current {
 fn row_digest(ours: &TableHeader, sender: &TableHeader, values: &[Value]) -> i64 {
     use rusqlite::types::ValueRef;
     capture::digest(ours.columns.iter().flat_map(|c| {
-        let v = match sender
+        let v = sender
             .columns
             .iter()
             .position(|s| s.eq_ignore_ascii_case(c))
-            .map(|i| &values[i])
-        {
-            None | Some(Value::Null) => ValueRef::Null,
-            Some(Value::Integer(i)) => ValueRef::Integer(*i),
-            Some(Value::Real(f)) => ValueRef::Real(*f),
-            Some(Value::Text(t)) => ValueRef::Text(t),
-            Some(Value::Blob(b)) => ValueRef::Blob(b),
-        };
+            .map_or(ValueRef::Null, |i| capture::value_ref(&values[i]));
         [ValueRef::Text(c.as_bytes()), v]
     }))
 }
@@ -952,7 +945,7 @@ fn note_collision(
         show_key(key),
         cur.node
     );
-    db::set_meta_text(conn, LAST_PK_COLLISION_KEY, &what)?;
+    db::set_meta(conn, LAST_PK_COLLISION_KEY, &what)?;
     if let Some(more) = crate::logging::repeated(&format!("pk collision {table}")) {
         log::warn!("primary-key collision in {what} (last writer wins); give new rows keys that cannot collide between nodes (README: Choosing primary keys){more}");
     }

@@ -136,7 +136,8 @@ pub fn get_meta(conn: &Connection, key: &str) -> Result<Option<i64>, DbError> {
         .ctx("read state")
 }
 
-pub fn set_meta(conn: &Connection, key: &str, value: i64) -> Result<(), DbError> {
+/// Writes a value of `__hl_meta` (an integer or a text).
+pub fn set_meta(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result<(), DbError> {
     conn.prepare_cached(&format!(
         "INSERT INTO {META_TABLE}(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
     ))
@@ -168,15 +169,6 @@ pub fn delete_meta(conn: &Connection, key: &str) -> Result<(), DbError> {
     conn.prepare_cached(&format!("DELETE FROM {META_TABLE} WHERE key = ?1"))
         .and_then(|mut s| s.execute([key]))
         .ctx("write state")?;
-    Ok(())
-}
-
-pub fn set_meta_text(conn: &Connection, key: &str, value: &str) -> Result<(), DbError> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO {META_TABLE}(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-    ))
-    .and_then(|mut s| s.execute(rusqlite::params![key, value]))
-    .ctx("write state")?;
     Ok(())
 }
 

@@ -23,6 +23,28 @@ fn sample(port: u16, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
+/// A nats-server with JetStream whose config is `conf` (its users and their permissions), and
+/// its url.
+fn server_with_users(dir: &TestDir, conf: &str) -> (NatsServer, String) {
+    let path = dir.join("nats.conf");
+    std::fs::write(&path, conf).unwrap();
+    let [port, mon] = free_ports::<2>();
+    let nats = NatsServer::start_custom(
+        dir.path(),
+        "nats",
+        port,
+        mon,
+        true,
+        &["-c".into(), path.display().to_string()],
+    );
+    (nats, format!("nats://127.0.0.1:{port}"))
+}
+
+/// A node's `[nats]` table logging in as `user`.
+fn login(user: &str, password: &str) -> String {
+    format!("[nats]\nuser_name = \"{user}\"\nuser_password = \"{password}\"\n")
+}
+
 fn readings(db: &Path, device: &str) -> i64 {
     query_one(
         db,
@@ -278,9 +300,8 @@ fn a_table_a_gateway_starts_to_receive_is_backfilled_from_the_stream() {
 #[test]
 fn broker_permissions_keep_a_gateway_to_its_own_subjects() {
     let dir = TestDir::new("fleet-perms");
-    let conf = dir.join("nats.conf");
-    std::fs::write(
-        &conf,
+    let (_nats, url) = server_with_users(
+        &dir,
         r#"authorization {
   users = [
     { user: hub, password: hubpw }
@@ -291,32 +312,21 @@ fn broker_permissions_keep_a_gateway_to_its_own_subjects() {
   ]
 }
 "#,
-    )
-    .unwrap();
-    let [port, mon, health] = free_ports::<3>();
-    let _nats = NatsServer::start_custom(
-        dir.path(),
-        "nats",
-        port,
-        mon,
-        true,
-        &["-c".into(), conf.display().to_string()],
     );
-    let url = format!("nats://127.0.0.1:{port}");
+    let health = free_port();
     for n in ["hub", "gw", "impostor"] {
         app(&dir.join(&format!("{n}.db")), SCHEMA);
     }
-    let user = |u: &str, p: &str| format!("[nats]\nuser_name = \"{u}\"\nuser_password = \"{p}\"\n");
     let mut hub = Node::start_ready(
         dir.path(),
         "hub",
-        &format!("node_id = 1\n{}", user("hub", "hubpw")),
+        &format!("node_id = 1\n{}", login("hub", "hubpw")),
         Some(&url),
     );
     let mut gw = Node::start_ready(
         dir.path(),
         "gw",
-        &format!("node_id = 17\n{GATEWAY}{}", user("gw17", "gwpw")),
+        &format!("node_id = 17\n{GATEWAY}{}", login("gw17", "gwpw")),
         Some(&url),
     );
     hub.wait_connected();
@@ -334,7 +344,7 @@ fn broker_permissions_keep_a_gateway_to_its_own_subjects() {
         "impostor",
         &format!(
             "node_id = 18\n{GATEWAY}[health_check]\nenable = true\nbind = \"127.0.0.1:{health}\"\n{}",
-            user("gw17", "gwpw")
+            login("gw17", "gwpw")
         ),
         Some(&url),
     );
@@ -377,9 +387,8 @@ fn broker_permissions_keep_a_gateway_to_its_own_subjects() {
 #[allow(deprecated)] // the sync nats client, as the node uses it
 fn broker_permissions_keep_a_single_table_gateway_from_reading_other_tables() {
     let dir = TestDir::new("fleet-readfence");
-    let conf = dir.join("nats.conf");
-    std::fs::write(
-        &conf,
+    let (_nats, url) = server_with_users(
+        &dir,
         r#"authorization {
   users = [
     { user: hub, password: hubpw }
@@ -394,26 +403,14 @@ fn broker_permissions_keep_a_single_table_gateway_from_reading_other_tables() {
   ]
 }
 "#,
-    )
-    .unwrap();
-    let [port, mon] = free_ports::<2>();
-    let _nats = NatsServer::start_custom(
-        dir.path(),
-        "nats",
-        port,
-        mon,
-        true,
-        &["-c".into(), conf.display().to_string()],
     );
-    let url = format!("nats://127.0.0.1:{port}");
     for n in ["hub", "gw"] {
         app(&dir.join(&format!("{n}.db")), SCHEMA);
     }
-    let user = |u: &str, p: &str| format!("[nats]\nuser_name = \"{u}\"\nuser_password = \"{p}\"\n");
     let mut hub = Node::start_ready(
         dir.path(),
         "hub",
-        &format!("node_id = 1\n{}", user("hub", "hubpw")),
+        &format!("node_id = 1\n{}", login("hub", "hubpw")),
         Some(&url),
     );
     hub.wait_connected();
@@ -422,7 +419,7 @@ fn broker_permissions_keep_a_single_table_gateway_from_reading_other_tables() {
         "gw",
         &format!(
             "node_id = 17\n{GATEWAY}[snapshot]\nenabled = false\n{}",
-            user("gw17", "gwpw")
+            login("gw17", "gwpw")
         ),
         Some(&url),
     );

@@ -20,6 +20,11 @@ fn setup(name: &str) -> Db {
 
 /// `t` and the tables `more` creates.
 fn setup_with(name: &str, more: &str) -> Db {
+    setup_config(name, more, "")
+}
+
+/// Like [`setup_with`], with `toml` added to the node's config.
+fn setup_config(name: &str, more: &str, toml: &str) -> Db {
     let path = std::env::temp_dir().join(format!("hl-apply-{name}-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&path);
     Connection::open(&path)
@@ -31,7 +36,7 @@ fn setup_with(name: &str, more: &str) -> Db {
     let mut conn = db::open(&path).unwrap();
     prepare(&conn).unwrap();
     let cfg = Config::parse(&format!(
-        "db_path = {:?}\n[nats]\nsubject_prefix = \"x\"\n",
+        "db_path = {:?}\n{toml}\n[nats]\nsubject_prefix = \"x\"\n",
         path.display().to_string()
     ))
     .unwrap();
@@ -1069,28 +1074,7 @@ fn version_1_frames_still_apply_and_a_version_1_writer_sends_inserts_as_upserts(
 
 #[test]
 fn a_table_this_node_does_not_publish_is_versioned_but_never_queued() {
-    let path = std::env::temp_dir().join(format!("hl-apply-nopub-{}.db", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    Connection::open(&path)
-        .unwrap()
-        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
-        .unwrap();
-    let mut conn = db::open(&path).unwrap();
-    prepare(&conn).unwrap();
-    let cfg = Config::parse(&format!(
-        "db_path = {:?}\n[table.t]\npublish = false\n[nats]\nsubject_prefix = \"x\"\n",
-        path.display().to_string()
-    ))
-    .unwrap();
-    let schema = capture::scan(&conn, &cfg).unwrap();
-    capture::install(&mut conn, &schema, &Default::default(), ME).unwrap();
-    let mut d = Db {
-        path,
-        cfg,
-        conn,
-        schema,
-        hlc: Hlc::new(0),
-    };
+    let mut d = setup_config("nopub", "", "[table.t]\npublish = false");
     d.conn
         .execute("INSERT INTO t VALUES (1, 'local')", [])
         .unwrap();

@@ -90,7 +90,7 @@ impl Node {
             if let Err(e) = t.publish_all(&frames, timeout, &abort) {
                 if !e.is_transient() {
                     // shown by status and /health until a round goes through
-                    db::set_meta_text(&self.conn, state::REFUSED_KEY, &e.to_string())?;
+                    db::set_meta(&self.conn, state::REFUSED_KEY, e.to_string())?;
                 }
                 self.drop_transport(&e);
                 return Ok(());
