@@ -56,6 +56,10 @@ pub const PENDING_NEW: i64 = 2;
 /// The SQL condition selecting the outbox rows of a version table (its partial index's too).
 pub const PENDING: &str = "pending > 0";
 
+/// The SQL condition selecting the tombstones of a version table (its partial index's too):
+/// collected once no late change can need them (see [`crate::tombstones`]).
+pub const TOMBSTONE: &str = "del = 1 AND pending = 0";
+
 /// The application's write time as Unix ms, in SQL any SQLite version can run.
 const TS_SQL: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
@@ -692,11 +696,13 @@ pub fn install(
             .ctx("reset bookkeeping")?;
         }
         let pend = quote(&format!("__hl_pend_{}", t.name()));
+        let tomb = quote(&format!("__hl_tomb_{}", t.name()));
         tx.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {log}(seq INTEGER PRIMARY KEY, op INTEGER NOT NULL, ts INTEGER NOT NULL, {keys});
              CREATE TABLE IF NOT EXISTS {ver}({keys}, ver INTEGER NOT NULL, node INTEGER NOT NULL, del INTEGER NOT NULL,
                  pending INTEGER NOT NULL, h INTEGER, PRIMARY KEY({keys})) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS {pend} ON {ver}(ver) WHERE {PENDING};"
+             CREATE INDEX IF NOT EXISTS {pend} ON {ver}(ver) WHERE {PENDING};
+             CREATE INDEX IF NOT EXISTS {tomb} ON {ver}(ver) WHERE {TOMBSTONE};"
         ))
         .ctx("create change log")?;
         let index_sql: Option<String> = tx

@@ -433,7 +433,7 @@ mod tests {
             "a refusal leaves no lock file behind"
         );
         let conn = Connection::open(&path).unwrap();
-        assert_eq!(hl_objects(&conn), 16, "nothing dropped by the refusal");
+        assert_eq!(hl_objects(&conn), 18, "nothing dropped by the refusal");
         drop(conn);
 
         let report = run(&path, true).unwrap();
@@ -513,7 +513,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let conn = Connection::open(&path).unwrap();
-        assert_eq!(hl_objects(&conn), 16);
+        assert_eq!(hl_objects(&conn), 18);
         drop(conn);
         drop(node);
         let report = run(&path, true).unwrap();

@@ -22,6 +22,12 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 256 * 1024;
 pub const MIN_FRAME_BYTES: usize = 1024;
 /// Default stream message limit.
 pub const DEFAULT_MAX_ENTRIES: i64 = 100_000;
+/// `[replication_log] node_ttl_hours`: a week. A node away longer is treated as gone (see
+/// `tombstones`); its writes still arrive when it returns, as made at its return.
+pub const DEFAULT_NODE_TTL_HOURS: f64 = 168.0;
+/// `[replication_log] horizon_interval_ms`: five minutes. Each refresh is one small
+/// key-value write; each collection round reads one record per node.
+pub const DEFAULT_HORIZON_INTERVAL_MS: u64 = 300_000;
 pub const DEFAULT_SUBJECT_PREFIX: &str = "hlrs.changes";
 pub const DEFAULT_STREAM_PREFIX: &str = "HLRS";
 /// Nodes answer status requests on `<status_subject>.<stream_prefix>.<node_id>` and `.all`.
@@ -192,6 +198,19 @@ pub struct ReplicationLog {
     /// still runs a build that reads only version 1 (a rolling upgrade).
     #[serde(default = "default_frame_version")]
     pub frame_version: u8,
+    /// Delete tombstones once no late change can need them (see `tombstones`); false keeps
+    /// them forever (this node still writes its record, so the others can collect theirs).
+    #[serde(default = "yes")]
+    pub collect_tombstones: bool,
+    /// A node whose record was not refreshed for this many hours is treated as gone: its
+    /// outbox stops holding back tombstone collection, and when it returns its older
+    /// unpublished writes count as made at its return. Fractions allowed.
+    #[serde(default = "default_node_ttl_hours")]
+    pub node_ttl_hours: f64,
+    /// How often (ms) a node refreshes its record (only after activity; an idle node every
+    /// `node_ttl_hours / 4`, at most hourly) and looks for tombstones to collect.
+    #[serde(default = "default_horizon_interval")]
+    pub horizon_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +283,12 @@ fn default_max_frame_bytes() -> usize {
 fn default_frame_version() -> u8 {
     crate::frame::VERSION
 }
+fn default_node_ttl_hours() -> f64 {
+    DEFAULT_NODE_TTL_HOURS
+}
+fn default_horizon_interval() -> u64 {
+    DEFAULT_HORIZON_INTERVAL_MS
+}
 fn default_max_entries() -> i64 {
     DEFAULT_MAX_ENTRIES
 }
@@ -281,6 +306,9 @@ impl Default for ReplicationLog {
             compress: true,
             shards: 1,
             frame_version: crate::frame::VERSION,
+            collect_tombstones: true,
+            node_ttl_hours: DEFAULT_NODE_TTL_HOURS,
+            horizon_interval_ms: DEFAULT_HORIZON_INTERVAL_MS,
         }
     }
 }
@@ -370,6 +398,13 @@ impl Config {
                 crate::frame::VERSION,
                 crate::frame::VERSION
             ));
+        }
+        let ttl = self.replication_log.node_ttl_hours;
+        if !(ttl.is_finite() && ttl > 0.0 && ttl <= 24.0 * 365.0 * 100.0) {
+            return Err("[replication_log] node_ttl_hours: expected hours above 0 (fractions allowed), e.g. 168 for a week".into());
+        }
+        if self.replication_log.horizon_interval_ms < 100 {
+            return Err("[replication_log] horizon_interval_ms: expected milliseconds, at least 100 (default 300000)".into());
         }
         if self.replication_log.replicas < 1 || self.replication_log.replicas > 5 {
             return Err("[replication_log] replicas: expected 1 to 5".into());

@@ -63,4 +63,5 @@ pub mod schema;
 pub mod snapshot;
 pub mod state;
 pub mod status;
+pub mod tombstones;
 pub mod transport;

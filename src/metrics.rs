@@ -34,10 +34,11 @@ pub enum Counter {
     PkCollisions,
     Rejected,
     NotReplicated,
+    TombstonesCollected,
 }
 
 /// Name (without prefix) and help of each counter, in [`Counter`] order.
-pub const COUNTERS: [(&str, &str); 19] = [
+pub const COUNTERS: [(&str, &str); 20] = [
     ("changes_captured_total", "Local row changes stamped into the outbox."),
     ("changes_published_total", "Local changes acknowledged by JetStream."),
     ("frames_published_total", "Frames acknowledged by JetStream."),
@@ -57,6 +58,7 @@ pub const COUNTERS: [(&str, &str); 19] = [
     ("pk_collisions_total", "New rows from another node whose primary key this node already held a different row of (two nodes created the same key; last writer wins, the other row is overwritten)."),
     ("frames_rejected_total", "Stream messages dropped because their subject and content disagree (another origin, another table, a subject outside the layout); each is logged with its sequence."),
     ("changes_not_replicated_total", "Changes of tables this node does not replicate, dropped after download (the server did not filter them)."),
+    ("tombstones_collected_total", "Tombstones (version rows of deleted rows) deleted once no late change could need them."),
 ];
 
 /// Counts the statements `conn` starts in [`Counter::Statements`] (SQLite's statement trace,

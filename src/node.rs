@@ -24,6 +24,8 @@ use crate::schema;
 use crate::state::{self, LockError};
 use crate::transport::{Transport, TransportError, ACK_TIMEOUT};
 
+mod horizon;
+use horizon::Horizon;
 mod link;
 use link::Link;
 mod ops;
@@ -184,6 +186,8 @@ pub struct Node {
     max_frame: usize,
     /// Snapshot saves, restores and the stream checks that lead to them (see `snapshots.rs`).
     snap: Snapshots,
+    /// This node's record and tombstone collection (see `horizon.rs`).
+    horizon: Horizon,
     /// Held while the node runs: one node per database (released by the OS on any exit).
     _lock: Option<std::fs::File>,
     /// Set when the stop signal comes: a wait for acks ends at once.
@@ -328,6 +332,7 @@ impl Node {
             unapplied: Vec::new(),
             max_frame,
             snap: Snapshots::new(next_save, Instant::now()),
+            horizon: Horizon::new(Instant::now()),
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
         })
@@ -418,7 +423,7 @@ impl Node {
                 log::warn!("shutdown: {e}");
                 break;
             }
-            if !self.cfg.publish || !self.outbox.dirty {
+            if !self.cfg.publish || !self.outbox.dirty || !self.horizon.may_publish() {
                 break;
             }
             if let Err(e) = self.publish_round(deadline, false) {
@@ -450,8 +455,14 @@ impl Node {
         if self.cfg.outbox_budget_bytes > 0 && self.outbox.budget_check_due(Instant::now()) {
             self.check_budget()?;
         }
-        if self.cfg.publish && self.outbox.dirty && self.link_up() {
+        if self.link_up() {
+            self.join_fleet()?;
+        }
+        if self.cfg.publish && self.outbox.dirty && self.link_up() && self.horizon.may_publish() {
             self.publish_round(Instant::now() + ACK_TIMEOUT, true)?;
+        }
+        if self.link_up() {
+            self.horizon_tick()?;
         }
         Ok(())
     }
@@ -641,6 +652,8 @@ impl Node {
         self.unapplied.clear();
         self.own_cursor = None; // the apply moved the cursor past them
         Node::count_applied(&stats);
+        self.horizon
+            .saw_origins(stats.newest.iter().map(|&(origin, _)| origin));
         if let Some((origin, ahead)) = stats.ahead.filter(|a| a.1 > self.cfg.max_clock_drift_ms) {
             let due = self
                 .clock_reports

@@ -42,6 +42,9 @@ pub struct SnapMeta {
     pub created_ms: u64,
     /// The maker's clock, so a restoring node never stamps below the versions it receives.
     pub hlc: u64,
+    /// The maker collected its tombstones below this version (see [`crate::tombstones`]): a
+    /// published local version older than it that the snapshot lacks was deleted there.
+    pub collected: u64,
 }
 
 /// The temporary file a snapshot is made in or downloaded to: next to the database, so the
@@ -81,6 +84,7 @@ pub fn make(cfg: &Config, out: &Path) -> Result<Result<SnapMeta, crate::gap::Gap
         node: meta(NODE_ID_KEY)?,
         created_ms: crate::hlc::now_ms(),
         hlc: meta(HLC_KEY)?,
+        collected: meta(crate::state::COLLECTED_BELOW_KEY)?,
     };
     strip(&copy, cfg, &snap)?;
     Ok(Ok(snap))
@@ -131,13 +135,14 @@ fn strip(copy: &Connection, cfg: &Config, snap: &SnapMeta) -> Result<(), DbError
         "DROP TABLE IF EXISTS {META_TABLE};
          DROP TABLE IF EXISTS {};
          CREATE TABLE {SNAPSHOT_TABLE}(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-         INSERT INTO {SNAPSHOT_TABLE} VALUES ('format', {FORMAT}), ('seq', {}), ('node', {}), ('created_ms', {}), ('hlc', {});
+         INSERT INTO {SNAPSHOT_TABLE} VALUES ('format', {FORMAT}), ('seq', {}), ('node', {}), ('created_ms', {}), ('hlc', {}), ('collected_below', {});
          COMMIT;",
         crate::schema::TABLES_TABLE,
         snap.seq,
         snap.node,
         snap.created_ms,
-        snap.hlc
+        snap.hlc,
+        snap.collected
     );
     copy.execute_batch(&sql).ctx("strip the snapshot copy")
 }
@@ -187,6 +192,8 @@ pub fn verify(path: &Path) -> Result<SnapMeta, String> {
         node: get("node")? as u64,
         created_ms: get("created_ms")? as u64,
         hlc: get("hlc")? as u64,
+        // absent from snapshots made before tombstone collection: nothing was collected
+        collected: get("collected_below").unwrap_or(0) as u64,
     })
 }
 
@@ -225,6 +232,11 @@ fn record_restore(conn: &Connection, meta: &SnapMeta) -> Result<(), DbError> {
     db::set_meta(conn, CURSOR_KEY, cursor)?;
     crate::gap::clear_if_covered(conn, meta.seq)?;
     db::set_meta(conn, HLC_KEY, hlc)?;
+    // the maker's collected tombstones are missing here too
+    let collected = crate::tombstones::collected_below(conn)?.max(meta.collected);
+    if collected > 0 {
+        db::set_meta(conn, crate::state::COLLECTED_BELOW_KEY, collected as i64)?;
+    }
     db::set_meta(conn, RESTORED_SEQ_KEY, meta.seq as i64)?;
     db::set_meta(conn, RESTORED_MS_KEY, crate::hlc::now_ms() as i64)?;
     conn.execute(
@@ -302,7 +314,7 @@ fn install_attached(
         }
         match schema.get(name) {
             Some(t) => {
-                let (rows, kept, unpublished) = replace_table(&tx, t)?;
+                let (rows, kept, unpublished) = replace_table(&tx, t, meta.collected)?;
                 done.rows += rows;
                 done.kept_local += kept;
                 done.kept_unpublished += unpublished;
@@ -370,8 +382,15 @@ fn install_attached(
 /// Merges the snapshot's rows and versions of `t` into ours, last writer wins per row: a local
 /// version (published or not, any origin, a tombstone too) that beats the snapshot's for the
 /// same key, or that the snapshot lacks, keeps its row (or its absence) and its pending flag.
+/// Except: a published local version older than `collected` (the maker's tombstone horizon)
+/// that the snapshot lacks is dropped: the maker applied it, then its row was deleted and the
+/// tombstone collected (see [`crate::tombstones`]).
 /// Returns (rows copied, local changes kept, of which unpublished).
-fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64), DbError> {
+fn replace_table(
+    tx: &Connection,
+    t: &capture::Table,
+    collected: u64,
+) -> Result<(u64, u64, u64), DbError> {
     let name = quote(t.name());
     let ver = &t.ver;
     let n = t.pk_len();
@@ -422,7 +441,8 @@ fn replace_table(tx: &Connection, t: &capture::Table) -> Result<(u64, u64, u64),
     tx.execute_batch(&format!(
         "DROP TABLE IF EXISTS temp.__hl_keep_ver; DROP TABLE IF EXISTS temp.__hl_keep_row;
          CREATE TEMP TABLE __hl_keep_ver AS SELECT v.* FROM main.{ver} v WHERE NOT EXISTS
-             (SELECT 1 FROM snap.{ver} s WHERE {same_key} AND (s.ver > v.ver OR (s.ver = v.ver AND s.node >= v.node)));
+             (SELECT 1 FROM snap.{ver} s WHERE {same_key} AND (s.ver > v.ver OR (s.ver = v.ver AND s.node >= v.node)))
+             AND NOT (v.pending = 0 AND v.ver < {collected} AND NOT EXISTS (SELECT 1 FROM snap.{ver} s WHERE {same_key}));
          CREATE TEMP TABLE __hl_keep_row AS SELECT * FROM main.{name} WHERE {pk_tuple} IN
              (SELECT {keys} FROM temp.__hl_keep_ver WHERE del = 0);
          DELETE FROM main.{name};"

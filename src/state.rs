@@ -39,6 +39,10 @@ pub const BACKFILL_TO_KEY: &str = "backfill_received";
 pub const GAP_FROM_KEY: &str = "gap_from";
 /// The newest stream sequence of that hole (inclusive).
 pub const GAP_TO_KEY: &str = "gap_to";
+/// Tombstones (see `tombstones`): the horizon below which this node collected them (an HLC
+/// version), and how many it collected in all.
+pub const COLLECTED_BELOW_KEY: &str = "tombstones_collected_below";
+pub const COLLECTED_KEY: &str = "tombstones_collected";
 
 /// What the running node writes for `status` (read from the database, so `status` works
 /// whether the node runs or not): the link, 1 up or 0 down, and since when (Unix ms).

@@ -43,6 +43,10 @@ pub struct Status {
     /// Primary-key collisions seen (two nodes created the same key), and the newest one.
     pub pk_collisions: u64,
     pub last_pk_collision: Option<String>,
+    /// Tombstones collected here in all, and the wall-clock time (Unix ms) below which the
+    /// last collection went (see `tombstones`).
+    pub tombstones_collected: u64,
+    pub tombstones_collected_below_ms: Option<u64>,
     pub last_publish_ms: Option<u64>,
     pub last_apply_ms: Option<u64>,
     pub link_up: Option<bool>,
@@ -120,6 +124,10 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.link_up = meta(LINK_UP_KEY)?.map(|v| v == 1);
     st.unique_conflicts = meta(UNIQUE_CONFLICTS_KEY)?.unwrap_or(0) as u64;
     st.pk_collisions = meta(PK_COLLISIONS_KEY)?.unwrap_or(0) as u64;
+    st.tombstones_collected = meta(state::COLLECTED_KEY)?.unwrap_or(0) as u64;
+    st.tombstones_collected_below_ms = meta(state::COLLECTED_BELOW_KEY)?
+        .filter(|&v| v > 0)
+        .map(|v| crate::hlc::wall_ms(v as u64));
     st.refused = db::get_meta_text(&conn, state::REFUSED_KEY)?;
     // in the node's own process (the status service) this is its state; elsewhere false
     st.disk_full = crate::metrics::liveness().disk_full;
@@ -324,6 +332,14 @@ impl Status {
                 let _ = writeln!(o, "  last:           {last}");
             }
         }
+        if let Some(below) = self.tombstones_collected_below_ms {
+            let _ = writeln!(
+                o,
+                "tombstones:       {} collected; none kept from before {}",
+                self.tombstones_collected,
+                crate::logging::rfc3339_ms(below)
+            );
+        }
         if let Some((done, total)) = self.restore_progress {
             let pct = done as f64 * 100.0 / total.max(1) as f64;
             let _ = writeln!(
@@ -379,6 +395,8 @@ pub struct StatusJson<'a> {
     pub unique_conflicts: u64,
     pub pk_collisions: u64,
     pub last_pk_collision: Option<&'a str>,
+    pub tombstones_collected: u64,
+    pub tombstones_collected_below_ms: Option<u64>,
     pub restore_done_bytes: Option<u64>,
     pub restore_total_bytes: Option<u64>,
     pub restored_seq: Option<u64>,
@@ -452,6 +470,8 @@ impl<'a> From<&'a Status> for StatusJson<'a> {
             unique_conflicts: s.unique_conflicts,
             pk_collisions: s.pk_collisions,
             last_pk_collision: s.last_pk_collision.as_deref(),
+            tombstones_collected: s.tombstones_collected,
+            tombstones_collected_below_ms: s.tombstones_collected_below_ms,
             restore_done_bytes: s.restore_progress.map(|p| p.0),
             restore_total_bytes: s.restore_progress.map(|p| p.1),
             restored_seq: s.restored_seq,
@@ -501,7 +521,7 @@ mod tests {
     fn json_is_the_documented_object() {
         assert_eq!(
             Status::default().to_json(),
-            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null,"directions":[],"refused":null,"disk_full":false}"#
+            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null,"directions":[],"refused":null,"disk_full":false}"#
         );
         let full = Status {
             db_path: "/x/\"a\\b\u{1}é.db".into(),
@@ -522,6 +542,8 @@ mod tests {
             unique_conflicts: 2,
             pk_collisions: 3,
             last_pk_collision: Some("t id=1 \"x\"".into()),
+            tombstones_collected: 0,
+            tombstones_collected_below_ms: None,
             last_publish_ms: Some(10),
             last_apply_ms: Some(11),
             link_up: Some(false),
@@ -538,7 +560,7 @@ mod tests {
         };
         assert_eq!(
             full.to_json(),
-            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16,"directions":[{"table":"t","publish":true,"replicate":false},{"table":"u v","publish":false,"replicate":true}],"refused":"Permissions Violation","disk_full":true}"#
+            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16,"directions":[{"table":"t","publish":true,"replicate":false},{"table":"u v","publish":false,"replicate":true}],"refused":"Permissions Violation","disk_full":true}"#
         );
     }
 

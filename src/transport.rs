@@ -18,8 +18,10 @@ use nats::jetstream::{
 use crate::apply::Incoming;
 use crate::config::{Config, ConsumerFilter};
 
+mod nodes;
 mod snapstore;
 mod status_service;
+pub use nodes::NodeRecord;
 pub use snapstore::{discard as discard_download, Fetched, Pointer, SnapStore};
 pub use status_service::ask_fleet;
 
@@ -92,6 +94,10 @@ impl TransportError {
 }
 
 /// A server's answer that no retry changes: an authorization or permissions violation.
+pub fn is_refusal(message: &str) -> bool {
+    refusal(message)
+}
+
 fn refusal(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("authorization violation")

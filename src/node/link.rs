@@ -186,6 +186,7 @@ impl Node {
             ),
         }
         *self.link.cutter.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.cutter());
+        self.horizon.disconnected(); // the record is written again before the first publish
         self.link.transport = Some(t);
         self.record_link(true);
     }

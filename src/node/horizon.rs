@@ -1,0 +1,342 @@
+//! The node's side of tombstone collection (the argument is in [`crate::tombstones`]):
+//! keeping this node's record fresh, the rejoin rule before the first publish of a connection,
+//! and collection rounds.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use super::{Node, NodeError};
+use crate::db;
+use crate::tombstones::{self, Fleet, Record};
+
+/// Tombstones deleted per transaction: the write lock is held a few milliseconds at a time.
+const COLLECT_BATCH: u64 = 5_000;
+/// The longest an idle node goes without refreshing its record (so it stays live).
+const KEEPALIVE_MAX: Duration = Duration::from_secs(3600);
+
+/// A collection waiting until this node has applied up to `until_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Round {
+    below: u64,
+    until_seq: u64,
+    started: Instant,
+}
+
+/// What the node keeps in memory about its record and the fleet's horizon.
+pub(super) struct Horizon {
+    /// This connection wrote our record (and applied the rejoin rule): publishing may start.
+    joined: bool,
+    /// The server refuses our record (permissions): we publish anyway, the others hold back.
+    refused: bool,
+    last_put: Option<Instant>,
+    /// Activity markers at the last write: the clock's mark and the stream position.
+    put_marks: (u64, u64),
+    next_round: Instant,
+    round: Option<Round>,
+    /// Origins applied since the last round (checked against the records).
+    origins: BTreeSet<u64>,
+    /// The fleet as last read (status, logs).
+    pub fleet: Option<Fleet>,
+    /// Origin that publishes without a record, last time it paused collection.
+    unregistered: Option<u64>,
+}
+
+impl Horizon {
+    pub(super) fn new(now: Instant) -> Horizon {
+        Horizon {
+            joined: false,
+            refused: false,
+            last_put: None,
+            put_marks: (0, 0),
+            next_round: now,
+            round: None,
+            origins: BTreeSet::new(),
+            fleet: None,
+            unregistered: None,
+        }
+    }
+
+    /// The link went down: the next connection writes the record again first.
+    pub(super) fn disconnected(&mut self) {
+        self.joined = false;
+        self.round = None;
+    }
+
+    /// Publishing waits until the record is written on this connection.
+    pub(super) fn may_publish(&self) -> bool {
+        self.joined || self.refused
+    }
+
+    pub(super) fn saw_origins(&mut self, origins: impl Iterator<Item = u64>) {
+        self.origins.extend(origins);
+    }
+
+    /// Whether the record is due: after activity every `interval`, else every keep-alive.
+    fn put_due(
+        &self,
+        now: Instant,
+        marks: (u64, u64),
+        interval: Duration,
+        keepalive: Duration,
+    ) -> bool {
+        match self.last_put {
+            None => true,
+            Some(t) => {
+                let since = now.saturating_duration_since(t);
+                (marks != self.put_marks && since >= interval) || since >= keepalive
+            }
+        }
+    }
+}
+
+impl Node {
+    fn ttl_ms(&self) -> u64 {
+        (self.cfg.replication_log.node_ttl_hours * 3_600_000.0) as u64
+    }
+
+    fn horizon_interval(&self) -> Duration {
+        Duration::from_millis(self.cfg.replication_log.horizon_interval_ms)
+    }
+
+    fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms() / 4)
+            .min(KEEPALIVE_MAX)
+            .max(self.horizon_interval())
+    }
+
+    fn read_fleet(&self) -> Result<(Fleet, Vec<(u64, Option<Record>, u64)>), String> {
+        let Some(t) = self.link.transport.as_ref() else {
+            return Err("not connected".into());
+        };
+        let records = t
+            .node_records(self.cfg.replication_log.replicas)
+            .map_err(|e| e.to_string())?;
+        let parsed: Vec<(u64, Option<Record>, u64)> = records
+            .iter()
+            .map(|r| (r.node, Record::decode(&r.value), r.written_ms))
+            .collect();
+        Ok((tombstones::fleet(&parsed, self.ttl_ms()), parsed))
+    }
+
+    /// Writes our record; on activity the clock first moves to now, so the promise (and with
+    /// it the fleet's horizon) follows the time. Returns false when it could not be written.
+    fn put_record(&mut self, advance: bool) -> Result<bool, NodeError> {
+        if advance {
+            let now = crate::hlc::now_ms();
+            if self
+                .hlc
+                .observe(now.min(crate::hlc::MAX_WALL_MS) << crate::hlc::LOGICAL_BITS)
+            {
+                db::set_meta(&self.conn, crate::state::HLC_KEY, self.hlc.last() as i64)?;
+            }
+        }
+        let record = Record {
+            low: tombstones::low(&self.conn, &self.schema, &self.hlc)?,
+            collected: tombstones::collected_below(&self.conn)?,
+        };
+        let Some(t) = self.link.transport.as_ref() else {
+            return Ok(false);
+        };
+        match t.put_node_record(
+            self.node_id,
+            &record.encode(),
+            self.cfg.replication_log.replicas,
+        ) {
+            Ok(()) => {
+                self.horizon.last_put = Some(Instant::now());
+                self.horizon.put_marks = (self.hlc.last(), db::cursor(&self.conn)?);
+                self.horizon.refused = false;
+                Ok(true)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if crate::transport::is_refusal(&msg) {
+                    if !self.horizon.refused {
+                        log::error!("node record refused: {msg}; this node publishes anyway, and the others keep every tombstone until it may write to the key-value bucket of node records (see README, permissions)");
+                    }
+                    self.horizon.refused = true;
+                } else if let Some(more) = crate::logging::repeated("node record") {
+                    log::warn!("cannot write this node's record: {msg}; retrying{more}");
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Before the first publish of a connection: write our record, and if it had lapsed
+    /// (away longer than `node_ttl`, or never written), stamp outbox changes older than any
+    /// horizon the others may have used again (the rejoin rule, see [`crate::tombstones`]).
+    pub(super) fn join_fleet(&mut self) -> Result<(), NodeError> {
+        if self.horizon.may_publish() || self.link.transport.is_none() {
+            return Ok(());
+        }
+        let before = match self.read_fleet() {
+            Ok((_, records)) => records,
+            Err(e) => {
+                if crate::transport::is_refusal(&e) {
+                    self.put_record(false)?;
+                } else if let Some(more) = crate::logging::repeated("node records") {
+                    log::warn!("cannot read the node records: {e}; publishing waits{more}");
+                }
+                return Ok(());
+            }
+        };
+        if !self.put_record(true)? {
+            return Ok(());
+        }
+        let newest = before.iter().map(|r| r.2).max().unwrap_or(0);
+        let mine = before.iter().find(|r| r.0 == self.node_id);
+        let lapsed = mine.is_none_or(|r| r.2.saturating_add(self.ttl_ms()) < newest);
+        if lapsed && tombstones::oldest_pending(&self.conn, &self.schema)?.is_some() {
+            let fleet = match self.read_fleet() {
+                Ok((f, _)) => f,
+                Err(e) => {
+                    log::warn!("cannot read the node records: {e}; publishing waits");
+                    return Ok(());
+                }
+            };
+            let n = tombstones::restamp_below(
+                &mut self.conn,
+                &self.schema,
+                &mut self.hlc,
+                fleet.ceiling,
+                crate::hlc::now_ms(),
+            )?;
+            if n > 0 {
+                self.outbox.dirty = true;
+            }
+            match mine {
+                Some(r) if n > 0 => log::warn!(
+                    "rejoined after more than node_ttl_hours={} (this node's record was last written {:.1} h before the newest): {n} unpublished change(s) older than what other nodes may have collected count as made now, so they reach every node the same way",
+                    self.cfg.replication_log.node_ttl_hours,
+                    (newest - r.2) as f64 / 3_600_000.0
+                ),
+                // a first start: its outbox holds only what it found in the database
+                _ => log::debug!("node record written for the first time restamped={n}"),
+            }
+        }
+        self.horizon.joined = true;
+        Ok(())
+    }
+
+    /// Refreshes our record when due and runs collection rounds.
+    pub(super) fn horizon_tick(&mut self) -> Result<(), NodeError> {
+        if self.link.transport.is_none() || !self.horizon.may_publish() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let marks = (self.hlc.last(), db::cursor(&self.conn)?);
+        if self
+            .horizon
+            .put_due(now, marks, self.horizon_interval(), self.keepalive())
+        {
+            let active = marks != self.horizon.put_marks;
+            self.put_record(active)?;
+        }
+        if !self.cfg.replication_log.collect_tombstones {
+            return Ok(());
+        }
+        if let Some(r) = self.horizon.round {
+            if now.saturating_duration_since(r.started) > 2 * self.horizon_interval() {
+                self.horizon.round = None; // this node could not catch up: start afresh
+            } else if self.position() >= r.until_seq && self.unapplied.is_empty() {
+                let (n, more) =
+                    tombstones::collect(&mut self.conn, &self.schema, r.below, COLLECT_BATCH)?;
+                crate::metrics::add(crate::metrics::Counter::TombstonesCollected, n);
+                if n > 0 {
+                    log::debug!(
+                        "tombstones collected rows={n} below={} more={more}",
+                        r.below
+                    );
+                }
+                if !more {
+                    self.horizon.round = None;
+                }
+            }
+            return Ok(());
+        }
+        if now < self.horizon.next_round {
+            return Ok(());
+        }
+        self.horizon.next_round = now + self.horizon_interval();
+        if crate::gap::read(&self.conn)?.is_some() || !tombstones::any(&self.conn, &self.schema)? {
+            return Ok(());
+        }
+        let fleet = match self.read_fleet() {
+            Ok((f, _)) => f,
+            Err(e) => {
+                log::debug!("cannot read the node records: {e}");
+                return Ok(());
+            }
+        };
+        let origins = std::mem::take(&mut self.horizon.origins);
+        if let Some(&o) = origins.iter().find(|o| !fleet.known.contains(o)) {
+            if self.horizon.unregistered != Some(o) {
+                log::warn!("node {o} publishes changes but keeps no node record (a build from before tombstone collection, or one refused the key-value bucket): this node keeps its tombstones until it does");
+                self.horizon.unregistered = Some(o);
+            }
+            self.horizon.origins = origins; // keep asking until it registers
+            self.horizon.fleet = Some(fleet);
+            return Ok(());
+        }
+        self.horizon.unregistered = None;
+        let Some(until_seq) = self
+            .link
+            .transport
+            .as_ref()
+            .and_then(|t| t.stream_state())
+            .map(|s| s.last_seq)
+        else {
+            return Ok(());
+        };
+        // our own promise is part of the horizon even if the record read lags behind it
+        let own = tombstones::low(&self.conn, &self.schema, &self.hlc)?;
+        let below = fleet.horizon.map_or(own, |h| h.min(own));
+        self.horizon.fleet = Some(fleet);
+        if below > tombstones::collected_below(&self.conn)?
+            || tombstones::any(&self.conn, &self.schema)?
+        {
+            self.horizon.round = Some(Round {
+                below,
+                until_seq,
+                started: now,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_is_written_after_activity_at_the_interval_or_at_the_keepalive() {
+        let t0 = Instant::now();
+        let mut h = Horizon::new(t0);
+        let (i, k) = (Duration::from_secs(10), Duration::from_secs(100));
+        assert!(h.put_due(t0, (1, 1), i, k), "never written");
+        h.last_put = Some(t0);
+        h.put_marks = (1, 1);
+        assert!(
+            !h.put_due(t0 + Duration::from_secs(50), (1, 1), i, k),
+            "idle"
+        );
+        assert!(
+            h.put_due(t0 + Duration::from_secs(100), (1, 1), i, k),
+            "keep-alive"
+        );
+        assert!(
+            !h.put_due(t0 + Duration::from_secs(5), (2, 1), i, k),
+            "too soon"
+        );
+        assert!(
+            h.put_due(t0 + Duration::from_secs(10), (1, 2), i, k),
+            "applied"
+        );
+        h.disconnected();
+        assert!(!h.may_publish());
+        h.refused = true;
+        assert!(h.may_publish());
+    }
+}
