@@ -11,6 +11,8 @@ use crate::tombstones::{self, Fleet, Record};
 
 /// Tombstones deleted per transaction: the write lock is held a few milliseconds at a time.
 const COLLECT_BATCH: u64 = 5_000;
+/// Time spent collecting per tick (in batches of [`COLLECT_BATCH`]).
+const COLLECT_BUDGET: Duration = Duration::from_millis(50);
 /// The longest an idle node goes without refreshing its record (so it stays live).
 const KEEPALIVE_MAX: Duration = Duration::from_secs(3600);
 
@@ -20,6 +22,8 @@ struct Round {
     below: u64,
     until_seq: u64,
     started: Instant,
+    /// This node applied up to `until_seq`: collecting (it takes as many ticks as it needs).
+    reached: bool,
 }
 
 /// What the node keeps in memory about its record and the fleet's horizon.
@@ -236,22 +240,39 @@ impl Node {
         if !self.cfg.replication_log.collect_tombstones {
             return Ok(());
         }
-        if let Some(r) = self.horizon.round {
-            if now.saturating_duration_since(r.started) > 2 * self.horizon_interval() {
+        if let Some(mut r) = self.horizon.round {
+            if !r.reached && self.position() >= r.until_seq && self.unapplied.is_empty() {
+                r.reached = true;
+                self.horizon.round = Some(r);
+            }
+            if r.reached {
+                // bounded batches, for at most COLLECT_BUDGET per tick
+                let until = Instant::now() + COLLECT_BUDGET;
+                loop {
+                    let (n, more) =
+                        tombstones::collect(&mut self.conn, &self.schema, r.below, COLLECT_BATCH)?;
+                    crate::metrics::add(crate::metrics::Counter::TombstonesCollected, n);
+                    if n > 0 {
+                        log::debug!(
+                            "tombstones collected rows={n} below={} more={more}",
+                            r.below
+                        );
+                    }
+                    if !more {
+                        self.horizon.round = None;
+                        break;
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
+                }
+            } else if now.saturating_duration_since(r.started) > 2 * self.horizon_interval() {
+                log::debug!(
+                    "tombstone round abandoned position={} until_seq={}",
+                    self.position(),
+                    r.until_seq
+                );
                 self.horizon.round = None; // this node could not catch up: start afresh
-            } else if self.position() >= r.until_seq && self.unapplied.is_empty() {
-                let (n, more) =
-                    tombstones::collect(&mut self.conn, &self.schema, r.below, COLLECT_BATCH)?;
-                crate::metrics::add(crate::metrics::Counter::TombstonesCollected, n);
-                if n > 0 {
-                    log::debug!(
-                        "tombstones collected rows={n} below={} more={more}",
-                        r.below
-                    );
-                }
-                if !more {
-                    self.horizon.round = None;
-                }
             }
             return Ok(());
         }
@@ -292,6 +313,11 @@ impl Node {
         // our own promise is part of the horizon even if the record read lags behind it
         let own = tombstones::low(&self.conn, &self.schema, &self.hlc)?;
         let below = fleet.horizon.map_or(own, |h| h.min(own));
+        log::debug!(
+            "tombstone round below={below} held_by={:?} until_seq={until_seq} gone={:?}",
+            fleet.held_by,
+            fleet.gone
+        );
         self.horizon.fleet = Some(fleet);
         if below > tombstones::collected_below(&self.conn)?
             || tombstones::any(&self.conn, &self.schema)?
@@ -300,6 +326,7 @@ impl Node {
                 below,
                 until_seq,
                 started: now,
+                reached: false,
             });
         }
         Ok(())
