@@ -443,7 +443,13 @@ mod tests {
         );
         assert_eq!(
             report.indexes,
-            ["__hl_parked_k", "__hl_pend_t", "__hl_pend_w"]
+            [
+                "__hl_parked_k",
+                "__hl_pend_t",
+                "__hl_pend_w",
+                "__hl_tomb_t",
+                "__hl_tomb_w"
+            ]
         );
         assert_eq!(
             report.tables,

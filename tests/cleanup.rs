@@ -198,7 +198,7 @@ fn cleanup_leaves_exactly_the_application_database() {
         text(&out.stderr)
     );
     assert!(
-        report.contains(": 6 triggers, 8 tables, 3 indexes (replication of: items, kv)\n"),
+        report.contains(": 6 triggers, 8 tables, 5 indexes (replication of: items, kv)\n"),
         "{report}"
     );
     assert!(
