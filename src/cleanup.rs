@@ -471,7 +471,7 @@ mod tests {
         let text = report.to_text();
         assert!(text.starts_with("removed from "), "{text}");
         assert!(
-            text.contains(": 6 triggers, 7 tables, 3 indexes (replication of: t, w)\n"),
+            text.contains(": 6 triggers, 7 tables, 5 indexes (replication of: t, w)\n"),
             "{text}"
         );
         assert!(
