@@ -46,6 +46,11 @@ pub const DEFAULT_PING_INTERVAL_MS: u64 = 10_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// A remote stamp this far ahead of our clock is reported.
 pub const DEFAULT_MAX_CLOCK_DRIFT_MS: u64 = 60_000;
+/// `max_parked_bytes`: 64 MiB. Parked changes wait for a schema change here (an application
+/// upgrade); a node whose upgrade lags by a day of writes from the others keeps them within
+/// this on a small disk, and the stream (100000 messages by default, each at most
+/// `max_frame_bytes`) holds what comes after while the node waits at its position.
+pub const DEFAULT_MAX_PARKED_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Migration tools' bookkeeping tables, not replicated unless `tables` names them: Django,
 /// Alembic, Rails, knex, goose, Flyway, EF Core, Prisma, sqlx, Diesel, SeaORM, refinery,
@@ -104,6 +109,10 @@ pub struct Config {
     /// 0: no budget. Crossing it never drops data and never blocks the application.
     #[serde(default)]
     pub outbox_budget_bytes: u64,
+    /// Bytes of parked changes (remote changes this node's schema cannot take yet) at which
+    /// the node stops taking in new frames until they drain; 0: no bound. Nothing is dropped.
+    #[serde(default = "default_max_parked_bytes")]
+    pub max_parked_bytes: u64,
     /// A change stamped this many milliseconds ahead of this node's clock is reported.
     #[serde(default = "default_max_clock_drift")]
     pub max_clock_drift_ms: u64,
@@ -295,6 +304,9 @@ fn default_max_entries() -> i64 {
 fn default_max_clock_drift() -> u64 {
     DEFAULT_MAX_CLOCK_DRIFT_MS
 }
+fn default_max_parked_bytes() -> u64 {
+    DEFAULT_MAX_PARKED_BYTES
+}
 
 impl Default for ReplicationLog {
     fn default() -> Self {
@@ -386,6 +398,9 @@ impl Config {
         }
         if self.replication_log.max_age_hours > 24 * 365 * 100 {
             return Err("[replication_log] max_age_hours: expected hours, at most 876000 (or 0 for no age limit)".into());
+        }
+        if self.max_parked_bytes > i64::MAX as u64 {
+            return Err("max_parked_bytes: too large (0 for no bound)".into());
         }
         if self.replication_log.max_bytes > i64::MAX as u64 {
             return Err("[replication_log] max_bytes: too large".into());

@@ -188,6 +188,9 @@ pub struct Node {
     snap: Snapshots,
     /// This node's record and tombstone collection (see `horizon.rs`).
     horizon: Horizon,
+    /// Parked changes reached `max_parked_bytes`: no frame is fetched until they drain (see
+    /// `Node::note_parked` in `schema_watch.rs`).
+    intake_held: bool,
     /// Held while the node runs: one node per database (released by the OS on any exit).
     _lock: Option<std::fs::File>,
     /// Set when the stop signal comes: a wait for acks ends at once.
@@ -333,8 +336,18 @@ impl Node {
             max_frame,
             snap: Snapshots::new(next_save, Instant::now()),
             horizon: Horizon::new(Instant::now()),
+            intake_held: false,
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
+        })
+        .and_then(|mut node| {
+            // held or not is decided again (and logged again) at each start of the node (a
+            // one-off command beside a running node leaves the running node's state alone)
+            if node._lock.is_some() {
+                db::set_meta(&node.conn, state::INTAKE_HELD_KEY, 0)?;
+                node.note_parked()?;
+            }
+            Ok(node)
         })
     }
 
@@ -532,6 +545,10 @@ impl Node {
             self.note_stream_start(first)?;
             self.skip_other_tables()?;
         }
+        if self.intake_held {
+            // the stream keeps what comes next; the stream check above still sees a hole
+            return Ok(false);
+        }
         let Some(t) = self.link.transport.as_mut() else {
             return Ok(false);
         };
@@ -670,6 +687,9 @@ impl Node {
         }
         if stats.stamped > 0 {
             self.outbox.dirty = true;
+        }
+        if stats.parked > 0 {
+            self.note_parked()?;
         }
         log::debug!(
             "apply ok frames={} applied={} stale={} parked={} undecodable={} own={}",
