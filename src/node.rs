@@ -346,6 +346,12 @@ impl Node {
             if node._lock.is_some() {
                 db::set_meta(&node.conn, state::INTAKE_HELD_KEY, 0)?;
                 node.note_parked()?;
+                for p in snapshots::sweep_leftovers(&node.cfg.db_path) {
+                    log::info!(
+                        "removed a snapshot temp file left by an interrupted save or download path={}",
+                        p.display()
+                    );
+                }
             }
             Ok(node)
         })
@@ -544,6 +550,7 @@ impl Node {
             let first = self.link.transport.as_ref().and_then(|t| t.first_seq());
             self.note_stream_start(first)?;
             self.skip_other_tables()?;
+            self.drop_stale_download();
         }
         if self.intake_held {
             // the stream keeps what comes next; the stream check above still sees a hole

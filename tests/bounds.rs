@@ -144,3 +144,100 @@ fn parked_changes_hold_the_intake_at_their_bound_and_nothing_is_lost() {
         assert!(n.stop().success());
     }
 }
+
+/// `harmonylite snapshot save` for `node`; returns the current snapshot's nuid after it.
+fn save_snapshot(nats: &NatsServer, node: &Node) -> String {
+    let out = run_bin(
+        &[
+            "snapshot",
+            "save",
+            "--config",
+            node.config.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && stdout.contains("saved snapshot"),
+        "snapshot save: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kv = js(nats)
+        .key_value("HLRS-snapshots")
+        .expect("snapshot bucket");
+    let v = String::from_utf8(kv.get("latest").unwrap().expect("a snapshot pointer")).unwrap();
+    v.split(';')
+        .find_map(|f| f.strip_prefix("nuid="))
+        .unwrap_or_else(|| panic!("nuid in {v}"))
+        .to_string()
+}
+
+fn beside(db: &Path, suffix: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}{suffix}", db.display()))
+}
+
+/// What `kill -9` during a snapshot save or download leaves beside the database goes at the
+/// next start; a partial download with its resume state stays while its snapshot is the
+/// current one (the next restore resumes it) and goes once another snapshot replaced it.
+#[test]
+fn snapshot_temp_files_left_by_a_crash_are_removed() {
+    let dir = TestDir::new("bounds-snapshot-temp");
+    let nats = NatsServer::start(dir.path());
+    let db = dir.join("n1.db");
+    app(&db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+    let junk = vec![7u8; 1 << 20];
+    let leftovers = [
+        ".hl-snapshot-save",
+        ".hl-snapshot-save-journal",
+        ".hl-snapshot-download",
+        ".hl-snapshot-download.state.tmp",
+    ];
+    for suffix in leftovers {
+        std::fs::write(beside(&db, suffix), &junk).unwrap();
+    }
+    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&nats.url()));
+    for suffix in leftovers {
+        assert!(
+            !beside(&db, suffix).exists(),
+            "{suffix} is still there after the start"
+        );
+    }
+    assert!(
+        n1.log()
+            .contains("removed a snapshot temp file left by an interrupted save or download"),
+        "{}",
+        n1.log()
+    );
+    n1.wait_connected();
+    app(&db, "INSERT INTO t VALUES (1, 'one')");
+    let current = save_snapshot(&nats, &n1);
+
+    // a download of the current snapshot cut short: kept across a start for its resume
+    n1.stop();
+    let part = beside(&db, ".hl-snapshot-download");
+    let state = beside(&db, ".hl-snapshot-download.state");
+    std::fs::write(&part, &junk).unwrap();
+    std::fs::write(
+        &state,
+        format!("nuid={current}\ndigest=SHA-256=x\nbytes=0\nchunks=0\nnext_seq=1\n"),
+    )
+    .unwrap();
+    n1.restart_ready();
+    n1.wait_connected();
+    std::thread::sleep(Duration::from_secs(2)); // the look after connecting is done by now
+    assert!(
+        part.exists() && state.exists(),
+        "the resumable download went"
+    );
+
+    // another snapshot becomes the current one: the partial download can never resume
+    app(&db, "INSERT INTO t VALUES (2, 'two')");
+    let newer = save_snapshot(&nats, &n1);
+    assert_ne!(newer, current);
+    n1.stop();
+    n1.restart_ready();
+    n1.wait_log("removed a partial snapshot download", T);
+    assert!(!part.exists() && !state.exists());
+    assert!(n1.stop().success());
+}
