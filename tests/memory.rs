@@ -5,8 +5,8 @@
 //!
 //! The limit is on address space (virtual memory), which counts more than the data the node
 //! holds: thread stacks, the binary's mappings, and glibc's malloc arenas, each reserving 64 MiB
-//! of address space when a thread first allocates (the node measured 351-357 MiB of `VmPeak`
-//! with 18-22 MiB resident, almost all of it arena reservations that vary with the threads'
+//! of address space when a thread first allocates (without it the node measured 351 and 357 MiB
+//! of `VmPeak` with 19 and 22 MiB resident, almost all of it arena reservations that vary with the threads'
 //! timing). The node therefore runs with `MALLOC_ARENA_MAX=1` here: one arena, so the address
 //! space follows the heap and the limit is a real bound on what the node allocates.
 //!
@@ -20,8 +20,8 @@
 //! memory restore  VmPeak=36.7MiB VmHWM=20.8MiB threads=5   (a snapshot of them)
 //! ```
 //!
-//! so 36.7 + 64 = 100 MiB. The backlog is 10 MiB of row data (about 14 MiB of frames); a node
-//! that took it in as one batch would hold it several times over (frames, decoded rows,
+//! so 36.7 + 64 = 100 MiB. The backlog is 100000 rows of 101-byte text, 10 MiB of row data; a
+//! node that took it in as one batch would hold it several times over (frames, decoded rows,
 //! SQLite's pages) on top of its 32 MiB. The test does fail under a limit the node needs:
 //! `HL_MEMORY_LIMIT_MIB=28` ends it with `memory allocation of 22828 bytes failed`.
 
