@@ -5,10 +5,11 @@
 //!
 //! The limit is on address space (virtual memory), which counts more than the data the node
 //! holds: thread stacks, the binary's mappings, and glibc's malloc arenas, each reserving 64 MiB
-//! of address space when a thread first allocates (without it the node measured 351 and 357 MiB
-//! of `VmPeak` with 19 and 22 MiB resident, almost all of it arena reservations that vary with the threads'
-//! timing). The node therefore runs with `MALLOC_ARENA_MAX=1` here: one arena, so the address
-//! space follows the heap and the limit is a real bound on what the node allocates.
+//! of address space when a thread first allocates. With the default arenas the node measured
+//! 351 and 357 MiB of `VmPeak` against 19 and 22 MiB resident, almost all of it reservations
+//! whose number depends on the threads' timing. The node therefore runs with
+//! `MALLOC_ARENA_MAX=1` here: one arena, so the address space follows the heap and the limit is
+//! a real bound on what the node allocates.
 //!
 //! [`AS_LIMIT_MIB`] was set by measurement: the node's peak address space (`VmPeak` in
 //! `/proc/<pid>/status`, read when each workload is done) plus 64 MiB, rounded. Measured three
@@ -21,8 +22,9 @@
 //! ```
 //!
 //! so 36.7 + 64 = 100 MiB. The backlog is 100000 rows of 101-byte text, 10 MiB of row data; a
-//! node that took it in as one batch would hold it several times over (frames, decoded rows,
-//! SQLite's pages) on top of its 32 MiB. The test does fail under a limit the node needs:
+//! node that took it in as one batch holds it several times at once (the frames, the decoded
+//! rows, SQLite's pages), which the 64 MiB margin is meant to catch (not measured: the node has
+//! no unbounded mode to run). The test does fail under a limit the node needs:
 //! `HL_MEMORY_LIMIT_MIB=28` ends it with `memory allocation of 22828 bytes failed`.
 
 mod common;
