@@ -733,6 +733,16 @@ mod tests {
     }
 
     #[test]
+    fn parked_changes_are_bounded_by_default() {
+        let c = Config::parse("db_path = \"a.db\"\n").unwrap();
+        assert_eq!(c.max_parked_bytes, DEFAULT_MAX_PARKED_BYTES);
+        let c = Config::parse("db_path = \"a.db\"\nmax_parked_bytes = 0\n").unwrap();
+        assert_eq!(c.max_parked_bytes, 0, "0: no bound");
+        let e = Config::parse("db_path = \"a.db\"\nmax_parked_bytes = -1\n").unwrap_err();
+        assert!(e.contains("max_parked_bytes"), "{e}");
+    }
+
+    #[test]
     fn ill_typed_key_is_named() {
         let e = Config::parse("db_path = \"a.db\"\npolling_interval = \"fast\"\n").unwrap_err();
         assert!(e.contains("polling_interval"), "{e}");
