@@ -70,6 +70,8 @@ pub struct ApplyStats {
     pub applied: u64,
     pub stale: u64,
     pub parked: u64,
+    /// Bytes of the frames kept for the changes parked (see `max_parked_bytes`).
+    pub parked_bytes: u64,
     pub undecodable: u64,
     pub own: u64,
     /// Changes that met a unique constraint other than the primary key and were resolved.
@@ -767,7 +769,7 @@ fn apply_changes(
                         log::warn!("parking changes for table {}: {reason}; they are kept and applied once the schema here allows{more}", header.name);
                     }
                 }
-                park(conn, &header.name, &reason, c.origin, header, ch)?;
+                stats.parked_bytes += park(conn, &header.name, &reason, c.origin, header, ch)?;
                 stats.parked += 1;
                 waiting = true;
             }
@@ -1216,7 +1218,7 @@ fn park(
     origin: u64,
     header: &TableHeader,
     ch: &Change,
-) -> Result<(), DbError> {
+) -> Result<u64, DbError> {
     let bytes = frame::encode_single(origin, header, ch.version, ch.op.clone(), frame::VERSION);
     conn.prepare_cached(&format!(
         "INSERT INTO {PARKED_TABLE}(tbl, reason, frame, k, at) VALUES (?1, ?2, ?3, ?4, ?5)"
@@ -1231,7 +1233,7 @@ fn park(
         ])
     })
     .ctx("park change")?;
-    Ok(())
+    Ok(bytes.len() as u64)
 }
 
 /// Whether anything is parked.

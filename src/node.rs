@@ -188,8 +188,10 @@ pub struct Node {
     snap: Snapshots,
     /// This node's record and tombstone collection (see `horizon.rs`).
     horizon: Horizon,
-    /// Parked changes reached `max_parked_bytes`: no frame is fetched until they drain (see
-    /// `Node::note_parked` in `schema_watch.rs`).
+    /// Bytes of the parked changes: measured at start and after each retry, added to as
+    /// batches park more (see `Node::note_parked` in `schema_watch.rs`).
+    parked_bytes: u64,
+    /// Parked changes reached `max_parked_bytes`: no frame is fetched until they drain.
     intake_held: bool,
     /// Held while the node runs: one node per database (released by the OS on any exit).
     _lock: Option<std::fs::File>,
@@ -336,6 +338,7 @@ impl Node {
             max_frame,
             snap: Snapshots::new(next_save, Instant::now()),
             horizon: Horizon::new(Instant::now()),
+            parked_bytes: 0,
             intake_held: false,
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -345,7 +348,7 @@ impl Node {
             // one-off command beside a running node leaves the running node's state alone)
             if node._lock.is_some() {
                 db::set_meta(&node.conn, state::INTAKE_HELD_KEY, 0)?;
-                node.note_parked()?;
+                node.note_parked(None)?;
                 for p in snapshots::sweep_leftovers(&node.cfg.db_path) {
                     log::info!(
                         "removed a snapshot temp file left by an interrupted save or download path={}",
@@ -696,7 +699,7 @@ impl Node {
             self.outbox.dirty = true;
         }
         if stats.parked > 0 {
-            self.note_parked()?;
+            self.note_parked(Some(stats.parked_bytes))?;
         }
         log::debug!(
             "apply ok frames={} applied={} stale={} parked={} undecodable={} own={}",

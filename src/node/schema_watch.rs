@@ -58,22 +58,28 @@ impl Node {
         // until the next local write
         self.outbox.dirty = true;
         retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)?;
-        self.note_parked()
+        self.note_parked(None)
     }
 
-    /// Measures the parked changes and holds or resumes the intake of new frames: at
-    /// `max_parked_bytes` the node fetches nothing more (it keeps its stream position, and the
-    /// stream keeps the frames; were retention to discard them, the hole is found and a
-    /// snapshot restore brings them) until a schema change lets parked changes apply. Parking
-    /// grows only by applying frames and shrinks only by a retry, so this runs after those.
-    pub(super) fn note_parked(&mut self) -> Result<(), NodeError> {
-        let size = apply::parked_size(&self.conn)?;
+    /// Follows the parked changes' bytes (`added` by a batch, or None: measured again) and
+    /// holds or resumes the intake of new frames: at `max_parked_bytes` the node fetches
+    /// nothing more (it keeps its stream position, and the stream keeps the frames; were
+    /// retention to discard them, the hole is found and a snapshot restore brings them) until a
+    /// schema change lets parked changes apply. Parking grows only by applying frames and
+    /// shrinks only by a retry, so this runs after those; a batch adds its bytes rather than
+    /// reading every parked row again.
+    pub(super) fn note_parked(&mut self, added: Option<u64>) -> Result<(), NodeError> {
+        self.parked_bytes = match added {
+            Some(b) => self.parked_bytes + b,
+            None => apply::parked_size(&self.conn)?.bytes,
+        };
         let bound = self.cfg.max_parked_bytes;
-        let over = bound > 0 && size.bytes >= bound;
+        let over = bound > 0 && self.parked_bytes >= bound;
         if over == self.intake_held {
             return Ok(());
         }
         self.intake_held = over;
+        let size = apply::parked_size(&self.conn)?;
         db::set_meta(&self.conn, state::INTAKE_HELD_KEY, over as i64)?;
         if over {
             let tables = apply::parked_tables(&self.conn)?;
