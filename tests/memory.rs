@@ -154,6 +154,12 @@ fn a_node_catches_up_100k_rows_under_a_memory_limit() {
     nodes[1].restart_ready();
     wait_rows(&mut nodes[1], ROWS + 1);
     report("catch-up", &nodes[1]);
+    assert!(
+        !nodes[1]
+            .current_log()
+            .contains("snapshot restore: installed"),
+        "n2 caught up from a snapshot, not the stream"
+    );
     assert_eq!(dump(&d2, "t"), dump(&d1, "t"));
     for n in &mut nodes {
         assert!(n.stop().success());

@@ -235,7 +235,10 @@ fn unknown_tables_and_columns_are_parked_not_dropped() {
         )
         .unwrap();
     assert_eq!((size.changes, size.bytes), (2, frames as u64));
-    assert_eq!(s.parked_bytes, size.bytes, "a batch reports the bytes it parked");
+    assert_eq!(
+        s.parked_bytes, size.bytes,
+        "a batch reports the bytes it parked"
+    );
     let parked_at = size.oldest_ms.expect("parked changes have their park time");
     // the first park time stays through a retry that parks a change again
     d.conn
