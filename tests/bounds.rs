@@ -110,6 +110,10 @@ fn parked_changes_hold_the_intake_at_their_bound_and_nothing_is_lost() {
         "{metrics}"
     );
     let held_at = num(&st, "stream_position");
+    eprintln!(
+        "held with {} changes parked in {parked_bytes} bytes",
+        num(&st, "parked_changes")
+    );
 
     // held: a later change of another table reaches the stream but not n1
     app(&d2, "INSERT INTO u VALUES (1, 'after the hold')");
