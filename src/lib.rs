@@ -17,13 +17,16 @@
 //! - [`frame`]: the wire format (postcard, byte-bounded batches, fragments, checksum).
 //! - [`apply`]: applying remote frames with last-writer-wins, tombstones, no echo, the cursor.
 //! - [`gap`]: holes in the stream: detection and the record kept until a snapshot repairs it.
+//! - [`tombstones`]: collecting tombstones once no late change can need them (the horizon, the
+//!   rejoin rule); the node records live in `transport/nodes.rs`.
 //! - [`transport`]: the only user of the `nats` crate (patched for link deadlines, see
 //!   `vendor/nats/PATCHES.md`): stream, consumer, publish, fetch, the snapshot buckets
 //!   (`transport/snapstore.rs`) and the status service (`transport/status_service.rs`).
 //! - [`embedded`]: the local nats-server started when no server is configured.
 //! - [`node`]: the loop that joins them. `Node` is composed of parts that own their fields:
 //!   the NATS link (`Link`, `link.rs`), the outbox's bookkeeping (`Outbox`, `publish.rs`, with
-//!   the publish round), snapshot scheduling and catch-up (`Snapshots`, `snapshots.rs`); schema
+//!   the publish round), snapshot scheduling and catch-up (`Snapshots`, `snapshots.rs`), this
+//!   node's record and tombstone collection (`Horizon`, `horizon.rs`); schema
 //!   watching (`schema_watch.rs`) and the operations hooks (`ops.rs`) are `impl Node` methods.
 //! - [`snapshot`]: snapshots, database side: a consistent stripped copy, verification, the
 //!   last-writer-wins merge into a live database.

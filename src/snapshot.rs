@@ -541,3 +541,111 @@ pub fn record_progress(conn: &Connection, done: u64, total: u64) {
     let _ = db::set_meta(conn, RESTORE_DONE_KEY, done as i64)
         .and_then(|_| db::set_meta(conn, RESTORE_TOTAL_KEY, total as i64));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Db {
+        path: PathBuf,
+        cfg: Config,
+        conn: Connection,
+        schema: Schema,
+    }
+
+    impl Drop for Db {
+        fn drop(&mut self) {
+            for ext in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
+            }
+        }
+    }
+
+    /// A node's database holding `rows` of `t` with their version rows (`(id, ver, pending)`),
+    /// position 10, collected below `collected`.
+    fn node_db(name: &str, rows: &[(i64, u64, i64)], collected: u64) -> Db {
+        let path = std::env::temp_dir().join(format!("hl-snap-{name}-{}.db", std::process::id()));
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        let mut conn = db::open(&path).unwrap();
+        crate::apply::prepare(&conn).unwrap();
+        let cfg = Config::parse(&format!(
+            "db_path = {:?}\n[nats]\nsubject_prefix = \"x\"\n",
+            path.display().to_string()
+        ))
+        .unwrap();
+        let schema = capture::scan(&conn, &cfg).unwrap();
+        capture::install(&mut conn, &schema, &Default::default(), 1).unwrap();
+        for &(id, ver, pending) in rows {
+            conn.execute("INSERT INTO t VALUES (?1, 'x')", [id])
+                .unwrap();
+            conn.execute(
+                "INSERT OR REPLACE INTO __hl_ver_t(k0, ver, node, del, pending) VALUES (?1, ?2, 1, 0, ?3)",
+                rusqlite::params![id, ver as i64, pending],
+            )
+            .unwrap();
+        }
+        conn.execute("DELETE FROM __hl_log_t", []).unwrap();
+        db::set_meta(&conn, CURSOR_KEY, 10).unwrap();
+        db::set_meta(&conn, NODE_ID_KEY, 1).unwrap();
+        db::set_meta(&conn, crate::state::COLLECTED_BELOW_KEY, collected as i64).unwrap();
+        Db {
+            path,
+            cfg,
+            conn,
+            schema,
+        }
+    }
+
+    #[test]
+    fn a_restore_drops_published_versions_the_maker_collected_and_keeps_the_rest() {
+        // the maker holds rows 1 and 2 and collected its tombstones below version 500
+        let maker = node_db("maker", &[(1, 100, 0), (2, 600, 0)], 500);
+        let out = temp_path(&maker.path, "test");
+        let meta = make(&maker.cfg, &out).unwrap().unwrap();
+        assert_eq!(meta.collected, 500);
+        assert_eq!(
+            verify(&out).unwrap().collected,
+            500,
+            "read back from the file"
+        );
+        // here: row 3 published at 300 (deleted and collected at the maker), row 4 published at
+        // 700 (the maker has not seen it yet), row 5 unpublished at 200 (only here)
+        let mut local = node_db(
+            "local",
+            &[(1, 100, 0), (3, 300, 0), (4, 700, 0), (5, 200, 1)],
+            0,
+        );
+        let mut hlc = Hlc::new(0);
+        install_into(
+            &mut local.conn,
+            &local.cfg,
+            &local.schema,
+            &mut hlc,
+            1,
+            &out,
+            &meta,
+        )
+        .unwrap();
+        let ids: Vec<i64> = local
+            .conn
+            .prepare("SELECT id FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, vec![1, 2, 4, 5]);
+        assert_eq!(
+            crate::tombstones::collected_below(&local.conn).unwrap(),
+            500,
+            "the maker's horizon is this database's now"
+        );
+        let _ = std::fs::remove_file(&out);
+    }
+}

@@ -397,6 +397,9 @@ fn broker_permissions_keep_a_single_table_gateway_from_reading_other_tables() {
                            "$JS.API.CONSUMER.CREATE.HLRS.hl-17.hlrs.changes.settings.*",
                            "$JS.API.CONSUMER.DELETE.HLRS.hl-17", "$JS.API.CONSUMER.INFO.HLRS.hl-17",
                            "$JS.API.CONSUMER.MSG.NEXT.HLRS.hl-17", "$JS.ACK.HLRS.hl-17.>",
+                           "$KV.HLRS-nodes.17", "$JS.API.STREAM.INFO.KV_HLRS-nodes",
+                           "$JS.API.CONSUMER.CREATE.KV_HLRS-nodes", "$JS.API.CONSUMER.CREATE.KV_HLRS-nodes.>",
+                           "$JS.API.CONSUMER.DELETE.KV_HLRS-nodes.>",
                            "_INBOX.>", "hlrs.status.>"] }
         subscribe: { allow: ["_INBOX.>", "hlrs.status.>"] }
     } }

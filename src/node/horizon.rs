@@ -11,6 +11,11 @@ use crate::tombstones::{self, Fleet, Record};
 
 /// Tombstones deleted per transaction: the write lock is held a few milliseconds at a time.
 const COLLECT_BATCH: u64 = 5_000;
+/// Time spent collecting per tick (in batches of [`COLLECT_BATCH`]).
+const COLLECT_BUDGET: Duration = Duration::from_millis(50);
+/// Backoff of a failed join (reading and writing the node records before publishing).
+const JOIN_RETRY_MIN: Duration = Duration::from_secs(1);
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(60);
 /// The longest an idle node goes without refreshing its record (so it stays live).
 const KEEPALIVE_MAX: Duration = Duration::from_secs(3600);
 
@@ -20,6 +25,8 @@ struct Round {
     below: u64,
     until_seq: u64,
     started: Instant,
+    /// This node applied up to `until_seq`: collecting (it takes as many ticks as it needs).
+    reached: bool,
 }
 
 /// What the node keeps in memory about its record and the fleet's horizon.
@@ -39,6 +46,9 @@ pub(super) struct Horizon {
     pub fleet: Option<Fleet>,
     /// Origin that publishes without a record, last time it paused collection.
     unregistered: Option<u64>,
+    /// When joining may be tried again after a failure, and its backoff.
+    next_join: Instant,
+    join_backoff: crate::retry::Backoff,
 }
 
 impl Horizon {
@@ -53,6 +63,8 @@ impl Horizon {
             origins: BTreeSet::new(),
             fleet: None,
             unregistered: None,
+            next_join: now,
+            join_backoff: crate::retry::Backoff::new(JOIN_RETRY_MIN, JOIN_RETRY_MAX),
         }
     }
 
@@ -149,6 +161,7 @@ impl Node {
                 Ok(true)
             }
             Err(e) => {
+                self.horizon.last_put = Some(Instant::now()); // tried: again at the pace
                 let msg = e.to_string();
                 if crate::transport::is_refusal(&msg) {
                     if !self.horizon.refused {
@@ -166,10 +179,26 @@ impl Node {
     /// Before the first publish of a connection: write our record, and if it had lapsed
     /// (away longer than `node_ttl`, or never written), stamp outbox changes older than any
     /// horizon the others may have used again (the rejoin rule, see [`crate::tombstones`]).
+    /// A failure is retried with backoff; publishing waits meanwhile, except when the server
+    /// refuses the records (permissions): then it goes on without them.
     pub(super) fn join_fleet(&mut self) -> Result<(), NodeError> {
-        if self.horizon.may_publish() || self.link.transport.is_none() {
+        let now = Instant::now();
+        if self.horizon.may_publish()
+            || self.link.transport.is_none()
+            || now < self.horizon.next_join
+        {
             return Ok(());
         }
+        self.horizon.next_join = now + self.horizon.join_backoff.fail();
+        self.try_join()?;
+        if self.horizon.may_publish() {
+            self.horizon.join_backoff.reset();
+            self.horizon.next_join = now;
+        }
+        Ok(())
+    }
+
+    fn try_join(&mut self) -> Result<(), NodeError> {
         let before = match self.read_fleet() {
             Ok((_, records)) => records,
             Err(e) => {
@@ -226,32 +255,52 @@ impl Node {
         }
         let now = Instant::now();
         let marks = (self.hlc.last(), db::cursor(&self.conn)?);
-        if self
-            .horizon
-            .put_due(now, marks, self.horizon_interval(), self.keepalive())
-        {
+        // refused: tried again at the keep-alive pace only (each try waits for a timeout)
+        let interval = if self.horizon.refused {
+            self.keepalive()
+        } else {
+            self.horizon_interval()
+        };
+        if self.horizon.put_due(now, marks, interval, self.keepalive()) {
             let active = marks != self.horizon.put_marks;
             self.put_record(active)?;
         }
-        if !self.cfg.replication_log.collect_tombstones {
+        if !self.cfg.replication_log.collect_tombstones || self.horizon.refused {
             return Ok(());
         }
-        if let Some(r) = self.horizon.round {
-            if now.saturating_duration_since(r.started) > 2 * self.horizon_interval() {
+        if let Some(mut r) = self.horizon.round {
+            if !r.reached && self.position() >= r.until_seq && self.unapplied.is_empty() {
+                r.reached = true;
+                self.horizon.round = Some(r);
+            }
+            if r.reached {
+                // bounded batches, for at most COLLECT_BUDGET per tick
+                let until = Instant::now() + COLLECT_BUDGET;
+                loop {
+                    let (n, more) =
+                        tombstones::collect(&mut self.conn, &self.schema, r.below, COLLECT_BATCH)?;
+                    crate::metrics::add(crate::metrics::Counter::TombstonesCollected, n);
+                    if n > 0 {
+                        log::debug!(
+                            "tombstones collected rows={n} below={} more={more}",
+                            r.below
+                        );
+                    }
+                    if !more {
+                        self.horizon.round = None;
+                        break;
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
+                }
+            } else if now.saturating_duration_since(r.started) > 2 * self.horizon_interval() {
+                log::debug!(
+                    "tombstone round abandoned position={} until_seq={}",
+                    self.position(),
+                    r.until_seq
+                );
                 self.horizon.round = None; // this node could not catch up: start afresh
-            } else if self.position() >= r.until_seq && self.unapplied.is_empty() {
-                let (n, more) =
-                    tombstones::collect(&mut self.conn, &self.schema, r.below, COLLECT_BATCH)?;
-                crate::metrics::add(crate::metrics::Counter::TombstonesCollected, n);
-                if n > 0 {
-                    log::debug!(
-                        "tombstones collected rows={n} below={} more={more}",
-                        r.below
-                    );
-                }
-                if !more {
-                    self.horizon.round = None;
-                }
             }
             return Ok(());
         }
@@ -292,6 +341,11 @@ impl Node {
         // our own promise is part of the horizon even if the record read lags behind it
         let own = tombstones::low(&self.conn, &self.schema, &self.hlc)?;
         let below = fleet.horizon.map_or(own, |h| h.min(own));
+        log::debug!(
+            "tombstone round below={below} held_by={:?} until_seq={until_seq} gone={:?}",
+            fleet.held_by,
+            fleet.gone
+        );
         self.horizon.fleet = Some(fleet);
         if below > tombstones::collected_below(&self.conn)?
             || tombstones::any(&self.conn, &self.schema)?
@@ -300,6 +354,7 @@ impl Node {
                 below,
                 until_seq,
                 started: now,
+                reached: false,
             });
         }
         Ok(())

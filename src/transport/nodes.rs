@@ -29,10 +29,22 @@ fn err(what: &str) -> impl Fn(io::Error) -> io::Error + '_ {
 }
 
 impl Transport {
+    /// `e`, or the server's refusal if it reported one meanwhile (a refused request only times
+    /// out; the refusal comes on its own, naming the subject).
+    fn or_refusal(&self, e: io::Error) -> io::Error {
+        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_some() {
+            let m = r.take().unwrap_or_default();
+            return io::Error::new(io::ErrorKind::PermissionDenied, m);
+        }
+        e
+    }
+
     fn nodes_kv(&self, replicas: usize) -> io::Result<nats::kv::Store> {
         let name = bucket(&self.stream);
-        match self.js.key_value(&name) {
+        match self.js.key_value(&name).map_err(|e| self.or_refusal(e)) {
             Ok(k) => Ok(k),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(e),
             Err(_) => self
                 .js
                 .create_key_value(&nats::kv::Config {
@@ -48,15 +60,20 @@ impl Transport {
 
     /// Writes this node's record (creating the bucket if needed).
     pub fn put_node_record(&self, node: u64, value: &str, replicas: usize) -> io::Result<()> {
-        let kv = self.nodes_kv(replicas)?;
+        let kv = self.nodes_kv(replicas).map_err(|e| self.or_refusal(e))?;
         kv.put(&node.to_string(), value)
             .map(|_| ())
             .map_err(err("write this node's record"))
+            .map_err(|e| self.or_refusal(e))
     }
 
     /// Every node's newest record. Reads the bucket's stream with an ordered consumer that
     /// delivers the last value per key, each wait bounded by [`API_TIMEOUT`].
     pub fn node_records(&self, replicas: usize) -> io::Result<Vec<NodeRecord>> {
+        self.read_records(replicas).map_err(|e| self.or_refusal(e))
+    }
+
+    fn read_records(&self, replicas: usize) -> io::Result<Vec<NodeRecord>> {
         let kv = self.nodes_kv(replicas)?;
         let stream = format!("KV_{}", bucket(&self.stream));
         let keys = self
@@ -74,7 +91,11 @@ impl Transport {
             .js
             .subscribe_with_options(
                 &format!("{prefix}>"),
-                &SubscribeOptions::ordered().deliver_last_per_subject(),
+                // bound to the stream by name: no stream lookup (`$JS.API.STREAM.NAMES`) that a
+                // gateway's permissions would have to allow
+                &SubscribeOptions::bind_stream(stream.clone())
+                    .deliver_last_per_subject()
+                    .ack_none(),
             )
             .map_err(err("read the node records"))?;
         let deadline = Instant::now() + API_TIMEOUT;

@@ -331,10 +331,11 @@ impl NodeProc {
         // HL_BENCH_COMPRESS=false|true sets [replication_log] compress on every node (default:
         // the node's default), for A/B runs of the same build
         if let Ok(v) = std::env::var("HL_BENCH_COMPRESS") {
-            text += &format!(
-                "\n[replication_log]\ncompress = {}\n",
-                v == "true" || v == "1"
-            );
+            let line = format!("compress = {}\n", v == "true" || v == "1");
+            match text.find("[replication_log]\n") {
+                Some(at) => text.insert_str(at + "[replication_log]\n".len(), &line),
+                None => text += &format!("\n[replication_log]\n{line}"),
+            }
         }
         fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let err =

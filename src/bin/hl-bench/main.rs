@@ -11,6 +11,7 @@
 //! - `replication`: clusters of nodes; one writer, mixed workload, all writers.
 //! - `lag`: lag at a steady rate; idle CPU and RSS.
 //! - `amplification`: bytes written per captured change against a plain insert.
+//! - `churn`: the rolling-window workload: file growth and HarmonyLite's bytes per live row.
 //! - `fleet`: a hub and N gateways with per-table direction (`--fleet N`; N = 3 in every run).
 //! - `report`: the table and the JSON line.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 mod amplification;
 mod app;
 mod ceilings;
+mod churn;
 mod fleet;
 mod harness;
 mod lag;
@@ -42,6 +44,7 @@ Usage:
   cargo build --release --bins && target/release/hl-bench [--quick] [--json]
   target/release/hl-bench --snapshot [MIB] [--json]
   target/release/hl-bench --fleet N [--fleet-rows ROWS] [--json]
+  target/release/hl-bench --churn [INSERTS] [--json]
 
 Options:
   --quick          fewer rows and a 10 s idle window (under two minutes on 2 cores)
@@ -52,6 +55,8 @@ Options:
                    nats-server; hub ingest, bytes each gateway receives, settings propagation,
                    wire bytes per reading, gateway RSS and idle CPU, hub and server CPU
   --fleet-rows R   readings written by the whole fleet in --fleet (default 100000)
+  --churn [N]      only the churn figures: N inserts (default 1000000) into a rolling window of
+                   10000 rows on 3 nodes; file size at each quarter, harmonylite's bytes per live row
 
 Needs nats-server: $NATS_SERVER, else .tools/py/bin/nats-server (bash scripts/tools.sh), else PATH.
 The nodes run target/release/harmonylite next to hl-bench, or $HL_NODE_BIN (e.g. a static build).
@@ -82,6 +87,7 @@ pub struct Sizes {
     pub mixed_ops: u64,
     pub all_rows_each: u64,
     pub amp_rows: u64,
+    pub churn_inserts: u64,
     pub lag_secs: u64,
     pub idle_secs: u64,
     pub fleet: FleetSizes,
@@ -96,6 +102,7 @@ const QUICK: Sizes = Sizes {
     mixed_ops: 30_000,
     all_rows_each: 30_000,
     amp_rows: 50_000,
+    churn_inserts: 100_000,
     lag_secs: 5,
     idle_secs: 10,
     fleet: FleetSizes {
@@ -115,6 +122,7 @@ const FULL: Sizes = Sizes {
     mixed_ops: 100_000,
     all_rows_each: 60_000,
     amp_rows: 200_000,
+    churn_inserts: 1_000_000,
     lag_secs: 20,
     idle_secs: 30,
     fleet: FleetSizes {
@@ -135,6 +143,7 @@ fn main() -> ExitCode {
     let mut snapshot_mib: Option<u64> = None;
     let mut fleet_n: Option<usize> = None;
     let mut fleet_rows = FLEET_ROWS;
+    let mut churn_n: Option<u64> = None;
     let mut args = std::env::args().skip(1).peekable();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -146,6 +155,13 @@ fn main() -> ExitCode {
                     args.next();
                 }
                 snapshot_mib = Some(size.unwrap_or(1024));
+            }
+            "--churn" => {
+                let n = args.peek().and_then(|a| a.parse::<u64>().ok());
+                if n.is_some() {
+                    args.next();
+                }
+                churn_n = Some(n.unwrap_or(FULL.churn_inserts).max(1));
             }
             "--fleet" | "--fleet-rows" => {
                 let Some(v) = args
@@ -180,6 +196,12 @@ fn main() -> ExitCode {
             idle_secs: FLEET_IDLE_SECS,
         };
         return finish(run_fleet(sizes), json);
+    }
+    if let Some(inserts) = churn_n {
+        return finish(
+            run_churn(inserts).map(|c| (report::churn_table(&c), report::churn_json(&c))),
+            json,
+        );
     }
     match snapshot_mib {
         Some(mib) => finish(
@@ -237,6 +259,23 @@ fn run_snapshot(mib: u64) -> Result<snapshot::SnapshotResults, String> {
     let scratch = Scratch::new()?;
     let server = Server::start(&nats_bin, scratch.path())?;
     snapshot::measure(scratch.path(), &node_bin, &server, mib)
+}
+
+/// The churn figures only (`--churn N`).
+fn run_churn(inserts: u64) -> Result<churn::Churn, String> {
+    harness::watch_signals()?;
+    let node_bin = find_node_binary()?;
+    let nats_bin = find_nats_server()?;
+    let scratch = Scratch::new()?;
+    let server = Server::start(&nats_bin, scratch.path())?;
+    let env = Env {
+        node_bin: &node_bin,
+        dir: scratch.path(),
+        url: &server.url,
+        server_pid: server.pid,
+        poll_ms: DEFAULT_POLLING_INTERVAL_MS,
+    };
+    churn::measure(&env, inserts, ROW_BYTES)
 }
 
 /// The fleet figures only (`--fleet N`): the table and the JSON line.
@@ -315,6 +354,7 @@ fn run(quick: bool) -> Result<Results, String> {
         poll_ms,
     };
     let mut peak_rss_kib = 0;
+    let mut peaks: Vec<(&'static str, u64)> = Vec::new();
 
     p.step(&format!(
         "one writer -> two replicas, {E2E_ROUNDS} rounds of {} rows of {ROW_BYTES} bytes",
@@ -335,7 +375,9 @@ fn run(quick: bool) -> Result<Results, String> {
         let rates: Vec<f64> = rounds.iter().map(|t| t.rate()).collect();
         rounds.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
         let median = rounds.swap_remove(rounds.len() / 2);
-        peak_rss_kib = peak_rss_kib.max(median.peak_rss_kib).max(c.peak_rss_kib()?);
+        let peak = median.peak_rss_kib.max(c.peak_rss_kib()?);
+        peaks.push(("one_writer", peak));
+        peak_rss_kib = peak_rss_kib.max(peak);
         (median, rates, wire)
     };
 
@@ -346,6 +388,7 @@ fn run(quick: bool) -> Result<Results, String> {
     let mixed = {
         let c = Cluster::start(&env, "mixed", 3, STAMPED_TABLE, false)?;
         let t = replication::mixed(&c, sizes.mixed_ops, MIXED_ROW_BYTES)?;
+        peaks.push(("mixed", t.peak_rss_kib));
         peak_rss_kib = peak_rss_kib.max(t.peak_rss_kib);
         t
     };
@@ -357,6 +400,7 @@ fn run(quick: bool) -> Result<Results, String> {
     let all = {
         let c = Cluster::start(&env, "all", 3, ROW_TABLE, false)?;
         let t = replication::all_writers(&c, sizes.all_rows_each, ROW_BYTES)?;
+        peaks.push(("all_writers", t.peak_rss_kib));
         peak_rss_kib = peak_rss_kib.max(t.peak_rss_kib);
         t
     };
@@ -368,9 +412,20 @@ fn run(quick: bool) -> Result<Results, String> {
     let amp = {
         let c = Cluster::start(&env, "amp", 1, ROW_TABLE, true)?;
         let a = amplification::measure(dir, &c, &server.url, sizes.amp_rows, ROW_BYTES)?;
-        peak_rss_kib = peak_rss_kib.max(c.peak_rss_kib()?);
+        let peak = c.peak_rss_kib()?;
+        peaks.push(("amplification", peak));
+        peak_rss_kib = peak_rss_kib.max(peak);
         a
     };
+
+    p.step(&format!(
+        "churn: {} inserts into a rolling window of {} rows, 3 nodes",
+        sizes.churn_inserts,
+        churn::WINDOW
+    ));
+    let churn = churn::measure(&env, sizes.churn_inserts, ROW_BYTES)?;
+    peaks.push(("churn", churn.peak_rss_kib));
+    peak_rss_kib = peak_rss_kib.max(churn.peak_rss_kib);
 
     let c = Cluster::start(&env, "lag", 3, STAMPED_TABLE, false)?;
     let mut lags = Vec::new();
@@ -386,7 +441,9 @@ fn run(quick: bool) -> Result<Results, String> {
     p.step(&format!("idle footprint over {} s", sizes.idle_secs));
     pause(SETTLE)?;
     let idle = lag::idle(&c.nodes, Duration::from_secs(sizes.idle_secs))?;
-    peak_rss_kib = peak_rss_kib.max(c.peak_rss_kib()?);
+    let peak = c.peak_rss_kib()?;
+    peaks.push(("lag_and_idle", peak));
+    peak_rss_kib = peak_rss_kib.max(peak);
     drop(c);
 
     p.step(&format!(
@@ -394,6 +451,7 @@ fn run(quick: bool) -> Result<Results, String> {
         sizes.fleet.gateways, sizes.fleet.rows, sizes.fleet.settings_changes
     ));
     let fleet = fleet::measure(&env, sizes.fleet)?;
+    peaks.push(("fleet_gateway", fleet.gateway_peak_rss_kib));
     drop(server);
     p.step("done");
 
@@ -413,6 +471,8 @@ fn run(quick: bool) -> Result<Results, String> {
         amp,
         idle,
         peak_rss_kib,
+        peaks,
+        churn,
         fleet,
         node_binary_bytes: std::fs::metadata(&node_bin).map(|m| m.len()).unwrap_or(0),
         node_binary: node_bin.display().to_string(),

@@ -54,6 +54,18 @@ impl Cluster {
         table_sql: &str,
         metrics: bool,
     ) -> Result<Cluster, String> {
+        Cluster::start_with(env, tag, n, table_sql, metrics, "")
+    }
+
+    /// [`Cluster::start`] with `extra` TOML in every node's config.
+    pub fn start_with(
+        env: &Env,
+        tag: &str,
+        n: usize,
+        table_sql: &str,
+        metrics: bool,
+        extra: &str,
+    ) -> Result<Cluster, String> {
         let stream = format!("BENCH_{}", tag.to_uppercase().replace('-', "_"));
         let subject = format!("bench.{tag}");
         let mut nodes = Vec::with_capacity(n);
@@ -74,7 +86,7 @@ impl Cluster {
                 subject: &subject,
                 poll_ms: env.poll_ms,
                 metrics_port,
-                extra: "",
+                extra,
             };
             nodes.push(NodeProc::start(env.node_bin, env.dir, env.url, &spec)?);
         }

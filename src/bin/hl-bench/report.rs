@@ -41,6 +41,9 @@ pub struct Results {
     pub amp: Amplification,
     pub idle: Idle,
     pub peak_rss_kib: u64,
+    /// Peak RSS (VmHWM, largest node) of each scenario, in run order.
+    pub peaks: Vec<(&'static str, u64)>,
+    pub churn: crate::churn::Churn,
     /// The small fleet of the full and quick runs.
     pub fleet: Fleet,
     pub node_binary_bytes: u64,
@@ -285,9 +288,20 @@ pub fn table(r: &Results) -> String {
         ),
     );
 
+    o.push_str(&churn_table(&r.churn));
+
     let _ = writeln!(
         o,
         "\nfootprint (3 nodes of the lag run; peak over every scenario)"
+    );
+    row(
+        &mut o,
+        "peak RSS per scenario (VmHWM, largest node)",
+        r.peaks
+            .iter()
+            .map(|(k, v)| format!("{k} {} KiB", n(*v as f64)))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     row(
         &mut o,
@@ -502,6 +516,17 @@ pub fn json(r: &Results) -> String {
         ("rss_steady_kib", r.rss_steady_kib().to_string()),
         ("rss_peak_kib", r.peak_rss_kib.to_string()),
         (
+            "rss_peak_kib_by_scenario",
+            format!(
+                "{{{}}}",
+                r.peaks
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
+        (
             "rss_steady_anon_kib",
             r.idle
                 .rss_anon_kib
@@ -539,6 +564,7 @@ pub fn json(r: &Results) -> String {
         ("node_binary_bytes", r.node_binary_bytes.to_string()),
         ("elapsed_s", num(r.elapsed_secs)),
     ];
+    fields.extend(churn_fields(&r.churn));
     fields.extend(fleet_fields(&r.fleet));
     json_object(&fields)
 }
@@ -807,4 +833,96 @@ fn max_f(v: &[f64]) -> f64 {
 pub fn json_object(fields: &[(&str, String)]) -> String {
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     format!("{{{}}}", body.join(","))
+}
+
+/// The churn section (also the whole table of `--churn`).
+pub fn churn_table(ch: &crate::churn::Churn) -> String {
+    let mut o = String::new();
+    let row = |o: &mut String, what: &str, value: String| {
+        let _ = writeln!(o, "  {what:<58} {value}");
+    };
+    let _ = writeln!(
+        o,
+        "\nstorage under churn ({} inserts of {} bytes at {} /s into a rolling window of {} rows, 3 nodes)",
+        n(ch.inserts as f64),
+        ch.row_bytes,
+        n(ch.rate as f64),
+        n(ch.window as f64)
+    );
+    row(
+        &mut o,
+        "harmonylite's own bytes per live row at the end (dbstat)",
+        format!(
+            "{:.1} B  (goal <= 64; the table itself: {:.1} B)",
+            ch.overhead_bytes_per_live_row, ch.table_bytes_per_live_row
+        ),
+    );
+    row(
+        &mut o,
+        "database file at 25/50/75/100 % of the inserts",
+        format!(
+            "{:?} bytes, {:+.1} % after the window filled (goal within 10 %)",
+            ch.file_bytes, ch.growth_after_window_pct
+        ),
+    );
+    row(
+        &mut o,
+        "tombstones held at 25/50/75 %, at the end; run time",
+        format!(
+            "{:?}, {}; {:.1} s",
+            ch.tombstones_at, ch.tombstones_left, ch.elapsed_secs
+        ),
+    );
+
+    o
+}
+
+/// The JSON line of `--churn`.
+pub fn churn_json(ch: &crate::churn::Churn) -> String {
+    json_object(&churn_fields(ch))
+}
+
+fn churn_fields(ch: &crate::churn::Churn) -> Vec<(&'static str, String)> {
+    vec![
+        ("churn_inserts", ch.inserts.to_string()),
+        ("churn_window_rows", ch.window.to_string()),
+        ("churn_inserts_per_s", ch.rate.to_string()),
+        (
+            "churn_overhead_bytes_per_live_row",
+            num(ch.overhead_bytes_per_live_row),
+        ),
+        (
+            "churn_table_bytes_per_live_row",
+            num(ch.table_bytes_per_live_row),
+        ),
+        (
+            "churn_db_growth_after_window_pct",
+            num(ch.growth_after_window_pct),
+        ),
+        (
+            "churn_db_bytes_at_quarters",
+            format!(
+                "[{}]",
+                ch.file_bytes
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
+        (
+            "churn_tombstones_at_quarters",
+            format!(
+                "[{}]",
+                ch.tombstones_at
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
+        ("churn_tombstones_left", ch.tombstones_left.to_string()),
+        ("churn_elapsed_s", num(ch.elapsed_secs)),
+        ("churn_rss_peak_kib", ch.peak_rss_kib.to_string()),
+    ]
 }
