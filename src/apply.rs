@@ -70,6 +70,8 @@ pub struct ApplyStats {
     pub applied: u64,
     pub stale: u64,
     pub parked: u64,
+    /// Bytes of the frames kept for the changes parked (see `max_parked_bytes`).
+    pub parked_bytes: u64,
     pub undecodable: u64,
     pub own: u64,
     /// Changes that met a unique constraint other than the primary key and were resolved.
@@ -80,6 +82,8 @@ pub struct ApplyStats {
     pub rejected: u64,
     /// Changes of tables this node does not replicate, dropped (the server did not filter them).
     pub not_replicated: u64,
+    /// Incomplete fragment sets deleted past [`FRAGMENT_HORIZON_SEQS`] (one change each).
+    pub fragment_sets_dropped: u64,
     /// The origin whose stamps were furthest ahead of our clock, and by how many ms (if ahead).
     pub ahead: Option<(u64, u64)>,
     /// The newest version seen from each origin (for the replication lag metric).
@@ -89,7 +93,7 @@ pub struct ApplyStats {
 /// Creates the tables this module owns.
 pub fn prepare(conn: &Connection) -> Result<(), DbError> {
     conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS {PARKED_TABLE}(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, reason TEXT NOT NULL, frame BLOB NOT NULL, k BLOB);
+        "CREATE TABLE IF NOT EXISTS {PARKED_TABLE}(id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, reason TEXT NOT NULL, frame BLOB NOT NULL, k BLOB, at INTEGER);
          CREATE TABLE IF NOT EXISTS {FRAGMENT_TABLE}(origin INTEGER NOT NULL, id INTEGER NOT NULL, idx INTEGER NOT NULL,
              count INTEGER NOT NULL, data BLOB NOT NULL, seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(origin, id, idx)) WITHOUT ROWID;"
     ))
@@ -111,6 +115,23 @@ pub fn prepare(conn: &Connection) -> Result<(), DbError> {
         "CREATE INDEX IF NOT EXISTS {PARKED_TABLE}_k ON {PARKED_TABLE}(tbl, k)"
     ))
     .ctx("create the parked key index")?;
+    // databases from before park times: their parked rows count as parked now (the upgrade)
+    let has_at: bool = conn
+        .query_row(
+            &format!("SELECT count(*) FROM pragma_table_info('{PARKED_TABLE}') WHERE name = 'at'"),
+            [],
+            |r| r.get(0),
+        )
+        .ctx("read parked table columns")?;
+    if !has_at {
+        conn.execute_batch(&format!("ALTER TABLE {PARKED_TABLE} ADD COLUMN at INTEGER"))
+            .ctx("add the park time column")?;
+        conn.execute(
+            &format!("UPDATE {PARKED_TABLE} SET at = ?1 WHERE at IS NULL"),
+            [crate::hlc::now_ms() as i64],
+        )
+        .ctx("date parked changes")?;
+    }
     // databases from before the fragment horizon: the stream position of each piece
     let has_seq: bool = conn
         .query_row(
@@ -243,7 +264,7 @@ pub fn apply_batch(
         }
     }
     if fragments {
-        prune_fragments(&tx, cursor)?;
+        stats.fragment_sets_dropped = prune_fragments(&tx, cursor)?;
     }
     if backfill_done {
         Backfill::finish(&tx)?;
@@ -497,22 +518,30 @@ fn take_complete(
 }
 
 /// Deletes the incomplete fragment sets whose newest piece is [`FRAGMENT_HORIZON_SEQS`]
-/// messages or more behind `cursor`. Returns how many pieces went.
+/// messages or more behind `cursor`. Returns how many sets (each one change that never
+/// completed) went; the node counts them in `fragments_dropped_total`.
 pub fn prune_fragments(conn: &Connection, cursor: u64) -> Result<u64, DbError> {
     let Some(horizon) = cursor.checked_sub(FRAGMENT_HORIZON_SEQS) else {
         return Ok(0);
     };
-    let n = conn
+    let abandoned = format!(
+        "SELECT origin, id FROM {FRAGMENT_TABLE} GROUP BY origin, id HAVING max(seq) <= ?1"
+    );
+    let sets: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM ({abandoned})"))
+        .and_then(|mut s| s.query_row([horizon as i64], |r| r.get(0)))
+        .ctx("count abandoned fragments")?;
+    if sets == 0 {
+        return Ok(0);
+    }
+    let pieces = conn
         .prepare_cached(&format!(
-            "DELETE FROM {FRAGMENT_TABLE} WHERE (origin, id) IN
-                 (SELECT origin, id FROM {FRAGMENT_TABLE} GROUP BY origin, id HAVING max(seq) <= ?1)"
+            "DELETE FROM {FRAGMENT_TABLE} WHERE (origin, id) IN ({abandoned})"
         ))
         .and_then(|mut s| s.execute([horizon as i64]))
         .ctx("delete abandoned fragments")?;
-    if n > 0 {
-        log::warn!("deleted {n} fragments of changes that never completed (their newest piece is {FRAGMENT_HORIZON_SEQS} or more messages behind seq {cursor})");
-    }
-    Ok(n as u64)
+    log::warn!("deleted fragments of changes that never completed sets={sets} pieces={pieces} (their newest piece is {FRAGMENT_HORIZON_SEQS} or more messages behind seq {cursor}; the hole that lost the rest is repaired by a snapshot restore)");
+    Ok(sets as u64)
 }
 
 /// Stream position up to which our own frames are applied like any other's: set when the
@@ -740,7 +769,7 @@ fn apply_changes(
                         log::warn!("parking changes for table {}: {reason}; they are kept and applied once the schema here allows{more}", header.name);
                     }
                 }
-                park(conn, &header.name, &reason, c.origin, header, ch)?;
+                stats.parked_bytes += park(conn, &header.name, &reason, c.origin, header, ch)?;
                 stats.parked += 1;
                 waiting = true;
             }
@@ -1189,14 +1218,22 @@ fn park(
     origin: u64,
     header: &TableHeader,
     ch: &Change,
-) -> Result<(), DbError> {
+) -> Result<u64, DbError> {
     let bytes = frame::encode_single(origin, header, ch.version, ch.op.clone(), frame::VERSION);
     conn.prepare_cached(&format!(
-        "INSERT INTO {PARKED_TABLE}(tbl, reason, frame, k) VALUES (?1, ?2, ?3, ?4)"
+        "INSERT INTO {PARKED_TABLE}(tbl, reason, frame, k, at) VALUES (?1, ?2, ?3, ?4, ?5)"
     ))
-    .and_then(|mut s| s.execute(params![table, reason, bytes, change_key(header, ch)]))
+    .and_then(|mut s| {
+        s.execute(params![
+            table,
+            reason,
+            bytes,
+            change_key(header, ch),
+            crate::hlc::now_ms() as i64
+        ])
+    })
     .ctx("park change")?;
-    Ok(())
+    Ok(bytes.len() as u64)
 }
 
 /// Whether anything is parked.
@@ -1397,13 +1434,18 @@ pub fn retry_parked(
     // (in the same frame) applies in it. Each such pass has fewer changes to go through.
     let mut done = 0;
     let left = loop {
-        let parked: Vec<(i64, Vec<u8>)> = tx
-            .prepare(&format!("SELECT id, frame FROM {PARKED_TABLE} ORDER BY id"))
-            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        let parked: Vec<(i64, Vec<u8>, Option<i64>)> = tx
+            .prepare(&format!(
+                "SELECT id, frame, at FROM {PARKED_TABLE} ORDER BY id"
+            ))
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
             .ctx("read parked changes")?;
         let before = done;
         let mut left = 0;
-        for (id, bytes) in parked {
+        for (id, bytes, at) in parked {
             tx.execute(&format!("DELETE FROM {PARKED_TABLE} WHERE id = ?1"), [id])
                 .ctx("unpark")?;
             let Ok(Frame::Changes(c)) = frame::decode(&bytes) else {
@@ -1414,6 +1456,14 @@ pub fn retry_parked(
             apply_changes(&tx, &|_| true, schema, hlc, &c, &mut stats)?;
             done += stats.applied + stats.stale;
             left += stats.parked;
+            if stats.parked > 0 {
+                // parked again: it keeps the time it first parked (its age is the wait)
+                tx.execute(
+                    &format!("UPDATE {PARKED_TABLE} SET at = ?1 WHERE id = last_insert_rowid()"),
+                    [at],
+                )
+                .ctx("keep the park time")?;
+            }
         }
         if left == 0 || done == before {
             break left;
@@ -1423,6 +1473,44 @@ pub fn retry_parked(
     db::set_meta(&tx, HLC_KEY, hlc.last() as i64)?;
     tx.commit().ctx("commit retry parked")?;
     Ok((done, left))
+}
+
+/// Parked changes in all: how many, their bytes (the frames kept), and when the oldest
+/// parked (Unix ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParkedSize {
+    pub changes: u64,
+    pub bytes: u64,
+    pub oldest_ms: Option<u64>,
+}
+
+/// How much is parked (one pass over the parked rows; `length` of a blob reads no content).
+pub fn parked_size(conn: &Connection) -> Result<ParkedSize, DbError> {
+    conn.query_row(
+        &format!("SELECT count(*), coalesce(sum(length(frame)), 0), min(at) FROM {PARKED_TABLE}"),
+        [],
+        |r| {
+            Ok(ParkedSize {
+                changes: r.get::<_, i64>(0)? as u64,
+                bytes: r.get::<_, i64>(1)? as u64,
+                oldest_ms: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+            })
+        },
+    )
+    .ctx("measure parked changes")
+}
+
+/// The tables with parked changes, with the reason of the latest one parked, by bytes parked.
+pub fn parked_tables(conn: &Connection) -> Result<Vec<(String, String)>, DbError> {
+    conn.prepare(&format!(
+        "SELECT tbl, (SELECT reason FROM {PARKED_TABLE} p2 WHERE p2.tbl = p.tbl ORDER BY id DESC LIMIT 1) \
+         FROM {PARKED_TABLE} p GROUP BY tbl ORDER BY sum(length(frame)) DESC, tbl"
+    ))
+    .and_then(|mut s| {
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+    })
+    .ctx("read parked tables")
 }
 
 /// Number of parked changes.

@@ -46,6 +46,12 @@ pub const DEFAULT_PING_INTERVAL_MS: u64 = 10_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// A remote stamp this far ahead of our clock is reported.
 pub const DEFAULT_MAX_CLOCK_DRIFT_MS: u64 = 60_000;
+/// `max_parked_bytes`: 64 MiB. Parked changes wait for a schema change here (an application
+/// upgrade that comes late); one is a row's frame (159 bytes for a row with 100 bytes of text,
+/// measured by `tests/bounds.rs`), so this is about 420000 such rows, small next to a
+/// gateway's disk, and the stream holds what comes after while the node waits at its
+/// position.
+pub const DEFAULT_MAX_PARKED_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Migration tools' bookkeeping tables, not replicated unless `tables` names them: Django,
 /// Alembic, Rails, knex, goose, Flyway, EF Core, Prisma, sqlx, Diesel, SeaORM, refinery,
@@ -104,6 +110,10 @@ pub struct Config {
     /// 0: no budget. Crossing it never drops data and never blocks the application.
     #[serde(default)]
     pub outbox_budget_bytes: u64,
+    /// Bytes of parked changes (remote changes this node's schema cannot take yet) at which
+    /// the node stops taking in new frames until they drain; 0: no bound. Nothing is dropped.
+    #[serde(default = "default_max_parked_bytes")]
+    pub max_parked_bytes: u64,
     /// A change stamped this many milliseconds ahead of this node's clock is reported.
     #[serde(default = "default_max_clock_drift")]
     pub max_clock_drift_ms: u64,
@@ -295,6 +305,9 @@ fn default_max_entries() -> i64 {
 fn default_max_clock_drift() -> u64 {
     DEFAULT_MAX_CLOCK_DRIFT_MS
 }
+fn default_max_parked_bytes() -> u64 {
+    DEFAULT_MAX_PARKED_BYTES
+}
 
 impl Default for ReplicationLog {
     fn default() -> Self {
@@ -386,6 +399,9 @@ impl Config {
         }
         if self.replication_log.max_age_hours > 24 * 365 * 100 {
             return Err("[replication_log] max_age_hours: expected hours, at most 876000 (or 0 for no age limit)".into());
+        }
+        if self.max_parked_bytes > i64::MAX as u64 {
+            return Err("max_parked_bytes: too large (0 for no bound)".into());
         }
         if self.replication_log.max_bytes > i64::MAX as u64 {
             return Err("[replication_log] max_bytes: too large".into());
@@ -715,6 +731,16 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::parse("db_path = \"a.db\"\n[nats]\nulrs = []\n").unwrap_err();
         assert!(e.contains("ulrs"), "{e}");
+    }
+
+    #[test]
+    fn parked_changes_are_bounded_by_default() {
+        let c = Config::parse("db_path = \"a.db\"\n").unwrap();
+        assert_eq!(c.max_parked_bytes, DEFAULT_MAX_PARKED_BYTES);
+        let c = Config::parse("db_path = \"a.db\"\nmax_parked_bytes = 0\n").unwrap();
+        assert_eq!(c.max_parked_bytes, 0, "0: no bound");
+        let e = Config::parse("db_path = \"a.db\"\nmax_parked_bytes = -1\n").unwrap_err();
+        assert!(e.contains("max_parked_bytes"), "{e}");
     }
 
     #[test]

@@ -35,10 +35,11 @@ pub enum Counter {
     Rejected,
     NotReplicated,
     TombstonesCollected,
+    FragmentsDropped,
 }
 
 /// Name (without prefix) and help of each counter, in [`Counter`] order.
-pub const COUNTERS: [(&str, &str); 20] = [
+pub const COUNTERS: [(&str, &str); 21] = [
     ("changes_captured_total", "Local row changes stamped into the outbox."),
     ("changes_published_total", "Local changes acknowledged by JetStream."),
     ("frames_published_total", "Frames acknowledged by JetStream."),
@@ -59,6 +60,7 @@ pub const COUNTERS: [(&str, &str); 20] = [
     ("frames_rejected_total", "Stream messages dropped because their subject and content disagree (another origin, another table, a subject outside the layout); each is logged with its sequence."),
     ("changes_not_replicated_total", "Changes of tables this node does not replicate, dropped after download (the server did not filter them)."),
     ("tombstones_collected_total", "Tombstones (version rows of deleted rows) deleted once no late change could need them."),
+    ("fragments_dropped_total", "Incomplete fragment sets deleted, counted in sets (one large change each): their newest piece lay 1000000 stream messages behind, so the rest was lost in a hole of the stream, which a snapshot restore repairs."),
 ];
 
 /// Counts the statements `conn` starts in [`Counter::Statements`] (SQLite's statement trace,
@@ -269,7 +271,7 @@ pub fn render(prefix: &str, status: Result<&Status, &str>, now_ms: u64) -> Strin
     );
     let Ok(st) = status else { return o };
     let opt = |v: Option<u64>| v.map_or(f64::NAN, secs);
-    let gauges: [(&str, &str, f64); 11] = [
+    let gauges: [(&str, &str, f64); 14] = [
         (
             "node_id",
             "This node's id.",
@@ -304,6 +306,21 @@ pub fn render(prefix: &str, status: Result<&Status, &str>, now_ms: u64) -> Strin
             "parked_changes",
             "Remote changes waiting for a schema change here.",
             st.parked_changes as f64,
+        ),
+        (
+            "parked_bytes",
+            "Bytes of the parked changes (their frames), bounded by max_parked_bytes.",
+            st.parked_bytes as f64,
+        ),
+        (
+            "parked_oldest_age_seconds",
+            "Age of the oldest parked change (0: none parked).",
+            st.parked_oldest_age_ms.map_or(0.0, secs),
+        ),
+        (
+            "intake_held",
+            "1 while parked changes are at max_parked_bytes and the node takes in no new changes (nothing is dropped).",
+            st.intake_held as u8 as f64,
         ),
         (
             "paused_tables",
@@ -412,9 +429,21 @@ mod tests {
             outbox_changes: 3,
             outbox_oldest_age_ms: Some(1500),
             link_up: Some(true),
+            parked_changes: 2,
+            parked_bytes: 300,
+            parked_oldest_age_ms: Some(4000),
+            intake_held: true,
             ..Default::default()
         };
         let text = render("harmonylite_", Ok(&st), 0);
+        for line in [
+            "harmonylite_parked_changes 2",
+            "harmonylite_parked_bytes 300",
+            "harmonylite_parked_oldest_age_seconds 4",
+            "harmonylite_intake_held 1",
+        ] {
+            assert!(text.contains(&format!("\n{line}\n")), "{line}: {text}");
+        }
         for (name, _) in COUNTERS {
             assert!(
                 text.contains(&format!(

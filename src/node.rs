@@ -188,6 +188,11 @@ pub struct Node {
     snap: Snapshots,
     /// This node's record and tombstone collection (see `horizon.rs`).
     horizon: Horizon,
+    /// Bytes of the parked changes: measured at start and after each retry, added to as
+    /// batches park more (see `Node::note_parked` in `schema_watch.rs`).
+    parked_bytes: u64,
+    /// Parked changes reached `max_parked_bytes`: no frame is fetched until they drain.
+    intake_held: bool,
     /// Held while the node runs: one node per database (released by the OS on any exit).
     _lock: Option<std::fs::File>,
     /// Set when the stop signal comes: a wait for acks ends at once.
@@ -333,8 +338,25 @@ impl Node {
             max_frame,
             snap: Snapshots::new(next_save, Instant::now()),
             horizon: Horizon::new(Instant::now()),
+            parked_bytes: 0,
+            intake_held: false,
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
+        })
+        .and_then(|mut node| {
+            // held or not is decided again (and logged again) at each start of the node (a
+            // one-off command beside a running node leaves the running node's state alone)
+            if node._lock.is_some() {
+                db::set_meta(&node.conn, state::INTAKE_HELD_KEY, 0)?;
+                node.note_parked(None)?;
+                for p in snapshots::sweep_leftovers(&node.cfg.db_path) {
+                    log::info!(
+                        "removed a snapshot temp file left by an interrupted save or download path={}",
+                        p.display()
+                    );
+                }
+            }
+            Ok(node)
         })
     }
 
@@ -531,6 +553,11 @@ impl Node {
             let first = self.link.transport.as_ref().and_then(|t| t.first_seq());
             self.note_stream_start(first)?;
             self.skip_other_tables()?;
+            self.drop_stale_download();
+        }
+        if self.intake_held {
+            // the stream keeps what comes next; the stream check above still sees a hole
+            return Ok(false);
         }
         let Some(t) = self.link.transport.as_mut() else {
             return Ok(false);
@@ -670,6 +697,9 @@ impl Node {
         }
         if stats.stamped > 0 {
             self.outbox.dirty = true;
+        }
+        if stats.parked > 0 {
+            self.note_parked(Some(stats.parked_bytes))?;
         }
         log::debug!(
             "apply ok frames={} applied={} stale={} parked={} undecodable={} own={}",

@@ -55,6 +55,16 @@ pub fn temp_path(db_path: &Path, what: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The files SQLite keeps beside a database (`<file>-journal`, `-wal`, `-shm`).
+pub const SQLITE_COMPANIONS: [&str; 3] = ["-journal", "-wal", "-shm"];
+
+/// `path` with `suffix` appended to its file name.
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 /// Writes a consistent copy of the database to `out` (`VACUUM INTO` reads one snapshot of the
 /// file while the application goes on writing), then strips what belongs to this node only.
 ///
@@ -63,7 +73,15 @@ pub fn temp_path(db_path: &Path, what: &str) -> PathBuf {
 /// instead, and `out` is left unstripped for the caller to delete.
 pub fn make(cfg: &Config, out: &Path) -> Result<Result<SnapMeta, crate::gap::Gap>, DbError> {
     let conn = db::open(&cfg.db_path)?;
-    let _ = std::fs::remove_file(out);
+    // emptied, not removed: the caller may hold a lock on it (`VACUUM INTO` takes an empty
+    // file); a journal a crash left beside it would be played into the new copy
+    for companion in SQLITE_COMPANIONS {
+        let _ = std::fs::remove_file(with_suffix(out, companion));
+    }
+    std::fs::File::create(out).map_err(|e| DbError::Open {
+        path: out.to_path_buf(),
+        source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+    })?;
     conn.execute("VACUUM INTO ?1", [out.to_string_lossy()])
         .ctx("copy the database (VACUUM INTO)")?;
     drop(conn);

@@ -53,6 +53,8 @@ pub const LAST_PUBLISH_KEY: &str = "last_publish_ms";
 pub const LAST_APPLY_KEY: &str = "last_apply_ms";
 /// 1 while the outbox is over its `[replication_log]` budget.
 pub const OVER_BUDGET_KEY: &str = "outbox_over_budget";
+/// 1 while parked changes are at `max_parked_bytes` and the node takes in no new frames.
+pub const INTAKE_HELD_KEY: &str = "intake_held";
 /// The server's refusal of this node's publishes (a permissions violation), as text, until a
 /// publish round goes through again.
 pub const REFUSED_KEY: &str = "refused";

@@ -33,6 +33,12 @@ pub struct Status {
     pub outbox_oldest_age_ms: Option<u64>,
     pub outbox_over_budget: bool,
     pub parked_changes: u64,
+    /// Bytes the parked changes take (their frames), and the age of the oldest.
+    pub parked_bytes: u64,
+    pub parked_oldest_age_ms: Option<u64>,
+    /// Parked changes reached `max_parked_bytes`: the node takes in no new frames until they
+    /// apply (see `apply`, `Node::note_parked`).
+    pub intake_held: bool,
     /// Parked changes per table, with the reason of the latest one parked.
     pub parked_by_table: Vec<(String, u64, String)>,
     /// Tables paused by a schema change, with the reason.
@@ -164,8 +170,31 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
                 Some(st.outbox_oldest_age_ms.map_or(age, |a: u64| a.max(age)));
         }
     }
+    st.intake_held = meta(state::INTAKE_HELD_KEY)? == Some(1);
     if exists(&conn, PARKED_TABLE)? {
         st.parked_changes = count(&conn, PARKED_TABLE)?;
+        // the park time column comes with the node's first start on this build
+        let dated: bool = conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM pragma_table_info('{PARKED_TABLE}') WHERE name = 'at'"
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .ctx("read parked table columns")?;
+        let (bytes, oldest): (i64, Option<i64>) = conn
+            .query_row(
+                &format!(
+                    "SELECT coalesce(sum(length(frame)), 0), {} FROM {PARKED_TABLE}",
+                    if dated { "min(at)" } else { "NULL" }
+                ),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ctx("measure parked changes")?;
+        st.parked_bytes = bytes as u64;
+        st.parked_oldest_age_ms = oldest.map(|at| now.saturating_sub(at as u64));
         let mut s = conn
             .prepare(&format!(
                 "SELECT tbl, count(*), (SELECT reason FROM {PARKED_TABLE} p2 WHERE p2.tbl = p.tbl ORDER BY id DESC LIMIT 1) \
@@ -310,7 +339,17 @@ impl Status {
                 "DISK FULL:        the node cannot write its database (it retries and resumes once space is freed)"
             );
         }
-        let _ = writeln!(o, "parked changes:   {}", self.parked_changes);
+        let oldest = self.parked_oldest_age_ms.map_or(String::new(), |a| {
+            format!(", oldest {:.1} s", a as f64 / 1000.0)
+        });
+        let _ = writeln!(
+            o,
+            "parked changes:   {} ({} bytes{oldest})",
+            self.parked_changes, self.parked_bytes
+        );
+        if self.intake_held {
+            let _ = writeln!(o, "INTAKE HELD:      parked changes reached max_parked_bytes: no new changes are taken in until they apply (upgrade this node's schema, or `harmonylite schema accept` for a paused table)");
+        }
         for (t, n, why) in &self.parked_by_table {
             let _ = writeln!(o, "  parked:         {t}: {n} ({why})");
         }
@@ -389,6 +428,9 @@ pub struct StatusJson<'a> {
     pub last_publish_ms: Option<u64>,
     pub last_apply_ms: Option<u64>,
     pub parked_changes: u64,
+    pub parked_bytes: u64,
+    pub parked_oldest_age_ms: Option<u64>,
+    pub intake_held: bool,
     pub parked_by_table: Vec<Parked<'a>>,
     pub paused_tables: Vec<TableReason<'a>>,
     pub fragments_waiting: u64,
@@ -456,6 +498,9 @@ impl<'a> From<&'a Status> for StatusJson<'a> {
             last_publish_ms: s.last_publish_ms,
             last_apply_ms: s.last_apply_ms,
             parked_changes: s.parked_changes,
+            parked_bytes: s.parked_bytes,
+            parked_oldest_age_ms: s.parked_oldest_age_ms,
+            intake_held: s.intake_held,
             parked_by_table: s
                 .parked_by_table
                 .iter()
@@ -521,7 +566,7 @@ mod tests {
     fn json_is_the_documented_object() {
         assert_eq!(
             Status::default().to_json(),
-            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null,"directions":[],"refused":null,"disk_full":false}"#
+            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_bytes":0,"parked_oldest_age_ms":null,"intake_held":false,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null,"directions":[],"refused":null,"disk_full":false}"#
         );
         let full = Status {
             db_path: "/x/\"a\\b\u{1}é.db".into(),
@@ -536,6 +581,9 @@ mod tests {
             outbox_oldest_age_ms: Some(1500),
             outbox_over_budget: true,
             parked_changes: 5,
+            parked_bytes: 600,
+            parked_oldest_age_ms: Some(2500),
+            intake_held: true,
             parked_by_table: vec![("t".into(), 5, "parent missing".into())],
             paused_tables: vec![("u v".into(), "column x dropped".into())],
             fragments_waiting: 1,
@@ -560,7 +608,7 @@ mod tests {
         };
         assert_eq!(
             full.to_json(),
-            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16,"directions":[{"table":"t","publish":true,"replicate":false},{"table":"u v","publish":false,"replicate":true}],"refused":"Permissions Violation","disk_full":true}"#
+            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_bytes":600,"parked_oldest_age_ms":2500,"intake_held":true,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16,"directions":[{"table":"t","publish":true,"replicate":false},{"table":"u v","publish":false,"replicate":true}],"refused":"Permissions Violation","disk_full":true}"#
         );
     }
 

@@ -22,7 +22,10 @@ mod nodes;
 mod snapstore;
 mod status_service;
 pub use nodes::NodeRecord;
-pub use snapstore::{discard as discard_download, Fetched, Pointer, SnapStore};
+pub use snapstore::{
+    discard as discard_download, download_object, state_path as download_state_path, Fetched,
+    Pointer, SnapStore,
+};
 pub use status_service::ask_fleet;
 
 /// Deadline for every acknowledgement of one publish batch.

@@ -225,6 +225,31 @@ fn unknown_tables_and_columns_are_parked_not_dropped() {
     );
     assert_eq!(s.parked, 2);
     assert_eq!(parked_len(&d.conn).unwrap(), 2);
+    let size = parked_size(&d.conn).unwrap();
+    let frames: i64 = d
+        .conn
+        .query_row(
+            &format!("SELECT sum(length(frame)) FROM {PARKED_TABLE}"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!((size.changes, size.bytes), (2, frames as u64));
+    assert_eq!(
+        s.parked_bytes, size.bytes,
+        "a batch reports the bytes it parked"
+    );
+    let parked_at = size.oldest_ms.expect("parked changes have their park time");
+    // the first park time stays through a retry that parks a change again
+    d.conn
+        .execute(&format!("UPDATE {PARKED_TABLE} SET at = at - 60000"), [])
+        .unwrap();
+    assert_eq!(
+        retry_parked(&mut d.conn, &d.schema, &mut d.hlc, ME).unwrap(),
+        (0, 2)
+    );
+    let size = parked_size(&d.conn).unwrap();
+    assert_eq!((size.changes, size.oldest_ms), (2, Some(parked_at - 60000)));
     // once the column exists, the parked change applies
     d.conn
         .execute_batch("ALTER TABLE t ADD COLUMN extra")
@@ -427,7 +452,7 @@ fn incomplete_fragment_sets_far_behind_the_cursor_are_deleted() {
         },
     );
     assert_eq!(frag_rows(&d), 1);
-    apply(
+    let s = apply(
         &mut d,
         Incoming {
             seq: 4 + FRAGMENT_HORIZON_SEQS,
@@ -436,11 +461,11 @@ fn incomplete_fragment_sets_far_behind_the_cursor_are_deleted() {
         },
     );
     assert_eq!(
-        frag_rows(&d),
-        2,
+        (frag_rows(&d), s.fragment_sets_dropped),
+        (2, 0),
         "a's piece is one message short of the horizon: kept"
     );
-    apply(
+    let s = apply(
         &mut d,
         Incoming {
             seq: 5 + FRAGMENT_HORIZON_SEQS,
@@ -449,9 +474,14 @@ fn incomplete_fragment_sets_far_behind_the_cursor_are_deleted() {
         },
     );
     assert_eq!(
-        frag_rows(&d),
-        2,
-        "a's piece is at the horizon: deleted; b's two pieces stay"
+        (frag_rows(&d), s.fragment_sets_dropped),
+        (2, 1),
+        "a's piece is at the horizon: deleted and counted as one set; b's two pieces stay"
+    );
+    assert_eq!(
+        prune_fragments(&d.conn, 5 + FRAGMENT_HORIZON_SEQS).unwrap(),
+        0,
+        "nothing left to drop: nothing counted again"
     );
     for (i, p) in b[2..].iter().enumerate() {
         apply(

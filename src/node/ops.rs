@@ -43,6 +43,7 @@ impl Node {
         metrics::add(Counter::PkCollisions, stats.pk_collisions);
         metrics::add(Counter::Rejected, stats.rejected);
         metrics::add(Counter::NotReplicated, stats.not_replicated);
+        metrics::add(Counter::FragmentsDropped, stats.fragment_sets_dropped);
         metrics::observe_origins(&stats.newest);
     }
 }

@@ -11,6 +11,7 @@ use crate::capture::{self, Schema};
 use crate::db;
 use crate::hlc::Hlc;
 use crate::schema;
+use crate::state;
 
 impl Node {
     pub(super) fn check_schema(&mut self) -> Result<(), NodeError> {
@@ -56,7 +57,50 @@ impl Node {
         // rows and the application's alike: the outbox must be read again, or they wait there
         // until the next local write
         self.outbox.dirty = true;
-        retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)
+        retry_parked(&mut self.conn, &self.schema, &mut self.hlc, self.node_id)?;
+        self.note_parked(None)
+    }
+
+    /// Follows the parked changes' bytes (`added` by a batch, or None: measured again) and
+    /// holds or resumes the intake of new frames: at `max_parked_bytes` the node fetches
+    /// nothing more (it keeps its stream position, and the stream keeps the frames; were
+    /// retention to discard them, the hole is found and a snapshot restore brings them) until a
+    /// schema change lets parked changes apply. Parking grows only by applying frames and
+    /// shrinks only by a retry, so this runs after those; a batch adds its bytes rather than
+    /// reading every parked row again.
+    pub(super) fn note_parked(&mut self, added: Option<u64>) -> Result<(), NodeError> {
+        self.parked_bytes = match added {
+            Some(b) => self.parked_bytes + b,
+            None => apply::parked_size(&self.conn)?.bytes,
+        };
+        let bound = self.cfg.max_parked_bytes;
+        let over = bound > 0 && self.parked_bytes >= bound;
+        if over == self.intake_held {
+            return Ok(());
+        }
+        self.intake_held = over;
+        let size = apply::parked_size(&self.conn)?;
+        db::set_meta(&self.conn, state::INTAKE_HELD_KEY, over as i64)?;
+        if over {
+            let tables = apply::parked_tables(&self.conn)?;
+            let why = tables
+                .first()
+                .map_or(String::new(), |(t, why)| format!(" ({t}: {why})"));
+            let names: Vec<&str> = tables.iter().map(|(t, _)| t.as_str()).collect();
+            log::error!(
+                "parked changes reached max_parked_bytes={bound} bytes={} changes={} tables={}{why}: this node takes in no new changes until they apply (nothing is dropped; it holds its stream position and resumes by itself); upgrade this node's application schema to have the tables and columns they need, or run `harmonylite schema accept` for a paused table, or raise max_parked_bytes",
+                size.bytes,
+                size.changes,
+                names.join(",")
+            );
+        } else {
+            log::info!(
+                "parked changes below max_parked_bytes={bound} bytes={} changes={}: taking in new changes again",
+                size.bytes,
+                size.changes
+            );
+        }
+        Ok(())
     }
 
     /// While a table is paused, looks once a second whether `harmonylite schema accept` (another

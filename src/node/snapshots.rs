@@ -15,9 +15,18 @@
 //! minute. A restore attempt that fails for a passing reason (not connected, the store does not
 //! answer) is retried with backoff; only a download that fails verification marks that
 //! snapshot bad.
+//!
+//! Temp files: a save copies the database to `<db>.hl-snapshot-save` and a restore downloads to
+//! `<db>.hl-snapshot-download`; both are removed when done, but a crash (`kill -9`, power)
+//! leaves them, and a copy is as big as the database. At start the node removes what no one
+//! can use ([`sweep_leftovers`]): a save's copy (unless a `snapshot save` command beside it
+//! holds its lock) and a download without its resume state. A partial download with its state
+//! is kept, since the next restore resumes it, until the snapshot it belongs to is no longer
+//! the current one (looked at after each connect and with the periodic stream check).
 
+use std::fs::{File, TryLockError};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -221,13 +230,24 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
             )));
         }
     }
+    let out = snapshot::temp_path(&cfg.db_path, "save");
+    // held until the copy is removed: a node starting meanwhile leaves the copy alone
+    let _copy_lock = match lock_copy(&out) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return Ok(Saved::Skipped(
+                "another snapshot save of this database is running".into(),
+            ))
+        }
+        Err(e) => return Err(format!("cannot create {}: {e}", out.display())),
+    };
     if !store
         .try_lease(node, LEASE_TTL)
         .map_err(|e| e.to_string())?
     {
+        let _ = std::fs::remove_file(&out);
         return Ok(Saved::Skipped("another node holds the upload lease".into()));
     }
-    let out = snapshot::temp_path(&cfg.db_path, "save");
     let result = (|| {
         let started = Instant::now();
         let meta = match snapshot::make(cfg, &out).map_err(|e| format!("cannot copy the database: {e}"))? {
@@ -270,6 +290,73 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
     let _ = std::fs::remove_file(&out);
     store.release(node);
     result
+}
+
+/// Creates a save's copy file (or opens a leftover one) and locks it; None when another process
+/// holds it (a save in progress).
+fn lock_copy(out: &Path) -> io::Result<Option<File>> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(out)?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Removes the snapshot temp files a crash left beside the database that no one can use (see
+/// the module doc). Called at the node's start, with the node lock held. Returns the files
+/// removed.
+pub(super) fn sweep_leftovers(db_path: &Path) -> Vec<PathBuf> {
+    let mut gone = Vec::new();
+    let mut remove = |p: PathBuf| {
+        if p.is_file() && std::fs::remove_file(&p).is_ok() {
+            gone.push(p);
+        }
+    };
+    let save = snapshot::temp_path(db_path, "save");
+    let saving = match lock_copy_if_exists(&save) {
+        Ok(held) => held,
+        Err(e) => {
+            log::warn!("cannot look at the snapshot copy {}: {e}", save.display());
+            true
+        }
+    };
+    if !saving {
+        remove(save.clone());
+        for c in snapshot::SQLITE_COMPANIONS {
+            remove(snapshot::with_suffix(&save, c));
+        }
+    }
+    let part = snapshot::temp_path(db_path, "download");
+    let state = transport::download_state_path(&part);
+    // a partial download was never opened by SQLite: companions are an install's, cut short
+    for c in snapshot::SQLITE_COMPANIONS {
+        remove(snapshot::with_suffix(&part, c));
+    }
+    remove(state.with_extension("state.tmp"));
+    if !state.exists() {
+        remove(part.clone());
+    } else if !part.exists() {
+        remove(state);
+    }
+    gone
+}
+
+/// Whether a process holds the lock of the save's copy at `out` (false when there is none).
+fn lock_copy_if_exists(out: &Path) -> io::Result<bool> {
+    match File::options().write(true).open(out) {
+        Ok(f) => match f.try_lock() {
+            Ok(()) => Ok(false),
+            Err(TryLockError::WouldBlock) => Ok(true),
+            Err(TryLockError::Error(e)) => Err(e),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Downloads `p` next to the database and verifies it. A corrupt download is deleted.
@@ -450,6 +537,7 @@ impl Node {
             self.snap.restore_failed(Instant::now());
             return;
         }
+        self.drop_stale_download();
         self.snap.last_stream_check = Instant::now();
         let state = self.link.transport.as_ref().and_then(|t| t.stream_state());
         if let Err(e) = self.forget_gap_of_an_old_stream(state.map(|s| s.last_seq)) {
@@ -515,6 +603,31 @@ impl Node {
                 }
                 self.snap.next_restore = Instant::now() + delay;
             }
+        }
+    }
+
+    /// A partial download kept for resuming belongs to one snapshot object: once the current
+    /// snapshot is another one (or there is none), it can never be resumed, and it goes.
+    pub(super) fn drop_stale_download(&mut self) {
+        let part = snapshot::temp_path(&self.cfg.db_path, "download");
+        let Some(object) = transport::download_object(&part) else {
+            return;
+        };
+        let Some(t) = self.link.transport.as_ref() else {
+            return;
+        };
+        match latest(&self.cfg, t) {
+            Ok(Some(p)) if p.nuid == object => {}
+            Ok(current) => {
+                let bytes = std::fs::metadata(&part).map_or(0, |m| m.len());
+                transport::discard_download(&part);
+                log::info!(
+                    "removed a partial snapshot download path={} bytes={bytes}: its snapshot is no longer the current one (current={})",
+                    part.display(),
+                    current.map_or("none".into(), |p| p.object)
+                );
+            }
+            Err(e) => log::debug!("cannot look at the current snapshot: {e}"),
         }
     }
 

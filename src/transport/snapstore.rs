@@ -550,6 +550,15 @@ pub fn state_path(part: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The snapshot object (its nuid) a partial download kept for resuming belongs to, from its
+/// state file; None when there is no state (nothing to resume).
+pub fn download_object(part: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(state_path(part)).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("nuid="))
+        .map(String::from)
+}
+
 /// Removes a partial download and its state.
 pub fn discard(part: &Path) {
     let _ = std::fs::remove_file(part);

@@ -22,6 +22,8 @@ pub struct Node {
     log_start: u64,
     /// Extra environment of the process (`start_with_env`).
     env: Vec<(String, String)>,
+    /// A command the binary runs under (`set_wrapper`: `prlimit --as=N`), kept across restarts.
+    wrapper: Vec<String>,
 }
 
 /// The TOML `Node::start` writes: `db_path` and `polling_interval = 50` (unless `extra` sets them),
@@ -99,6 +101,7 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrapper: Vec::new(),
         };
         n.spawn();
         n
@@ -115,7 +118,15 @@ impl Node {
         assert!(self.child.is_none(), "{} already running", self.name);
         self.log_start = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0);
         let (out, err) = append_log(&self.log_path);
-        let child = Command::new(BIN)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -131,6 +142,12 @@ impl Node {
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Runs the binary under `argv` from the next spawn on (`["prlimit", "--as=N"]`: the
+    /// wrapper must exec the binary, so `pid` stays the node's).
+    pub fn set_wrapper(&mut self, argv: &[&str]) {
+        self.wrapper = argv.iter().map(|a| a.to_string()).collect();
     }
 
     /// Spawn again with the same config (after `stop` or `kill9`).
