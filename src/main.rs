@@ -337,6 +337,9 @@ fn start_logging_and_signals(cfg: &Config) -> Result<Arc<Stop>, CliError> {
 /// A node in the foreground: the HTTP endpoints, a restore when the database is missing, the
 /// node opened (waiting while the database is locked), then its loop until `stop`.
 fn run_node(cfg: Config, stop: &Stop) -> Result<(), CliError> {
+    if let Some(keys) = cfg.ignored_line() {
+        log::warn!("harmonylite-go config keys ignored {keys}");
+    }
     // before a restore or a wait for a locked database, so /health can say "starting"
     harmonylite::http::start(&cfg).map_err(CliError::Logged)?;
     if !cfg.db_path.exists() && cfg.snapshot.enabled && !cfg.nats.urls.is_empty() {

@@ -280,6 +280,7 @@ impl Node {
                 &cfg.nats.server_bin,
                 &cfg.nats.embedded_listen,
                 &cfg.db_path,
+                cfg.nats.server_config.as_deref(),
             )
             .map_err(NodeError::Embedded)?;
             let url = server.url();
