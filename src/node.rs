@@ -188,6 +188,10 @@ pub struct Node {
     _lock: Option<std::fs::File>,
     /// Set when the stop signal comes: a wait for acks ends at once.
     stopping: Arc<AtomicBool>,
+    /// Another process answering as this node's id (see `ops.rs`).
+    twins: ops::Twins,
+    /// The stream's last sequence as last written to `__hl_meta` (for `status`'s "behind").
+    stream_last: Option<u64>,
 }
 
 /// The tables this node receives: None for every table (the hub), else those of `schema` it
@@ -291,6 +295,8 @@ impl Node {
         if cfg.replication_log.compress && cfg.replication_log.frame_version < 2 {
             log::info!("[replication_log] compress is off with frame_version = 1: builds that read only format 1 read no compressed frames");
         }
+        let twins = ops::Twins::new(db::get_meta_text(&conn, state::DUPLICATE_KEY)?);
+        let stream_last = db::get_meta(&conn, state::STREAM_LAST_KEY)?.map(|v| v as u64);
         let max_frame = cfg.max_frame_bytes;
         let next_save = Node::first_save_at(&cfg);
         let link = Link::new(
@@ -331,6 +337,8 @@ impl Node {
             snap: Snapshots::new(next_save, Instant::now()),
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
+            twins,
+            stream_last,
         })
     }
 
@@ -518,8 +526,9 @@ impl Node {
             .snap
             .stream_check_due(Instant::now(), STREAM_CHECK_EVERY)
         {
-            let first = self.link.transport.as_ref().and_then(|t| t.first_seq());
-            self.note_stream_start(first)?;
+            let stats = self.link.transport.as_ref().and_then(|t| t.stream_state());
+            self.note_stream_start(stats.as_ref().map(|s| s.first_seq))?;
+            self.note_stream_end(stats.map(|s| s.last_seq))?;
             self.skip_other_tables()?;
         }
         let Some(t) = self.link.transport.as_mut() else {
@@ -701,6 +710,16 @@ impl Node {
             }
         }
         Ok(gap::read(&self.conn)?)
+    }
+
+    /// Writes the stream's last sequence for `status` ("behind"), only when it moved: an idle
+    /// node writes nothing.
+    fn note_stream_end(&mut self, last: Option<u64>) -> Result<(), NodeError> {
+        if let Some(last) = last.filter(|l| Some(*l) != self.stream_last) {
+            db::set_meta(&self.conn, state::STREAM_LAST_KEY, last as i64)?;
+            self.stream_last = Some(last);
+        }
+        Ok(())
     }
 
     /// Records a hole (merged with any recorded before) and schedules a restore at once. The
