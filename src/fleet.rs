@@ -40,7 +40,10 @@ pub fn run(
     answers.sort_by_key(|(a, _)| a.node_id.unwrap_or(u64::MAX));
     let same_id = |id: Option<u64>| {
         id.map_or(0, |id| {
-            answers.iter().filter(|(a, _)| a.node_id == Some(id)).count()
+            answers
+                .iter()
+                .filter(|(a, _)| a.node_id == Some(id))
+                .count()
         })
     };
     let counts: Vec<usize> = answers.iter().map(|(a, _)| same_id(a.node_id)).collect();
@@ -161,7 +164,9 @@ impl Answer {
                 ways += &format!(", {label}: {}", tables.join(", "));
             }
         }
-        let behind = self.behind.map_or(String::new(), |b| format!(" ({b} behind)"));
+        let behind = self
+            .behind
+            .map_or(String::new(), |b| format!(" ({b} behind)"));
         let host = match (&self.hostname, &self.version) {
             (Some(h), Some(v)) if !v.is_empty() => format!(", host {h}, version {v}"),
             _ => String::new(),
@@ -244,7 +249,10 @@ mod tests {
             ..Default::default()
         };
         let line = summary(&s.to_json());
-        assert!(line.contains(", position 10 (3 behind), parked 0"), "{line}");
+        assert!(
+            line.contains(", position 10 (3 behind), parked 0"),
+            "{line}"
+        );
         assert!(line.ends_with(", host gw4, version 0.1.0"), "{line}");
         let d = crate::status::Status {
             duplicate_node: Some("x".into()),

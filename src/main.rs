@@ -278,7 +278,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
         )));
     };
     if check && (fleet || json) {
-        return Err(usage("--check stands alone: not with --fleet, --node or --json"));
+        return Err(usage(
+            "--check stands alone: not with --fleet, --node or --json",
+        ));
     }
     Ok(if check {
         Command::Check { config }

@@ -312,7 +312,9 @@ impl Status {
     /// The line `status --check` prints when the node is healthy.
     pub fn check_ok(&self) -> String {
         let node = self.node_id.map_or("?".to_string(), |n| n.to_string());
-        let behind = self.behind.map_or(String::new(), |b| format!(", {b} behind"));
+        let behind = self
+            .behind
+            .map_or(String::new(), |b| format!(", {b} behind"));
         format!(
             "ok: node {node} running, link up, outbox {}{behind}",
             self.outbox_changes
@@ -693,7 +695,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ok.check(now), None);
-        assert_eq!(ok.check_ok(), "ok: node 3 running, link up, outbox 2, 4 behind");
+        assert_eq!(
+            ok.check_ok(),
+            "ok: node 3 running, link up, outbox 2, 4 behind"
+        );
         let with = |f: &dyn Fn(&mut Status)| {
             let mut s = ok.clone();
             f(&mut s);

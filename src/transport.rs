@@ -21,7 +21,7 @@ use crate::config::{Config, ConsumerFilter};
 mod snapstore;
 mod status_service;
 pub use snapstore::{discard as discard_download, Fetched, Pointer, SnapStore};
-pub use status_service::{ask_fleet, Twin, PROBE_REQUEST};
+pub use status_service::{ask_fleet, probe_payload, prober, Twin};
 
 /// Deadline for every acknowledgement of one publish batch.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);

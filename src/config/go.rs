@@ -131,7 +131,10 @@ impl Config {
         if n.user_name.as_deref() == Some("") {
             n.user_name = None;
         }
-        if n.user_password.as_ref().is_some_and(|p| p.expose().is_empty()) {
+        if n.user_password
+            .as_ref()
+            .is_some_and(|p| p.expose().is_empty())
+        {
             n.user_password = None;
         }
         if self.logging.format.as_deref() == Some("console") {
@@ -270,7 +273,10 @@ detailed=true
         let c = Config::parse(GO_SAMPLE).unwrap();
         assert_eq!(c.polling_interval, 100);
         assert_eq!(c.nats.embedded_listen, "0.0.0.0:4222");
-        assert_eq!((c.nats.reconnect_min_ms, c.nats.reconnect_max_ms), (2000, 15000));
+        assert_eq!(
+            (c.nats.reconnect_min_ms, c.nats.reconnect_max_ms),
+            (2000, 15000)
+        );
         assert!(c.nats.seed_file.is_none() && c.nats.server_config.is_none());
         assert!(c.nats.user_name.is_none() && c.nats.user_password.is_none());
         assert!(c.nats.auth_methods().is_empty());
@@ -294,7 +300,10 @@ detailed=true
             ]
         );
         let line = c.ignored_line().unwrap();
-        assert!(line.starts_with("scan_max_changes=\"frames are bounded"), "{line}");
+        assert!(
+            line.starts_with("scan_max_changes=\"frames are bounded"),
+            "{line}"
+        );
         assert!(!format!("{c:?}").contains("ChangeMe"));
     }
 
@@ -328,7 +337,10 @@ detailed=true
             "db_path = \"a\"\n[nats]\nbind_address = \":4333\"\nembedded_listen = \"127.0.0.1:4444\"\n",
         )
         .unwrap_err();
-        assert!(e.starts_with("[nats] bind_address and embedded_listen"), "{e}");
+        assert!(
+            e.starts_with("[nats] bind_address and embedded_listen"),
+            "{e}"
+        );
         let c = Config::parse("db_path = \"a\"\n[nats]\nbind_address = \":-1\"\n").unwrap();
         assert_eq!(c.nats.embedded_listen, "127.0.0.1:4222");
         assert_eq!(c.ignored[0].0, "[nats] bind_address = \":-1\"");

@@ -11,14 +11,14 @@
 //! nothing is applied or dropped because of it.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Node;
 use crate::apply::ApplyStats;
 use crate::db;
 use crate::metrics::{self, Counter};
 use crate::state;
-use crate::transport::{Transport, Twin, PROBE_REQUEST};
+use crate::transport::{prober, Transport, Twin};
 
 /// How often a connected node looks for another process answering as its id (and once at
 /// each connect).
@@ -29,8 +29,8 @@ pub const TWIN_PROBE_WINDOW: Duration = Duration::from_secs(2);
 /// What the probes found, handed from the probe thread to the loop.
 #[derive(Default)]
 pub(super) struct Twins {
-    /// The outcome of the latest probe not yet looked at: the other processes (empty: none).
-    latest: Arc<Mutex<Option<Vec<Twin>>>>,
+    /// What the probes and the probe requests of others found since the loop last looked.
+    latest: Arc<Mutex<Heard>>,
     /// What `__hl_meta` holds now (read at open), so it is written only on a change.
     recorded: Option<String>,
 }
@@ -40,6 +40,35 @@ impl Twins {
         Twins {
             latest: Arc::default(),
             recorded,
+        }
+    }
+}
+
+/// Handed from the probe thread and the status service to the loop.
+#[derive(Default)]
+struct Heard {
+    /// The other processes found since the loop last looked (empty: a probe found none;
+    /// None: nothing new).
+    news: Option<Vec<Twin>>,
+    /// When another process was last heard of.
+    last: Option<Instant>,
+}
+
+/// Adds what a probe sent at `sent` (or another's probe request, heard now) found. A probe
+/// that found nobody does not clear a clone heard after it was sent (the clone started
+/// during its window).
+fn merge(heard: &Mutex<Heard>, found: Vec<Twin>, sent: Instant) {
+    let mut h = heard.lock().unwrap_or_else(|e| e.into_inner());
+    if found.is_empty() && h.last.is_some_and(|t| t >= sent) {
+        return;
+    }
+    if !found.is_empty() {
+        h.last = Some(Instant::now());
+    }
+    let seen = h.news.get_or_insert_with(Vec::new);
+    for t in found {
+        if !seen.contains(&t) {
+            seen.push(t);
         }
     }
 }
@@ -81,8 +110,13 @@ impl Node {
         metrics::add(Counter::Connects, 1);
         let cfg = self.cfg.clone();
         let node = self.node_id;
+        let heard = self.twins.latest.clone();
         let answer = move |request: &[u8]| {
-            if request == PROBE_REQUEST {
+            if let Some(other) = prober(request) {
+                // another process probing this node's subject is a clone too
+                if other.instance != crate::status::instance() {
+                    merge(&heard, vec![other], Instant::now());
+                }
                 return probe_answer(node);
             }
             match crate::status::read(&cfg) {
@@ -98,9 +132,7 @@ impl Node {
             return;
         }
         let latest = self.twins.latest.clone();
-        let found = move |twins: Vec<Twin>| {
-            *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(twins);
-        };
+        let found = move |twins: Vec<Twin>, sent: Instant| merge(&latest, twins, sent);
         let probe = t.probe_twins(
             &self.cfg,
             self.node_id,
@@ -122,6 +154,7 @@ impl Node {
             .latest
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .news
             .take()
         else {
             return;
@@ -179,5 +212,47 @@ impl Node {
         metrics::add(Counter::Rejected, stats.rejected);
         metrics::add(Counter::NotReplicated, stats.not_replicated);
         metrics::observe_origins(&stats.newest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn twin(i: &str) -> Twin {
+        Twin {
+            instance: i.into(),
+            hostname: "gw".into(),
+        }
+    }
+
+    #[test]
+    fn a_probe_that_found_nobody_does_not_clear_a_clone_heard_since() {
+        let heard = Mutex::new(Heard::default());
+        let sent = Instant::now();
+        // the clone's own probe request arrived during our probe's window
+        merge(&heard, vec![twin("b")], Instant::now());
+        merge(&heard, vec![twin("b")], Instant::now());
+        merge(&heard, Vec::new(), sent);
+        assert_eq!(heard.lock().unwrap().news.take(), Some(vec![twin("b")]));
+        // a later probe that finds nobody clears it
+        merge(&heard, Vec::new(), Instant::now());
+        assert_eq!(heard.lock().unwrap().news.take(), Some(Vec::new()));
+    }
+
+    #[test]
+    fn probe_requests_name_who_asks() {
+        use crate::transport::prober;
+        let p = crate::transport::probe_payload("00ff", "gw2");
+        assert_eq!(prober(&p), Some(twin_on("00ff", "gw2")));
+        assert_eq!(prober(b""), None);
+        assert_eq!(prober(b"instance"), Some(twin_on("", "")));
+    }
+
+    fn twin_on(i: &str, h: &str) -> Twin {
+        Twin {
+            instance: i.into(),
+            hostname: h.into(),
+        }
     }
 }

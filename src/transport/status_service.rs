@@ -19,8 +19,28 @@ use crate::config::Config;
 
 /// How often the answering thread looks whether its transport is gone.
 const SERVICE_POLL: Duration = Duration::from_millis(500);
-/// The payload of a probe: answered with `{"node_id":..,"instance":..,"hostname":..}` only.
+/// A probe's payload starts with this, then ` <token> <hostname>` of the process asking (so
+/// a node that connected first learns of a clone from the clone's probe, not minutes later
+/// from its own). It is answered with `{"node_id":..,"instance":..,"hostname":..}` only.
 pub const PROBE_REQUEST: &[u8] = b"instance";
+
+/// The payload of a probe from the process with `instance` on `hostname`.
+pub fn probe_payload(instance: &str, hostname: &str) -> Vec<u8> {
+    let mut p = PROBE_REQUEST.to_vec();
+    p.extend_from_slice(format!(" {instance} {hostname}").as_bytes());
+    p
+}
+
+/// The process that sent a probe (`None`: not a probe).
+pub fn prober(payload: &[u8]) -> Option<Twin> {
+    let rest = payload.strip_prefix(PROBE_REQUEST)?;
+    let text = String::from_utf8_lossy(rest);
+    let mut words = text.split_whitespace();
+    Some(Twin {
+        instance: words.next().unwrap_or_default().to_string(),
+        hostname: words.next().unwrap_or_default().to_string(),
+    })
+}
 
 /// Another process that answered a probe on this node's subject.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -86,7 +106,7 @@ impl Transport {
 impl Transport {
     /// Asks this node's own status subject at once and then every `every`, collecting the
     /// answers for `window` each time; `found` gets the answers whose token is not `instance`
-    /// (empty: only this process answered). One thread, ending within `SERVICE_POLL` of this
+    /// (empty: only this process answered) and when the probe was sent. One thread, ending within `SERVICE_POLL` of this
     /// transport being dropped.
     pub fn probe_twins(
         &self,
@@ -95,9 +115,10 @@ impl Transport {
         instance: &str,
         every: Duration,
         window: Duration,
-        found: impl Fn(Vec<Twin>) + Send + 'static,
+        found: impl Fn(Vec<Twin>, Instant) + Send + 'static,
     ) -> Result<(), TransportError> {
         let subject = cfg.status_subject(&node.to_string());
+        let payload = probe_payload(instance, &crate::status::hostname());
         let (nc, live, instance) = (self.nc.clone(), self.live.clone(), instance.to_string());
         let inbox = nc.new_inbox();
         let sub = nc
@@ -110,8 +131,9 @@ impl Transport {
             .name("twin-probe".into())
             .spawn(move || {
                 while live.load(Ordering::Relaxed) {
-                    if nc.publish_request(&subject, &inbox, PROBE_REQUEST).is_ok() {
-                        let until = Instant::now() + window;
+                    let sent = Instant::now();
+                    if nc.publish_request(&subject, &inbox, &payload).is_ok() {
+                        let until = sent + window;
                         let mut twins = Vec::new();
                         loop {
                             let left = until.saturating_duration_since(Instant::now());
@@ -131,7 +153,7 @@ impl Transport {
                             }
                         }
                         if live.load(Ordering::Relaxed) {
-                            found(twins);
+                            found(twins, sent);
                         }
                     }
                     let next = Instant::now() + every;
