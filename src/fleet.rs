@@ -54,10 +54,16 @@ pub fn run(
             if json {
                 raw
             } else if n > 1 {
+                let id = a.node_id.unwrap_or_default();
+                let instance = a.instance.clone().unwrap_or_else(|| "?".into());
+                // the node's own flag says the same
+                let a = Answer {
+                    duplicate_node: None,
+                    ..a
+                };
                 format!(
-                    "{}, DUPLICATE NODE ID: {n} nodes answer as node {}",
-                    a.summary(),
-                    a.node_id.unwrap_or_default()
+                    "{}, DUPLICATE NODE ID: {n} nodes answer as node {id} (this one: instance {instance})",
+                    a.summary()
                 )
             } else {
                 a.summary()
@@ -91,6 +97,7 @@ struct Answer {
     hostname: Option<String>,
     version: Option<String>,
     duplicate_node: Option<String>,
+    instance: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -356,3 +356,32 @@ fn a_harmonylite_go_config_starts_a_node_that_replicates() {
         assert!(n.stop().success());
     }
 }
+
+/// Not run by default (about 16 minutes): the payload bytes an idle, connected node exchanges
+/// with its server through a counting proxy, from 70 s after it connected (past its first
+/// snapshot check) for `HL_IDLE_SECS` (default 900: one clone probe falls inside). README,
+/// "Link deadlines", has the figures:
+/// `cargo test --test ops idle_link_bytes -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn idle_link_bytes() {
+    let secs: u64 = std::env::var("HL_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(900);
+    let dir = TestDir::new("ops-idle");
+    let nats = NatsServer::start(dir.path());
+    let proxy = Proxy::start(([127, 0, 0, 1], nats.port()).into());
+    app(&dir.join("n1.db"), SCHEMA);
+    let mut n1 = Node::start_ready(dir.path(), "n1", "", Some(&proxy.url()));
+    n1.wait_connected();
+    std::thread::sleep(Duration::from_secs(70));
+    let before = proxy.forwarded_bytes();
+    std::thread::sleep(Duration::from_secs(secs));
+    let bytes = proxy.forwarded_bytes() - before;
+    eprintln!(
+        "idle link: {bytes} payload bytes both ways in {secs} s ({:.0} KB a day)",
+        bytes as f64 * 86_400.0 / secs as f64 / 1000.0
+    );
+    assert!(n1.stop().success());
+}

@@ -4,7 +4,7 @@
 //!
 //! Two nodes with one id never exchange rows: each takes the other's frames for its own and
 //! passes over them. Nothing in the data shows it, so each node asks its own status subject at
-//! connect and then every [`TWIN_PROBE_EVERY`] (a few hundred bytes: cheap on cellular) and
+//! connect and then every [`TWIN_PROBE_EVERY`] (about 500 bytes each: cheap on cellular) and
 //! counts the answers that carry another process's token. What it finds is logged as an error
 //! at each probe and written to `__hl_meta` only when it changes (an idle node writes
 //! nothing), so `status`, `/health` and `status --check` show it. The data path is untouched:
@@ -22,7 +22,7 @@ use crate::transport::{prober, Transport, Twin};
 
 /// How often a connected node looks for another process answering as its id (and once at
 /// each connect).
-pub const TWIN_PROBE_EVERY: Duration = Duration::from_secs(300);
+pub const TWIN_PROBE_EVERY: Duration = Duration::from_secs(900);
 /// How long the answers to one probe are collected.
 pub const TWIN_PROBE_WINDOW: Duration = Duration::from_secs(2);
 
