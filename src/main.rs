@@ -322,7 +322,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             let cfg = Config::load(&config)?;
             let st = harmonylite::status::read(&cfg)
                 .map_err(|e| CliError::Unhealthy(format!("cannot read the database: {e}")))?;
-            match st.check(harmonylite::hlc::now_ms()) {
+            match st.check(harmonylite::hlc::now_ms(), cfg.publish) {
                 Some(why) => return Err(CliError::Unhealthy(why)),
                 None => println!("{}", st.check_ok()),
             }
