@@ -185,7 +185,17 @@ fn status_check_exit_codes() {
         "{so}"
     );
 
-    // status names the host and the version
+    // status names the host, the version and, after the node's stream check (every 30 s),
+    // how far it is behind the stream's last message
+    wait_until(
+        "status --json says 0 behind",
+        Duration::from_secs(45),
+        || {
+            let s = status_json(&cfg);
+            json_scalar(&s, "behind") == Some("0")
+                && json_scalar(&s, "stream_last_seq") == Some("1")
+        },
+    );
     let out = run_bin(&["status", "--config", cfg.to_str().unwrap()], QUICK);
     let (so, _) = out_text(&out);
     assert!(
@@ -193,6 +203,10 @@ fn status_check_exit_codes() {
         "{so}"
     );
     assert!(so.lines().any(|l| l.starts_with("host:")), "{so}");
+    assert!(
+        so.contains("stream position:  1 (0 behind the stream's last, 1)"),
+        "{so}"
+    );
 
     // 1: the link is down
     nats.stop();
