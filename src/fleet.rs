@@ -175,11 +175,11 @@ impl Answer {
             .behind
             .map_or(String::new(), |b| format!(" ({b} behind)"));
         let host = match (&self.hostname, &self.version) {
-            (Some(h), Some(v)) if !v.is_empty() => format!(", host {h}, version {v}"),
+            (Some(h), Some(v)) if !v.is_empty() => format!(" (host {h}, version {v})"),
             _ => String::new(),
         };
         format!(
-            "node {node}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}{behind}, parked {}{ways}{paused}{}{}{}{host}",
+            "node {node}{host}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}{behind}, parked {}{ways}{paused}{}{}{}",
             show(self.outbox_changes),
             ago(self.last_publish_ms),
             ago(self.last_apply_ms),
@@ -260,7 +260,10 @@ mod tests {
             line.contains(", position 10 (3 behind), parked 0"),
             "{line}"
         );
-        assert!(line.ends_with(", host gw4, version 0.1.0"), "{line}");
+        assert!(
+            line.starts_with("node 4 (host gw4, version 0.1.0): link up"),
+            "{line}"
+        );
         let d = crate::status::Status {
             duplicate_node: Some("x".into()),
             ..s
