@@ -142,7 +142,9 @@ impl Transport {
                             }
                             match sub.next_timeout(left) {
                                 Ok(msg) => {
-                                    if let Ok(t) = serde_json::from_slice::<Twin>(&msg.data) {
+                                    // from_str, like `status --fleet`: one copy of the parser
+                                    let text = std::str::from_utf8(&msg.data).unwrap_or("");
+                                    if let Ok(t) = serde_json::from_str::<Twin>(text) {
                                         if t.instance != instance {
                                             twins.push(t);
                                         }
