@@ -175,11 +175,11 @@ impl Answer {
             .behind
             .map_or(String::new(), |b| format!(" ({b} behind)"));
         let host = match (&self.hostname, &self.version) {
-            (Some(h), Some(v)) if !v.is_empty() => format!(" (host {h}, version {v})"),
+            (Some(h), Some(v)) if !v.is_empty() => format!(" host {h}, version {v},"),
             _ => String::new(),
         };
         format!(
-            "node {node}{host}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}{behind}, parked {}{ways}{paused}{}{}{}",
+            "node {node}:{host} link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}{behind}, parked {}{ways}{paused}{}{}{}",
             show(self.outbox_changes),
             ago(self.last_publish_ms),
             ago(self.last_apply_ms),
@@ -261,7 +261,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.starts_with("node 4 (host gw4, version 0.1.0): link up"),
+            line.starts_with("node 4: host gw4, version 0.1.0, link up"),
             "{line}"
         );
         let d = crate::status::Status {
