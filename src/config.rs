@@ -2,6 +2,9 @@
 //!
 //! Key names follow HarmonyLite-Go where the meaning is the same, so its users can bring their
 //! files. Unknown keys are an error that names the key; every default is a named constant.
+//! HarmonyLite-Go's own keys are all accepted (`go.rs`): those whose meaning carries over are
+//! mapped onto ours, the others are kept in [`Config::ignored`] for one warning line at start,
+//! so a user's `config.toml` starts a node while a typo still stops it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,8 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod go;
 mod nats;
 mod ops;
+pub use go::{SnapshotNats, SnapshotRemote};
 pub use nats::{Nats, Secret};
 pub use ops::{listen_addr, HealthCheck, Prometheus};
 
@@ -121,6 +126,18 @@ pub struct Config {
     /// lives in the database).
     #[serde(default)]
     pub seq_map_path: Option<String>,
+    /// HarmonyLite-Go's rows per scan, cleanup interval and idle exit: accepted and ignored
+    /// (see `go.rs` for why each does not carry over).
+    #[serde(default)]
+    pub scan_max_changes: Option<u64>,
+    #[serde(default)]
+    pub cleanup_interval: Option<u64>,
+    #[serde(default)]
+    pub sleep_timeout: Option<u64>,
+    /// HarmonyLite-Go's keys this node accepted but does not use, each with why: logged once
+    /// at start (one warning line).
+    #[serde(skip)]
+    pub ignored: Vec<(&'static str, String)>,
     #[serde(default)]
     pub replication_log: ReplicationLog,
     #[serde(default)]
@@ -221,6 +238,10 @@ pub struct ReplicationLog {
     /// `node_ttl_hours / 4`, at most hourly) and looks for tombstones to collect.
     #[serde(default = "default_horizon_interval")]
     pub horizon_interval_ms: u64,
+    /// HarmonyLite-Go: rewrite an existing stream's settings. Accepted and ignored: a stream
+    /// that exists keeps its limits here (a node with other values logs so).
+    #[serde(default)]
+    pub update_existing: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +261,20 @@ pub struct Snapshot {
     /// metered link that should not upload copies of its database).
     #[serde(default = "yes")]
     pub save: bool,
+    /// How long a node's upload lease holds before another may take over, milliseconds
+    /// (HarmonyLite-Go's name); absent: [`Snapshot::DEFAULT_LEASE_MS`].
+    #[serde(default)]
+    pub leader_ttl: Option<u64>,
+    /// `[snapshot.nats]`: the snapshot buckets' name and replicas.
+    #[serde(default)]
+    pub nats: SnapshotNats,
+    /// HarmonyLite-Go's other stores: accepted and ignored (snapshots live in NATS here).
+    #[serde(default)]
+    pub s3: Option<SnapshotRemote>,
+    #[serde(default)]
+    pub webdav: Option<SnapshotRemote>,
+    #[serde(default)]
+    pub sftp: Option<SnapshotRemote>,
 }
 
 impl Default for Snapshot {
@@ -249,12 +284,23 @@ impl Default for Snapshot {
             interval: 0,
             store: None,
             save: true,
+            leader_ttl: None,
+            nats: SnapshotNats::default(),
+            s3: None,
+            webdav: None,
+            sftp: None,
         }
     }
 }
 
 impl Snapshot {
     pub const DEFAULT_INTERVAL_MS: u64 = 3_600_000;
+    /// An upload lease holds 10 minutes unless `leader_ttl` says otherwise.
+    pub const DEFAULT_LEASE_MS: u64 = 600_000;
+
+    pub fn lease_ms(&self) -> u64 {
+        self.leader_ttl.unwrap_or(Self::DEFAULT_LEASE_MS)
+    }
 
     pub fn interval_ms(&self) -> u64 {
         if self.interval == 0 {
@@ -322,20 +368,48 @@ impl Default for ReplicationLog {
             collect_tombstones: true,
             node_ttl_hours: DEFAULT_NODE_TTL_HOURS,
             horizon_interval_ms: DEFAULT_HORIZON_INTERVAL_MS,
+            update_existing: None,
         }
     }
 }
+
+/// Where the node looks for its config when `--config` is not given (and the file exists).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/harmonylite/harmonylite.toml";
 
 /// A config that could not be read or is not valid. Its message names the file and the key.
 #[derive(Debug)]
 pub struct ConfigError {
     pub path: PathBuf,
     pub message: String,
+    /// The file itself cannot be read (missing, no permission): no key is at fault.
+    pub unreadable: bool,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config {}: {}", self.path.display(), self.message)
+        if self.unreadable {
+            write!(
+                f,
+                "cannot read the config file {}: {}",
+                self.path.display(),
+                self.message
+            )
+        } else {
+            write!(f, "config {}: {}", self.path.display(), self.message)
+        }
+    }
+}
+
+/// What to do about a config file that cannot be read, by why.
+fn unreadable_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "check the path given with --config (without --config the node reads /etc/harmonylite/harmonylite.toml)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "run as the user the node runs as, or let this user read the file"
+        }
+        _ => "check that the path names a readable TOML file",
     }
 }
 
@@ -347,9 +421,13 @@ impl Config {
         let err = |message: String| ConfigError {
             path: path.to_path_buf(),
             message,
+            unreadable: false,
         };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the file: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            message: format!("{e}; {}", unreadable_hint(&e)),
+            unreadable: true,
+        })?;
         let mut cfg = Config::parse(&text).map_err(err)?;
         // relative paths are taken from the config's folder, not the working directory
         let base = path.parent().unwrap_or(Path::new("."));
@@ -360,6 +438,7 @@ impl Config {
             &mut n.ca_file,
             &mut n.cert_file,
             &mut n.key_file,
+            &mut n.server_config,
         ];
         for p in nats_files.into_iter().flatten().chain([&mut cfg.db_path]) {
             if p.is_relative() {
@@ -374,7 +453,8 @@ impl Config {
 
     /// Parses and validates TOML text; the error names the offending key.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        cfg.adopt_go_keys()?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -16,13 +16,21 @@ const CONNECT_PROBE: Duration = Duration::from_millis(200);
 pub struct EmbeddedServer {
     child: Child,
     bin: PathBuf,
+    /// `[nats] server_config`: passed with `-c` (our flags override what it sets).
+    config: Option<PathBuf>,
     addr: SocketAddr,
     store: PathBuf,
 }
 
 impl EmbeddedServer {
-    /// Starts `bin` on `listen` with its store in `<db folder>/<db name>-nats/`.
-    pub fn start(bin: &Path, listen: &str, db_path: &Path) -> Result<EmbeddedServer, String> {
+    /// Starts `bin` on `listen` with its store in `<db folder>/<db name>-nats/`, reading
+    /// `config` first when given.
+    pub fn start(
+        bin: &Path,
+        listen: &str,
+        db_path: &Path,
+        config: Option<&Path>,
+    ) -> Result<EmbeddedServer, String> {
         let addr: SocketAddr = listen
             .parse()
             .map_err(|_| format!("[nats] embedded_listen: {listen:?} is not an address"))?;
@@ -37,10 +45,11 @@ impl EmbeddedServer {
         fs::create_dir_all(&store)
             .map_err(|e| format!("cannot create {}: {e}", store.display()))?;
         stop_orphan(&store);
-        let child = spawn(bin, addr, &store)?;
+        let child = spawn(bin, addr, &store, config)?;
         let mut server = EmbeddedServer {
             child,
             bin: bin.to_path_buf(),
+            config: config.map(Path::to_path_buf),
             addr,
             store,
         };
@@ -84,7 +93,7 @@ impl EmbeddedServer {
     pub fn supervise(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             log::warn!("embedded nats-server exited ({status}); restarting it");
-            match spawn(&self.bin, self.addr, &self.store) {
+            match spawn(&self.bin, self.addr, &self.store, self.config.as_deref()) {
                 Ok(child) => {
                     self.child = child;
                     if let Err(e) = self.wait_ready() {
@@ -160,7 +169,12 @@ fn stop_orphan(store: &Path) {
     }
 }
 
-fn spawn(bin: &Path, addr: SocketAddr, store: &Path) -> Result<Child, String> {
+fn spawn(
+    bin: &Path,
+    addr: SocketAddr,
+    store: &Path,
+    config: Option<&Path>,
+) -> Result<Child, String> {
     // Refuse a port in use: we would silently talk to someone else's server.
     TcpListener::bind(addr).map_err(|e| {
         format!("embedded nats-server: {addr} is not free ({e}); point [nats] urls at the server there, or set [nats] embedded_listen to a free address")
@@ -168,7 +182,11 @@ fn spawn(bin: &Path, addr: SocketAddr, store: &Path) -> Result<Child, String> {
     let log = File::create(store.join("nats-server.log"))
         .map_err(|e| format!("cannot create the server log in {}: {e}", store.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    let child = cmd
         .arg("-a")
         .arg(addr.ip().to_string())
         .arg("-p")

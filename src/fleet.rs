@@ -1,6 +1,7 @@
 //! `harmonylite status --fleet`: asks every node of the stream (or one, `--node N`) for its
 //! status through NATS and prints the answers sorted by node id: one JSON object per line
-//! (`--json`, the same object as `status --json`) or one summary line per node.
+//! (`--json`, the same object as `status --json`) or one summary line per node. Two answers
+//! with one node id are two processes sharing it (a cloned SD card): both lines say so.
 
 use std::time::Duration;
 
@@ -37,9 +38,37 @@ pub fn run(
         .map(|a| (Answer::parse(&a), a))
         .collect();
     answers.sort_by_key(|(a, _)| a.node_id.unwrap_or(u64::MAX));
+    let same_id = |id: Option<u64>| {
+        id.map_or(0, |id| {
+            answers
+                .iter()
+                .filter(|(a, _)| a.node_id == Some(id))
+                .count()
+        })
+    };
+    let counts: Vec<usize> = answers.iter().map(|(a, _)| same_id(a.node_id)).collect();
     let lines: Vec<String> = answers
         .into_iter()
-        .map(|(a, raw)| if json { raw } else { a.summary() })
+        .zip(counts)
+        .map(|((a, raw), n)| {
+            if json {
+                raw
+            } else if n > 1 {
+                let id = a.node_id.unwrap_or_default();
+                let instance = a.instance.clone().unwrap_or_else(|| "?".into());
+                // the node's own flag says the same
+                let a = Answer {
+                    duplicate_node: None,
+                    ..a
+                };
+                format!(
+                    "{}, DUPLICATE NODE ID: {n} nodes answer as node {id} (this one: instance {instance})",
+                    a.summary()
+                )
+            } else {
+                a.summary()
+            }
+        })
         .collect();
     Ok(lines.join("\n") + "\n")
 }
@@ -64,6 +93,11 @@ struct Answer {
     directions: Vec<Direction>,
     disk_full: bool,
     refused: Option<String>,
+    behind: Option<u64>,
+    hostname: Option<String>,
+    version: Option<String>,
+    duplicate_node: Option<String>,
+    instance: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,8 +171,15 @@ impl Answer {
                 ways += &format!(", {label}: {}", tables.join(", "));
             }
         }
+        let behind = self
+            .behind
+            .map_or(String::new(), |b| format!(" ({b} behind)"));
+        let host = match (&self.hostname, &self.version) {
+            (Some(h), Some(v)) if !v.is_empty() => format!(" host {h}, version {v},"),
+            _ => String::new(),
+        };
         format!(
-            "node {node}: link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}, parked {}{ways}{paused}{}{}",
+            "node {node}:{host} link {link}, outbox {}{oldest}, last publish {}, last apply {}, position {}{behind}, parked {}{ways}{paused}{}{}{}",
             show(self.outbox_changes),
             ago(self.last_publish_ms),
             ago(self.last_apply_ms),
@@ -146,6 +187,7 @@ impl Answer {
             show(self.parked_changes),
             if self.disk_full { ", DISK FULL" } else { "" },
             if self.refused.is_some() { ", REFUSED by the server" } else { "" },
+            if self.duplicate_node.is_some() { ", DUPLICATE NODE ID (see its log)" } else { "" },
         )
     }
 }
@@ -200,6 +242,33 @@ mod tests {
             line.ends_with(", parked 0, send only: readings, receive only: settings"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn summaries_show_host_version_and_lag() {
+        let s = crate::status::Status {
+            node_id: Some(4),
+            link_up: Some(true),
+            stream_position: 10,
+            behind: Some(3),
+            hostname: "gw4".into(),
+            version: "0.1.0".into(),
+            ..Default::default()
+        };
+        let line = summary(&s.to_json());
+        assert!(
+            line.contains(", position 10 (3 behind), parked 0"),
+            "{line}"
+        );
+        assert!(
+            line.starts_with("node 4: host gw4, version 0.1.0, link up"),
+            "{line}"
+        );
+        let d = crate::status::Status {
+            duplicate_node: Some("x".into()),
+            ..s
+        };
+        assert!(summary(&d.to_json()).contains(", DUPLICATE NODE ID (see its log)"));
     }
 
     #[test]

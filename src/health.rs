@@ -2,8 +2,9 @@
 //!
 //! Unhealthy when: the main loop has not run for longer than [`stall_limit_ms`] (a snapshot
 //! restore in progress excepted: it holds the loop on purpose and reports its own progress),
-//! the database cannot be read, a table is paused by a schema change, or the NATS link has been down for longer than
-//! `[health_check] link_grace_ms`.
+//! the database cannot be read, a table is paused by a schema change, another process uses
+//! this node's id (a cloned SD card, see `node/ops.rs`), or the NATS link has been down for
+//! longer than `[health_check] link_grace_ms`.
 
 use crate::config::Config;
 use crate::metrics::{self, Liveness};
@@ -49,6 +50,11 @@ pub fn reasons(
             for (t, why) in &st.paused_tables {
                 out.push(format!(
                     "table {t} is paused: {why} (see harmonylite schema accept)"
+                ));
+            }
+            if let Some(d) = &st.duplicate_node {
+                out.push(format!(
+                    "duplicate node id: {d}; give one of the two a new node_id"
                 ));
             }
             if let Some(r) = &st.refused {

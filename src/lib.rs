@@ -8,7 +8,8 @@
 //! The runtime is synchronous: one thread runs the loop, every blocking call has a deadline.
 //!
 //! # Layout
-//! - [`config`]: the TOML file, defaults, validation with errors that name the key.
+//! - [`config`]: the TOML file, defaults, validation with errors that name the key;
+//!   `config/go.rs` maps or names HarmonyLite-Go's keys.
 //! - [`db`]: opening the application's database, reading and writing `__hl_meta`, node id.
 //! - [`state`]: the names of our state (every `__hl_meta` key, the shared `__hl_*` tables) and
 //!   the node lock (`<db>.hl-lock`).
@@ -21,13 +22,15 @@
 //!   rejoin rule); the node records live in `transport/nodes.rs`.
 //! - [`transport`]: the only user of the `nats` crate (patched for link deadlines, see
 //!   `vendor/nats/PATCHES.md`): stream, consumer, publish, fetch, the snapshot buckets
-//!   (`transport/snapstore.rs`) and the status service (`transport/status_service.rs`).
+//!   (`transport/snapstore.rs`) and the status service with the probe for another process
+//!   using this node's id (`transport/status_service.rs`).
 //! - [`embedded`]: the local nats-server started when no server is configured.
 //! - [`node`]: the loop that joins them. `Node` is composed of parts that own their fields:
 //!   the NATS link (`Link`, `link.rs`), the outbox's bookkeeping (`Outbox`, `publish.rs`, with
 //!   the publish round), snapshot scheduling and catch-up (`Snapshots`, `snapshots.rs`), this
 //!   node's record and tombstone collection (`Horizon`, `horizon.rs`); schema
-//!   watching (`schema_watch.rs`) and the operations hooks (`ops.rs`) are `impl Node` methods.
+//!   watching (`schema_watch.rs`) and the operations hooks (`ops.rs`: liveness,
+//!   the status service, duplicate node ids) are `impl Node` methods.
 //! - [`snapshot`]: snapshots, database side: a consistent stripped copy, verification, the
 //!   last-writer-wins merge into a live database.
 //! - [`schema`]: rolling schema changes: recorded definitions, pausing a table.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use harmonylite::config::Config;
+use harmonylite::config::{Config, DEFAULT_CONFIG_PATH};
 use harmonylite::node::{Node, Stop};
 use harmonylite::retry::{self, EXIT_DEADLINE, SHUTDOWN_OVERDUE};
 
@@ -19,6 +19,9 @@ Usage:
   harmonylite --config PATH     run a node in the foreground until SIGTERM/SIGINT
   harmonylite status --config PATH [--json]
                                 show the node's state, read from its database
+  harmonylite status --config PATH --check
+                                one line; exit 0 only when the node runs, its link is up,
+                                its outbox drains, no table is paused and its id is its own
   harmonylite status --config PATH --fleet [--node N] [--timeout-ms MS] [--json]
                                 ask every node of the stream (or node N) through NATS;
                                 answers are collected for MS (default 2000) milliseconds
@@ -38,10 +41,12 @@ Usage:
   harmonylite --version         show the version
 
 Options:
-  -c, --config PATH   the node's TOML configuration (see README: config reference)
+  -c, --config PATH   the node's TOML configuration (see README: config reference); also
+                      -config PATH (HarmonyLite-Go's spelling). Without it the node reads
+                      /etc/harmonylite/harmonylite.toml when that file exists.
 
-Exit codes: 0 stopped cleanly, 1 runtime error (e.g. database missing) or a refused cleanup,
-2 bad usage or config.
+Exit codes: 0 stopped cleanly (status --check: healthy), 1 runtime error (e.g. database
+missing), a refused cleanup or (status --check) an unhealthy node, 2 bad usage or config.
 A first SIGTERM/SIGINT flushes the outbox (up to 5 s) and exits 0; a second exits at once.
 ";
 
@@ -58,6 +63,10 @@ enum Command {
     Status {
         config: PathBuf,
         json: bool,
+    },
+    /// `status --check`: one line, and the exit code says healthy or not.
+    Check {
+        config: PathBuf,
     },
     /// `status --fleet [--node N] [--timeout-ms MS] [--json]`: asked through NATS.
     Fleet {
@@ -117,6 +126,8 @@ enum CliError {
     /// The command ran and did nothing; its output on stdout said why (a cleanup that left
     /// objects behind, no snapshot to save or restore).
     Refused,
+    /// `status --check`: the node is not healthy; the reason goes to stdout as one line.
+    Unhealthy(String),
 }
 
 impl CliError {
@@ -131,7 +142,8 @@ impl CliError {
             | CliError::Cleanup(_)
             | CliError::Failed(_)
             | CliError::Logged(_)
-            | CliError::Refused => 1,
+            | CliError::Refused
+            | CliError::Unhealthy(_) => 1,
         }
     }
 
@@ -145,6 +157,7 @@ impl CliError {
             CliError::Node(e) => log::error!("{e}"),
             CliError::Logged(msg) => log::error!("{msg}"),
             CliError::Refused => {}
+            CliError::Unhealthy(why) => println!("unhealthy: {why}"),
         }
     }
 }
@@ -168,6 +181,13 @@ fn main() -> ExitCode {
 
 fn usage(msg: impl Into<String>) -> CliError {
     CliError::Usage(msg.into())
+}
+
+/// The config read when `--config` is not given: [`DEFAULT_CONFIG_PATH`], if it exists (a
+/// package installs it there).
+fn default_config() -> Option<PathBuf> {
+    let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+    p.exists().then_some(p)
 }
 
 /// The arguments (without the program name) as a [`Command`].
@@ -218,18 +238,21 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
     let mut json = false;
     let mut force = false;
     let mut fleet = false;
+    let mut check = false;
     let mut ask_node: Option<u64> = None;
     let mut timeout_ms = harmonylite::fleet::DEFAULT_TIMEOUT_MS;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
-            "-c" | "--config" => match args.next() {
+            "-c" | "--config" | "-config" => match args.next() {
                 Some(p) => config = Some(p.into()),
                 None => return Err(usage("--config needs a path")),
             },
             s if s.starts_with("--config=") => config = Some(s["--config=".len()..].into()),
+            s if s.starts_with("-config=") => config = Some(s["-config=".len()..].into()),
             "--json" if status => json = true,
+            "--check" if status => check = true,
             "--fleet" if status => fleet = true,
             "--node" | "--timeout-ms" if status => {
                 let Some(n) = args
@@ -249,10 +272,19 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
             other => return Err(usage(format!("unknown argument {other:?}"))),
         }
     }
-    let Some(config) = config else {
-        return Err(usage("missing --config PATH"));
+    let Some(config) = config.or_else(default_config) else {
+        return Err(usage(format!(
+            "missing --config PATH ({DEFAULT_CONFIG_PATH} does not exist)"
+        )));
     };
-    Ok(if status && fleet {
+    if check && (fleet || json) {
+        return Err(usage(
+            "--check stands alone: not with --fleet, --node or --json",
+        ));
+    }
+    Ok(if check {
+        Command::Check { config }
+    } else if status && fleet {
         Command::Fleet {
             config,
             node: ask_node,
@@ -284,6 +316,15 @@ fn run(cmd: Command) -> Result<(), CliError> {
                 print!("{}", st.to_json() + "\n");
             } else {
                 print!("{}", st.to_text());
+            }
+        }
+        Command::Check { config } => {
+            let cfg = Config::load(&config)?;
+            let st = harmonylite::status::read(&cfg)
+                .map_err(|e| CliError::Unhealthy(format!("cannot read the database: {e}")))?;
+            match st.check(harmonylite::hlc::now_ms(), cfg.publish) {
+                Some(why) => return Err(CliError::Unhealthy(why)),
+                None => println!("{}", st.check_ok()),
             }
         }
         Command::Fleet {
@@ -337,6 +378,9 @@ fn start_logging_and_signals(cfg: &Config) -> Result<Arc<Stop>, CliError> {
 /// A node in the foreground: the HTTP endpoints, a restore when the database is missing, the
 /// node opened (waiting while the database is locked), then its loop until `stop`.
 fn run_node(cfg: Config, stop: &Stop) -> Result<(), CliError> {
+    if let Some(keys) = cfg.ignored_line() {
+        log::warn!("harmonylite-go config keys ignored {keys}");
+    }
     // before a restore or a wait for a locked database, so /health can say "starting"
     harmonylite::http::start(&cfg).map_err(CliError::Logged)?;
     if !cfg.db_path.exists() && cfg.snapshot.enabled && !cfg.nats.urls.is_empty() {
@@ -533,13 +577,28 @@ mod tests {
                 force: true
             })
         );
+        assert_eq!(
+            parsed(&["-config", "n.toml"]),
+            Ok(Command::Run { config: c() })
+        );
+        assert_eq!(
+            parsed(&["status", "-config=n.toml", "--check"]),
+            Ok(Command::Check { config: c() })
+        );
         assert_eq!(parsed(&["status", "--help"]), Ok(Command::Help));
         assert_eq!(parsed(&["-V"]), Ok(Command::Version));
     }
 
     #[test]
     fn usage_errors_say_what_is_wrong() {
-        assert_eq!(parsed(&[]), Err("missing --config PATH".into()));
+        assert_eq!(
+            parsed(&[]),
+            Err("missing --config PATH (/etc/harmonylite/harmonylite.toml does not exist)".into())
+        );
+        assert_eq!(
+            parsed(&["status", "-c", "n.toml", "--check", "--fleet"]),
+            Err("--check stands alone: not with --fleet, --node or --json".into())
+        );
         assert_eq!(parsed(&["-c"]), Err("--config needs a path".into()));
         assert_eq!(
             parsed(&["-c", "n.toml", "--json"]),
@@ -580,5 +639,6 @@ mod tests {
         assert_eq!(node(NodeError::Config("x".into())), 2);
         assert_eq!(node(NodeError::Busy("x".into())), 1);
         assert_eq!(CliError::Refused.exit_code(), 1);
+        assert_eq!(CliError::Unhealthy("x".into()).exit_code(), 1);
     }
 }

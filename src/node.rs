@@ -197,6 +197,10 @@ pub struct Node {
     _lock: Option<std::fs::File>,
     /// Set when the stop signal comes: a wait for acks ends at once.
     stopping: Arc<AtomicBool>,
+    /// Another process answering as this node's id (see `ops.rs`).
+    twins: ops::Twins,
+    /// The stream's last sequence as last written to `__hl_meta` (for `status`'s "behind").
+    stream_last: Option<u64>,
 }
 
 /// The tables this node receives: None for every table (the hub), else those of `schema` it
@@ -289,6 +293,7 @@ impl Node {
                 &cfg.nats.server_bin,
                 &cfg.nats.embedded_listen,
                 &cfg.db_path,
+                cfg.nats.server_config.as_deref(),
             )
             .map_err(NodeError::Embedded)?;
             let url = server.url();
@@ -299,6 +304,8 @@ impl Node {
         if cfg.replication_log.compress && cfg.replication_log.frame_version < 2 {
             log::info!("[replication_log] compress is off with frame_version = 1: builds that read only format 1 read no compressed frames");
         }
+        let twins = ops::Twins::new(db::get_meta_text(&conn, state::DUPLICATE_KEY)?);
+        let stream_last = db::get_meta(&conn, state::STREAM_LAST_KEY)?.map(|v| v as u64);
         let max_frame = cfg.max_frame_bytes;
         let next_save = Node::first_save_at(&cfg);
         let link = Link::new(
@@ -342,6 +349,8 @@ impl Node {
             intake_held: false,
             _lock: lock,
             stopping: Arc::new(AtomicBool::new(false)),
+            twins,
+            stream_last,
         })
         .and_then(|mut node| {
             // held or not is decided again (and logged again) at each start of the node (a
@@ -550,8 +559,9 @@ impl Node {
             .snap
             .stream_check_due(Instant::now(), STREAM_CHECK_EVERY)
         {
-            let first = self.link.transport.as_ref().and_then(|t| t.first_seq());
-            self.note_stream_start(first)?;
+            let stats = self.link.transport.as_ref().and_then(|t| t.stream_state());
+            self.note_stream_start(stats.as_ref().map(|s| s.first_seq))?;
+            self.note_stream_end(stats.map(|s| s.last_seq))?;
             self.skip_other_tables()?;
             self.drop_stale_download();
         }
@@ -743,6 +753,16 @@ impl Node {
             }
         }
         Ok(gap::read(&self.conn)?)
+    }
+
+    /// Writes the stream's last sequence for `status` ("behind"), only when it moved: an idle
+    /// node writes nothing.
+    fn note_stream_end(&mut self, last: Option<u64>) -> Result<(), NodeError> {
+        if let Some(last) = last.filter(|l| Some(*l) != self.stream_last) {
+            db::set_meta(&self.conn, state::STREAM_LAST_KEY, last as i64)?;
+            self.stream_last = Some(last);
+        }
+        Ok(())
     }
 
     /// Records a hole (merged with any recorded before) and schedules a restore at once. The

@@ -58,6 +58,12 @@ pub const INTAKE_HELD_KEY: &str = "intake_held";
 /// The server's refusal of this node's publishes (a permissions violation), as text, until a
 /// publish round goes through again.
 pub const REFUSED_KEY: &str = "refused";
+/// The stream's last sequence when the node last looked (at most every 30 s while it
+/// receives, written only when it changed): `status` shows how far behind the node is.
+pub const STREAM_LAST_KEY: &str = "stream_last_seq";
+/// Another process answering with this node's id (a cloned SD card), as text, until a probe
+/// finds none (see `node/ops.rs`); written only when it changes.
+pub const DUPLICATE_KEY: &str = "duplicate_node_id";
 
 /// Snapshots (see `snapshot`): the stream sequence and time of the last restore here, the
 /// progress of one in flight (bytes), and the last snapshot this node saved.
@@ -170,6 +176,9 @@ mod tests {
             RESTORE_TOTAL_KEY,
             SAVED_SEQ_KEY,
             SAVED_MS_KEY,
+            REFUSED_KEY,
+            STREAM_LAST_KEY,
+            DUPLICATE_KEY,
         ];
         let set: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(set.len(), keys.len());

@@ -73,6 +73,50 @@ pub struct Status {
     /// The node cannot write its database for lack of space. Known only inside the node's
     /// process (the status service, `status --fleet`): the database cannot record it.
     pub disk_full: bool,
+    /// The stream's last sequence when the node last looked, and how far the position is
+    /// behind it (messages; those of tables this node does not receive count until its
+    /// consumer passes them).
+    pub stream_last_seq: Option<u64>,
+    pub behind: Option<u64>,
+    /// This machine's name and this build's version (of the node answering, in `--fleet`).
+    pub hostname: String,
+    pub version: String,
+    /// Another process answers with this node's id (a cloned SD card): who, as text.
+    pub duplicate_node: Option<String>,
+    /// The answering process's per-start token (only in the status service's answers, which
+    /// is how a node tells itself from a clone).
+    pub instance: Option<String>,
+}
+
+/// This build's version, as `--version` and `status` show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An outbox whose oldest change is older than this while the link is up is not draining
+/// (`status --check`): a normal round takes well under a second.
+pub const CHECK_OUTBOX_AGE_MS: u64 = 60_000;
+
+/// This machine's name (the kernel's), empty when it cannot be read.
+pub fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// This process's token: random, made once per start. Two processes answering for one node
+/// id with different tokens are two nodes sharing the id.
+pub fn instance() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 8];
+        if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+            // no system randomness: the clock and the process id still differ between clones
+            b = (crate::hlc::now_ms() ^ ((std::process::id() as u64) << 40)).to_le_bytes();
+        }
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    })
 }
 
 pub fn read(cfg: &Config) -> Result<Status, DbError> {
@@ -92,6 +136,8 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     let mut st = Status {
         db_path: path.display().to_string(),
         node_running: state::is_locked(path),
+        hostname: hostname(),
+        version: VERSION.to_string(),
         ..Default::default()
     };
     let mut schema = capture::scan(&conn, cfg)?;
@@ -139,6 +185,11 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.disk_full = crate::metrics::liveness().disk_full;
     st.last_pk_collision = crate::db::get_meta_text(&conn, LAST_PK_COLLISION_KEY)?;
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
+    st.stream_last_seq = meta(state::STREAM_LAST_KEY)?.map(|v| v as u64);
+    st.behind = st
+        .stream_last_seq
+        .map(|last| last.saturating_sub(st.stream_position));
+    st.duplicate_node = db::get_meta_text(&conn, state::DUPLICATE_KEY)?;
     let u = |v: Option<i64>| v.map(|v| v as u64);
     st.restore_progress = u(meta(RESTORE_DONE_KEY)?).zip(u(meta(RESTORE_TOTAL_KEY)?));
     st.restored_seq = u(meta(RESTORED_SEQ_KEY)?);
@@ -246,6 +297,68 @@ fn ago(ms: Option<u64>) -> String {
 }
 
 impl Status {
+    /// `status --check`: the first reason the node is not healthy, as one line, or None when
+    /// it runs, its link is up, its outbox drains, no table is paused and no other process
+    /// uses its id. `publishes`: the node's `publish` (with `false` its changes stay queued on
+    /// purpose, so the outbox is not looked at).
+    pub fn check(&self, now_ms: u64, publishes: bool) -> Option<String> {
+        if !self.node_running {
+            return Some(format!(
+                "not running: no harmonylite node holds {}.hl-lock",
+                self.db_path
+            ));
+        }
+        if let Some(d) = &self.duplicate_node {
+            return Some(format!(
+                "duplicate node id: {d}; give one of the two a new node_id"
+            ));
+        }
+        match self.link_up {
+            Some(true) => {}
+            Some(false) => {
+                let down = now_ms.saturating_sub(self.link_since_ms.unwrap_or(now_ms));
+                return Some(format!(
+                    "link down: no NATS connection for {:.1} s",
+                    down as f64 / 1000.0
+                ));
+            }
+            None => return Some("link down: the node never connected to NATS".into()),
+        }
+        if let Some((t, why)) = self.paused_tables.first() {
+            return Some(format!(
+                "table {t} is paused: {why} (see harmonylite schema accept)"
+            ));
+        }
+        if let Some(r) = &self.refused {
+            return Some(format!(
+                "outbox not draining: the NATS server refuses this node's publishes: {r}"
+            ));
+        }
+        if let Some(age) = self
+            .outbox_oldest_age_ms
+            .filter(|a| publishes && *a > CHECK_OUTBOX_AGE_MS && self.outbox_changes > 0)
+        {
+            return Some(format!(
+                "outbox not draining: {} changes, the oldest {:.1} s old",
+                self.outbox_changes,
+                age as f64 / 1000.0
+            ));
+        }
+        None
+    }
+
+    /// The line `status --check` prints when the node is healthy.
+    pub fn check_ok(&self) -> String {
+        let node = self.node_id.map_or("?".to_string(), |n| n.to_string());
+        let behind = self
+            .behind
+            .map_or(String::new(), |b| format!(", {b} behind"));
+        format!(
+            "ok: node {node} running, link up, outbox {}{behind}",
+            self.outbox_changes
+        )
+    }
+
     pub fn to_text(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "database:         {}", self.db_path);
@@ -255,6 +368,9 @@ impl Status {
             self.node_id
                 .map_or("not assigned (never ran)".into(), |n| n.to_string())
         );
+        if let Some(d) = &self.duplicate_node {
+            let _ = writeln!(o, "DUPLICATE NODE ID: {d}; give one of the two a new node_id (see README, \"Duplicate node ids\")");
+        }
         let _ = writeln!(
             o,
             "node process:     {}",
@@ -264,6 +380,8 @@ impl Status {
                 "not running"
             }
         );
+        let _ = writeln!(o, "host:             {}", self.hostname);
+        let _ = writeln!(o, "version:          {}", self.version);
         let _ = writeln!(
             o,
             "replicated:       {}",
@@ -296,7 +414,11 @@ impl Status {
                 "not installed (the node never ran)"
             }
         );
-        let _ = writeln!(o, "stream position:  {}", self.stream_position);
+        let behind = match (self.stream_last_seq, self.behind) {
+            (Some(last), Some(b)) => format!(" ({b} behind the stream's last, {last})"),
+            _ => String::new(),
+        };
+        let _ = writeln!(o, "stream position:  {}{behind}", self.stream_position);
         if let Some((from, to)) = self.stream_gap {
             let _ = writeln!(o, "STREAM GAP:       messages {from}..{to} missing here until a snapshot covering them is restored");
         }
@@ -449,6 +571,12 @@ pub struct StatusJson<'a> {
     pub directions: Vec<Direction<'a>>,
     pub refused: Option<&'a str>,
     pub disk_full: bool,
+    pub stream_last_seq: Option<u64>,
+    pub behind: Option<u64>,
+    pub hostname: &'a str,
+    pub version: &'a str,
+    pub duplicate_node: Option<&'a str>,
+    pub instance: Option<&'a str>,
 }
 
 /// A table and why: `{"table":..,"reason":..}` (not replicated, paused).
@@ -534,6 +662,12 @@ impl<'a> From<&'a Status> for StatusJson<'a> {
                 .collect(),
             refused: s.refused.as_deref(),
             disk_full: s.disk_full,
+            stream_last_seq: s.stream_last_seq,
+            behind: s.behind,
+            hostname: &s.hostname,
+            version: &s.version,
+            duplicate_node: s.duplicate_node.as_deref(),
+            instance: s.instance.as_deref(),
         }
     }
 }
@@ -566,7 +700,7 @@ mod tests {
     fn json_is_the_documented_object() {
         assert_eq!(
             Status::default().to_json(),
-            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_bytes":0,"parked_oldest_age_ms":null,"intake_held":false,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null,"directions":[],"refused":null,"disk_full":false}"#
+            r#"{"db_path":"","node_running":false,"node_id":null,"capture_installed":false,"tables":[],"not_replicated":[],"stream_position":0,"stream_gap":null,"hlc":0,"link_up":null,"link_since_ms":null,"outbox_changes":0,"outbox_oldest_age_ms":null,"outbox_over_budget":false,"last_publish_ms":null,"last_apply_ms":null,"parked_changes":0,"parked_bytes":0,"parked_oldest_age_ms":null,"intake_held":false,"parked_by_table":[],"paused_tables":[],"fragments_waiting":0,"unique_conflicts":0,"pk_collisions":0,"last_pk_collision":null,"tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":null,"restore_total_bytes":null,"restored_seq":null,"restored_ms":null,"snapshot_saved_seq":null,"snapshot_saved_ms":null,"directions":[],"refused":null,"disk_full":false,"stream_last_seq":null,"behind":null,"hostname":"","version":"","duplicate_node":null,"instance":null}"#
         );
         let full = Status {
             db_path: "/x/\"a\\b\u{1}é.db".into(),
@@ -605,11 +739,68 @@ mod tests {
             directions: vec![("t".into(), true, false), ("u v".into(), false, true)],
             refused: Some("Permissions Violation".into()),
             disk_full: true,
+            stream_last_seq: Some(50),
+            behind: Some(9),
+            hostname: "gw1".into(),
+            version: "0.1.0".into(),
+            duplicate_node: Some("node 7 also answers from host gw2".into()),
+            instance: Some("00ff".into()),
         };
         assert_eq!(
             full.to_json(),
-            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_bytes":600,"parked_oldest_age_ms":2500,"intake_held":true,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16,"directions":[{"table":"t","publish":true,"replicate":false},{"table":"u v","publish":false,"replicate":true}],"refused":"Permissions Violation","disk_full":true}"#
+            r#"{"db_path":"/x/\"a\\b\u0001é.db","node_running":true,"node_id":7,"capture_installed":true,"tables":["t","u v"],"not_replicated":[{"table":"w","reason":"no \"key\""}],"stream_position":41,"stream_gap":{"from":3,"to":9},"hlc":123456789,"link_up":false,"link_since_ms":12,"outbox_changes":2,"outbox_oldest_age_ms":1500,"outbox_over_budget":true,"last_publish_ms":10,"last_apply_ms":11,"parked_changes":5,"parked_bytes":600,"parked_oldest_age_ms":2500,"intake_held":true,"parked_by_table":[{"table":"t","changes":5,"reason":"parent missing"}],"paused_tables":[{"table":"u v","reason":"column x dropped"}],"fragments_waiting":1,"unique_conflicts":2,"pk_collisions":3,"last_pk_collision":"t id=1 \"x\"","tombstones_collected":0,"tombstones_collected_below_ms":null,"restore_done_bytes":100,"restore_total_bytes":200,"restored_seq":13,"restored_ms":14,"snapshot_saved_seq":15,"snapshot_saved_ms":16,"directions":[{"table":"t","publish":true,"replicate":false},{"table":"u v","publish":false,"replicate":true}],"refused":"Permissions Violation","disk_full":true,"stream_last_seq":50,"behind":9,"hostname":"gw1","version":"0.1.0","duplicate_node":"node 7 also answers from host gw2","instance":"00ff"}"#
         );
+    }
+
+    #[test]
+    fn check_names_the_first_reason() {
+        let now = 1_000_000;
+        let ok = Status {
+            db_path: "/d.db".into(),
+            node_id: Some(3),
+            node_running: true,
+            link_up: Some(true),
+            outbox_changes: 2,
+            outbox_oldest_age_ms: Some(500),
+            behind: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(ok.check(now, true), None);
+        assert_eq!(
+            ok.check_ok(),
+            "ok: node 3 running, link up, outbox 2, 4 behind"
+        );
+        let with = |f: &dyn Fn(&mut Status)| {
+            let mut s = ok.clone();
+            f(&mut s);
+            s.check(now, true).unwrap()
+        };
+        assert_eq!(
+            with(&|s| s.node_running = false),
+            "not running: no harmonylite node holds /d.db.hl-lock"
+        );
+        assert_eq!(
+            with(&|s| {
+                s.link_up = Some(false);
+                s.link_since_ms = Some(now - 2500);
+            }),
+            "link down: no NATS connection for 2.5 s"
+        );
+        assert_eq!(
+            with(&|s| s.paused_tables = vec![("t".into(), "column x was dropped".into())]),
+            "table t is paused: column x was dropped (see harmonylite schema accept)"
+        );
+        assert_eq!(
+            with(&|s| s.outbox_oldest_age_ms = Some(61_000)),
+            "outbox not draining: 2 changes, the oldest 61.0 s old"
+        );
+        assert!(with(&|s| s.duplicate_node = Some("x".into())).starts_with("duplicate node id: x"));
+        // publish = false keeps changes queued on purpose
+        let queued = Status {
+            outbox_oldest_age_ms: Some(3_600_000),
+            ..ok.clone()
+        };
+        assert_eq!(queued.check(now, false), None);
     }
 
     #[test]

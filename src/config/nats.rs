@@ -62,6 +62,15 @@ pub struct Nats {
     /// replaced (a stalled link no longer holds a publish forever). Milliseconds.
     #[serde(default = "default_write_timeout")]
     pub write_timeout_ms: u64,
+    /// Embedded mode: a nats-server config file (`-c`) for what our flags do not set (cluster,
+    /// leaf nodes, accounts); HarmonyLite-Go's key. Relative to the config's folder.
+    pub server_config: Option<PathBuf>,
+    /// HarmonyLite-Go's name for the embedded server's address: becomes `embedded_listen`.
+    pub bind_address: Option<String>,
+    /// HarmonyLite-Go's connect retries: accepted and ignored (the node never gives up).
+    pub connect_retries: Option<i64>,
+    /// HarmonyLite-Go's wait between reconnect attempts: becomes `reconnect_min_ms`.
+    pub reconnect_wait_seconds: Option<u64>,
 }
 
 /// A secret from the config (password, token). Its `Debug` hides the value, so printing a
@@ -135,6 +144,10 @@ impl Default for Nats {
             reconnect_max_ms: DEFAULT_RECONNECT_MAX_MS,
             ping_interval_ms: DEFAULT_PING_INTERVAL_MS,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            server_config: None,
+            bind_address: None,
+            connect_retries: None,
+            reconnect_wait_seconds: None,
         }
     }
 }

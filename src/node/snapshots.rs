@@ -39,8 +39,6 @@ use crate::snapshot::{self, SnapMeta};
 use crate::state;
 use crate::transport::{self, Fetched, Pointer, Transport};
 
-/// How long an upload lease holds before another node may take over.
-const LEASE_TTL: Duration = Duration::from_secs(600);
 /// The first snapshot check after start waits this long (or the interval, if shorter), so a
 /// node that restarts repeatedly does not copy its database each time.
 const FIRST_SAVE_DELAY: Duration = Duration::from_secs(60);
@@ -242,7 +240,7 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
         Err(e) => return Err(format!("cannot create {}: {e}", out.display())),
     };
     if !store
-        .try_lease(node, LEASE_TTL)
+        .try_lease(node, Duration::from_millis(cfg.snapshot.lease_ms()))
         .map_err(|e| e.to_string())?
     {
         let _ = std::fs::remove_file(&out);

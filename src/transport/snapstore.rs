@@ -119,7 +119,7 @@ fn nats_err(what: &str) -> impl Fn(io::Error) -> io::Error + '_ {
 impl Transport {
     /// Opens the snapshot buckets if they exist (nothing is created by looking).
     pub fn existing_snap_store(&self, cfg: &Config) -> io::Result<Option<SnapStore<'_>>> {
-        let bucket = format!("{}-snapshots", self.stream);
+        let bucket = cfg.snapshot_bucket();
         match self.js.stream_info(format!("OBJ_{bucket}")) {
             Ok(_) => self.snap_store(cfg).map(Some),
             Err(e) if e.to_string().contains("not found") => Ok(None),
@@ -129,8 +129,8 @@ impl Transport {
 
     /// Opens (creating if needed) the snapshot buckets.
     pub fn snap_store(&self, cfg: &Config) -> io::Result<SnapStore<'_>> {
-        let bucket = format!("{}-snapshots", self.stream);
-        let replicas = cfg.replication_log.replicas;
+        let bucket = cfg.snapshot_bucket();
+        let replicas = cfg.snapshot_replicas();
         let objects = match self.js.object_store(&bucket) {
             Ok(o) => o,
             Err(_) => self

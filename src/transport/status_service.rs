@@ -2,6 +2,12 @@
 //! ports on gateways. Each node answers on `<status_subject>.<stream_prefix>.<node_id>` and
 //! `.all` (subjects outside the stream's, checked by the config); `harmonylite status --fleet`
 //! asks.
+//!
+//! The same subjects catch a cloned SD card: two processes with one node id never exchange
+//! rows (each takes the other's frames for its own) and nothing else would show it. Each node
+//! asks its own subject now and then ([`Transport::probe_twins`], a tiny request answered
+//! with the process's per-start token, no database read) and every answer with another token
+//! is another process using its id.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -13,6 +19,38 @@ use crate::config::Config;
 
 /// How often the answering thread looks whether its transport is gone.
 const SERVICE_POLL: Duration = Duration::from_millis(500);
+/// A probe's payload starts with this, then ` <token> <hostname>` of the process asking (so
+/// a node that connected first learns of a clone from the clone's probe, not minutes later
+/// from its own). It is answered with `{"node_id":..,"instance":..,"hostname":..}` only.
+pub const PROBE_REQUEST: &[u8] = b"instance";
+
+/// The payload of a probe from the process with `instance` on `hostname`.
+pub fn probe_payload(instance: &str, hostname: &str) -> Vec<u8> {
+    let mut p = PROBE_REQUEST.to_vec();
+    p.extend_from_slice(format!(" {instance} {hostname}").as_bytes());
+    p
+}
+
+/// The process that sent a probe (`None`: not a probe).
+pub fn prober(payload: &[u8]) -> Option<Twin> {
+    let rest = payload.strip_prefix(PROBE_REQUEST)?;
+    let text = String::from_utf8_lossy(rest);
+    let mut words = text.split_whitespace();
+    Some(Twin {
+        instance: words.next().unwrap_or_default().to_string(),
+        hostname: words.next().unwrap_or_default().to_string(),
+    })
+}
+
+/// Another process that answered a probe on this node's subject.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Twin {
+    /// Its per-start token (empty: a build without one).
+    #[serde(default)]
+    pub instance: String,
+    #[serde(default)]
+    pub hostname: String,
+}
 
 impl Transport {
     /// Answers status requests for `node` and for `all` with `reply()`, one thread per subject,
@@ -24,7 +62,7 @@ impl Transport {
         &self,
         cfg: &Config,
         node: u64,
-        reply: impl Fn() -> String + Send + Sync + 'static,
+        reply: impl Fn(&[u8]) -> String + Send + Sync + 'static,
     ) -> Result<(), TransportError> {
         let reply = Arc::new(reply);
         for target in [node.to_string(), "all".to_string()] {
@@ -43,7 +81,7 @@ impl Transport {
                     while live.load(Ordering::Relaxed) {
                         match sub.next_timeout(SERVICE_POLL) {
                             Ok(msg) if msg.reply.is_some() => {
-                                if let Err(e) = msg.respond(reply()) {
+                                if let Err(e) = msg.respond(reply(&msg.data)) {
                                     log::debug!(
                                         "status request on {}: cannot answer: {e}",
                                         msg.subject
@@ -61,6 +99,75 @@ impl Transport {
                     source,
                 })?;
         }
+        Ok(())
+    }
+}
+
+impl Transport {
+    /// Asks this node's own status subject at once and then every `every`, collecting the
+    /// answers for `window` each time; `found` gets the answers whose token is not `instance`
+    /// (empty: only this process answered) and when the probe was sent. One thread, ending within `SERVICE_POLL` of this
+    /// transport being dropped.
+    pub fn probe_twins(
+        &self,
+        cfg: &Config,
+        node: u64,
+        instance: &str,
+        every: Duration,
+        window: Duration,
+        found: impl Fn(Vec<Twin>, Instant) + Send + 'static,
+    ) -> Result<(), TransportError> {
+        let subject = cfg.status_subject(&node.to_string());
+        let payload = probe_payload(instance, &crate::status::hostname());
+        let (nc, live, instance) = (self.nc.clone(), self.live.clone(), instance.to_string());
+        let inbox = nc.new_inbox();
+        let sub = nc
+            .subscribe(&inbox)
+            .map_err(|source| TransportError::Setup {
+                what: "subscribe to the probe inbox".into(),
+                source,
+            })?;
+        std::thread::Builder::new()
+            .name("twin-probe".into())
+            .spawn(move || {
+                while live.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    if nc.publish_request(&subject, &inbox, &payload).is_ok() {
+                        let until = sent + window;
+                        let mut twins = Vec::new();
+                        loop {
+                            let left = until.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            match sub.next_timeout(left) {
+                                Ok(msg) => {
+                                    // from_str, like `status --fleet`: one copy of the parser
+                                    let text = std::str::from_utf8(&msg.data).unwrap_or("");
+                                    if let Ok(t) = serde_json::from_str::<Twin>(text) {
+                                        if t.instance != instance {
+                                            twins.push(t);
+                                        }
+                                    }
+                                }
+                                Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
+                                Err(_) => return, // the connection is closed
+                            }
+                        }
+                        if live.load(Ordering::Relaxed) {
+                            found(twins, sent);
+                        }
+                    }
+                    let next = Instant::now() + every;
+                    while live.load(Ordering::Relaxed) && Instant::now() < next {
+                        std::thread::sleep(SERVICE_POLL);
+                    }
+                }
+            })
+            .map_err(|source| TransportError::Setup {
+                what: "start the probe thread".into(),
+                source,
+            })?;
         Ok(())
     }
 }

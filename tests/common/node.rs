@@ -107,6 +107,25 @@ impl Node {
         n
     }
 
+    /// Like `start`, with the config file's whole text given (a config the helpers do not
+    /// write, such as HarmonyLite-Go's).
+    pub fn start_config(dir: &Path, name: &str, config_text: &str) -> Node {
+        let config = dir.join(format!("{name}.toml"));
+        fs::write(&config, config_text).unwrap();
+        let mut n = Node {
+            name: name.to_string(),
+            db: dir.join(format!("{name}.db")),
+            config,
+            log_path: dir.join(format!("{name}.log")),
+            child: None,
+            log_start: 0,
+            env: Vec::new(),
+            wrapper: Vec::new(),
+        };
+        n.spawn();
+        n
+    }
+
     /// Start and wait for `node ready`.
     pub fn start_ready(dir: &Path, name: &str, extra_toml: &str, nats_url: Option<&str>) -> Node {
         let mut n = Node::start(dir, name, extra_toml, nats_url);
