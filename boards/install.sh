@@ -48,8 +48,10 @@ usage: install.sh [options]            install or upgrade (safe to run again)
                     port of --nats-url (loopback only) with an uplink to the hub's leafnodes
                     listener URL (nats-leaf://hub.example:7422 or tls://...)
   --leaf-creds FILE the hub's credentials for the uplink (copied to $LEAF_CREDS)
-  --leaf-bin PATH   the nats-server binary for the board (copied to /usr/bin/nats-server;
-                    default: a nats-server already in /usr/bin, /usr/sbin or /usr/local/bin)
+  --leaf-bin PATH   the nats-server for the board, the binary or nats-server's release
+                    tarball (nats-server-vX.Y.Z-linux-arm64.tar.gz); copied to
+                    /usr/bin/nats-server (default: a nats-server already in /usr/bin,
+                    /usr/sbin or /usr/local/bin)
   --leaf-domain D   the hub's JetStream domain (default: hub)
   --create-user     create the system user $NAME also under --prefix (useradd --prefix)
   --no-user         do not create the system user
@@ -478,6 +480,16 @@ install_service() {
 find_leaf_bin() {
     if [ -n "$leaf_bin" ]; then
         [ -f "$leaf_bin" ] || usage_error "--leaf-bin $leaf_bin: no such file"
+        case $leaf_bin in
+            *.tar.gz | *.tgz)
+                # nats-server's release tarball: nats-server-vX.Y.Z-linux-<arch>/nats-server
+                mkdir -p "$work/leaf-tar"
+                tar -xzf "$leaf_bin" -C "$work/leaf-tar" || usage_error "--leaf-bin $leaf_bin: not a readable .tar.gz"
+                found=$(find "$work/leaf-tar" -type f -name nats-server | head -n 1)
+                [ -n "$found" ] || usage_error "--leaf-bin $leaf_bin: no nats-server inside"
+                leaf_bin=$found
+                ;;
+        esac
         case $(elf_arch "$leaf_bin"):$bin_arch in
             not-elf:*) usage_error "--leaf-bin $leaf_bin is not an ELF executable (the nats-server binary from the release tarball)" ;;
             "$bin_arch:$bin_arch" | arm:armv6) ;;

@@ -563,8 +563,13 @@ check "purge removed leaf.conf, leaf.creds and the leaf unit" bash -c \
     "[ ! -e '$C/etc/harmonylite/leaf.conf' ] && [ ! -e '$C/etc/harmonylite/leaf.creds' ] && [ ! -e '$C/etc/systemd/system/harmonylite-leaf.service' ]"
 
 # The live one: SysV, as on a board without systemd; the installed scripts run with HL_PREFIX.
-expect 0 "sysv: install --with-leaf --leaf-bin" "${INSTALL[@]}" --prefix "$L" --init sysv --profile generic-x86_64 \
-    --nats-url "nats://127.0.0.1:$leaf_port" --with-leaf "nats-leaf://127.0.0.1:$hub_leaf_port" --leaf-bin "$NATS_SERVER"
+# --leaf-bin takes nats-server's release tarball as downloaded (same layout as upstream's).
+mkdir -p "$TMP/nats-dl/nats-server-v0-linux-amd64"
+cp "$NATS_SERVER" "$TMP/nats-dl/nats-server-v0-linux-amd64/nats-server"
+tar -czf "$TMP/nats-server-v0-linux-amd64.tar.gz" -C "$TMP/nats-dl" nats-server-v0-linux-amd64
+expect 0 "sysv: install --with-leaf --leaf-bin nats-server-....tar.gz" "${INSTALL[@]}" --prefix "$L" --init sysv --profile generic-x86_64 \
+    --nats-url "nats://127.0.0.1:$leaf_port" --with-leaf "nats-leaf://127.0.0.1:$hub_leaf_port" --leaf-bin "$TMP/nats-server-v0-linux-amd64.tar.gz"
+check "the tarball's nats-server is installed as /usr/bin/nats-server" cmp -s "$NATS_SERVER" "$L/usr/bin/nats-server"
 check "leaf.conf listens where the node connects (127.0.0.1:$leaf_port)" grep -qx "listen: \"127.0.0.1:$leaf_port\"" "$L/etc/harmonylite/leaf.conf"
 check "the leaf's SysV script and boot links are installed" test -x "$L/etc/init.d/harmonylite-leaf" -a -L "$L/etc/rc2.d/S19harmonylite-leaf"
 printf 'server_name: hub\nlisten: "127.0.0.1:%s"\njetstream { store_dir: "%s", domain: hub }\nleafnodes { listen: "127.0.0.1:%s" }\n' \
