@@ -203,6 +203,7 @@ for b in target/cross/*/release/harmonylite; do
     case $triple in
         aarch64-*) want=rpi-aarch64 ;;
         armv7-*) want=rpi-armv7 ;;
+        arm-*) want=rpi-armv6 ;; # the same ELF machine as armv7: told apart by the triple inside
         x86_64-*) want=generic-x86_64 ;;
         *) continue ;;
     esac
