@@ -675,9 +675,31 @@ choose_db_group() {
     fi
 }
 
+# An existing database folder is the application's: left alone, but a folder the service user
+# cannot write would only fail at start ("readonly database"), so say now what to run.
+warn_db_dir_access() {
+    [ "$init" != procd ] || return 0 # OpenWrt: the node runs as root
+    uid=$(target_id passwd) || return 0
+    # shellcheck disable=SC2046 # four words, split on purpose
+    set -- $(stat -c '%u %g %a %G' "$root$db_dir")
+    d_uid=$1 d_gid=$2 d_mode=$3 d_group=$4
+    perm_u=$(((0$d_mode >> 6) & 2)) perm_g=$(((0$d_mode >> 3) & 2)) perm_o=$((0$d_mode & 2))
+    [ "$d_uid" = "$uid" ] && [ "$perm_u" != 0 ] && return 0
+    [ "$perm_o" != 0 ] && return 0
+    if [ "$perm_g" != 0 ]; then
+        # In the folder's group: its primary group, or listed as a member.
+        [ "$(awk -F: -v n="$NAME" '$1 == n { print $4 }' "$root/etc/passwd")" = "$d_gid" ] && return 0
+        awk -F: -v g="$d_gid" -v n="$NAME" '$3 == g { split($4, m, ","); for (i in m) if (m[i] == n) f = 1 } END { exit !f }' \
+            "$root/etc/group" 2>/dev/null && return 0
+    fi
+    say "warning: user $NAME cannot write $db_dir (group $d_group, mode $d_mode): the node will fail to open the" \
+        "database. Let it in through the application's group: usermod -aG $d_group $NAME && chmod g+ws $db_dir"
+}
+
 prepare_db_dir() {
     if [ "$db_dir_exists" = yes ]; then
         say "kept $db_dir as it is (user $NAME needs write access: database, -wal, -shm)"
+        warn_db_dir_access
         return
     fi
     mkdir -p "$root$db_dir" || fail "cannot create $root$db_dir"

@@ -467,7 +467,18 @@ if [ -d "$useradd_root/etc/harmonylite" ]; then
     hl_uid=$(awk -F: '$1 == "harmonylite" { print $3 }' "$useradd_root/etc/passwd")
     hl_gid=$(awk -F: '$1 == "harmonylite" { print $3 }' "$useradd_root/etc/group")
     check "with the user: /var/lib/harmonylite is harmonylite:harmonylite 2770, not root's" bash -c \
-        "[ \"\$(stat -c %a:%u:%g '$useradd_root/var/lib/harmonylite')\" = 2770:$hl_uid:$hl_gid ]"
+        "[ \"\$(stat -c %a:%u:%g '$useradd_root/var/lib/harmonylite')\" = 2770:$hl_uid:$hl_gid ]"    # An existing folder of the application's that the service user cannot write: said at once.
+    mkdir -p "$useradd_root/srv/app"
+    chmod 0755 "$useradd_root/srv/app"
+    expect 0 "install with an existing database folder the user cannot write" "${INSTALL[@]}" \
+        --prefix "$useradd_root" --profile generic-x86_64 --db-path /srv/app/app.db
+    says "warning: user harmonylite cannot write /srv/app" "the install says the node could not write the folder"
+    says "usermod -aG" "and what to run"
+    chgrp "$hl_gid" "$useradd_root/srv/app"
+    chmod 2770 "$useradd_root/srv/app"
+    expect 0 "install again once the folder is the group's" "${INSTALL[@]}" \
+        --prefix "$useradd_root" --profile generic-x86_64 --db-path /srv/app/app.db
+    lacks "cannot write" "no warning for a folder the user can write"
 fi
 A=$TMP/alpine
 mkdir -p "$A/etc/init.d" "$A/etc/periodic/hourly" "$A/sbin"
