@@ -6,6 +6,8 @@
 #
 #   bash boards/test.sh        HL_BIN=PATH: binary to test (target/release/harmonylite)
 #                              HL_KEEP_TMP=1: keep the temp dir (prefixes, logs) and print it
+#                              HL_LEAF_NATS_SERVER=PATH: the leaf's nats-server (default: the
+#                              pinned one, which is also the hub)
 #
 # Prints one line per check; the last line is "boards: N passed, N failed". Exit 1 on any
 # failure. Needs python3 (pip installs the pinned shellcheck into .tools/, scripts/tools.sh the
@@ -576,12 +578,15 @@ check "purge removed leaf.conf, leaf.creds and the leaf unit" bash -c \
 
 # The live one: SysV, as on a board without systemd; the installed scripts run with HL_PREFIX.
 # --leaf-bin takes nats-server's release tarball as downloaded (same layout as upstream's).
+# HL_LEAF_NATS_SERVER runs the leaf with another nats-server (Debian 12's 2.9: /usr/sbin/nats-server).
+LEAF_NS=${HL_LEAF_NATS_SERVER:-$NATS_SERVER}
+echo "note  leaf: $("$LEAF_NS" --version), hub: $("$NATS_SERVER" --version)"
 mkdir -p "$TMP/nats-dl/nats-server-v0-linux-amd64"
-cp "$NATS_SERVER" "$TMP/nats-dl/nats-server-v0-linux-amd64/nats-server"
+cp "$LEAF_NS" "$TMP/nats-dl/nats-server-v0-linux-amd64/nats-server"
 tar -czf "$TMP/nats-server-v0-linux-amd64.tar.gz" -C "$TMP/nats-dl" nats-server-v0-linux-amd64
 expect 0 "sysv: install --with-leaf --leaf-bin nats-server-....tar.gz" "${INSTALL[@]}" --prefix "$L" --init sysv --profile generic-x86_64 \
     --nats-url "nats://127.0.0.1:$leaf_port" --with-leaf "nats-leaf://127.0.0.1:$hub_leaf_port" --leaf-bin "$TMP/nats-server-v0-linux-amd64.tar.gz"
-check "the tarball's nats-server is installed as /usr/bin/nats-server" cmp -s "$NATS_SERVER" "$L/usr/bin/nats-server"
+check "the tarball's nats-server is installed as /usr/bin/nats-server" cmp -s "$LEAF_NS" "$L/usr/bin/nats-server"
 check "leaf.conf listens where the node connects (127.0.0.1:$leaf_port)" grep -qx "listen: \"127.0.0.1:$leaf_port\"" "$L/etc/harmonylite/leaf.conf"
 check "the leaf's SysV script and boot links are installed" test -x "$L/etc/init.d/harmonylite-leaf" -a -L "$L/etc/rc2.d/S19harmonylite-leaf"
 printf 'server_name: hub\nlisten: "127.0.0.1:%s"\njetstream { store_dir: "%s", domain: hub }\nleafnodes { listen: "127.0.0.1:%s" }\n' \
