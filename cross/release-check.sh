@@ -154,7 +154,10 @@ for tarball in "${tars[@]}"; do
     tar -xzf "$tarball" -C "$x"
     d=$x/$name
     check "$tarball: binary, boards/install.sh, README.md" test -x "$d/harmonylite" -a -f "$d/boards/install.sh" -a -f "$d/README.md"
-    check "$tarball: README excerpt has the Raspberry Pi section" grep -q "^## Running on a Raspberry Pi" "$d/README.md"
+    check "$tarball: README excerpt has the Raspberry Pi section with its download steps" bash -c \
+        "grep -q '^## Running on a Raspberry Pi' '$d/README.md' && grep -q '^### Download the release for your board' '$d/README.md' && grep -q 'boards/install.sh' '$d/README.md'"
+    check "$tarball: README excerpt has the leaf and the upgrade policy" bash -c \
+        "grep -q '^### Leaf-node topology' '$d/README.md' && grep -q '^### Mixed versions on one stream' '$d/README.md'"
     check "$tarball: harmonylite --version" version_ok "$d/harmonylite" "$t"
     R=$x/root
     mkdir -p "$R/lib/systemd"

@@ -115,12 +115,14 @@ readme_excerpt() {
     echo "An excerpt of the project's README.md at this release (the whole file: in the source"
     echo "repository). \`harmonylite --version\` names the commit and the target."
     echo
+    # A kept "##" section keeps its "###" subsections; "### Leaf-node topology" is kept alone.
     awk '
-        /^## / || /^### / {
-            keep = ($0 ~ /^## Running on a Raspberry Pi/ || $0 ~ /^### Leaf-node topology/ ||
-                    $0 ~ /^## Upgrading HarmonyLite/ || $0 ~ /^### Mixed versions/ ||
-                    $0 ~ /^## Configuration reference/ || $0 ~ /^## NATS security/)
+        /^## / {
+            parent = ($0 ~ /^## Running on a Raspberry Pi/ || $0 ~ /^## Upgrading HarmonyLite/ ||
+                      $0 ~ /^## Configuration reference/ || $0 ~ /^## NATS security/)
+            keep = parent
         }
+        /^### / { keep = parent || $0 ~ /^### Leaf-node topology/ }
         keep { print }
     ' "$repo/README.md"
 }
