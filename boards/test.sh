@@ -625,6 +625,21 @@ check "a row written at the hub reaches the gateway" wait_for 30 has_row "$ldb" 
 dump() { python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select group_concat(id || \":\" || body, \",\") from (select * from notes order by id)").fetchone()[0])' "$1"; }
 converged() { [ "$(dump "$ldb")" = "$(dump "$TMP/hubnode/app.db")" ]; }
 check "both databases hold the same rows" wait_for 20 converged
+# A new nats-server for the leaf: re-running install.sh restarts the leaf, not the node.
+cp "$LEAF_NS" "$TMP/nats-server-new"
+printf 'x' >>"$TMP/nats-server-new"
+gw_pid=$(cat "$L/var/run/harmonylite/harmonylite.pid" 2>/dev/null || echo none)
+expect 0 "install again with a new leaf binary" env HL_USER= "${INSTALL[@]}" --prefix "$L" --init sysv --profile generic-x86_64 \
+    --nats-url "nats://127.0.0.1:$leaf_port" --with-leaf "nats-leaf://127.0.0.1:$hub_leaf_port" --leaf-bin "$TMP/nats-server-new"
+says "restarted the running harmonylite-leaf service" "the leaf is restarted, and the output says so"
+lacks "restarted the running harmonylite service" "the node (unchanged) is not restarted"
+new_leaf_pid=$(cat "$L/var/run/harmonylite/harmonylite-leaf.pid" 2>/dev/null || echo none)
+pids+=("$new_leaf_pid")
+check "leaf: a new process ($leaf_pid -> $new_leaf_pid), the node's the same ($gw_pid)" bash -c \
+    "[ '$new_leaf_pid' != '$leaf_pid' ] && kill -0 '$new_leaf_pid' && ! kill -0 '$leaf_pid' 2>/dev/null && [ \"\$(cat '$L/var/run/harmonylite/harmonylite.pid')\" = '$gw_pid' ]"
+insert "$ldb" 102 "after the leaf restart"
+check "a row written after the leaf restart reaches the hub's node" wait_for 30 has_row "$TMP/hubnode/app.db" "after the leaf restart"
+leaf_pid=$new_leaf_pid
 expect 0 "gateway node: stop" lsysv harmonylite stop
 expect 0 "leaf: stop" lsysv harmonylite-leaf stop
 check "leaf: process gone" bash -c "! kill -0 $leaf_pid 2>/dev/null"
