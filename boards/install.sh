@@ -10,6 +10,10 @@
 #   the service files of the chosen init system, and the links that start it at boot
 #   /usr/share/harmonylite/installed-files  what this script installed, for --uninstall
 #   the database folder (/var/lib/harmonylite), created when missing and never removed
+# and with --with-leaf HUB_URL, the gateway's leaf nats-server:
+#   /etc/harmonylite/leaf.conf              its config (never overwritten, like the node's)
+#   /etc/harmonylite/leaf.creds             the uplink's credentials (--leaf-creds), mode 0640
+#   the harmonylite-leaf service of the chosen init system
 set -eu
 
 NAME=harmonylite
@@ -19,6 +23,8 @@ CONFIG=/etc/$NAME/$NAME.toml
 DEFAULT_DB_PATH=/var/lib/$NAME/app.db
 # The gateway's local leaf nats-server (README: leaf-node topology).
 DEFAULT_NATS_URL=nats://127.0.0.1:4222
+LEAF_CONF=/etc/$NAME/leaf.conf
+LEAF_CREDS=/etc/$NAME/leaf.creds
 
 usage() {
     cat <<EOF
@@ -35,6 +41,18 @@ usage: install.sh [options]            install or upgrade (safe to run again)
                     user is created unless --create-user, nothing is started or stopped
   --db-path PATH    the application's database (default: $DEFAULT_DB_PATH)
   --nats-url URL    the NATS server to use (default: $DEFAULT_NATS_URL, a local leaf)
+  --db-group GROUP  group of a database folder this script creates (default: the group of
+                    the nearest existing parent folder when that is not root's, else $NAME):
+                    the application's group, so that it and the node can both write there
+  --with-leaf URL   also install the gateway's leaf nats-server, listening on the host and
+                    port of --nats-url (loopback only) with an uplink to the hub's leafnodes
+                    listener URL (nats-leaf://hub.example:7422 or tls://...)
+  --leaf-creds FILE the hub's credentials for the uplink (copied to $LEAF_CREDS)
+  --leaf-bin PATH   the nats-server for the board, the binary or nats-server's release
+                    tarball (nats-server-vX.Y.Z-linux-arm64.tar.gz); copied to
+                    /usr/bin/nats-server (default: a nats-server already in /usr/bin,
+                    /usr/sbin or /usr/local/bin)
+  --leaf-domain D   the hub's JetStream domain (default: hub)
   --create-user     create the system user $NAME also under --prefix (useradd --prefix)
   --no-user         do not create the system user
   --no-enable       install the service without starting it at boot
@@ -78,6 +96,11 @@ nats_url=$DEFAULT_NATS_URL
 create_user=auto
 enable=yes
 purge=no
+db_group=""
+leaf_url=""
+leaf_creds=""
+leaf_bin=""
+leaf_domain=hub
 while [ $# -gt 0 ]; do
     opt=$1
     shift
@@ -88,7 +111,8 @@ while [ $# -gt 0 ]; do
             ;;
     esac
     case $opt in
-        --profile | --init | --bin | --prefix | --db-path | --nats-url)
+        --profile | --init | --bin | --prefix | --db-path | --nats-url | --db-group | --with-leaf | \
+            --leaf-creds | --leaf-bin | --leaf-domain)
             [ $# -gt 0 ] || usage_error "$opt needs a value"
             val=$1
             shift
@@ -99,6 +123,11 @@ while [ $# -gt 0 ]; do
                 --prefix) prefix=$val ;;
                 --db-path) db_path=$val ;;
                 --nats-url) nats_url=$val ;;
+                --db-group) db_group=$val ;;
+                --with-leaf) leaf_url=$val ;;
+                --leaf-creds) leaf_creds=$val ;;
+                --leaf-bin) leaf_bin=$val ;;
+                --leaf-domain) leaf_domain=$val ;;
             esac
             ;;
         --create-user) create_user=yes ;;
@@ -139,7 +168,14 @@ elf_arch() {
     case $(od -An -tx1 -j18 -N2 "$1" | tr -d ' \n') in
         3e00) echo x86_64 ;;
         b700) echo aarch64 ;;
-        2800) echo arm ;;
+        2800)
+            # ARMv6 or ARMv7: the binary names its target (harmonylite --version prints it).
+            if tr -c 'a-z0-9-' '\n' <"$1" | grep -qx arm-unknown-linux-musleabihf; then
+                echo armv6
+            else
+                echo arm
+            fi
+            ;;
         *) echo "unknown" ;;
     esac
 }
@@ -148,6 +184,7 @@ host_arch() {
     case $(uname -m) in
         x86_64 | amd64) echo x86_64 ;;
         aarch64 | arm64) echo aarch64 ;;
+        armv6*) echo armv6 ;;
         arm*) echo arm ;;
         *) uname -m ;;
     esac
@@ -158,6 +195,9 @@ find_bin() {
         [ -f "$bin" ] || usage_error "--bin $bin: no such file"
     elif [ -f "$HERE/$NAME" ]; then
         bin=$HERE/$NAME
+    elif [ -f "$HERE/../$NAME" ] && [ ! -d "$HERE/../src" ]; then
+        # The release tarball: harmonylite-<version>-<target>/{harmonylite,boards/}
+        bin=$HERE/../$NAME
     elif [ -f "$HERE/../target/release/$NAME" ]; then
         bin=$HERE/../target/release/$NAME
     else
@@ -199,7 +239,8 @@ load_profile() {
     for v in "$polling_interval" "$outbox_budget_bytes" "$max_frame_bytes"; do
         case $v in '' | *[!0-9]*) fail "$profile_file: a number is missing or malformed" ;; esac
     done
-    if [ -n "$bin_arch" ] && [ "$bin_arch" != "$p_arch" ]; then
+    # An ARMv6 build also runs on ARMv7 boards (their profile is then fine).
+    if [ -n "$bin_arch" ] && [ "$bin_arch" != "$p_arch" ] && [ "$bin_arch:$p_arch" != armv6:arm ]; then
         usage_error "--bin $bin is built for $bin_arch, profile $profile runs $p_arch: pass the $p_arch build, or the profile for $bin_arch"
     fi
 }
@@ -217,6 +258,34 @@ check_values() {
         nats://?* | tls://?* | ws://?* | wss://?*) ;;
         *) usage_error "--nats-url $nats_url: expected nats://host:port (or tls://, ws://, wss://)" ;;
     esac
+    case $db_group in
+        *[!a-zA-Z0-9_.-]*) usage_error "--db-group $db_group: expected a group name" ;;
+    esac
+    if [ -z "$leaf_url" ]; then
+        [ -z "$leaf_creds$leaf_bin" ] || usage_error "--leaf-creds and --leaf-bin go with --with-leaf HUB_URL"
+        return
+    fi
+    case $leaf_url in
+        *[\"\\\|\&\ ]* | *"
+"*) usage_error "--with-leaf $leaf_url: must not contain quotes, backslashes, spaces, | or &" ;;
+        nats-leaf://?* | tls://?* | ws://?* | wss://?* | nats://?*) ;;
+        *) usage_error "--with-leaf $leaf_url: expected the hub's leafnodes listener, nats-leaf://hub.example:7422 (or tls://, ws://, wss://)" ;;
+    esac
+    # The leaf listens where the node connects: the host and port of --nats-url, on loopback.
+    leaf_listen=${nats_url#nats://}
+    case $nats_url in
+        nats://127.0.0.1:[0-9]* | nats://localhost:[0-9]*) ;;
+        *) usage_error "--with-leaf: --nats-url $nats_url must be nats://127.0.0.1:PORT (the leaf listens on loopback only)" ;;
+    esac
+    leaf_listen=${leaf_listen%/}
+    case $leaf_domain in
+        '' | *[!a-zA-Z0-9_-]*) usage_error "--leaf-domain $leaf_domain: expected a JetStream domain name (letters, digits, - and _)" ;;
+    esac
+    if [ -n "$leaf_creds" ]; then
+        [ -f "$leaf_creds" ] || usage_error "--leaf-creds $leaf_creds: no such file"
+        grep -q "BEGIN NATS USER JWT" "$leaf_creds" ||
+            usage_error "--leaf-creds $leaf_creds: not a NATS credentials file (no \"BEGIN NATS USER JWT\"; nsc generate creds makes one)"
+    fi
 }
 
 render_config() {
@@ -289,6 +358,7 @@ put_file() {
     fi
     verb=installed
     [ -e "$root$2" ] && verb=updated
+    changed=yes
     if ! { cp "$1" "$root$2.tmp.$$" && chmod "$3" "$root$2.tmp.$$" && mv -f "$root$2.tmp.$$" "$root$2"; }; then
         rm -f "$root$2.tmp.$$"
         fail "cannot write $root$2"
@@ -341,12 +411,25 @@ create_system_user() {
 install_service() {
     case $init in
         systemd)
-            sed "s|@DB_DIR@|$db_dir|" "$HERE/init/$NAME.service" >"$work/unit"
+            # systemd hides /home, /root and /run/user from a service with ProtectHome=yes: a
+            # database there needs read-only (ReadWritePaths then opens its folder again).
+            protect_home=yes
+            case $db_dir/ in
+                /home/* | /root/* | /run/user/*) protect_home=read-only ;;
+            esac
+            sed -e "s|@DB_DIR@|$db_dir|" -e "s|@PROTECT_HOME@|$protect_home|" "$HERE/init/$NAME.service" >"$work/unit"
             put_file "$work/unit" "/etc/systemd/system/$NAME.service" 0644
             # The user and the folders also appear at boot, for images built with --prefix.
             printf 'u %s - "HarmonyLite sidecar" /var/lib/%s\n' "$NAME" "$NAME" >"$work/sysusers"
             put_file "$work/sysusers" "/etc/sysusers.d/$NAME.conf" 0644
-            put_file "$HERE/init/$NAME.tmpfiles" "/etc/tmpfiles.d/$NAME.conf" 0644
+            # The database folder's line only when this run creates the folder: an existing one
+            # is the application's, and tmpfiles would reset its owner at every boot.
+            if [ "$db_dir_exists" = yes ]; then
+                sed '/@DB_DIR@/d' "$HERE/init/$NAME.tmpfiles" >"$work/tmpfiles"
+            else
+                sed -e "s|@DB_DIR@|$db_dir|" -e "s|@DB_GROUP@|$group|" "$HERE/init/$NAME.tmpfiles" >"$work/tmpfiles"
+            fi
+            put_file "$work/tmpfiles" "/etc/tmpfiles.d/$NAME.conf" 0644
             [ "$enable" = no ] ||
                 put_link "/etc/systemd/system/multi-user.target.wants/$NAME.service" "/etc/systemd/system/$NAME.service"
             ;;
@@ -375,13 +458,142 @@ install_service() {
             fi
             ;;
     esac
-    # SysV and OpenRC write a log file; rotate it where logrotate is installed.
+    # SysV and OpenRC write a log file; rotate it where logrotate is installed. Without
+    # logrotate, the init scripts cap it at each start, and where busybox crond runs
+    # /etc/periodic (Alpine) the same cap runs hourly.
     case $init in
         sysv | openrc)
             if [ -d "$root/etc/logrotate.d" ]; then
                 put_file "$HERE/init/$NAME.logrotate" "/etc/logrotate.d/$NAME" 0644
+            elif [ -d "$root/etc/periodic" ]; then
+                put_file "$HERE/init/$NAME.logcap" "/etc/periodic/hourly/$NAME-logcap" 0755
+            else
+                say "note: no logrotate and no /etc/periodic: /var/log/$NAME.log is capped at 1 MiB at each start only"
             fi
             ;;
+    esac
+}
+
+# The leaf nats-server: where its binary is on the board (installed from --leaf-bin, or one
+# already there), its config, credentials and service.
+# Sets leaf_path, the nats-server the leaf service runs (checked before anything is written).
+find_leaf_bin() {
+    if [ -n "$leaf_bin" ]; then
+        [ -f "$leaf_bin" ] || usage_error "--leaf-bin $leaf_bin: no such file"
+        case $leaf_bin in
+            *.tar.gz | *.tgz)
+                # nats-server's release tarball: nats-server-vX.Y.Z-linux-<arch>/nats-server
+                mkdir -p "$work/leaf-tar"
+                tar -xzf "$leaf_bin" -C "$work/leaf-tar" || usage_error "--leaf-bin $leaf_bin: not a readable .tar.gz"
+                found=$(find "$work/leaf-tar" -type f -name nats-server | head -n 1)
+                [ -n "$found" ] || usage_error "--leaf-bin $leaf_bin: no nats-server inside"
+                leaf_bin=$found
+                ;;
+        esac
+        case $(elf_arch "$leaf_bin"):$bin_arch in
+            not-elf:*) usage_error "--leaf-bin $leaf_bin is not an ELF executable (the nats-server binary from the release tarball)" ;;
+            "$bin_arch:$bin_arch" | arm:armv6) ;;
+            *) usage_error "--leaf-bin $leaf_bin is built for $(elf_arch "$leaf_bin"), the node for $bin_arch: take the nats-server build for the same CPU" ;;
+        esac
+        leaf_path=/usr/bin/nats-server
+        return
+    fi
+    leaf_path=""
+    for c in /usr/bin/nats-server /usr/sbin/nats-server /usr/local/bin/nats-server; do
+        if [ -x "$root$c" ]; then
+            leaf_path=$c
+            return
+        fi
+    done
+    usage_error "--with-leaf: no nats-server in ${root:-}/usr/bin, /usr/sbin or /usr/local/bin: pass --leaf-bin PATH (the board's build from https://github.com/nats-io/nats-server/releases, see boards/README.md)"
+}
+
+install_leaf() {
+    [ -z "$leaf_bin" ] || put_file "$leaf_bin" /usr/bin/nats-server 0755
+    creds_line="# credentials: \"$LEAF_CREDS\""
+    if [ -n "$leaf_creds" ]; then
+        put_file "$leaf_creds" "$LEAF_CREDS" 0640
+        if gid=$(target_id group); then chgrp "$gid" "$root$LEAF_CREDS"; fi
+        creds_line="credentials: \"$LEAF_CREDS\""
+    fi
+    sed -e "s|@LEAF_CONF@|$LEAF_CONF|" -e "s|@LEAF_LISTEN@|$leaf_listen|" -e "s|@LEAF_DOMAIN@|$leaf_domain|g" \
+        -e "s|@HUB_URL@|$leaf_url|" -e "s|@LEAF_CREDS_LINE@|$creds_line|" "$HERE/leaf.conf.in" >"$work/leaf.conf"
+    if [ -x "$leaf_bin" ] && [ "$(elf_arch "$leaf_bin")" = "$(host_arch)" ]; then
+        "$leaf_bin" -c "$work/leaf.conf" -t >/dev/null 2>&1 ||
+            fail "the rendered leaf config is invalid: $("$leaf_bin" -c "$work/leaf.conf" -t 2>&1)"
+    fi
+    keep_or_put_config "$work/leaf.conf" "$LEAF_CONF" "the leaf template"
+    case $init in
+        systemd)
+            sed "s|@LEAF_BIN@|$leaf_path|" "$HERE/init/$NAME-leaf.service" >"$work/leaf.unit"
+            put_file "$work/leaf.unit" "/etc/systemd/system/$NAME-leaf.service" 0644
+            [ "$enable" = no ] ||
+                put_link "/etc/systemd/system/multi-user.target.wants/$NAME-leaf.service" "/etc/systemd/system/$NAME-leaf.service"
+            ;;
+        sysv | openrc | procd)
+            sed "s|@LEAF_BIN@|$leaf_path|" "$HERE/init/$NAME-leaf.$init" >"$work/leaf.init"
+            put_file "$work/leaf.init" "/etc/init.d/$NAME-leaf" 0755
+            if [ "$enable" = yes ]; then
+                case $init in
+                    sysv)
+                        if [ -z "$root" ] && command -v update-rc.d >/dev/null 2>&1; then
+                            update-rc.d "$NAME-leaf" defaults >/dev/null || fail "update-rc.d $NAME-leaf defaults failed"
+                        else
+                            for l in 2 3 4 5; do put_link "/etc/rc$l.d/S19$NAME-leaf" "../init.d/$NAME-leaf"; done
+                            for l in 0 1 6; do put_link "/etc/rc$l.d/K81$NAME-leaf" "../init.d/$NAME-leaf"; done
+                        fi
+                        ;;
+                    openrc) put_link "/etc/runlevels/default/$NAME-leaf" "/etc/init.d/$NAME-leaf" ;;
+                    procd)
+                        put_link "/etc/rc.d/S90$NAME-leaf" "../init.d/$NAME-leaf"
+                        put_link "/etc/rc.d/K15$NAME-leaf" "../init.d/$NAME-leaf"
+                        ;;
+                esac
+            fi
+            ;;
+    esac
+}
+
+# Installs config $1 as $2 unless one is there: then it stays, and $1 lands as $2.new when it
+# differs ($3 names the template in the message).
+keep_or_put_config() {
+    ensure_dir "$(dirname "$2")"
+    if [ ! -e "$root$2" ]; then
+        record c "$2"
+        cp "$1" "$root$2" || fail "cannot write $root$2"
+        say "installed $2"
+        changed=yes
+    elif cmp -s "$1" "$root$2"; then
+        say "unchanged $2"
+    else
+        record f "$2.new"
+        cp "$1" "$root$2.new" || fail "cannot write $root$2.new"
+        say "kept $2 as it is (it differs from $3, which is in $2.new: compare them and merge by hand)"
+    fi
+    for f in "$root$2" "$root$2.new"; do
+        [ -e "$f" ] || continue
+        chmod 0640 "$f"
+        if gid=$(target_id group); then chgrp "$gid" "$f"; fi
+    done
+}
+
+# Whether service $1 runs now (on this system; under --prefix only the SysV script can tell,
+# from the pidfile in the prefix).
+service_active() {
+    case $init in
+        systemd) [ -z "$root" ] && [ -d /run/systemd/system ] && systemctl is-active --quiet "$1" ;;
+        openrc) [ -z "$root" ] && rc-service "$1" status >/dev/null 2>&1 ;;
+        procd) [ -z "$root" ] && "/etc/init.d/$1" running >/dev/null 2>&1 ;;
+        sysv) [ -x "$root/etc/init.d/$1" ] && HL_PREFIX="$root" "$root/etc/init.d/$1" status >/dev/null 2>&1 ;;
+    esac
+}
+
+restart_service() {
+    case $init in
+        systemd) systemctl restart "$1" ;;
+        openrc) rc-service "$1" restart ;;
+        procd) "/etc/init.d/$1" restart ;;
+        sysv) HL_PREFIX="$root" "$root/etc/init.d/$1" restart ;;
     esac
 }
 
@@ -424,19 +636,91 @@ install_config() {
     done
 }
 
-# The database folder: created (setgid, group-writable) when missing, left alone when it exists
-# (it may be the application's own folder). Never recorded, so never removed.
+# The numeric id of group $1 in the target's group file.
+group_id() {
+    [ -r "$root/etc/group" ] || return 1
+    awk -F: -v n="$1" '$1 == n { print $3; found = 1 } END { exit !found }' "$root/etc/group"
+}
+
+# The database folder: created when missing, left alone when it exists (it may be the
+# application's own folder). Never recorded, so never removed. A created folder belongs to the
+# user $NAME and to the application's group (--db-group, else the group of the nearest existing
+# parent folder unless that is root's, else $NAME), mode 2770: the node writes it as its owner,
+# the application through the group, and setgid keeps every new file (-wal, -shm, snapshot
+# copies) in that group.
+# Sets db_dir_exists, parent (the nearest existing folder), group and db_gid (the group a created
+# folder gets; db_gid empty while that group does not exist yet, in an image).
+choose_db_group() {
+    db_dir_exists=no
+    [ ! -d "$root$db_dir" ] || db_dir_exists=yes
+    parent=$db_dir
+    while [ ! -d "$root$parent" ]; do parent=$(dirname "$parent"); done
+    db_gid=""
+    if [ -n "$db_group" ]; then
+        group=$db_group
+        db_gid=$(group_id "$db_group") || {
+            [ -n "$root" ] || usage_error "--db-group $db_group: no such group"
+            db_gid=""
+        }
+    else
+        pgid=$(stat -c %g "$root$parent")
+        if [ "$pgid" != 0 ]; then
+            db_gid=$pgid
+            group=$(awk -F: -v g="$pgid" '$3 == g { print $1; exit }' "$root/etc/group" 2>/dev/null || true)
+            group=${group:-$pgid}
+        else
+            group=$NAME
+            db_gid=$(target_id group) || db_gid=""
+        fi
+    fi
+}
+
+# An existing database folder is the application's: left alone, but a folder the service user
+# cannot write would only fail at start ("readonly database"), so say now what to run.
+warn_db_dir_access() {
+    [ "$init" != procd ] || return 0 # OpenWrt: the node runs as root
+    uid=$(target_id passwd) || return 0
+    # shellcheck disable=SC2046 # four words, split on purpose
+    set -- $(stat -c '%u %g %a %G' "$root$db_dir")
+    d_uid=$1 d_gid=$2 d_mode=$3 d_group=$4
+    perm_u=$(((0$d_mode >> 6) & 2)) perm_g=$(((0$d_mode >> 3) & 2)) perm_o=$((0$d_mode & 2))
+    [ "$d_uid" = "$uid" ] && [ "$perm_u" != 0 ] && return 0
+    [ "$perm_o" != 0 ] && return 0
+    if [ "$perm_g" != 0 ]; then
+        # In the folder's group: its primary group, or listed as a member.
+        [ "$(awk -F: -v n="$NAME" '$1 == n { print $4 }' "$root/etc/passwd")" = "$d_gid" ] && return 0
+        awk -F: -v g="$d_gid" -v n="$NAME" '$3 == g { split($4, m, ","); for (i in m) if (m[i] == n) f = 1 } END { exit !f }' \
+            "$root/etc/group" 2>/dev/null && return 0
+    fi
+    say "warning: user $NAME cannot write $db_dir (group $d_group, mode $d_mode): the node will fail to open the" \
+        "database. Let it in through the application's group: usermod -aG $d_group $NAME && chmod g+ws $db_dir"
+}
+
 prepare_db_dir() {
-    if [ -d "$root$db_dir" ]; then
+    if [ "$db_dir_exists" = yes ]; then
         say "kept $db_dir as it is (user $NAME needs write access: database, -wal, -shm)"
+        warn_db_dir_access
         return
     fi
     mkdir -p "$root$db_dir" || fail "cannot create $root$db_dir"
-    chmod 2770 "$root$db_dir"
-    if uid=$(target_id passwd) && gid=$(target_id group); then
-        chown "$uid:$gid" "$root$db_dir"
+    uid=$(target_id passwd) || uid=""
+    # Every folder created on the way gets the same owner and mode (the service must traverse
+    # them); a root-owned 2770 folder would shut out both the node and the application.
+    dir=$db_dir
+    while [ "$dir" != "$parent" ]; do
+        [ -z "$uid" ] || chown "$uid" "$root$dir"
+        [ -z "$db_gid" ] || chgrp "$db_gid" "$root$dir"
+        if [ "$dir" = "$db_dir" ]; then chmod 2770 "$root$dir"; else chmod 0755 "$root$dir"; fi
+        dir=$(dirname "$dir")
+    done
+    if [ -n "$uid" ] && [ -n "$db_gid" ]; then
+        say "created $db_dir (owner $NAME, group $group, mode 2770): the application writes it as group $group"
+    elif [ "$init" = systemd ]; then
+        # An image without the user yet: systemd-tmpfiles sets owner and group at first boot.
+        say "created $db_dir (mode 2770): its owner $NAME and group $group are set at first boot (tmpfiles.d)"
+    else
+        say "created $db_dir (mode 2770): once the user $NAME exists, chown $NAME:$group $db_dir"
     fi
-    say "created $db_dir (mode 2770): put the application's user in group $NAME"
 }
 
 do_install() {
@@ -448,6 +732,7 @@ do_install() {
         systemd | sysv | openrc | procd) ;;
         *) usage_error "--init $init: expected systemd, sysv, openrc, procd or auto" ;;
     esac
+    [ -z "$leaf_url" ] || find_leaf_bin
     db_dir=$(dirname "$db_path")
     if [ "$create_user" = auto ]; then
         # OpenWrt services run as root; under --prefix, useradd would edit the image.
@@ -460,9 +745,21 @@ do_install() {
     fi
 
     [ "$create_user" = no ] || create_system_user
+    # Running now? Asked before anything is replaced: a running node is restarted at the end
+    # when this run changed its files (an upgrade), so the new binary is the one that runs.
+    was_active=no
+    service_active "$NAME" && was_active=yes
+    leaf_active=no
+    [ -z "$leaf_url" ] || ! service_active "$NAME-leaf" || leaf_active=yes
+    changed=no
+    choose_db_group
     put_file "$bin" "/usr/bin/$NAME" 0755
     install_config
     install_service
+    node_changed=$changed
+    changed=no
+    [ -z "$leaf_url" ] || install_leaf
+    leaf_changed=$changed
     prepare_db_dir
     record i "$init"
 
@@ -471,13 +768,24 @@ do_install() {
     if [ -f "$root$MANIFEST" ]; then cat "$root$MANIFEST" >>"$new_manifest"; fi
     sort -u "$new_manifest" >"$work/merged"
     put_file "$work/merged" "$MANIFEST" 0644 >/dev/null
+    if [ -z "$root" ] && [ "$init" = systemd ]; then systemctl daemon-reload || true; fi
 
-    if [ -z "$root" ]; then
+    restarted=""
+    if [ "$leaf_active" = yes ] && [ "$leaf_changed" = yes ]; then
+        restart_service "$NAME-leaf" >/dev/null || fail "the leaf was running and did not restart: see its log"
+        say "restarted the running $NAME-leaf service (its files changed)"
+    fi
+    if [ "$was_active" = yes ] && [ "$node_changed" = yes ]; then
+        restart_service "$NAME" >/dev/null || fail "$NAME was running and did not restart: see its log"
+        say "restarted the running $NAME service: the new version runs now"
+        restarted=yes
+    fi
+
+    if [ -n "$restarted" ]; then
+        say "done"
+    elif [ -z "$root" ]; then
         case $init in
-            systemd)
-                systemctl daemon-reload || true
-                next="systemctl start $NAME; journalctl -u $NAME -f"
-                ;;
+            systemd) next="systemctl start $NAME; journalctl -u $NAME -f" ;;
             procd) next="/etc/init.d/$NAME start; logread -f -e $NAME" ;;
             openrc) next="rc-service $NAME start" ;;
             *) next="/etc/init.d/$NAME start" ;;
@@ -503,13 +811,16 @@ do_uninstall() {
             systemd)
                 if [ -d /run/systemd/system ]; then
                     systemctl disable --now "$NAME" >/dev/null 2>&1 || true
+                    systemctl disable --now "$NAME-leaf" >/dev/null 2>&1 || true
                 fi
                 ;;
             sysv | openrc | procd)
-                if [ -x "/etc/init.d/$NAME" ]; then "/etc/init.d/$NAME" stop || true; fi
-                if [ "$installed_init" = sysv ] && command -v update-rc.d >/dev/null 2>&1; then
-                    update-rc.d -f "$NAME" remove >/dev/null 2>&1 || true
-                fi
+                for s in "$NAME" "$NAME-leaf"; do
+                    if [ -x "/etc/init.d/$s" ]; then "/etc/init.d/$s" stop || true; fi
+                    if [ "$installed_init" = sysv ] && command -v update-rc.d >/dev/null 2>&1; then
+                        update-rc.d -f "$s" remove >/dev/null 2>&1 || true
+                    fi
+                done
                 ;;
         esac
     fi
@@ -527,7 +838,8 @@ do_uninstall() {
         say "no record of an install ($MANIFEST): no service files to remove"
     fi
     if [ "$purge" = yes ]; then
-        for f in "$root$CONFIG" "$root$CONFIG.new" "$root/var/log/$NAME.log" "$root/var/log/$NAME.log".*; do
+        for f in "$root$CONFIG" "$root$CONFIG.new" "$root$LEAF_CONF" "$root$LEAF_CONF.new" "$root$LEAF_CREDS" \
+            "$root/var/log/$NAME.log" "$root/var/log/$NAME.log".* "$root/var/log/$NAME-leaf.log" "$root/var/log/$NAME-leaf.log".*; do
             if [ -e "$f" ]; then rm -f "$f" && say "removed ${f#"$root"}"; fi
         done
         rmdir "$root/etc/$NAME" 2>/dev/null || true

@@ -6,6 +6,8 @@
 #
 #   bash boards/test.sh        HL_BIN=PATH: binary to test (target/release/harmonylite)
 #                              HL_KEEP_TMP=1: keep the temp dir (prefixes, logs) and print it
+#                              HL_LEAF_NATS_SERVER=PATH: the leaf's nats-server (default: the
+#                              pinned one, which is also the hub)
 #
 # Prints one line per check; the last line is "boards: N passed, N failed". Exit 1 on any
 # failure. Needs python3 (pip installs the pinned shellcheck into .tools/, scripts/tools.sh the
@@ -153,7 +155,8 @@ fi
 
 echo "== shellcheck $("$SHELLCHECK" --version | sed -n 's/^version: //p')"
 for f in boards/install.sh boards/test.sh boards/init/harmonylite.sysv boards/init/harmonylite.openrc \
-    boards/init/harmonylite.procd; do
+    boards/init/harmonylite.procd boards/init/harmonylite.logcap boards/init/harmonylite-leaf.sysv \
+    boards/init/harmonylite-leaf.openrc boards/init/harmonylite-leaf.procd boards/deb/*; do
     expect 0 "shellcheck $f" "$SHELLCHECK" -x "$f"
 done
 # Other folders are read here, not owned: warnings and errors fail, notes (info, style) print.
@@ -202,6 +205,7 @@ for b in target/cross/*/release/harmonylite; do
     case $triple in
         aarch64-*) want=rpi-aarch64 ;;
         armv7-*) want=rpi-armv7 ;;
+        arm-*) want=rpi-armv6 ;; # the same ELF machine as armv7: told apart by the triple inside
         x86_64-*) want=generic-x86_64 ;;
         *) continue ;;
     esac
@@ -434,6 +438,213 @@ expect 0 "uninstall --purge" "${INSTALL[@]}" --prefix "$R" --uninstall --purge
 extra=$(comm -13 <(echo "$before") <(tree "$R") | grep -v -e '^./var$' -e '^./var/lib' -e '^./var/run' -e '^./var/log$' || true)
 check "purge removed the config and the log${extra:+; left: $(echo "$extra" | tr '\n' ' ')}" [ -z "$extra" ]
 check "purge kept the database" test -f "$db"
+
+# ---- 5. installer details: /home databases, folder groups, log caps -----------------------------
+
+echo "== installer: a database under /home, the database folder's group, logs without logrotate"
+H=$TMP/home-root
+mkdir -p "$H/lib/systemd" "$H/home/pi"
+printf '#!/bin/sh\n' >"$H/lib/systemd/systemd"
+chmod +x "$H/lib/systemd/systemd"
+# The application's home folder belongs to its group (here: any group that is not root's).
+app_gid=$(awk -F: '$3 != 0 && $3 < 65534 { print $3; exit }' /etc/group)
+chgrp "$app_gid" "$H/home/pi"
+expect 0 "systemd: install with the database under /home" "${INSTALL[@]}" --prefix "$H" --profile generic-x86_64 \
+    --db-path /home/pi/app/app.db
+hunit=$H/etc/systemd/system/harmonylite.service
+check "unit: ProtectHome=read-only (yes would hide /home/pi/app)" grep -qx 'ProtectHome=read-only' "$hunit"
+check "unit: ReadWritePaths=/home/pi/app" grep -qx 'ReadWritePaths=/home/pi/app' "$hunit"
+check "unit for /var/lib: ProtectHome=yes" grep -qx 'ProtectHome=yes' "$TMP/systemd/etc/systemd/system/harmonylite.service"
+check "created /home/pi/app: mode 2770, group of /home/pi ($app_gid)" bash -c \
+    "[ \"\$(stat -c %a:%g '$H/home/pi/app')\" = 2770:$app_gid ]"
+# (by number: the prefix has no /etc/group to name it)
+check "tmpfiles.d gives /home/pi/app to harmonylite and that group at boot" \
+    grep -qx "d /home/pi/app 2770 harmonylite $app_gid -" "$H/etc/tmpfiles.d/harmonylite.conf"
+if command -v systemd-analyze >/dev/null; then
+    sed "s|^ExecStart=/usr/bin/harmonylite|ExecStart=$H/usr/bin/harmonylite|" "$hunit" >"$unit"
+    expect 0 "systemd-analyze verify (ProtectHome=read-only)" systemd-analyze verify "$unit"
+    check "systemd-analyze verify: no warnings${OUT:+: $OUT}" [ -z "$OUT" ]
+fi
+if [ -d "$useradd_root/etc/harmonylite" ]; then
+    hl_uid=$(awk -F: '$1 == "harmonylite" { print $3 }' "$useradd_root/etc/passwd")
+    hl_gid=$(awk -F: '$1 == "harmonylite" { print $3 }' "$useradd_root/etc/group")
+    check "with the user: /var/lib/harmonylite is harmonylite:harmonylite 2770, not root's" bash -c \
+        "[ \"\$(stat -c %a:%u:%g '$useradd_root/var/lib/harmonylite')\" = 2770:$hl_uid:$hl_gid ]"    # An existing folder of the application's that the service user cannot write: said at once.
+    mkdir -p "$useradd_root/srv/app"
+    chmod 0755 "$useradd_root/srv/app"
+    expect 0 "install with an existing database folder the user cannot write" "${INSTALL[@]}" \
+        --prefix "$useradd_root" --profile generic-x86_64 --db-path /srv/app/app.db
+    says "warning: user harmonylite cannot write /srv/app" "the install says the node could not write the folder"
+    says "usermod -aG" "and what to run"
+    chgrp "$hl_gid" "$useradd_root/srv/app"
+    chmod 2770 "$useradd_root/srv/app"
+    expect 0 "install again once the folder is the group's" "${INSTALL[@]}" \
+        --prefix "$useradd_root" --profile generic-x86_64 --db-path /srv/app/app.db
+    lacks "cannot write" "no warning for a folder the user can write"
+fi
+A=$TMP/alpine
+mkdir -p "$A/etc/init.d" "$A/etc/periodic/hourly" "$A/sbin"
+printf '#!/bin/sh\n' >"$A/sbin/openrc-run"
+chmod +x "$A/sbin/openrc-run"
+expect 0 "openrc without logrotate (Alpine)" "${ASH[@]}" boards/install.sh --bin "$HL_BIN" --prefix "$A" --profile generic-x86_64
+check "the hourly log cap is installed in /etc/periodic/hourly" test -x "$A/etc/periodic/hourly/harmonylite-logcap"
+mkdir -p "$TMP/logcap"
+{
+    head -c 1100000 /dev/zero | tr '\0' 'x'
+    printf '\nthe last line\n'
+} >"$TMP/logcap/harmonylite.log"
+expect 0 "logcap on a 1.1 MB log" "${ASH[@]}" "$A/etc/periodic/hourly/harmonylite-logcap" "$TMP/logcap/harmonylite.log"
+check "logcap: the log is empty again, the old one is .1 (with its last line)" bash -c \
+    "[ ! -s '$TMP/logcap/harmonylite.log' ] && tail -n 1 '$TMP/logcap/harmonylite.log.1' | grep -qx 'the last line'"
+echo "a small log" >"$TMP/logcap/small.log"
+expect 0 "logcap on a small log and a missing one" "${ASH[@]}" "$A/etc/periodic/hourly/harmonylite-logcap" "$TMP/logcap/small.log" "$TMP/logcap/none.log"
+check "logcap: a log under 1 MiB is left alone" bash -c "grep -qx 'a small log' '$TMP/logcap/small.log' && [ ! -e '$TMP/logcap/small.log.1' ]"
+
+# ---- 6. upgrade: re-running install.sh restarts a running node ----------------------------------
+
+echo "== SysV: re-running install.sh with a new binary restarts the running node"
+U=$TMP/upgrade
+mkdir -p "$U/etc/init.d"
+uport=$(free_port)
+"$NATS_SERVER" -a 127.0.0.1 -p "$uport" -js -sd "$TMP/js-up" >"$TMP/nats-up.log" 2>&1 &
+pids+=($!)
+uargs=(--prefix "$U" --init sysv --profile generic-x86_64 --nats-url "nats://127.0.0.1:$uport")
+expect 0 "install (sysv)" "${INSTALL[@]}" "${uargs[@]}"
+sed -i "s|^db_path = .*|db_path = \"$U/var/lib/harmonylite/app.db\"|" "$U/etc/harmonylite/harmonylite.toml"
+make_db "$U/var/lib/harmonylite/app.db"
+usysv() { env HL_PREFIX="$U" HL_USER= "$U/etc/init.d/harmonylite" "$@"; }
+expect 0 "start" usysv start
+old_pid=$(cat "$U/var/run/harmonylite/harmonylite.pid" 2>/dev/null || echo none)
+export HL_USER= # the restart runs the installed script as this user, as above
+expect 0 "install again, same version" "${INSTALL[@]}" "${uargs[@]}"
+lacks "restarted" "nothing changed: the node is not restarted"
+check "same pid ($old_pid)" [ "$(cat "$U/var/run/harmonylite/harmonylite.pid" 2>/dev/null)" = "$old_pid" ]
+cp "$HL_BIN" "$TMP/harmonylite-new"
+printf 'x' >>"$TMP/harmonylite-new" # another build: different bytes, still runs
+expect 0 "install a new binary" sh boards/install.sh --bin "$TMP/harmonylite-new" "${uargs[@]}"
+says "restarted the running harmonylite service" "the upgrade says it restarted the node"
+new_pid=$(cat "$U/var/run/harmonylite/harmonylite.pid" 2>/dev/null || echo none)
+check "a new process runs ($old_pid -> $new_pid)" bash -c "[ '$new_pid' != '$old_pid' ] && [ \"\$(cat /proc/$new_pid/comm 2>/dev/null)\" = harmonylite ]"
+check "the old process is gone" gone "$old_pid"
+unset HL_USER
+expect 0 "stop" usysv stop
+head -c 1100000 /dev/zero | tr '\0' 'x' >"$U/var/log/harmonylite.log"
+expect 0 "start with a 1.1 MB log (no logrotate)" usysv start
+check "the SysV start moved the big log to .1" bash -c "[ -f '$U/var/log/harmonylite.log.1' ] && [ \"\$(wc -c <'$U/var/log/harmonylite.log')\" -lt 100000 ]"
+expect 0 "stop" usysv stop
+
+# ---- 7. the leaf: install --with-leaf, hub <- leaf <- node, rows both ways ---------------------
+
+echo "== leaf: install --with-leaf, a hub, the leaf, a node on each side"
+L=$TMP/leaf
+mkdir -p "$L/etc/init.d"
+read -r hub_port hub_leaf_port leaf_port < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+printf 'not creds\n' >"$TMP/bad.creds"
+expect 2 "--leaf-creds that is not a credentials file" "${INSTALL[@]}" --prefix "$L" --init sysv --with-leaf "nats-leaf://127.0.0.1:$hub_leaf_port" --leaf-creds "$TMP/bad.creds"
+says "not a NATS credentials file" "the error names what is wrong"
+expect 2 "--with-leaf with a http:// URL" "${INSTALL[@]}" --prefix "$L" --init sysv --with-leaf "http://hub:7422"
+says "nats-leaf://hub.example:7422" "the error shows the expected form"
+expect 2 "--with-leaf with a non-loopback --nats-url" "${INSTALL[@]}" --prefix "$L" --init sysv --with-leaf "nats-leaf://127.0.0.1:1" --nats-url nats://10.0.0.1:4222
+expect 2 "--with-leaf without a nats-server anywhere" "${INSTALL[@]}" --prefix "$L" --init sysv --with-leaf "nats-leaf://127.0.0.1:1"
+says "--leaf-bin" "the error says to pass --leaf-bin"
+check "the refused installs wrote nothing" [ -z "$(find "$L" -mindepth 1 ! -path "$L/etc" ! -path "$L/etc/init.d")" ]
+printf -- '-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.x\n------END NATS USER JWT------\n' >"$TMP/gw.creds"
+C=$TMP/leaf-creds
+mkdir -p "$C/lib/systemd"
+printf '#!/bin/sh\n' >"$C/lib/systemd/systemd"
+chmod +x "$C/lib/systemd/systemd"
+expect 0 "systemd: install --with-leaf --leaf-creds" "${INSTALL[@]}" --prefix "$C" --profile generic-x86_64 \
+    --with-leaf "tls://hub.example:7422" --leaf-creds "$TMP/gw.creds" --leaf-bin "$NATS_SERVER"
+check "leaf.conf: listens on 127.0.0.1:4222 only" grep -qx 'listen: "127.0.0.1:4222"' "$C/etc/harmonylite/leaf.conf"
+check "leaf.conf: the credentials slot is filled" grep -qx '      credentials: "/etc/harmonylite/leaf.creds"' "$C/etc/harmonylite/leaf.conf"
+check "leaf.conf: no default_js_domain (deprecated in 2.15); a mapping to the hub's domain" bash -c \
+    "! grep -q '^default_js_domain' '$C/etc/harmonylite/leaf.conf' && grep -qF '\"\$JS.API.>\": \"\$JS.hub.API.>\"' '$C/etc/harmonylite/leaf.conf'"
+check "leaf.creds mode 640" bash -c "[ \"\$(stat -c %a '$C/etc/harmonylite/leaf.creds')\" = 640 ]"
+check "harmonylite-leaf.service runs /usr/bin/nats-server with leaf.conf" grep -qx \
+    'ExecStart=/usr/bin/nats-server -c /etc/harmonylite/leaf.conf' "$C/etc/systemd/system/harmonylite-leaf.service"
+expect 0 "nats-server -t accepts the rendered leaf.conf" "$NATS_SERVER" -c "$C/etc/harmonylite/leaf.conf" -t
+if command -v systemd-analyze >/dev/null; then
+    sed "s|^ExecStart=/usr/bin/nats-server|ExecStart=$C/usr/bin/nats-server|" "$C/etc/systemd/system/harmonylite-leaf.service" >"$TMP/systemd-unit/harmonylite-leaf.service"
+    expect 0 "systemd-analyze verify harmonylite-leaf.service" systemd-analyze verify "$TMP/systemd-unit/harmonylite-leaf.service"
+    check "systemd-analyze verify: no warnings${OUT:+: $OUT}" [ -z "$OUT" ]
+fi
+expect 0 "uninstall --purge the leaf install" "${INSTALL[@]}" --prefix "$C" --uninstall --purge
+check "purge removed leaf.conf, leaf.creds and the leaf unit" bash -c \
+    "[ ! -e '$C/etc/harmonylite/leaf.conf' ] && [ ! -e '$C/etc/harmonylite/leaf.creds' ] && [ ! -e '$C/etc/systemd/system/harmonylite-leaf.service' ]"
+
+# The live one: SysV, as on a board without systemd; the installed scripts run with HL_PREFIX.
+# --leaf-bin takes nats-server's release tarball as downloaded (same layout as upstream's).
+# HL_LEAF_NATS_SERVER runs the leaf with another nats-server (Debian 12's 2.9: /usr/sbin/nats-server).
+LEAF_NS=${HL_LEAF_NATS_SERVER:-$NATS_SERVER}
+echo "note  leaf: $("$LEAF_NS" --version), hub: $("$NATS_SERVER" --version)"
+mkdir -p "$TMP/nats-dl/nats-server-v0-linux-amd64"
+cp "$LEAF_NS" "$TMP/nats-dl/nats-server-v0-linux-amd64/nats-server"
+tar -czf "$TMP/nats-server-v0-linux-amd64.tar.gz" -C "$TMP/nats-dl" nats-server-v0-linux-amd64
+expect 0 "sysv: install --with-leaf --leaf-bin nats-server-....tar.gz" "${INSTALL[@]}" --prefix "$L" --init sysv --profile generic-x86_64 \
+    --nats-url "nats://127.0.0.1:$leaf_port" --with-leaf "nats-leaf://127.0.0.1:$hub_leaf_port" --leaf-bin "$TMP/nats-server-v0-linux-amd64.tar.gz"
+check "the tarball's nats-server is installed as /usr/bin/nats-server" cmp -s "$LEAF_NS" "$L/usr/bin/nats-server"
+check "leaf.conf listens where the node connects (127.0.0.1:$leaf_port)" grep -qx "listen: \"127.0.0.1:$leaf_port\"" "$L/etc/harmonylite/leaf.conf"
+check "the leaf's SysV script and boot links are installed" test -x "$L/etc/init.d/harmonylite-leaf" -a -L "$L/etc/rc2.d/S19harmonylite-leaf"
+printf 'server_name: hub\nlisten: "127.0.0.1:%s"\njetstream { store_dir: "%s", domain: hub }\nleafnodes { listen: "127.0.0.1:%s" }\n' \
+    "$hub_port" "$TMP/hub-js" "$hub_leaf_port" >"$TMP/hub.conf"
+"$NATS_SERVER" -c "$TMP/hub.conf" >"$TMP/hub.log" 2>&1 &
+pids+=($!)
+lsysv() { env HL_PREFIX="$L" HL_USER= "$L/etc/init.d/$1" "${@:2}"; }
+expect 0 "leaf: start (SysV)" lsysv harmonylite-leaf start
+says "harmonylite-leaf started (pid" "leaf: start reports the pid"
+leaf_pid=$(cat "$L/var/run/harmonylite/harmonylite-leaf.pid" 2>/dev/null || echo none)
+pids+=("$leaf_pid")
+leaf_log=$L/var/log/harmonylite-leaf.log
+leaf_linked() { grep -q "Leafnode connection created" "$leaf_log"; }
+check "leaf: connected to the hub (its log says so)" wait_for 15 leaf_linked
+check "leaf: no warning in its log (no deprecated option)" bash -c "! grep -q '\[WRN\]' '$leaf_log'"
+ldb=$L/var/lib/harmonylite/app.db
+sed -i "s|^db_path = .*|db_path = \"$ldb\"|" "$L/etc/harmonylite/harmonylite.toml"
+make_db "$ldb"
+expect 0 "gateway node: start (SysV), against the leaf" lsysv harmonylite start
+glog=$L/var/log/harmonylite.log
+gw_up() { grep -q "connected to nats" "$glog"; }
+check "gateway node: connected through the leaf (stream on the hub)" wait_for 20 gw_up
+mkdir -p "$TMP/hubnode"
+make_db "$TMP/hubnode/app.db"
+printf 'db_path = "app.db"\n[nats]\nurls = ["nats://127.0.0.1:%s"]\n' "$hub_port" >"$TMP/hubnode/node.toml"
+(cd "$TMP/hubnode" && exec "$HL_BIN" --config node.toml 2>node.log) &
+hubnode=$!
+pids+=("$hubnode")
+# insert DB ID BODY: distinct ids on each side (the same id on both would be one row, last writer wins).
+insert() { python3 -c 'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute("insert into notes(id, body) values (?, ?)", (int(sys.argv[2]), sys.argv[3])); c.commit()' "$@"; }
+has_row() { [ "$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from notes where body = ?", (sys.argv[2],)).fetchone()[0])' "$@" 2>/dev/null)" = 1 ]; }
+insert "$ldb" 101 "written on the gateway"
+insert "$TMP/hubnode/app.db" 201 "written at the hub"
+check "a row written on the gateway reaches the hub's node" wait_for 30 has_row "$TMP/hubnode/app.db" "written on the gateway"
+check "a row written at the hub reaches the gateway" wait_for 30 has_row "$ldb" "written at the hub"
+dump() { python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select group_concat(id || \":\" || body, \",\") from (select * from notes order by id)").fetchone()[0])' "$1"; }
+converged() { [ "$(dump "$ldb")" = "$(dump "$TMP/hubnode/app.db")" ]; }
+check "both databases hold the same rows" wait_for 20 converged
+# A new nats-server for the leaf: re-running install.sh restarts the leaf, not the node.
+cp "$LEAF_NS" "$TMP/nats-server-new"
+printf 'x' >>"$TMP/nats-server-new"
+gw_pid=$(cat "$L/var/run/harmonylite/harmonylite.pid" 2>/dev/null || echo none)
+expect 0 "install again with a new leaf binary" env HL_USER= "${INSTALL[@]}" --prefix "$L" --init sysv --profile generic-x86_64 \
+    --nats-url "nats://127.0.0.1:$leaf_port" --with-leaf "nats-leaf://127.0.0.1:$hub_leaf_port" --leaf-bin "$TMP/nats-server-new"
+says "restarted the running harmonylite-leaf service" "the leaf is restarted, and the output says so"
+lacks "restarted the running harmonylite service" "the node (unchanged) is not restarted"
+new_leaf_pid=$(cat "$L/var/run/harmonylite/harmonylite-leaf.pid" 2>/dev/null || echo none)
+pids+=("$new_leaf_pid")
+check "leaf: a new process ($leaf_pid -> $new_leaf_pid), the node's the same ($gw_pid)" bash -c \
+    "[ '$new_leaf_pid' != '$leaf_pid' ] && kill -0 '$new_leaf_pid' && ! kill -0 '$leaf_pid' 2>/dev/null && [ \"\$(cat '$L/var/run/harmonylite/harmonylite.pid')\" = '$gw_pid' ]"
+insert "$ldb" 102 "after the leaf restart"
+check "a row written after the leaf restart reaches the hub's node" wait_for 30 has_row "$TMP/hubnode/app.db" "after the leaf restart"
+leaf_pid=$new_leaf_pid
+expect 0 "gateway node: stop" lsysv harmonylite stop
+expect 0 "leaf: stop" lsysv harmonylite-leaf stop
+check "leaf: process gone" bash -c "! kill -0 $leaf_pid 2>/dev/null"
+kill -TERM "$hubnode" 2>/dev/null || true
+[ "$failed" -eq 0 ] || { echo "      | hub node log:"; sed 's/^/      | /' "$TMP/hubnode/node.log" | tail -n 5; echo "      | gateway log:"; sed 's/^/      | /' "$glog" | tail -n 5; }
 
 echo "boards: $((SECONDS - started)) s"
 echo "boards: $passed passed, $failed failed"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Static, stripped musl release binaries of `harmonylite` for small Linux devices.
 #
-#   bash cross/build.sh                     # all three targets (same as --all)
+#   bash cross/build.sh                     # aarch64, armv7, x86_64 (same as --all)
 #   bash cross/build.sh --target aarch64-unknown-linux-musl --target armv7 --out /tmp/dist
 #
-# Targets: aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf, x86_64-unknown-linux-musl
-# (short names aarch64, armv7, x86_64 work too). Output: <out>/harmonylite-<target> (default
+# Targets: aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf, x86_64-unknown-linux-musl,
+# and on request arm-unknown-linux-musleabihf (ARMv6 hard-float: Pi Zero / Zero W / Pi 1; not in
+# --all: 3,301,568 bytes, over the 3 MiB goal); short names aarch64, armv7, x86_64, armv6 work too. Output: <out>/harmonylite-<target> (default
 # out: dist/ at the repo root); each one's size is printed and `file` must say it is a
 # statically linked, stripped executable of the right architecture, or the script fails.
 #
@@ -18,8 +19,9 @@
 # The standard library is compiled from rust-src with the release profile, for size
 # (RUSTC_BOOTSTRAP=1 cargo zigbuild -Z build-std=std,panic_abort
 # -Z build-std-features=optimize_for_size, no unwind tables): aarch64 shrinks by ~0.5 MiB, and
-# it is also the only way to get armv7 where `rustup target add` cannot fetch its std (our
-# mirror). Panics still print their message and abort; they print no backtrace.
+# it needs no `rustup target add` (only the rust-src component), so it also works where rustup
+# cannot fetch a target's std (an offline or partial rustup mirror). Panics still print their
+# message and abort; they print no backtrace.
 # --prebuilt-std uses rustup's prebuilt std instead (stable features only; larger), falling
 # back to build-std for a target whose std `rustup target add` cannot fetch.
 #
@@ -50,6 +52,7 @@ full_target() {
         aarch64|arm64|aarch64-unknown-linux-musl) echo aarch64-unknown-linux-musl ;;
         armv7|armhf|armv7-unknown-linux-musleabihf) echo armv7-unknown-linux-musleabihf ;;
         x86_64|amd64|x86_64-unknown-linux-musl) echo x86_64-unknown-linux-musl ;;
+        armv6|arm|arm-unknown-linux-musleabihf) echo arm-unknown-linux-musleabihf ;;
         *) die "unknown target '$1' (known: ${ALL_TARGETS[*]})" ;;
     esac
 }
@@ -166,7 +169,7 @@ choose_mode() {
 expect_file() {
     case "$1" in
         aarch64-*) echo "ELF 64-bit LSB executable, ARM aarch64" ;;
-        armv7-*) echo "ELF 32-bit LSB executable, ARM, EABI5" ;;
+        armv7-* | arm-*) echo "ELF 32-bit LSB executable, ARM, EABI5" ;;
         x86_64-*) echo "ELF 64-bit LSB executable, x86-64" ;;
     esac
 }
@@ -175,6 +178,8 @@ runner_for() {
     case "$1" in
         aarch64-*) [ "$(uname -m)" = aarch64 ] && echo "" || echo qemu-aarch64-static ;;
         armv7-*) case "$(uname -m)" in armv7*|armv8l) echo "" ;; *) echo qemu-arm-static ;; esac ;;
+        # As an ARM1176 (the Pi Zero's and Pi 1's CPU): an ARMv7 instruction is SIGILL there.
+        arm-*) case "$(uname -m)" in armv6*|armv7*|armv8l) echo "" ;; *) echo "qemu-arm-static -cpu arm1176" ;; esac ;;
         x86_64-*) [ "$(uname -m)" = x86_64 ] && echo "" || echo qemu-x86_64-static ;;
     esac
 }
@@ -198,8 +203,16 @@ verify() {
         *", stripped"*) ;;
         *) die "$bin is not stripped: $desc" ;;
     esac
-    if [ "$t" = armv7-unknown-linux-musleabihf ] && command -v readelf >/dev/null 2>&1; then
-        readelf -h "$bin" | grep -q "hard-float ABI" || die "$bin is not hard-float: $(readelf -h "$bin" | grep Flags)"
+    if [ "${t%%-*}" = armv7 ] || [ "${t%%-*}" = arm ]; then
+        if command -v readelf >/dev/null 2>&1; then
+            readelf -h "$bin" | grep -q "hard-float ABI" || die "$bin is not hard-float: $(readelf -h "$bin" | grep Flags)"
+            # The CPU the code needs: an ARMv7 instruction in the ARMv6 build would be SIGILL on
+            # a Pi Zero, and qemu (which emulates the newest ARM CPU) would not notice.
+            want_arch=v7
+            [ "${t%%-*}" = arm ] && want_arch=v6
+            readelf -A "$bin" | grep -Eq "Tag_CPU_arch: ${want_arch}[A-Z]*$" ||
+                die "$bin: ELF attributes say $(readelf -A "$bin" | grep Tag_CPU_arch: | head -1), expected $want_arch"
+        fi
     fi
     say "$t: file: $desc"
     # Smoke run, natively or under user-mode qemu when it is installed (not required here).
@@ -207,11 +220,12 @@ verify() {
     if [ -z "$runner" ]; then
         ver="$("$bin" --version)" || die "$bin --version failed"
         say "$t: runs: $ver"
-    elif command -v "$runner" >/dev/null 2>&1; then
-        ver="$("$runner" "$bin" --version)" || die "$runner $bin --version failed"
+    elif command -v "${runner%% *}" >/dev/null 2>&1; then
+        # shellcheck disable=SC2086 # the runner is a command with its options
+        ver="$($runner "$bin" --version)" || die "$runner $bin --version failed"
         say "$t: runs under $runner: $ver"
     else
-        say "$t: not run ($runner is not installed; apt-get install qemu-user-static)"
+        say "$t: not run (${runner%% *} is not installed; apt-get install qemu-user-static)"
     fi
 }
 

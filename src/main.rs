@@ -38,7 +38,7 @@ Usage:
                                 (stop the node first; --force discards unpublished changes;
                                 the database stays in WAL mode)
   harmonylite --help            show this help
-  harmonylite --version         show the version
+  harmonylite --version         show the version, git commit and target
 
 Options:
   -c, --config PATH   the node's TOML configuration (see README: config reference); also
@@ -308,7 +308,13 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
 fn run(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Help => print!("{USAGE}"),
-        Command::Version => println!("harmonylite {}", env!("CARGO_PKG_VERSION")),
+        // build.rs: the git commit ("unknown" outside a checkout) and the target triple.
+        Command::Version => println!(
+            "harmonylite {} (commit {}, target {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("HL_GIT_COMMIT"),
+            env!("HL_TARGET")
+        ),
         Command::Status { config, json } => {
             let cfg = Config::load(&config)?;
             let st = harmonylite::status::read(&cfg).map_err(CliError::Database)?;

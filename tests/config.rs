@@ -49,14 +49,33 @@ fn help_exits_0_and_mentions_config() {
 }
 
 #[test]
-fn version_prints_the_crate_version() {
+fn version_prints_the_crate_version_commit_and_target() {
     let out = run_bin(&["--version"], QUICK);
     assert_exit(&out, 0, "--version");
-    let text = format!("{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
     assert!(
         text.contains(env!("CARGO_PKG_VERSION")),
         "--version does not print {}:\n{text}",
         env!("CARGO_PKG_VERSION")
+    );
+    // The commit this checkout is at (the test runs from the repository), and the host
+    // triple the test build targets (std::env::consts gives its architecture and OS).
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let want = head.unwrap_or_else(|| "unknown".into());
+    assert!(
+        text.contains(&format!("(commit {want}, target ")),
+        "--version does not name commit {want}:\n{text}"
+    );
+    let arch = std::env::consts::ARCH;
+    assert!(
+        text.contains(&format!("target {arch}-")) && text.contains("-linux"),
+        "--version does not name the {arch} Linux target:\n{text}"
     );
 }
 
