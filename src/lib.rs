@@ -64,3 +64,4 @@ pub mod snapshot;
 pub mod state;
 pub mod status;
 pub mod transport;
+pub mod verify;

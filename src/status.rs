@@ -63,6 +63,9 @@ pub struct Status {
     /// The node cannot write its database for lack of space. Known only inside the node's
     /// process (the status service, `status --fleet`): the database cannot record it.
     pub disk_full: bool,
+    /// The last `harmonylite verify` whose result reached this node: (Unix ms, rows found
+    /// different, rows re-announced).
+    pub verify: Option<(u64, u64, u64)>,
 }
 
 pub fn read(cfg: &Config) -> Result<Status, DbError> {
@@ -131,6 +134,11 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.restored_ms = u(meta(RESTORED_MS_KEY)?);
     st.snapshot_saved_seq = u(meta(SAVED_SEQ_KEY)?);
     st.snapshot_saved_ms = u(meta(SAVED_MS_KEY)?);
+    if let Some(at) = u(meta(state::VERIFY_LAST_MS_KEY)?) {
+        let different = u(meta(state::VERIFY_DIFFERENT_KEY)?).unwrap_or(0);
+        let repaired = u(meta(state::VERIFY_REPAIRED_KEY)?).unwrap_or(0);
+        st.verify = Some((at, different, repaired));
+    }
     let now = hlc::now_ms();
     for t in &schema.tables {
         if !exists(&conn, &format!("__hl_ver_{}", t.name()))? {
@@ -341,6 +349,13 @@ impl Status {
             _ => "never (by this node)".into(),
         };
         let _ = writeln!(o, "last snapshot:    {saved}");
+        if let Some((at, different, repaired)) = self.verify {
+            let _ = writeln!(
+                o,
+                "last verify:      {}, {different} rows different, {repaired} re-announced",
+                ago(Some(at))
+            );
+        }
         o
     }
 
@@ -389,6 +404,17 @@ pub struct StatusJson<'a> {
     pub directions: Vec<Direction<'a>>,
     pub refused: Option<&'a str>,
     pub disk_full: bool,
+    /// Absent until a `harmonylite verify` reported here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySeen>,
+}
+
+/// `{"last_ms":..,"different_rows":..,"repaired_rows":..}`: the last `verify` seen here.
+#[derive(Debug, Serialize)]
+pub struct VerifySeen {
+    pub last_ms: u64,
+    pub different_rows: u64,
+    pub repaired_rows: u64,
 }
 
 /// A table and why: `{"table":..,"reason":..}` (not replicated, paused).
@@ -469,6 +495,13 @@ impl<'a> From<&'a Status> for StatusJson<'a> {
                 .collect(),
             refused: s.refused.as_deref(),
             disk_full: s.disk_full,
+            verify: s
+                .verify
+                .map(|(last_ms, different_rows, repaired_rows)| VerifySeen {
+                    last_ms,
+                    different_rows,
+                    repaired_rows,
+                }),
         }
     }
 }
@@ -535,6 +568,7 @@ mod tests {
             directions: vec![("t".into(), true, false), ("u v".into(), false, true)],
             refused: Some("Permissions Violation".into()),
             disk_full: true,
+            verify: None,
         };
         assert_eq!(
             full.to_json(),

@@ -21,7 +21,7 @@ use crate::config::{Config, ConsumerFilter};
 mod snapstore;
 mod status_service;
 pub use snapstore::{discard as discard_download, Fetched, Pointer, SnapStore};
-pub use status_service::ask_fleet;
+pub use status_service::{ask_fleet, Asker, Publish};
 
 /// Deadline for every acknowledgement of one publish batch.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,5 +1,5 @@
 //! The node's hooks for operations: liveness and counters for `/metrics` and `/health`
-//! ([`crate::metrics`]), and the status service over NATS.
+//! ([`crate::metrics`]), and the status and verify services over NATS.
 
 use super::Node;
 use crate::apply::ApplyStats;
@@ -30,6 +30,13 @@ impl Node {
         };
         if let Err(e) = t.serve_status(&self.cfg, self.node_id, answer) {
             log::warn!("status service not available on this connection: {e}");
+        }
+        let cfg = self.cfg.clone();
+        let verify = move |body: &[u8], max_frame: usize, publish: &crate::transport::Publish| {
+            crate::verify::answer(&cfg, node, max_frame, body, publish)
+        };
+        if let Err(e) = t.serve_verify(&self.cfg, self.node_id, verify) {
+            log::warn!("verify service not available on this connection: {e}");
         }
     }
 

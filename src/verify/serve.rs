@@ -1,0 +1,461 @@
+//! The node's side of `verify`: one request, one read transaction on a connection of its own,
+//! one JSON answer. Runs on the service thread (`transport/status_service.rs`), never in the
+//! node loop; a malformed request gets an answer with `error`, never a panic.
+
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{
+    key_hash, key_json, prefix, row_hash, Answer, Request, RowEntry, TableDigest, ANSWER_ROWS,
+    FANOUT, MAX_DEPTH, MAX_PREFIXES, PROTOCOL,
+};
+use crate::capture::{self, Schema, Table};
+use crate::config::Config;
+use crate::db::{self, quote, Context, DbError};
+use crate::frame::{self, Change, Changes, Op, Repair};
+use crate::state::{CURSOR_KEY, VERIFY_DIFFERENT_KEY, VERIFY_LAST_MS_KEY, VERIFY_REPAIRED_KEY};
+use crate::transport::{Outgoing, Publish};
+
+/// The largest request read (a request names at most [`MAX_PREFIXES`] buckets, or the keys of
+/// [`super::ROWS_LIMIT`]-ish rows: far less).
+const MAX_REQUEST: usize = 512 * 1024;
+
+/// Answers one verify request of `node`. `max_frame` bounds repair frames; `publish` sends
+/// them (JetStream, acknowledged) before the answer says how many rows were re-announced.
+pub fn answer(cfg: &Config, node: u64, max_frame: usize, body: &[u8], publish: &Publish) -> String {
+    let mut a = Answer {
+        node_id: node,
+        protocol: PROTOCOL,
+        ..Default::default()
+    };
+    let req = if body.len() > MAX_REQUEST {
+        Err(format!(
+            "verify request of {} bytes, over the limit of {MAX_REQUEST}",
+            body.len()
+        ))
+    } else {
+        serde_json::from_slice::<Request>(body).map_err(|e| {
+            format!("malformed verify request: {e} (expected JSON such as {{\"op\":\"digest\"}}; use harmonylite verify)")
+        })
+    };
+    let result = req.and_then(|req| serve(cfg, node, max_frame, &req, publish, &mut a));
+    if let Err(e) = result {
+        log::warn!("verify request not served: {e}");
+        a.error = Some(e);
+    }
+    // plain data: serializing cannot fail
+    serde_json::to_string(&a).unwrap_or_default()
+}
+
+fn serve(
+    cfg: &Config,
+    node: u64,
+    max_frame: usize,
+    req: &Request,
+    publish: &Publish,
+    a: &mut Answer,
+) -> Result<(), String> {
+    let text = |e: DbError| e.to_string();
+    if let Request::Report {
+        different,
+        repaired,
+    } = req
+    {
+        return report(cfg, *different, *repaired).map_err(text);
+    }
+    if let Request::Buckets {
+        depth, prefixes, ..
+    }
+    | Request::Rows {
+        depth, prefixes, ..
+    }
+    | Request::Repair {
+        depth, prefixes, ..
+    } = req
+    {
+        check_buckets(req, *depth, prefixes)?;
+    }
+    let conn = open(cfg).map_err(text)?;
+    // one read transaction: the digests and the position they are reported with belong together
+    let tx = conn.unchecked_transaction().map_err(|source| {
+        text(DbError::Sql {
+            op: "begin verify read",
+            source,
+        })
+    })?;
+    let mut schema = capture::scan(&tx, cfg).map_err(text)?;
+    crate::schema::load_paused(&tx, &mut schema).map_err(text)?;
+    a.position = db::get_meta(&tx, CURSOR_KEY).map_err(text)?.unwrap_or(0) as u64;
+    a.outbox = outbox(&tx, &schema).map_err(text)?;
+    let table = |name: &str| {
+        schema.get(name).ok_or_else(|| {
+            format!("table {name} is not replicated on node {node} (missing, or no primary key)")
+        })
+    };
+    match req {
+        Request::Digest { tables } => {
+            let wanted: Vec<&Table> = match tables {
+                None => schema.tables.iter().collect(),
+                Some(names) => names.iter().map(|n| table(n)).collect::<Result<_, _>>()?,
+            };
+            for t in wanted {
+                a.tables.push(digest(&tx, cfg, &schema, t).map_err(text)?);
+            }
+        }
+        Request::Buckets {
+            table: name,
+            depth,
+            prefixes,
+        } => {
+            let index: HashMap<u64, usize> =
+                prefixes.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+            let mut out = vec![vec![(0u64, 0u64); FANOUT]; prefixes.len()];
+            each_row(&tx, table(name)?, |r| {
+                if let (false, Some(&i)) = (r.del, index.get(&prefix(r.hash, *depth))) {
+                    let b = &mut out[i][(prefix(r.hash, depth + 1) & 0xff) as usize];
+                    b.0 = b.0.wrapping_add(row_hash(r.hash, r.ver, r.node));
+                    b.1 += 1;
+                }
+            })
+            .map_err(text)?;
+            a.buckets = out;
+        }
+        Request::Rows {
+            table: name,
+            depth,
+            prefixes,
+        } => {
+            let wanted: HashSet<u64> = prefixes.iter().copied().collect();
+            each_row(&tx, table(name)?, |r| {
+                if wanted.contains(&prefix(r.hash, *depth)) {
+                    if a.rows.len() < ANSWER_ROWS {
+                        a.rows.push(RowEntry {
+                            h: r.hash,
+                            v: r.ver,
+                            n: r.node,
+                            d: r.del,
+                            k: r.key.clone(),
+                        });
+                    } else {
+                        a.truncated = true;
+                    }
+                }
+            })
+            .map_err(text)?;
+        }
+        Request::Repair {
+            table: name,
+            depth,
+            prefixes,
+            keys,
+        } => {
+            let t = table(name)?;
+            if !cfg.publishes(name) {
+                return Err(format!(
+                    "node {node} does not publish table {name} ([table.{name}] publish = false): it re-announces nothing of it"
+                ));
+            }
+            let (frames, sent, unsendable) = repair_frames(
+                &tx,
+                cfg,
+                node,
+                max_frame,
+                t,
+                *depth,
+                prefixes,
+                keys.as_deref(),
+            )
+            .map_err(text)?;
+            drop(tx);
+            publish(frames)?;
+            a.repaired = sent;
+            a.unsendable = unsendable;
+            crate::metrics::add(crate::metrics::Counter::VerifyReannounced, sent);
+            log::info!(
+                "verify repair table={name} rows={sent} unsendable={unsendable}: re-announced with their versions"
+            );
+        }
+        Request::Report { .. } => {}
+    }
+    Ok(())
+}
+
+/// Bad bucket numbers are the request's fault: said before any work.
+fn check_buckets(req: &Request, depth: u8, prefixes: &[u64]) -> Result<(), String> {
+    let deepest = match req {
+        Request::Buckets { .. } => MAX_DEPTH - 1,
+        _ => MAX_DEPTH,
+    };
+    if depth > deepest {
+        return Err(format!(
+            "bucket depth {depth} is over the deepest, {deepest}"
+        ));
+    }
+    if prefixes.is_empty() || prefixes.len() > MAX_PREFIXES {
+        return Err(format!(
+            "a request names 1 to {MAX_PREFIXES} buckets, not {}",
+            prefixes.len()
+        ));
+    }
+    let end = 1u64 << (8 * depth as u32);
+    if let Some(p) = prefixes.iter().find(|p| **p >= end) {
+        return Err(format!("bucket {p} does not exist at depth {depth}"));
+    }
+    Ok(())
+}
+
+/// A read-only connection of the service's own.
+fn open(cfg: &Config) -> Result<Connection, DbError> {
+    let path = &cfg.db_path;
+    if !path.exists() {
+        return Err(DbError::Missing(path.to_path_buf()));
+    }
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            DbError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    conn.busy_timeout(db::BUSY_TIMEOUT)
+        .ctx("set busy timeout")?;
+    Ok(conn)
+}
+
+/// Pending outbox rows and change-log rows not yet stamped: changes not yet published.
+fn outbox(conn: &Connection, schema: &Schema) -> Result<u64, DbError> {
+    let mut n = capture::outbox_len(conn, schema)?;
+    for t in &schema.tables {
+        let logged: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {}", t.log), [], |r| r.get(0))
+            .ctx("count change log")?;
+        n += logged as u64;
+    }
+    Ok(n)
+}
+
+/// One version row as the scan hands it out.
+struct VerRow {
+    hash: u64,
+    ver: u64,
+    node: u64,
+    del: bool,
+    /// The key for display (only filled by `Rows`, see [`each_row`]).
+    key: Vec<serde_json::Value>,
+}
+
+/// Visits every version row of `t`, tombstones included.
+fn each_row(conn: &Connection, t: &Table, mut visit: impl FnMut(&VerRow)) -> Result<(), DbError> {
+    let n = t.pk_len();
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT ver, node, del, {} FROM {}",
+            keys.join(", "),
+            t.ver
+        ))
+        .ctx("read versions")?;
+    let mut rows = stmt.query([]).ctx("read versions")?;
+    let mut r = VerRow {
+        hash: 0,
+        ver: 0,
+        node: 0,
+        del: false,
+        key: Vec::new(),
+    };
+    while let Some(row) = rows.next().ctx("read versions")? {
+        let refs = (0..n).map(|i| row.get_ref(3 + i));
+        let key: Vec<_> = refs.collect::<Result<_, _>>().ctx("read versions")?;
+        r.hash = key_hash(key.iter().copied());
+        r.ver = row.get::<_, i64>(0).ctx("read versions")? as u64;
+        r.node = row.get::<_, i64>(1).ctx("read versions")? as u64;
+        r.del = row.get::<_, i64>(2).ctx("read versions")? != 0;
+        r.key = key.into_iter().map(key_json).collect();
+        visit(&r);
+    }
+    Ok(())
+}
+
+fn digest(
+    conn: &Connection,
+    cfg: &Config,
+    schema: &Schema,
+    t: &Table,
+) -> Result<TableDigest, DbError> {
+    let mut d = TableDigest {
+        table: t.name().to_string(),
+        replicates: cfg.replicates(t.name()),
+        publishes: cfg.publishes(t.name()),
+        paused: schema.is_paused(t.name()),
+        ..Default::default()
+    };
+    let mut origins = HashSet::new();
+    each_row(conn, t, |r| {
+        if !r.del {
+            d.rows += 1;
+            d.digest = d.digest.wrapping_add(row_hash(r.hash, r.ver, r.node));
+            origins.insert(r.node);
+        }
+    })?;
+    d.origins = origins.into_iter().collect();
+    d.origins.sort_unstable();
+    Ok(d)
+}
+
+/// The repair frames of the rows of `t` in the buckets asked for: each row at the version and
+/// origin it holds here, tombstones as deletes. Returns the frames, the rows they carry, and
+/// the rows left out (a live version whose row is gone, or a row too large for one frame).
+#[allow(clippy::too_many_arguments)]
+fn repair_frames(
+    conn: &Connection,
+    cfg: &Config,
+    node: u64,
+    max_frame: usize,
+    t: &Table,
+    depth: u8,
+    prefixes: &[u64],
+    keys: Option<&[u64]>,
+) -> Result<(Vec<Outgoing>, u64, u64), DbError> {
+    let wanted: HashSet<u64> = prefixes.iter().copied().collect();
+    let keys: Option<HashSet<u64>> = keys.map(|k| k.iter().copied().collect());
+    // the matching version rows first (their keys as SQLite values), then their rows
+    let mut matched: Vec<(u64, u64, bool, Vec<frame::Value>)> = Vec::new();
+    let n = t.pk_len();
+    let names: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT ver, node, del, {} FROM {}",
+            names.join(", "),
+            t.ver
+        ))
+        .ctx("read versions")?;
+    let mut rows = stmt.query([]).ctx("read versions")?;
+    while let Some(row) = rows.next().ctx("read versions")? {
+        let key: Vec<_> = (0..n)
+            .map(|i| row.get_ref(3 + i))
+            .collect::<Result<_, _>>()
+            .ctx("read versions")?;
+        let h = key_hash(key.iter().copied());
+        if !wanted.contains(&prefix(h, depth)) || keys.as_ref().is_some_and(|k| !k.contains(&h)) {
+            continue;
+        }
+        matched.push((
+            row.get::<_, i64>(0).ctx("read versions")? as u64,
+            row.get::<_, i64>(1).ctx("read versions")? as u64,
+            row.get::<_, i64>(2).ctx("read versions")? != 0,
+            key.into_iter().map(capture::value_of).collect(),
+        ));
+    }
+    let cols: Vec<String> = t.header.columns.iter().map(|c| quote(c)).collect();
+    let cond: Vec<String> = t
+        .header
+        .pk
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("{} = ?{}", quote(&t.header.columns[c as usize]), i + 1))
+        .collect();
+    let mut read = conn
+        .prepare(&format!(
+            "SELECT {} FROM {} WHERE {}",
+            cols.join(", "),
+            quote(t.name()),
+            cond.join(" AND ")
+        ))
+        .ctx("read repaired rows")?;
+    let subject = cfg.table_subject(t.name(), node);
+    let stamp = crate::hlc::now_ms();
+    let mut frames = Vec::new();
+    let (mut sent, mut unsendable) = (0u64, 0u64);
+    let mut batch = Repair {
+        changes: Changes {
+            origin: node,
+            tables: vec![t.header.clone()],
+            changes: Vec::new(),
+        },
+        origins: Vec::new(),
+    };
+    // the frame's envelope, header and counts, over-estimated
+    let fixed = 64 + t.header.columns.iter().map(|c| c.len() + 2).sum::<usize>();
+    let mut bytes = 0usize;
+    let seal = |batch: &mut Repair, frames: &mut Vec<Outgoing>| {
+        if batch.origins.is_empty() {
+            return;
+        }
+        let empty = Repair {
+            changes: Changes {
+                origin: node,
+                tables: vec![t.header.clone()],
+                changes: Vec::new(),
+            },
+            origins: Vec::new(),
+        };
+        let mut data = frame::encode_repair(std::mem::replace(batch, empty));
+        if cfg.replication_log.compress {
+            data = frame::compress(data);
+        }
+        frames.push(Outgoing {
+            subject: subject.clone(),
+            msg_id: format!("{node}-repair-{stamp}-{}", frames.len()),
+            data,
+        });
+    };
+    for (ver, origin, del, key) in matched {
+        let op = if del {
+            Op::Delete(key)
+        } else {
+            let mut q = read
+                .query(rusqlite::params_from_iter(key.iter()))
+                .ctx("read repaired rows")?;
+            match q.next().ctx("read repaired rows")? {
+                Some(r) => Op::Upsert(
+                    (0..cols.len())
+                        .map(|i| r.get_ref(i).map(capture::value_of))
+                        .collect::<Result<_, _>>()
+                        .ctx("read repaired rows")?,
+                ),
+                None => {
+                    unsendable += 1;
+                    continue;
+                }
+            }
+        };
+        let weight: usize = match &op {
+            Op::Upsert(v) | Op::Insert(v) | Op::Delete(v) => {
+                v.iter().map(|v| v.weight()).sum::<usize>()
+            }
+        } + 32;
+        if fixed + weight > max_frame {
+            log::warn!(
+                "verify repair table={} version={ver}: the row is too large for one frame and is not re-announced",
+                t.name()
+            );
+            unsendable += 1;
+            continue;
+        }
+        if fixed + bytes + weight > max_frame {
+            seal(&mut batch, &mut frames);
+            bytes = 0;
+        }
+        bytes += weight;
+        batch.changes.changes.push(Change {
+            table: 0,
+            version: ver,
+            op,
+        });
+        batch.origins.push(origin);
+        sent += 1;
+    }
+    seal(&mut batch, &mut frames);
+    Ok((frames, sent, unsendable))
+}
+
+/// Keeps the client's result for `status` and `/metrics` (a short write of its own).
+fn report(cfg: &Config, different: u64, repaired: u64) -> Result<(), DbError> {
+    let conn = db::open(&cfg.db_path)?;
+    let tx = conn.unchecked_transaction().ctx("begin verify report")?;
+    db::set_meta(&tx, VERIFY_LAST_MS_KEY, crate::hlc::now_ms() as i64)?;
+    db::set_meta(&tx, VERIFY_DIFFERENT_KEY, different as i64)?;
+    db::set_meta(&tx, VERIFY_REPAIRED_KEY, repaired as i64)?;
+    tx.commit().ctx("commit verify report")
+}
