@@ -459,3 +459,166 @@ fn report(cfg: &Config, different: u64, repaired: u64) -> Result<(), DbError> {
     db::set_meta(&tx, VERIFY_REPAIRED_KEY, repaired as i64)?;
     tx.commit().ctx("commit verify report")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Frame;
+    use std::sync::Mutex;
+
+    struct Db {
+        cfg: Config,
+        path: std::path::PathBuf,
+    }
+
+    impl Drop for Db {
+        fn drop(&mut self) {
+            for ext in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{ext}", self.path.display()));
+            }
+        }
+    }
+
+    /// A node's database with `t` captured and `rows` (id, ver, node, del) in its version table.
+    fn setup(name: &str, rows: &[(i64, i64, i64, bool)]) -> Db {
+        let path = std::env::temp_dir().join(format!("hl-verify-{name}-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        let mut conn = db::open(&path).unwrap();
+        crate::apply::prepare(&conn).unwrap();
+        let cfg = Config::parse(&format!(
+            "db_path = {:?}\n[nats]\nsubject_prefix = \"x\"\n",
+            path.display().to_string()
+        ))
+        .unwrap();
+        let schema = capture::scan(&conn, &cfg).unwrap();
+        capture::install(&mut conn, &schema, &Default::default(), 1).unwrap();
+        for &(id, ver, node, del) in rows {
+            if !del {
+                conn.execute("INSERT INTO t VALUES (?1, 'v' || ?1)", [id])
+                    .unwrap();
+                conn.execute("DELETE FROM __hl_log_t", []).unwrap();
+            }
+            conn.execute(
+                "INSERT INTO __hl_ver_t(k0, ver, node, del, pending) VALUES (?1, ?2, ?3, ?4, 0)",
+                rusqlite::params![id, ver, node, del],
+            )
+            .unwrap();
+        }
+        Db { cfg, path }
+    }
+
+    fn ask(d: &Db, body: &str) -> Answer {
+        let none = |_: Vec<Outgoing>| -> Result<(), String> { Ok(()) };
+        serde_json::from_str(&answer(&d.cfg, 1, 1 << 16, body.as_bytes(), &none)).unwrap()
+    }
+
+    #[test]
+    fn digests_count_live_rows_and_a_tombstone_equals_no_row() {
+        let a = setup(
+            "a",
+            &[(1, 10, 1, false), (2, 11, 2, false), (3, 12, 1, true)],
+        );
+        let b = setup("b", &[(1, 10, 1, false), (2, 11, 2, false)]);
+        let c = setup("c", &[(1, 10, 1, false), (2, 13, 2, false)]);
+        let digest = |d: &Db| ask(d, r#"{"op":"digest"}"#).tables[0].clone();
+        let (da, db_, dc) = (digest(&a), digest(&b), digest(&c));
+        assert_eq!((da.rows, da.digest), (db_.rows, db_.digest));
+        assert_eq!(da.origins, vec![1, 2]);
+        assert!(da.replicates && da.publishes && !da.paused);
+        assert_ne!(da.digest, dc.digest, "another version of row 2");
+        // the 256 buckets under the root add up to the table's digest
+        let buckets = ask(
+            &a,
+            r#"{"op":"buckets","table":"t","depth":0,"prefixes":[0]}"#,
+        );
+        let sum = buckets.buckets[0]
+            .iter()
+            .fold(0u64, |s, b| s.wrapping_add(b.0));
+        assert_eq!(sum, da.digest);
+        assert_eq!(buckets.buckets[0].iter().map(|b| b.1).sum::<u64>(), 2);
+        // rows: tombstones listed too, with their keys
+        let rows = ask(&a, r#"{"op":"rows","table":"t","depth":0,"prefixes":[0]}"#).rows;
+        assert_eq!(rows.len(), 3);
+        assert!(rows
+            .iter()
+            .any(|r| r.d && r.k == vec![serde_json::json!(3)]));
+    }
+
+    #[test]
+    fn bad_requests_get_an_error_answer_naming_the_problem() {
+        let d = setup("bad", &[]);
+        for (body, says) in [
+            ("not json", "malformed verify request"),
+            (r#"{"op":"drop"}"#, "malformed verify request"),
+            (
+                r#"{"op":"digest","tables":["nope"]}"#,
+                "table nope is not replicated on node 1",
+            ),
+            (
+                r#"{"op":"rows","table":"t","depth":9,"prefixes":[0]}"#,
+                "bucket depth 9",
+            ),
+            (
+                r#"{"op":"buckets","table":"t","depth":1,"prefixes":[256]}"#,
+                "bucket 256 does not exist",
+            ),
+            (
+                r#"{"op":"rows","table":"t","depth":1,"prefixes":[]}"#,
+                "1 to 32 buckets",
+            ),
+        ] {
+            let a = ask(&d, body);
+            let e = a.error.unwrap_or_default();
+            assert!(e.contains(says), "{body}: {e}");
+            assert_eq!((a.node_id, a.protocol), (1, PROTOCOL));
+        }
+    }
+
+    #[test]
+    fn repairs_send_rows_and_tombstones_at_their_own_version_and_origin() {
+        let d = setup(
+            "repair",
+            &[(1, 10, 7, false), (2, 11, 1, true), (3, 12, 1, false)],
+        );
+        let sent = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let to = sent.clone();
+        let publish = move |f: Vec<Outgoing>| -> Result<(), String> {
+            to.lock().unwrap().extend(f);
+            Ok(())
+        };
+        let keys: Vec<u64> = [1i64, 2]
+            .iter()
+            .map(|k| key_hash([rusqlite::types::ValueRef::Integer(*k)].into_iter()))
+            .collect();
+        let body = serde_json::to_string(&Request::Repair {
+            table: "t".into(),
+            depth: 0,
+            prefixes: vec![0],
+            keys: Some(keys),
+        })
+        .unwrap();
+        let a: Answer =
+            serde_json::from_str(&answer(&d.cfg, 1, 1 << 16, body.as_bytes(), &publish)).unwrap();
+        assert_eq!((a.error, a.repaired, a.unsendable), (None, 2, 0));
+        let sent = std::mem::take(&mut *sent.lock().unwrap());
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].subject, "x.t.1");
+        let Ok(Frame::Repair(r)) = frame::decode(&sent[0].data) else {
+            panic!("not a repair frame");
+        };
+        assert_eq!(r.changes.origin, 1);
+        let mut got: Vec<(u64, u64, bool)> = r
+            .changes
+            .changes
+            .iter()
+            .zip(&r.origins)
+            .map(|(c, o)| (c.version, *o, matches!(c.op, Op::Delete(_))))
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![(10, 7, false), (11, 1, true)]);
+    }
+}
