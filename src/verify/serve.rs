@@ -111,7 +111,7 @@ fn serve(
             let index: HashMap<u64, usize> =
                 prefixes.iter().enumerate().map(|(i, p)| (*p, i)).collect();
             let mut out = vec![vec![(0u64, 0u64); FANOUT]; prefixes.len()];
-            each_row(&tx, table(name)?, |r| {
+            each_row(&tx, table(name)?, false, |r| {
                 if let (false, Some(&i)) = (r.del, index.get(&prefix(r.hash, *depth))) {
                     let b = &mut out[i][(prefix(r.hash, depth + 1) & 0xff) as usize];
                     b.0 = b.0.wrapping_add(row_hash(r.hash, r.ver, r.node));
@@ -127,7 +127,7 @@ fn serve(
             prefixes,
         } => {
             let wanted: HashSet<u64> = prefixes.iter().copied().collect();
-            each_row(&tx, table(name)?, |r| {
+            each_row(&tx, table(name)?, true, |r| {
                 if wanted.contains(&prefix(r.hash, *depth)) {
                     if a.rows.len() < ANSWER_ROWS {
                         a.rows.push(RowEntry {
@@ -245,8 +245,14 @@ struct VerRow {
     key: Vec<serde_json::Value>,
 }
 
-/// Visits every version row of `t`, tombstones included.
-fn each_row(conn: &Connection, t: &Table, mut visit: impl FnMut(&VerRow)) -> Result<(), DbError> {
+/// Visits every version row of `t`, tombstones included; `keys`: with the key for display
+/// (an allocation per row, so only for `Rows`).
+fn each_row(
+    conn: &Connection,
+    t: &Table,
+    keys_too: bool,
+    mut visit: impl FnMut(&VerRow),
+) -> Result<(), DbError> {
     let n = t.pk_len();
     let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
     let mut stmt = conn
@@ -271,7 +277,9 @@ fn each_row(conn: &Connection, t: &Table, mut visit: impl FnMut(&VerRow)) -> Res
         r.ver = row.get::<_, i64>(0).ctx("read versions")? as u64;
         r.node = row.get::<_, i64>(1).ctx("read versions")? as u64;
         r.del = row.get::<_, i64>(2).ctx("read versions")? != 0;
-        r.key = key.into_iter().map(key_json).collect();
+        if keys_too {
+            r.key = key.into_iter().map(key_json).collect();
+        }
         visit(&r);
     }
     Ok(())
@@ -291,7 +299,7 @@ fn digest(
         ..Default::default()
     };
     let mut origins = HashSet::new();
-    each_row(conn, t, |r| {
+    each_row(conn, t, false, |r| {
         if !r.del {
             d.rows += 1;
             d.digest = d.digest.wrapping_add(row_hash(r.hash, r.ver, r.node));
