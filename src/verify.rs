@@ -126,6 +126,9 @@ pub struct Answer {
     pub repaired: u64,
     /// Rows that could not be re-announced (a live version whose row is gone here).
     pub unsendable: u64,
+    /// The stream sequence of the last repair frame published: the client waits until every
+    /// node applied up to it before it checks again.
+    pub published_seq: u64,
 }
 
 /// One table's digest on one node.

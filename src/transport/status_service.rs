@@ -13,8 +13,9 @@ use nats::jetstream::PublishOptions;
 use super::{client_options, redact_urls, Outgoing, Transport, TransportError, ACK_TIMEOUT};
 use crate::config::Config;
 
-/// Publishes frames and waits for JetStream's acks (the verify service's repairs).
-pub type Publish = dyn Fn(Vec<Outgoing>) -> Result<(), String> + Send + Sync;
+/// Publishes frames and waits for JetStream's acks (the verify service's repairs); returns the
+/// stream sequence of the last one (0: none sent).
+pub type Publish = dyn Fn(Vec<Outgoing>) -> Result<u64, String> + Send + Sync;
 
 /// How often the answering thread looks whether its transport is gone.
 const SERVICE_POLL: Duration = Duration::from_millis(500);
@@ -49,17 +50,20 @@ impl Transport {
         let subjects = [node.to_string(), "all".to_string()]
             .map(|t| format!("{}.{suffix}", cfg.status_subject(&t)));
         let (max_frame, js) = (self.max_frame(), self.js.clone());
-        let publish = move |frames: Vec<Outgoing>| -> Result<(), String> {
+        let publish = move |frames: Vec<Outgoing>| -> Result<u64, String> {
+            let mut last = 0;
             for f in frames {
                 let opts = PublishOptions {
                     id: Some(f.msg_id.clone()),
                     timeout: Some(ACK_TIMEOUT),
                     ..Default::default()
                 };
-                js.publish_with_options(&f.subject, &f.data, &opts)
+                let ack = js
+                    .publish_with_options(&f.subject, &f.data, &opts)
                     .map_err(|e| format!("publish to {} not acknowledged: {e}", f.subject))?;
+                last = last.max(ack.sequence);
             }
-            Ok(())
+            Ok(last)
         };
         self.serve(subjects, "verify-service", move |body| {
             reply(body, max_frame, &publish)

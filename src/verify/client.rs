@@ -137,10 +137,11 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Outcome, String> {
     let urls = crate::node::snapshot_urls(cfg);
     let asker = Asker::connect(cfg, &urls).map_err(|e| e.to_string())?;
     let fleet = Fleet { cfg, asker };
-    let mut report = fleet.check(opts, None)?;
+    let mut report = fleet.check(opts, None, 0)?;
     if opts.repair && !report.agree {
-        report.repaired_rows = fleet.repair(&mut report);
-        let after = fleet.check(opts, Some(report.nodes.len()))?;
+        let (repaired, seq) = fleet.repair(&mut report);
+        report.repaired_rows = repaired;
+        let after = fleet.check(opts, Some(report.nodes.len()), seq)?;
         report.after_repair = Some(Box::new(after));
     }
     let agree = report
@@ -219,9 +220,11 @@ impl Fleet<'_> {
         }
     }
 
-    /// Digests from every node, asked again until they are comparable or `opts.settle`
-    /// passed; then the tables compared and, where they differ, walked down to rows.
-    fn check(&self, opts: &Options, expect: Option<usize>) -> Result<Report, String> {
+    /// Digests from every node, asked again until they are comparable (the same stream
+    /// position, at least `after`, and empty outboxes) or `opts.settle` passed; then the tables
+    /// compared and, where they differ, walked down to rows. A node that receives no table
+    /// does not move its position: it is left out of the comparison of positions.
+    fn check(&self, opts: &Options, expect: Option<usize>, after: u64) -> Result<Report, String> {
         let deadline = Instant::now() + opts.settle;
         let mut want = expect;
         let (answers, settled) = loop {
@@ -234,8 +237,14 @@ impl Fleet<'_> {
                 ));
             }
             let ok: Vec<&Answer> = answers.iter().filter(|a| a.error.is_none()).collect();
+            let receiving: Vec<u64> = ok
+                .iter()
+                .filter(|a| a.tables.iter().any(|t| t.replicates))
+                .map(|a| a.position)
+                .collect();
             let settled = ok.iter().all(|a| a.outbox == 0)
-                && ok.windows(2).all(|w| w[0].position == w[1].position);
+                && receiving.windows(2).all(|w| w[0] == w[1])
+                && receiving.iter().all(|p| *p >= after);
             want = Some(want.unwrap_or(0).max(answers.len()));
             if settled || Instant::now() >= deadline {
                 break (answers, settled);
@@ -432,9 +441,10 @@ impl Fleet<'_> {
         Ok(())
     }
 
-    /// Asks the nodes to re-announce what differs; returns the rows they re-announced.
-    fn repair(&self, report: &mut Report) -> u64 {
-        let mut total = 0;
+    /// Asks the nodes to re-announce what differs; returns the rows they re-announced and the
+    /// stream sequence of the last repair frame.
+    fn repair(&self, report: &mut Report) -> (u64, u64) {
+        let (mut total, mut seq) = (0, 0);
         for t in report.tables.iter().filter(|t| !t.agree) {
             for (node, keys) in &t.repairs {
                 let buckets: Vec<u64> = match keys {
@@ -460,13 +470,16 @@ impl Fleet<'_> {
                         keys,
                     };
                     match self.ask_node(*node, &req) {
-                        Ok(a) => total += a.repaired,
+                        Ok(a) => {
+                            total += a.repaired;
+                            seq = seq.max(a.published_seq);
+                        }
                         Err(error) => report.errors.push(NodeError { node: *node, error }),
                     }
                 }
             }
         }
-        total
+        (total, seq)
     }
 }
 

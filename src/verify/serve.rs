@@ -168,7 +168,7 @@ fn serve(
             )
             .map_err(text)?;
             drop(tx);
-            publish(frames)?;
+            a.published_seq = publish(frames)?;
             a.repaired = sent;
             a.unsendable = unsendable;
             crate::metrics::add(crate::metrics::Counter::VerifyReannounced, sent);
@@ -520,7 +520,7 @@ mod tests {
     }
 
     fn ask(d: &Db, body: &str) -> Answer {
-        let none = |_: Vec<Outgoing>| -> Result<(), String> { Ok(()) };
+        let none = |_: Vec<Outgoing>| -> Result<u64, String> { Ok(0) };
         serde_json::from_str(&answer(&d.cfg, 1, 1 << 16, body.as_bytes(), &none)).unwrap()
     }
 
@@ -594,9 +594,9 @@ mod tests {
         );
         let sent = std::sync::Arc::new(Mutex::new(Vec::new()));
         let to = sent.clone();
-        let publish = move |f: Vec<Outgoing>| -> Result<(), String> {
+        let publish = move |f: Vec<Outgoing>| -> Result<u64, String> {
             to.lock().unwrap().extend(f);
-            Ok(())
+            Ok(42)
         };
         let keys: Vec<u64> = [1i64, 2]
             .iter()
@@ -612,6 +612,7 @@ mod tests {
         let a: Answer =
             serde_json::from_str(&answer(&d.cfg, 1, 1 << 16, body.as_bytes(), &publish)).unwrap();
         assert_eq!((a.error, a.repaired, a.unsendable), (None, 2, 0));
+        assert_eq!(a.published_seq, 42);
         let sent = std::mem::take(&mut *sent.lock().unwrap());
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].subject, "x.t.1");
