@@ -846,6 +846,51 @@ mod tests {
     }
 
     #[test]
+    fn repair_frames_round_trip_in_format_3_compressed_or_not() {
+        let changes = Changes {
+            origin: 9,
+            tables: vec![header()],
+            changes: vec![
+                Change {
+                    table: 0,
+                    version: 50,
+                    op: Op::Upsert(vec![Value::Integer(2), Value::Text(b"b".repeat(300))]),
+                },
+                Change {
+                    table: 0,
+                    version: 7,
+                    op: Op::Delete(vec![Value::Integer(1)]),
+                },
+            ],
+        };
+        let r = Repair {
+            changes,
+            origins: vec![3, 7],
+        };
+        let bytes = encode_repair(r.clone());
+        assert_eq!(bytes[2], REPAIR_VERSION);
+        assert_eq!(decode(&bytes), Ok(Frame::Repair(r.clone())));
+        let small = compress(bytes.clone());
+        assert!(small.len() < bytes.len());
+        assert_eq!(decode(&small), Ok(Frame::Repair(r.clone())));
+        // origins must match the changes, and a repair never carries an insert
+        let short = Repair {
+            origins: vec![3],
+            ..r.clone()
+        };
+        assert!(matches!(
+            decode(&encode_repair(short)),
+            Err(FrameError::Invalid(_))
+        ));
+        let mut insert = r;
+        insert.changes.changes[0].op = Op::Insert(vec![Value::Integer(2), Value::Null]);
+        assert!(matches!(
+            decode(&encode_repair(insert)),
+            Err(FrameError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn corrupt_input_is_an_error_not_a_panic() {
         let mut b = FrameBuilder::new(1, 4096);
         b.push(
