@@ -2,7 +2,8 @@
 //!
 //! Contract with `main.rs`: [`run`] returns an [`Outcome`] whose `text` is printed as is
 //! (one JSON object, the [`Report`], with `--json`) and whose `agree` is the exit code (0 when
-//! every table agrees on every node that answered, after the repair if one was asked; else 1).
+//! every table agrees on every node that answered, no node answered with an error, and every
+//! node that wrote rows answered; after the repair if one was asked; else 1).
 //! An error (no connection, nobody answered) is a message for `error: ...` (exit 1).
 //!
 //! Text output, one line per table and a verdict:
@@ -313,7 +314,10 @@ impl Fleet<'_> {
                 tables: tables.into_iter().collect(),
             })
             .collect();
-        report.agree = report.errors.is_empty() && report.tables.iter().all(|t| t.agree);
+        // a node that wrote rows and did not answer may hold what nobody else does
+        report.agree = report.errors.is_empty()
+            && report.silent.is_empty()
+            && report.tables.iter().all(|t| t.agree);
         Ok(report)
     }
 
