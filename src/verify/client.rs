@@ -38,6 +38,8 @@ const SETTLE_POLL: Duration = Duration::from_millis(500);
 /// Deadline of one node's answer to a bucket, rows or repair request (each is a pass over the
 /// table: about a second per million rows).
 const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long digests are awaited from nodes known to run (one pass over their tables each).
+const DIGEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Past this many differing buckets the walk stops and reports them without listing rows.
 const MAX_WALK: usize = 2_048;
 
@@ -66,7 +68,8 @@ pub struct Report {
     pub settled: bool,
     /// Nodes that answered.
     pub nodes: Vec<u64>,
-    /// Nodes that wrote rows some node holds and did not answer, with those tables.
+    /// Nodes that did not answer: those that wrote rows some node holds (with those tables)
+    /// and those that answer status requests but not verify (no tables: an older build).
     pub silent: Vec<Silent>,
     /// Nodes that answered with an error.
     pub errors: Vec<NodeError>,
@@ -203,6 +206,18 @@ impl Fleet<'_> {
         }
     }
 
+    /// The ids of the nodes answering status requests (every running node, whatever its build).
+    fn running(&self, timeout: Duration) -> BTreeSet<u64> {
+        let subject = self.cfg.status_subject("all");
+        self.asker
+            .ask(&subject, b"", None, timeout)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| serde_json::from_slice::<serde_json::Value>(a).ok())
+            .filter_map(|v| v.get("node_id").and_then(|n| n.as_u64()))
+            .collect()
+    }
+
     /// One node's answer to `req`, or its error.
     fn ask_node(&self, node: u64, req: &Request) -> Result<Answer, String> {
         let a = self
@@ -227,14 +242,21 @@ impl Fleet<'_> {
     /// does not move its position: it is left out of the comparison of positions.
     fn check(&self, opts: &Options, expect: Option<usize>, after: u64) -> Result<Report, String> {
         let deadline = Instant::now() + opts.settle;
-        let mut want = expect;
+        // who runs: the status service answers at once, a digest takes a pass over the tables
+        let running = self.running(opts.timeout);
+        let mut want = expect.or((!running.is_empty()).then_some(running.len()));
         let (answers, settled) = loop {
-            let answers = self.send("all", &Request::Digest { tables: None }, want, opts.timeout);
+            let timeout = if want.is_some() {
+                DIGEST_TIMEOUT
+            } else {
+                opts.timeout
+            };
+            let answers = self.send("all", &Request::Digest { tables: None }, want, timeout);
             if answers.is_empty() {
                 return Err(format!(
                     "no node answered on {} within {} ms (are the nodes running, on a build with verify, and is [nats] status_subject the same?)",
                     self.subject("all"),
-                    opts.timeout.as_millis()
+                    timeout.as_millis()
                 ));
             }
             let ok: Vec<&Answer> = answers.iter().filter(|a| a.error.is_none()).collect();
@@ -246,7 +268,8 @@ impl Fleet<'_> {
             let settled = ok.iter().all(|a| a.outbox == 0)
                 && receiving.windows(2).all(|w| w[0] == w[1])
                 && receiving.iter().all(|p| *p >= after);
-            want = Some(want.unwrap_or(0).max(answers.len()));
+            // the nodes that answered once answer again: no need to wait for the others
+            want = Some(answers.len());
             if settled || Instant::now() >= deadline {
                 break (answers, settled);
             }
@@ -306,6 +329,9 @@ impl Fleet<'_> {
             }
             report.different_rows += t.different_rows;
             report.tables.push(t);
+        }
+        for node in running.iter().filter(|n| !answered.contains(n)) {
+            silent.entry(*node).or_default();
         }
         report.silent = silent
             .into_iter()
