@@ -58,12 +58,16 @@ pub const FANOUT: usize = 256;
 pub const MAX_DEPTH: u8 = 7;
 /// The client lists rows (and so keys) once the differing buckets hold about this many rows
 /// in all; above it, it goes one level down the tree.
-pub const ROWS_LIMIT: u64 = 4_000;
-/// The most rows one answer lists; past it the answer says it is truncated.
-pub const ANSWER_ROWS: usize = 20_000;
-/// The most buckets one request names (each answered with 256 digests and counts, about
-/// 8 KiB of JSON): keeps every answer far below NATS's default 1 MiB `max_payload`.
-pub const MAX_PREFIXES: usize = 32;
+pub const ROWS_LIMIT: u64 = 20_000;
+/// The most rows one answer lists (about 100 bytes each in the node's memory); past it the
+/// answer says it is truncated.
+pub const ANSWER_ROWS: usize = 50_000;
+/// The most buckets one request names: one pass over the table answers them all, with at
+/// most 256 sub-buckets each (4 MiB of counts at most in the node's memory).
+pub const MAX_PREFIXES: usize = 1_024;
+/// An answer larger than this is sent in several messages (`part` of `parts`), each well
+/// under NATS's default 1 MiB `max_payload`.
+pub const PART_BYTES: usize = 256 * 1024;
 /// Keys shown per table and node pair, at most.
 pub const SHOW_KEYS: usize = 20;
 
@@ -115,9 +119,9 @@ pub struct Answer {
     pub outbox: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableDigest>,
-    /// Per prefix asked: 256 (digest, live rows) pairs.
+    /// Per prefix asked: its non-empty sub-buckets as (index 0..255, digest, live rows).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub buckets: Vec<Vec<(u64, u64)>>,
+    pub buckets: Vec<Vec<(u8, u64, u64)>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rows: Vec<RowEntry>,
     /// More rows matched than one answer lists ([`ANSWER_ROWS`]).
@@ -129,6 +133,10 @@ pub struct Answer {
     /// The stream sequence of the last repair frame published: the client waits until every
     /// node applied up to it before it checks again.
     pub published_seq: u64,
+    /// This message is part `part` (from 0) of `parts`: a large answer's `buckets` or `rows`
+    /// are split over several messages, in order.
+    pub part: u32,
+    pub parts: u32,
 }
 
 /// One table's digest on one node.

@@ -33,18 +33,19 @@ impl Transport {
         reply: impl Fn() -> String + Send + Sync + 'static,
     ) -> Result<(), TransportError> {
         let subjects = [node.to_string(), "all".to_string()].map(|t| cfg.status_subject(&t));
-        self.serve(subjects, "status-service", move |_| reply())
+        self.serve(subjects, "status-service", move |_| vec![reply()])
     }
 
     /// Answers `harmonylite verify` requests (`<status subject>.verify`, for `node` and `all`)
     /// like [`Transport::serve_status`]. Nothing is computed unless asked. `reply` gets the
     /// request's body, the largest frame the server takes, and a publisher for repair frames
-    /// (JetStream, each acknowledged within [`ACK_TIMEOUT`], with its message id).
+    /// (JetStream, each acknowledged within [`ACK_TIMEOUT`], with its message id); it returns
+    /// the answer's messages (a large answer is sent in several, each within `max_payload`).
     pub fn serve_verify(
         &self,
         cfg: &Config,
         node: u64,
-        reply: impl Fn(&[u8], usize, &Publish) -> String + Send + Sync + 'static,
+        reply: impl Fn(&[u8], usize, &Publish) -> Vec<String> + Send + Sync + 'static,
     ) -> Result<(), TransportError> {
         let suffix = crate::verify::SUBJECT_SUFFIX;
         let subjects = [node.to_string(), "all".to_string()]
@@ -74,7 +75,7 @@ impl Transport {
         &self,
         subjects: [String; 2],
         thread: &str,
-        reply: impl Fn(&[u8]) -> String + Send + Sync + 'static,
+        reply: impl Fn(&[u8]) -> Vec<String> + Send + Sync + 'static,
     ) -> Result<(), TransportError> {
         let reply = Arc::new(reply);
         for subject in subjects {
@@ -92,11 +93,14 @@ impl Transport {
                     while live.load(Ordering::Relaxed) {
                         match sub.next_timeout(SERVICE_POLL) {
                             Ok(msg) if msg.reply.is_some() => {
-                                if let Err(e) = msg.respond(reply(&msg.data)) {
-                                    log::debug!(
-                                        "status request on {}: cannot answer: {e}",
-                                        msg.subject
-                                    );
+                                for part in reply(&msg.data) {
+                                    if let Err(e) = msg.respond(part) {
+                                        log::debug!(
+                                            "status request on {}: cannot answer: {e}",
+                                            msg.subject
+                                        );
+                                        break;
+                                    }
                                 }
                             }
                             Ok(_) => {}
@@ -169,6 +173,20 @@ impl Asker {
         want: Option<usize>,
         timeout: Duration,
     ) -> Result<Vec<Vec<u8>>, TransportError> {
+        self.ask_until(subject, body, timeout, |out| {
+            want.is_some_and(|n| out.len() >= n)
+        })
+    }
+
+    /// Like [`Asker::ask`], until `done` says the answers so far are all (an answer sent in
+    /// several messages).
+    pub fn ask_until(
+        &self,
+        subject: &str,
+        body: &[u8],
+        timeout: Duration,
+        done: impl Fn(&[Vec<u8>]) -> bool,
+    ) -> Result<Vec<Vec<u8>>, TransportError> {
         let setup = |what: &str| {
             let what = what.to_string();
             move |source| TransportError::Setup { what, source }
@@ -183,7 +201,7 @@ impl Asker {
             .map_err(setup(&format!("send the request to {subject}")))?;
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
-        while want.is_none_or(|n| out.len() < n) {
+        while !done(&out) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;

@@ -40,6 +40,9 @@ const SETTLE_POLL: Duration = Duration::from_millis(500);
 const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long digests are awaited from nodes known to run (one pass over their tables each).
 const DIGEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keys named by one repair request (their buckets are at most as many, under
+/// [`MAX_PREFIXES`]).
+const REPAIR_KEYS: usize = 1_000;
 /// Past this many differing buckets the walk stops and reports them without listing rows.
 const MAX_WALK: usize = 2_048;
 
@@ -218,18 +221,38 @@ impl Fleet<'_> {
             .collect()
     }
 
-    /// One node's answer to `req`, or its error.
+    /// One node's answer to `req` (its parts put together), or its error.
     fn ask_node(&self, node: u64, req: &Request) -> Result<Answer, String> {
-        let a = self
-            .send(&node.to_string(), req, Some(1), SCAN_TIMEOUT)
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                format!(
-                    "node {node} did not answer within {} s",
-                    SCAN_TIMEOUT.as_secs()
-                )
-            })?;
+        let body = serde_json::to_vec(req).unwrap_or_default();
+        let parts_of = |m: &Vec<u8>| {
+            serde_json::from_slice::<Answer>(m)
+                .map(|a| a.parts.max(1) as usize)
+                .unwrap_or(1)
+        };
+        let done = |out: &[Vec<u8>]| out.first().is_some_and(|m| out.len() >= parts_of(m));
+        let late = || {
+            format!(
+                "node {node} did not answer within {} s",
+                SCAN_TIMEOUT.as_secs()
+            )
+        };
+        let raw = self
+            .asker
+            .ask_until(&self.subject(&node.to_string()), &body, SCAN_TIMEOUT, done)
+            .map_err(|e| e.to_string())?;
+        let mut parts: Vec<Answer> = raw
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<Answer>(m).ok())
+            .collect();
+        if parts.is_empty() || parts.len() < parts[0].parts.max(1) as usize {
+            return Err(late());
+        }
+        parts.sort_by_key(|a| a.part);
+        let mut a = parts.remove(0);
+        for p in parts {
+            a.buckets.extend(p.buckets);
+            a.rows.extend(p.rows);
+        }
         match a.error {
             Some(e) => Err(format!("node {node}: {e}")),
             None => Ok(a),
@@ -370,8 +393,12 @@ impl Fleet<'_> {
                             chunk.len()
                         ));
                     }
-                    for (p, b) in chunk.iter().zip(a.buckets) {
-                        subs.entry(*p).or_default().push(b);
+                    for (p, sparse) in chunk.iter().zip(a.buckets) {
+                        let mut dense = vec![(0u64, 0u64); FANOUT];
+                        for (i, digest, rows) in sparse {
+                            dense[i as usize] = (digest, rows);
+                        }
+                        subs.entry(*p).or_default().push(dense);
                     }
                 }
             }
@@ -477,26 +504,31 @@ impl Fleet<'_> {
         let (mut total, mut seq) = (0, 0);
         for t in report.tables.iter().filter(|t| !t.agree) {
             for (node, keys) in &t.repairs {
-                let buckets: Vec<u64> = match keys {
-                    Some(k) => k
-                        .iter()
-                        .map(|h| prefix(*h, t.depth))
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect(),
-                    None => t.buckets.clone(),
-                };
-                for chunk in buckets.chunks(MAX_PREFIXES) {
-                    let keys = keys.as_ref().map(|k| {
-                        k.iter()
-                            .copied()
-                            .filter(|h| chunk.contains(&prefix(*h, t.depth)))
+                // (buckets, keys) per request: a request names at most MAX_PREFIXES buckets
+                let asks: Vec<(Vec<u64>, Option<Vec<u64>>)> = match keys {
+                    Some(k) => {
+                        let mut k = k.clone();
+                        k.sort_by_key(|h| prefix(*h, t.depth));
+                        k.chunks(REPAIR_KEYS)
+                            .map(|c| {
+                                let mut p: Vec<u64> =
+                                    c.iter().map(|h| prefix(*h, t.depth)).collect();
+                                p.dedup();
+                                (p, Some(c.to_vec()))
+                            })
                             .collect()
-                    });
+                    }
+                    None => t
+                        .buckets
+                        .chunks(MAX_PREFIXES)
+                        .map(|c| (c.to_vec(), None))
+                        .collect(),
+                };
+                for (prefixes, keys) in asks {
                     let req = Request::Repair {
                         table: t.table.clone(),
                         depth: t.depth,
-                        prefixes: chunk.to_vec(),
+                        prefixes,
                         keys,
                     };
                     match self.ask_node(*node, &req) {

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::{
     key_hash, key_json, prefix, row_hash, Answer, Request, RowEntry, TableDigest, ANSWER_ROWS,
-    FANOUT, MAX_DEPTH, MAX_PREFIXES, PROTOCOL,
+    FANOUT, MAX_DEPTH, MAX_PREFIXES, PART_BYTES, PROTOCOL,
 };
 use crate::capture::{self, Schema, Table};
 use crate::config::Config;
@@ -23,7 +23,13 @@ const MAX_REQUEST: usize = 512 * 1024;
 
 /// Answers one verify request of `node`. `max_frame` bounds repair frames; `publish` sends
 /// them (JetStream, acknowledged) before the answer says how many rows were re-announced.
-pub fn answer(cfg: &Config, node: u64, max_frame: usize, body: &[u8], publish: &Publish) -> String {
+pub fn answer(
+    cfg: &Config,
+    node: u64,
+    max_frame: usize,
+    body: &[u8],
+    publish: &Publish,
+) -> Vec<String> {
     let mut a = Answer {
         node_id: node,
         protocol: PROTOCOL,
@@ -44,8 +50,36 @@ pub fn answer(cfg: &Config, node: u64, max_frame: usize, body: &[u8], publish: &
         log::warn!("verify request not served: {e}");
         a.error = Some(e);
     }
+    parts(a)
+}
+
+/// The answer as one message, or several of at most about [`PART_BYTES`] each, its buckets or
+/// rows split in order.
+fn parts(mut a: Answer) -> Vec<String> {
     // plain data: serializing cannot fail
-    serde_json::to_string(&a).unwrap_or_default()
+    let whole = serde_json::to_string(&a).unwrap_or_default();
+    let items = a.buckets.len().max(a.rows.len());
+    if whole.len() <= PART_BYTES || items < 2 {
+        a.parts = 1;
+        return vec![serde_json::to_string(&a).unwrap_or_default()];
+    }
+    let per = (PART_BYTES * items / whole.len()).max(1);
+    let (buckets, rows) = (std::mem::take(&mut a.buckets), std::mem::take(&mut a.rows));
+    let n = items.div_ceil(per);
+    let mut buckets = buckets.into_iter();
+    let mut rows = rows.into_iter();
+    (0..n)
+        .map(|i| {
+            let part = Answer {
+                buckets: buckets.by_ref().take(per).collect(),
+                rows: rows.by_ref().take(per).collect(),
+                part: i as u32,
+                parts: n as u32,
+                ..a.clone()
+            };
+            serde_json::to_string(&part).unwrap_or_default()
+        })
+        .collect()
 }
 
 fn serve(
@@ -110,7 +144,7 @@ fn serve(
         } => {
             let index: HashMap<u64, usize> =
                 prefixes.iter().enumerate().map(|(i, p)| (*p, i)).collect();
-            let mut out = vec![vec![(0u64, 0u64); FANOUT]; prefixes.len()];
+            let mut out = vec![[(0u64, 0u64); FANOUT]; prefixes.len()];
             each_row(&tx, table(name)?, false, |r| {
                 if let (false, Some(&i)) = (r.del, index.get(&prefix(r.hash, *depth))) {
                     let b = &mut out[i][(prefix(r.hash, depth + 1) & 0xff) as usize];
@@ -119,7 +153,15 @@ fn serve(
                 }
             })
             .map_err(text)?;
-            a.buckets = out;
+            a.buckets = out
+                .iter()
+                .map(|subs| {
+                    (0..FANOUT)
+                        .filter(|&i| subs[i].1 > 0)
+                        .map(|i| (i as u8, subs[i].0, subs[i].1))
+                        .collect()
+                })
+                .collect();
         }
         Request::Rows {
             table: name,
@@ -554,7 +596,9 @@ mod tests {
 
     fn ask(d: &Db, body: &str) -> Answer {
         let none = |_: Vec<Outgoing>| -> Result<u64, String> { Ok(0) };
-        serde_json::from_str(&answer(&d.cfg, 1, 1 << 16, body.as_bytes(), &none)).unwrap()
+        let parts = answer(&d.cfg, 1, 1 << 16, body.as_bytes(), &none);
+        assert_eq!(parts.len(), 1);
+        serde_json::from_str(&parts[0]).unwrap()
     }
 
     #[test]
@@ -578,15 +622,46 @@ mod tests {
         );
         let sum = buckets.buckets[0]
             .iter()
-            .fold(0u64, |s, b| s.wrapping_add(b.0));
+            .fold(0u64, |s, b| s.wrapping_add(b.1));
         assert_eq!(sum, da.digest);
-        assert_eq!(buckets.buckets[0].iter().map(|b| b.1).sum::<u64>(), 2);
+        assert_eq!(buckets.buckets[0].iter().map(|b| b.2).sum::<u64>(), 2);
         // rows: tombstones listed too, with their keys
         let rows = ask(&a, r#"{"op":"rows","table":"t","depth":0,"prefixes":[0]}"#).rows;
         assert_eq!(rows.len(), 3);
         assert!(rows
             .iter()
             .any(|r| r.d && r.k == vec![serde_json::json!(3)]));
+    }
+
+    #[test]
+    fn large_answers_are_split_in_order_into_parts() {
+        let rows: Vec<RowEntry> = (0..20_000u64)
+            .map(|i| RowEntry {
+                h: i,
+                v: i,
+                n: 1,
+                d: false,
+                k: vec![serde_json::json!(format!("key {i}"))],
+            })
+            .collect();
+        let a = Answer {
+            node_id: 4,
+            rows: rows.clone(),
+            ..Default::default()
+        };
+        let parts = parts(a);
+        assert!(parts.len() > 1, "{} parts", parts.len());
+        let mut got = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.len() <= 2 * PART_BYTES, "part {i}: {} bytes", p.len());
+            let a: Answer = serde_json::from_str(p).unwrap();
+            assert_eq!(
+                (a.part as usize, a.parts as usize, a.node_id),
+                (i, parts.len(), 4)
+            );
+            got.extend(a.rows);
+        }
+        assert_eq!(got, rows);
     }
 
     #[test]
@@ -621,7 +696,7 @@ mod tests {
             ),
             (
                 r#"{"op":"rows","table":"t","depth":1,"prefixes":[]}"#,
-                "1 to 32 buckets",
+                "1 to 1024 buckets",
             ),
         ] {
             let a = ask(&d, body);
@@ -655,7 +730,8 @@ mod tests {
         })
         .unwrap();
         let a: Answer =
-            serde_json::from_str(&answer(&d.cfg, 1, 1 << 16, body.as_bytes(), &publish)).unwrap();
+            serde_json::from_str(&answer(&d.cfg, 1, 1 << 16, body.as_bytes(), &publish)[0])
+                .unwrap();
         assert_eq!((a.error, a.repaired, a.unsendable), (None, 2, 0));
         assert_eq!(a.published_seq, 42);
         let sent = std::mem::take(&mut *sent.lock().unwrap());
