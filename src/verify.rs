@@ -71,16 +71,12 @@ pub const PART_BYTES: usize = 256 * 1024;
 /// Keys shown per table and node pair, at most.
 pub const SHOW_KEYS: usize = 20;
 
-/// What a node is asked (JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
+/// What a node is asked.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     /// Position, outbox and one digest per table (all replicated tables when `tables` is
     /// None).
-    Digest {
-        #[serde(default)]
-        tables: Option<Vec<String>>,
-    },
+    Digest { tables: Option<Vec<String>> },
     /// The 256 sub-bucket digests and live counts of each bucket `prefixes` names at `depth`.
     Buckets {
         table: String,
@@ -99,11 +95,101 @@ pub enum Request {
         table: String,
         depth: u8,
         prefixes: Vec<u64>,
-        #[serde(default)]
         keys: Option<Vec<u64>>,
     },
     /// The client's result, kept by every node for `status` and `/metrics`.
     Report { different: u64, repaired: u64 },
+}
+
+/// A request on the wire: JSON with `op` and the fields of that operation. One flat struct,
+/// not a tagged enum: serde's tagged enums cost several KiB of binary.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct WireRequest {
+    op: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tables: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    table: String,
+    depth: u8,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prefixes: Vec<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<Vec<u64>>,
+    different: u64,
+    repaired: u64,
+}
+
+impl Request {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut w = WireRequest::default();
+        match self.clone() {
+            Request::Digest { tables } => (w.op, w.tables) = ("digest".into(), tables),
+            Request::Buckets {
+                table,
+                depth,
+                prefixes,
+            } => (w.op, w.table, w.depth, w.prefixes) = ("buckets".into(), table, depth, prefixes),
+            Request::Rows {
+                table,
+                depth,
+                prefixes,
+            } => (w.op, w.table, w.depth, w.prefixes) = ("rows".into(), table, depth, prefixes),
+            Request::Repair {
+                table,
+                depth,
+                prefixes,
+                keys,
+            } => {
+                (w.op, w.table, w.depth, w.prefixes, w.keys) =
+                    ("repair".into(), table, depth, prefixes, keys)
+            }
+            Request::Report {
+                different,
+                repaired,
+            } => (w.op, w.different, w.repaired) = ("report".into(), different, repaired),
+        }
+        serde_json::to_vec(&w).unwrap_or_default()
+    }
+
+    /// Reads a request; the error says what is wrong with it.
+    pub fn parse(body: &[u8]) -> Result<Request, String> {
+        let w: WireRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let table = || -> Result<String, String> {
+            match w.table.is_empty() {
+                true => Err(format!("op {} needs a table", w.op)),
+                false => Ok(w.table.clone()),
+            }
+        };
+        Ok(match w.op.as_str() {
+            "digest" => Request::Digest { tables: w.tables },
+            "buckets" => Request::Buckets {
+                table: table()?,
+                depth: w.depth,
+                prefixes: w.prefixes,
+            },
+            "rows" => Request::Rows {
+                table: table()?,
+                depth: w.depth,
+                prefixes: w.prefixes,
+            },
+            "repair" => Request::Repair {
+                table: table()?,
+                depth: w.depth,
+                prefixes: w.prefixes,
+                keys: w.keys,
+            },
+            "report" => Request::Report {
+                different: w.different,
+                repaired: w.repaired,
+            },
+            op => {
+                return Err(format!(
+                    "unknown op {op:?} (expected digest, buckets, rows, repair or report)"
+                ))
+            }
+        })
+    }
 }
 
 /// A node's answer to any request (JSON). Fields not asked for are absent.
@@ -162,7 +248,7 @@ pub struct RowEntry {
     pub v: u64,
     pub n: u64,
     pub d: bool,
-    pub k: Vec<serde_json::Value>,
+    pub k: Vec<String>,
 }
 
 /// FNV-1a over the canonical bytes of a key, then a 64-bit finalizer for an even spread of
@@ -221,20 +307,32 @@ pub fn prefix(hash: u64, depth: u8) -> u64 {
     }
 }
 
-/// A key as JSON, for people: integers and reals as numbers, text as a string, blobs as
-/// `x'hex'`.
-pub fn key_json(v: ValueRef<'_>) -> serde_json::Value {
-    use serde_json::Value as J;
+/// A key value for people, as an SQL literal: integers and reals as digits, text in single
+/// quotes (doubled inside), blobs as `x'hex'`, `NULL`.
+pub fn key_text(v: ValueRef<'_>) -> String {
     match v {
-        ValueRef::Null => J::Null,
-        ValueRef::Integer(i) => J::from(i),
-        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
-        ValueRef::Text(t) => J::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Null => "NULL".into(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => format!("{f:?}"),
+        ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''")),
         ValueRef::Blob(b) => {
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            J::String(format!("x'{hex}'"))
+            format!("x'{hex}'")
         }
     }
+}
+
+/// The `node_id` of each answer to a status request (other fields ignored; an answer that is
+/// not a status object is left out).
+pub fn node_ids(answers: &[Vec<u8>]) -> Vec<u64> {
+    #[derive(Deserialize)]
+    struct Id {
+        node_id: Option<u64>,
+    }
+    answers
+        .iter()
+        .filter_map(|a| serde_json::from_slice::<Id>(a).ok()?.node_id)
+        .collect()
 }
 
 #[cfg(test)]
@@ -279,12 +377,42 @@ mod tests {
 
     #[test]
     fn requests_read_and_bad_ones_say_why() {
-        let r: Request = serde_json::from_str(r#"{"op":"digest"}"#).unwrap();
+        let r = Request::parse(br#"{"op":"digest"}"#).unwrap();
         assert_eq!(r, Request::Digest { tables: None });
-        let r: Request =
-            serde_json::from_str(r#"{"op":"rows","table":"t","depth":1,"prefixes":[3]}"#).unwrap();
+        let r = Request::parse(br#"{"op":"rows","table":"t","depth":1,"prefixes":[3]}"#).unwrap();
         assert!(matches!(r, Request::Rows { depth: 1, .. }));
-        assert!(serde_json::from_str::<Request>(r#"{"op":"drop"}"#).is_err());
-        assert!(serde_json::from_str::<Request>("\u{0}garbage").is_err());
+        let all = [
+            Request::Digest {
+                tables: Some(vec!["t".into()]),
+            },
+            Request::Repair {
+                table: "t".into(),
+                depth: 2,
+                prefixes: vec![1, 2],
+                keys: Some(vec![9]),
+            },
+            Request::Report {
+                different: 3,
+                repaired: 2,
+            },
+        ];
+        for r in all {
+            assert_eq!(Request::parse(&r.to_json()), Ok(r));
+        }
+        let e = Request::parse(br#"{"op":"drop"}"#).unwrap_err();
+        assert!(e.contains("unknown op \"drop\""), "{e}");
+        assert!(Request::parse(br#"{"op":"rows"}"#)
+            .unwrap_err()
+            .contains("needs a table"));
+        assert!(Request::parse(b"\x00garbage").is_err());
+    }
+
+    #[test]
+    fn keys_read_as_sql_literals() {
+        assert_eq!(key_text(ValueRef::Integer(-7)), "-7");
+        assert_eq!(key_text(ValueRef::Text(b"it's")), "'it''s'");
+        assert_eq!(key_text(ValueRef::Blob(&[0, 255])), "x'00ff'");
+        assert_eq!(key_text(ValueRef::Real(1.5)), "1.5");
+        assert_eq!(key_text(ValueRef::Null), "NULL");
     }
 }

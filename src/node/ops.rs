@@ -95,13 +95,9 @@ impl Node {
 fn anti_entropy_once(cfg: &crate::config::Config, node: u64) {
     let urls = super::snapshot_urls(cfg);
     let timeout = Duration::from_millis(crate::fleet::DEFAULT_TIMEOUT_MS);
-    let ids: Vec<u64> =
-        crate::transport::ask_fleet(cfg, &urls, &cfg.status_subject("all"), None, timeout)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|a| serde_json::from_slice::<serde_json::Value>(a).ok())
-            .filter_map(|v| v.get("node_id").and_then(|n| n.as_u64()))
-            .collect();
+    let answers =
+        crate::transport::ask_fleet(cfg, &urls, &cfg.status_subject("all"), None, timeout);
+    let ids = crate::verify::node_ids(&answers.unwrap_or_default());
     if ids.iter().any(|id| *id < node) {
         return;
     }

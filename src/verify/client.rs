@@ -127,7 +127,7 @@ pub struct TableReport {
 /// One differing key: what each compared node holds (None: no live row).
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyDiff {
-    pub key: Vec<serde_json::Value>,
+    pub key: Vec<String>,
     pub holders: Vec<Holder>,
 }
 
@@ -199,7 +199,7 @@ impl Fleet<'_> {
         want: Option<usize>,
         timeout: Duration,
     ) -> Vec<Answer> {
-        let body = serde_json::to_vec(req).unwrap_or_default();
+        let body = req.to_json();
         match self.asker.ask(&self.subject(target), &body, want, timeout) {
             Ok(raw) => raw
                 .iter()
@@ -212,18 +212,15 @@ impl Fleet<'_> {
     /// The ids of the nodes answering status requests (every running node, whatever its build).
     fn running(&self, timeout: Duration) -> BTreeSet<u64> {
         let subject = self.cfg.status_subject("all");
-        self.asker
-            .ask(&subject, b"", None, timeout)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|a| serde_json::from_slice::<serde_json::Value>(a).ok())
-            .filter_map(|v| v.get("node_id").and_then(|n| n.as_u64()))
+        let answers = self.asker.ask(&subject, b"", None, timeout);
+        super::node_ids(&answers.unwrap_or_default())
+            .into_iter()
             .collect()
     }
 
     /// One node's answer to `req` (its parts put together), or its error.
     fn ask_node(&self, node: u64, req: &Request) -> Result<Answer, String> {
-        let body = serde_json::to_vec(req).unwrap_or_default();
+        let body = req.to_json();
         let parts_of = |m: &Vec<u8>| {
             serde_json::from_slice::<Answer>(m)
                 .map(|a| a.parts.max(1) as usize)
@@ -443,8 +440,7 @@ impl Fleet<'_> {
     /// The rows of the differing buckets from every node, compared key by key.
     fn list_rows(&self, t: &mut TableReport, buckets: Vec<u64>) -> Result<(), String> {
         // key hash -> (key, what each node holds)
-        let mut keys: BTreeMap<u64, (Vec<serde_json::Value>, BTreeMap<u64, RowEntry>)> =
-            BTreeMap::new();
+        let mut keys: BTreeMap<u64, (Vec<String>, BTreeMap<u64, RowEntry>)> = BTreeMap::new();
         for chunk in buckets.chunks(MAX_PREFIXES) {
             for &node in &t.nodes {
                 let req = Request::Rows {
@@ -602,7 +598,7 @@ fn render(r: &Report, lead: &str) -> String {
                         None => format!("node {} none", h.node),
                     })
                     .collect();
-                let key = serde_json::to_string(&k.key).unwrap_or_default();
+                let key = k.key.join(", ");
                 let _ = writeln!(o, "{lead}  key {key}: {}", holders.join(", "));
             }
         }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{Connection, OpenFlags};
 
 use super::{
-    key_hash, key_json, prefix, row_hash, Answer, Request, RowEntry, TableDigest, ANSWER_ROWS,
+    key_hash, key_text, prefix, row_hash, Answer, Request, RowEntry, TableDigest, ANSWER_ROWS,
     FANOUT, MAX_DEPTH, MAX_PREFIXES, PART_BYTES, PROTOCOL,
 };
 use crate::capture::{self, Schema, Table};
@@ -41,7 +41,7 @@ pub fn answer(
             body.len()
         ))
     } else {
-        serde_json::from_slice::<Request>(body).map_err(|e| {
+        Request::parse(body).map_err(|e| {
             format!("malformed verify request: {e} (expected JSON such as {{\"op\":\"digest\"}}; use harmonylite verify)")
         })
     };
@@ -311,7 +311,7 @@ struct VerRow {
     node: u64,
     del: bool,
     /// The key for display (only filled by `Rows`, see [`each_row`]).
-    key: Vec<serde_json::Value>,
+    key: Vec<String>,
 }
 
 /// Visits every version row of `t`, tombstones included; `keys`: with the key for display
@@ -350,7 +350,7 @@ fn each_row(
         r.node = row.get::<_, i64>(1).ctx("read versions")? as u64;
         r.del = row.get::<_, i64>(2).ctx("read versions")? != 0;
         if keys_too {
-            r.key = key.into_iter().map(key_json).collect();
+            r.key = key.into_iter().map(key_text).collect();
         }
         visit(&r);
     }
@@ -628,9 +628,7 @@ mod tests {
         // rows: tombstones listed too, with their keys
         let rows = ask(&a, r#"{"op":"rows","table":"t","depth":0,"prefixes":[0]}"#).rows;
         assert_eq!(rows.len(), 3);
-        assert!(rows
-            .iter()
-            .any(|r| r.d && r.k == vec![serde_json::json!(3)]));
+        assert!(rows.iter().any(|r| r.d && r.k == vec!["3".to_string()]));
     }
 
     #[test]
@@ -641,7 +639,7 @@ mod tests {
                 v: i,
                 n: 1,
                 d: false,
-                k: vec![serde_json::json!(format!("key {i}"))],
+                k: vec![format!("'key {i}'")],
             })
             .collect();
         let a = Answer {
@@ -722,16 +720,15 @@ mod tests {
             .iter()
             .map(|k| key_hash([rusqlite::types::ValueRef::Integer(*k)].into_iter()))
             .collect();
-        let body = serde_json::to_string(&Request::Repair {
+        let body = Request::Repair {
             table: "t".into(),
             depth: 0,
             prefixes: vec![0],
             keys: Some(keys),
-        })
-        .unwrap();
+        }
+        .to_json();
         let a: Answer =
-            serde_json::from_str(&answer(&d.cfg, 1, 1 << 16, body.as_bytes(), &publish)[0])
-                .unwrap();
+            serde_json::from_str(&answer(&d.cfg, 1, 1 << 16, &body, &publish)[0]).unwrap();
         assert_eq!((a.error, a.repaired, a.unsendable), (None, 2, 0));
         assert_eq!(a.published_seq, 42);
         let sent = std::mem::take(&mut *sent.lock().unwrap());
