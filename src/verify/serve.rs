@@ -145,7 +145,7 @@ fn serve(
             let index: HashMap<u64, usize> =
                 prefixes.iter().enumerate().map(|(i, p)| (*p, i)).collect();
             let mut out = vec![[(0u64, 0u64); FANOUT]; prefixes.len()];
-            each_row(&tx, table(name)?, false, |r| {
+            each_row(&tx, table(name)?, None, |r| {
                 if let (false, Some(&i)) = (r.del, index.get(&prefix(r.hash, *depth))) {
                     let b = &mut out[i][(prefix(r.hash, depth + 1) & 0xff) as usize];
                     b.0 = b.0.wrapping_add(row_hash(r.hash, r.ver, r.node));
@@ -169,8 +169,9 @@ fn serve(
             prefixes,
         } => {
             let wanted: HashSet<u64> = prefixes.iter().copied().collect();
-            each_row(&tx, table(name)?, true, |r| {
-                if wanted.contains(&prefix(r.hash, *depth)) {
+            let listed = |h: u64| wanted.contains(&prefix(h, *depth));
+            each_row(&tx, table(name)?, Some(&listed), |r| {
+                if listed(r.hash) {
                     if a.rows.len() < ANSWER_ROWS {
                         a.rows.push(RowEntry {
                             h: r.hash,
@@ -314,12 +315,12 @@ struct VerRow {
     key: Vec<String>,
 }
 
-/// Visits every version row of `t`, tombstones included; `keys`: with the key for display
-/// (an allocation per row, so only for `Rows`).
+/// Visits every version row of `t`, tombstones included; `keys_for`: the key hashes whose rows
+/// get their key for display (an allocation per row, so only for the rows `Rows` lists).
 fn each_row(
     conn: &Connection,
     t: &Table,
-    keys_too: bool,
+    keys_for: Option<&dyn Fn(u64) -> bool>,
     mut visit: impl FnMut(&VerRow),
 ) -> Result<(), DbError> {
     if !installed(conn, t)? {
@@ -349,7 +350,7 @@ fn each_row(
         r.ver = row.get::<_, i64>(0).ctx("read versions")? as u64;
         r.node = row.get::<_, i64>(1).ctx("read versions")? as u64;
         r.del = row.get::<_, i64>(2).ctx("read versions")? != 0;
-        if keys_too {
+        if keys_for.is_some_and(|f| f(r.hash)) {
             r.key = key.into_iter().map(key_text).collect();
         }
         visit(&r);
@@ -371,7 +372,7 @@ fn digest(
         ..Default::default()
     };
     let mut origins = HashSet::new();
-    each_row(conn, t, false, |r| {
+    each_row(conn, t, None, |r| {
         if !r.del {
             d.rows += 1;
             d.digest = d.digest.wrapping_add(row_hash(r.hash, r.ver, r.node));
