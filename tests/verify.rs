@@ -71,7 +71,7 @@ fn differing_keys(json: &str, table: &str) -> BTreeSet<String> {
                 .map(|k| match &k["key"] {
                     serde_json::Value::Array(parts) => parts
                         .iter()
-                        .map(|p| p.to_string())
+                        .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_string))
                         .collect::<Vec<_>>()
                         .join(", "),
                     other => other.to_string(),
@@ -208,12 +208,13 @@ fn malformed_verify_requests_get_an_error_answer_and_bad_usage_exits_2() {
         cfg.status_subject("3"),
         harmonylite::verify::SUBJECT_SUFFIX
     );
-    for body in [
-        &b"not json"[..],
-        b"{\"op\":\"drop table\"}",
-        b"{\"op\":\"rows\",\"table\":\"t\"}",
-        b"\xff\x00\xfe",
-        b"",
+    // (body, what the error must say)
+    for (body, says) in [
+        (&b"not json"[..], "malformed verify request"),
+        (b"{\"op\":\"drop table\"}", "unknown op \"drop table\""),
+        (b"{\"op\":\"rows\",\"table\":\"t\"}", "buckets"),
+        (b"\xff\x00\xfe", "malformed verify request"),
+        (b"", "malformed verify request"),
     ] {
         let answers = asker
             .ask(&subject, body, Some(1), Duration::from_secs(5))
@@ -223,7 +224,7 @@ fn malformed_verify_requests_get_an_error_answer_and_bad_usage_exits_2() {
         let e = a["error"]
             .as_str()
             .unwrap_or_else(|| panic!("an error: {a}"));
-        assert!(e.contains("verify request"), "{e}");
+        assert!(e.contains(says), "the error for {body:?} says {says:?}: {e}");
     }
     assert!(node.is_running(), "the node answered and kept running");
     let (code, _, err) = verify(&node.config, &[]);
