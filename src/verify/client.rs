@@ -17,7 +17,6 @@
 //! With `--repair`: `repair: N rows re-announced (table t: node 1 re-announced 2)`, then the
 //! same lines for the check made after the repair, prefixed by `after repair:`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -210,12 +209,13 @@ impl Fleet<'_> {
     }
 
     /// The ids of the nodes answering status requests (every running node, whatever its build).
-    fn running(&self, timeout: Duration) -> BTreeSet<u64> {
+    fn running(&self, timeout: Duration) -> Vec<u64> {
         let subject = self.cfg.status_subject("all");
         let answers = self.asker.ask(&subject, b"", None, timeout);
-        super::node_ids(&answers.unwrap_or_default())
-            .into_iter()
-            .collect()
+        let mut ids = super::node_ids(&answers.unwrap_or_default());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// One node's answer to `req` (its parts put together), or its error.
@@ -312,17 +312,20 @@ impl Fleet<'_> {
         ok.sort_by_key(|a| a.node_id);
         ok.dedup_by_key(|a| a.node_id);
         report.nodes = ok.iter().map(|a| a.node_id).collect();
-        let answered: BTreeSet<u64> = report
+        let answered: Vec<u64> = report
             .nodes
             .iter()
             .chain(report.errors.iter().map(|e| &e.node))
             .copied()
             .collect();
-        let mut silent: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-        let names: BTreeSet<&str> = ok
+        // (node, table) of rows written by nodes that did not answer
+        let mut silent: Vec<(u64, String)> = Vec::new();
+        let mut names: Vec<&str> = ok
             .iter()
             .flat_map(|a| a.tables.iter().map(|t| t.table.as_str()))
             .collect();
+        names.sort_unstable();
+        names.dedup();
         for name in names {
             let mut t = TableReport {
                 table: name.to_string(),
@@ -336,7 +339,7 @@ impl Fleet<'_> {
                         t.rows = t.rows.max(d.rows);
                         digests.push((d.rows, d.digest));
                         for o in d.origins.iter().filter(|o| !answered.contains(o)) {
-                            silent.entry(*o).or_default().insert(name.to_string());
+                            silent.push((*o, name.to_string()));
                         }
                     }
                     Some(_) => t.not_compared.push(a.node_id),
@@ -351,15 +354,21 @@ impl Fleet<'_> {
             report.tables.push(t);
         }
         for node in running.iter().filter(|n| !answered.contains(n)) {
-            silent.entry(*node).or_default();
+            silent.push((*node, String::new()));
         }
-        report.silent = silent
-            .into_iter()
-            .map(|(node, tables)| Silent {
-                node,
-                tables: tables.into_iter().collect(),
-            })
-            .collect();
+        silent.sort_unstable();
+        silent.dedup();
+        for (node, table) in silent {
+            if report.silent.last().is_none_or(|s| s.node != node) {
+                report.silent.push(Silent {
+                    node,
+                    tables: Vec::new(),
+                });
+            }
+            if let (Some(s), false) = (report.silent.last_mut(), table.is_empty()) {
+                s.tables.push(table);
+            }
+        }
         // a node that wrote rows and did not answer may hold what nobody else does
         report.agree = report.errors.is_empty()
             && report.silent.is_empty()
@@ -374,8 +383,9 @@ impl Fleet<'_> {
         let mut prefixes = vec![0u64];
         loop {
             // the 256 sub-buckets of each bucket, from every node
-            let mut subs: BTreeMap<u64, Vec<Vec<(u64, u64)>>> = BTreeMap::new();
-            for chunk in prefixes.chunks(MAX_PREFIXES) {
+            let mut subs: Vec<(u64, Vec<Vec<(u64, u64)>>)> =
+                prefixes.iter().map(|p| (*p, Vec::new())).collect();
+            for (c, chunk) in prefixes.chunks(MAX_PREFIXES).enumerate() {
                 for &node in &t.nodes {
                     let req = Request::Buckets {
                         table: t.table.clone(),
@@ -390,12 +400,12 @@ impl Fleet<'_> {
                             chunk.len()
                         ));
                     }
-                    for (p, sparse) in chunk.iter().zip(a.buckets) {
+                    for (j, sparse) in a.buckets.into_iter().enumerate() {
                         let mut dense = vec![(0u64, 0u64); FANOUT];
                         for (i, digest, rows) in sparse {
                             dense[i as usize] = (digest, rows);
                         }
-                        subs.entry(*p).or_default().push(dense);
+                        subs[c * MAX_PREFIXES + j].1.push(dense);
                     }
                 }
             }
@@ -439,8 +449,8 @@ impl Fleet<'_> {
 
     /// The rows of the differing buckets from every node, compared key by key.
     fn list_rows(&self, t: &mut TableReport, buckets: Vec<u64>) -> Result<(), String> {
-        // key hash -> (key, what each node holds)
-        let mut keys: BTreeMap<u64, (Vec<String>, BTreeMap<u64, RowEntry>)> = BTreeMap::new();
+        // (key hash, node, its version row), sorted: each key's rows side by side
+        let mut held: Vec<(u64, u64, RowEntry)> = Vec::new();
         for chunk in buckets.chunks(MAX_PREFIXES) {
             for &node in &t.nodes {
                 let req = Request::Rows {
@@ -454,43 +464,45 @@ impl Fleet<'_> {
                     t.repairs = t.nodes.iter().map(|n| (*n, None)).collect();
                     return Ok(());
                 }
-                for r in a.rows {
-                    let e = keys
-                        .entry(r.h)
-                        .or_insert_with(|| (r.k.clone(), BTreeMap::new()));
-                    e.1.insert(node, r);
-                }
+                held.extend(a.rows.into_iter().map(|r| (r.h, node, r)));
             }
         }
+        held.sort_unstable_by_key(|(h, node, _)| (*h, *node));
         t.listed = true;
-        let mut winners: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for (h, (key, held)) in keys {
-            let live = |n: &u64| held.get(n).filter(|r| !r.d).map(|r| (r.v, r.n));
+        // (node holding the newest version, key hash) of each differing key
+        let mut winners: Vec<(u64, u64)> = Vec::new();
+        for rows in held.chunk_by(|a, b| a.0 == b.0) {
+            let row = |n: &u64| rows.iter().find(|(_, m, _)| m == n).map(|(_, _, r)| r);
+            let live = |n: &u64| row(n).filter(|r| !r.d).map(|r| (r.v, r.n));
             let first = live(&t.nodes[0]);
             if t.nodes.iter().all(|n| live(n) == first) {
                 continue;
             }
             t.different_rows += 1;
             // the newest (version, origin) anywhere, tombstones included, is re-announced
-            if let Some((node, _)) = held.iter().max_by_key(|(_, r)| (r.v, r.n)) {
-                winners.entry(*node).or_default().push(h);
+            if let Some((h, node, _)) = rows.iter().max_by_key(|(_, _, r)| (r.v, r.n)) {
+                winners.push((*node, *h));
             }
             if t.keys.len() < SHOW_KEYS {
                 t.keys.push(KeyDiff {
-                    key,
+                    key: rows[0].2.k.clone(),
                     holders: t
                         .nodes
                         .iter()
                         .map(|n| Holder {
                             node: *n,
                             live: live(n),
-                            tombstone: held.get(n).is_some_and(|r| r.d),
+                            tombstone: row(n).is_some_and(|r| r.d),
                         })
                         .collect(),
                 });
             }
         }
-        t.repairs = winners.into_iter().map(|(n, k)| (n, Some(k))).collect();
+        winners.sort_unstable();
+        for w in winners.chunk_by(|a, b| a.0 == b.0) {
+            t.repairs
+                .push((w[0].0, Some(w.iter().map(|(_, h)| *h).collect())));
+        }
         Ok(())
     }
 
