@@ -209,7 +209,14 @@ pub fn apply_batch(
         match frame::decode(&m.data) {
             Ok(Frame::Changes(c)) if c.origin == node && !replay_own => stats.own += 1,
             Ok(Frame::Changes(c)) => match source.check(&c) {
-                Ok(()) => apply_changes(&tx, &replicates, schema, hlc, &c, &mut stats)?,
+                Ok(()) => apply_changes(&tx, &replicates, schema, hlc, &c, None, &mut stats)?,
+                Err(why) => reject(m, &why, &mut stats),
+            },
+            Ok(Frame::Repair(r)) => match source.check(&r.changes) {
+                Ok(()) => {
+                    let (c, o) = (&r.changes, Some(&r.origins[..]));
+                    apply_changes(&tx, &replicates, schema, hlc, c, o, &mut stats)?
+                }
                 Err(why) => reject(m, &why, &mut stats),
             },
             Ok(Frame::Fragment(f)) if source.origin() != Some(f.origin) => {
@@ -232,8 +239,18 @@ pub fn apply_batch(
                                 schema,
                                 hlc,
                                 &c,
+                                None,
                                 &mut stats,
                             )?,
+                            Err(why) => reject(m, &why, &mut stats),
+                        },
+                        // a re-announced row too large for one frame (`verify --repair`)
+                        Ok(Frame::Repair(r)) => match source.check(&r.changes) {
+                            Ok(()) => {
+                                let (c, o) = (&r.changes, Some(&r.origins[..]));
+                                let replicates = |t: &str| cfg.replicates(t);
+                                apply_changes(&tx, &replicates, schema, hlc, c, o, &mut stats)?
+                            }
                             Err(why) => reject(m, &why, &mut stats),
                         },
                         Ok(Frame::Fragment(_)) => {
@@ -662,20 +679,29 @@ fn target<'a>(schema: &'a Schema, h: &TableHeader) -> Result<Target<'a>, String>
 /// Applies the changes of one frame. `replicates` says which tables this node receives: the
 /// server filters the others out (a consumer per replicated table), but a server older than
 /// 2.10 and frames of the single-subject layout bring every table.
+///
+/// `origins`: a repair frame's ([`frame::Repair`]) origin of each change; each row is then
+/// compared and written with its own origin, not the sender's, and the lag metric and the
+/// clock-ahead warning leave the old versions it carries out.
 fn apply_changes(
     conn: &Connection,
     replicates: &dyn Fn(&str) -> bool,
     schema: &Schema,
     hlc: &mut Hlc,
     c: &Changes,
+    origins: Option<&[u64]>,
     stats: &mut ApplyStats,
 ) -> Result<(), DbError> {
     let targets: Vec<Result<Target, String>> = c.tables.iter().map(|h| target(schema, h)).collect();
     // each table's statements, taken from the cache once per frame rather than once per row
     let mut prepared: Vec<Prepared> = targets.iter().map(|_| Prepared::default()).collect();
     let now = crate::hlc::now_ms();
-    if let Some(max) = c
-        .changes
+    let recent = if origins.is_some() {
+        &[][..]
+    } else {
+        &c.changes
+    };
+    if let Some(max) = recent
         .iter()
         .map(|ch| crate::hlc::wall_ms(ch.version))
         .max()
@@ -684,7 +710,7 @@ fn apply_changes(
             stats.ahead = Some((c.origin, max - now));
         }
     }
-    if let Some(v) = c.changes.iter().map(|ch| ch.version).max() {
+    if let Some(v) = recent.iter().map(|ch| ch.version).max() {
         match stats.newest.iter_mut().find(|(o, _)| *o == c.origin) {
             Some(n) => n.1 = n.1.max(v),
             None => stats.newest.push((c.origin, v)),
@@ -718,9 +744,10 @@ fn apply_changes(
     // whether a parent can be parked at all: else no foreign key is looked at (the usual case)
     let mut waiting = !soon.is_empty() || parked_any(conn)?;
     let mut fks: Vec<Option<Vec<ForeignKey>>> = c.tables.iter().map(|_| None).collect();
-    for ch in &c.changes {
+    for (i, ch) in c.changes.iter().enumerate() {
         let idx = ch.table as usize;
         let header = &c.tables[idx];
+        let origin = origins.map_or(c.origin, |o| o[i]);
         if !received[idx] {
             stats.not_replicated += 1;
             continue;
@@ -728,8 +755,7 @@ fn apply_changes(
         if !hlc.observe(ch.version) && !refused {
             refused = true;
             log::warn!(
-                "node {} stamps changes past the year 3000 (version {}): its clock or its database is broken; this node's clock does not follow it",
-                c.origin,
+                "node {origin} stamps changes past the year 3000 (version {}): its clock or its database is broken; this node's clock does not follow it",
                 ch.version
             );
         }
@@ -749,7 +775,7 @@ fn apply_changes(
                     Some(p) => Outcome::Park(format!(
                         "a row of table {p} it references is parked here (it waits with it)"
                     )),
-                    None => apply_one(conn, t, &mut prepared[idx], header, c.origin, ch, stats)?,
+                    None => apply_one(conn, t, &mut prepared[idx], header, origin, ch, stats)?,
                 }
             }
             Err(reason) => Outcome::Park(reason.clone()),
@@ -769,7 +795,7 @@ fn apply_changes(
                         log::warn!("parking changes for table {}: {reason}; they are kept and applied once the schema here allows{more}", header.name);
                     }
                 }
-                stats.parked_bytes += park(conn, &header.name, &reason, c.origin, header, ch)?;
+                stats.parked_bytes += park(conn, &header.name, &reason, origin, header, ch)?;
                 stats.parked += 1;
                 waiting = true;
             }
@@ -1453,7 +1479,7 @@ pub fn retry_parked(
             };
             let mut stats = ApplyStats::default();
             // accepted when it arrived: applied whatever the direction says now
-            apply_changes(&tx, &|_| true, schema, hlc, &c, &mut stats)?;
+            apply_changes(&tx, &|_| true, schema, hlc, &c, None, &mut stats)?;
             done += stats.applied + stats.stale;
             left += stats.parked;
             if stats.parked > 0 {

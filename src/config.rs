@@ -17,7 +17,7 @@ mod nats;
 mod ops;
 pub use go::{SnapshotNats, SnapshotRemote};
 pub use nats::{Nats, Secret};
-pub use ops::{listen_addr, HealthCheck, Prometheus};
+pub use ops::{listen_addr, AntiEntropy, HealthCheck, Prometheus, MIN_ANTI_ENTROPY_SECS};
 
 /// Default poll interval of the change log, in milliseconds.
 pub const DEFAULT_POLLING_INTERVAL_MS: u64 = 100;
@@ -150,6 +150,8 @@ pub struct Config {
     pub prometheus: Prometheus,
     #[serde(default)]
     pub health_check: HealthCheck,
+    #[serde(default)]
+    pub anti_entropy: AntiEntropy,
 }
 
 /// A table name as one token of a NATS subject: ASCII letters, digits, `_` and `-` stay as they
@@ -610,6 +612,12 @@ impl Config {
             }
         }
         ops::validate(&self.prometheus, &self.health_check)?;
+        let every = self.anti_entropy.interval_secs;
+        if every != 0 && every < MIN_ANTI_ENTROPY_SECS {
+            return Err(format!(
+                "[anti_entropy] interval_secs: {every} is too short; use 0 (off) or at least {MIN_ANTI_ENTROPY_SECS}"
+            ));
+        }
         for t in self.tables.iter().chain(&self.exclude_tables) {
             if t.is_empty() {
                 return Err("tables/exclude_tables: empty table name".into());

@@ -23,6 +23,10 @@ pub const MAGIC: &[u8; 2] = b"HL";
 pub const VERSION: u8 = 2;
 /// The oldest frame format this build reads.
 pub const OLDEST_VERSION: u8 = 1;
+/// The format of [`Frame::Repair`] (`harmonylite verify --repair`), the newest this build
+/// reads. Only repair frames are written in it: a build that predates it skips them with
+/// "unknown frame version 3 ... upgrade this node", and every other frame stays readable.
+pub const REPAIR_VERSION: u8 = 3;
 /// Set in the version byte of a frame whose body is compressed (any format version).
 pub const COMPRESSED: u8 = 0x80;
 /// The largest postcard body a compressed frame may carry, and so the most a frame can make a
@@ -146,6 +150,17 @@ pub struct Fragment {
 pub enum Frame {
     Changes(Changes),
     Fragment(Fragment),
+    /// Rows re-announced by `verify --repair` with the version and origin they hold on the
+    /// sender: `changes.origin` is the sender (its subject's node), `origins[i]` the node that
+    /// wrote `changes.changes[i]`, so receivers compare on the row's own (version, origin).
+    /// Upserts and deletes only, never [`Op::Insert`]: a re-announced row is not a new one.
+    Repair(Repair),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repair {
+    pub changes: Changes,
+    pub origins: Vec<u64>,
 }
 
 /// On the wire a change carries its version as the difference from the previous change's
@@ -168,6 +183,7 @@ struct WireChanges {
 enum WireFrame {
     Changes(WireChanges),
     Fragment(Fragment),
+    Repair(WireChanges, Vec<u64>),
 }
 
 fn delta(prev: u64, version: u64) -> i64 {
@@ -178,6 +194,10 @@ impl Frame {
     fn to_wire(&self) -> WireFrame {
         match self {
             Frame::Fragment(f) => WireFrame::Fragment(f.clone()),
+            Frame::Repair(r) => match Frame::Changes(r.changes.clone()).to_wire() {
+                WireFrame::Changes(c) => WireFrame::Repair(c, r.origins.clone()),
+                _ => unreachable!("changes encode as changes"),
+            },
             Frame::Changes(c) => {
                 let mut prev = 0;
                 let changes = c
@@ -205,6 +225,10 @@ impl Frame {
     fn from_wire(w: WireFrame) -> Frame {
         match w {
             WireFrame::Fragment(f) => Frame::Fragment(f),
+            WireFrame::Repair(c, origins) => match Frame::from_wire(WireFrame::Changes(c)) {
+                Frame::Changes(changes) => Frame::Repair(Repair { changes, origins }),
+                _ => unreachable!("changes decode as changes"),
+            },
             WireFrame::Changes(c) => {
                 let mut prev = 0u64;
                 let changes = c
@@ -250,7 +274,7 @@ impl fmt::Display for FrameError {
             FrameError::BadMagic => write!(f, "not a HarmonyLite frame (bad magic)"),
             FrameError::UnknownVersion(v) => write!(
                 f,
-                "unknown frame version {v} (this build reads {OLDEST_VERSION} to {VERSION}): upgrade this node"
+                "unknown frame version {v} (this build reads {OLDEST_VERSION} to {REPAIR_VERSION}): upgrade this node"
             ),
             FrameError::Checksum => write!(f, "checksum mismatch"),
             FrameError::Decode(e) => write!(f, "does not decode: {e}"),
@@ -282,6 +306,11 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
     encode_as(frame, VERSION)
 }
 
+/// Encodes a repair frame, in format [`REPAIR_VERSION`].
+pub fn encode_repair(r: Repair) -> Vec<u8> {
+    encode_as(&Frame::Repair(r), REPAIR_VERSION)
+}
+
 /// Encodes a whole frame in format `version` (at most [`VERSION`]).
 pub fn encode_as(frame: &Frame, version: u8) -> Vec<u8> {
     let out = envelope_start(64, version);
@@ -308,7 +337,7 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
         return Err(FrameError::BadMagic);
     }
     let version = bytes[2] & !COMPRESSED;
-    if !(OLDEST_VERSION..=VERSION).contains(&version) {
+    if !(OLDEST_VERSION..=REPAIR_VERSION).contains(&version) {
         return Err(FrameError::UnknownVersion(bytes[2]));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -407,35 +436,53 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>, FrameError> {
 /// Structural checks so that the apply code can index without panicking.
 fn validate(frame: &Frame) -> Result<(), FrameError> {
     match frame {
-        Frame::Changes(c) => {
-            for t in &c.tables {
-                if t.pk.is_empty() {
-                    return Err(FrameError::Invalid("table without a primary key"));
-                }
-                if t.pk.iter().any(|&i| i as usize >= t.columns.len()) {
-                    return Err(FrameError::Invalid("primary key index out of range"));
-                }
+        Frame::Repair(r) => {
+            if r.origins.len() != r.changes.changes.len() {
+                return Err(FrameError::Invalid(
+                    "repair origins do not match its changes",
+                ));
             }
-            for ch in &c.changes {
-                let t = c
-                    .tables
-                    .get(ch.table as usize)
-                    .ok_or(FrameError::Invalid("table index out of range"))?;
-                let ok = match &ch.op {
-                    Op::Upsert(v) | Op::Insert(v) => v.len() == t.columns.len(),
-                    Op::Delete(k) => k.len() == t.pk.len(),
-                };
-                if !ok {
-                    return Err(FrameError::Invalid(
-                        "value count does not match the table header",
-                    ));
-                }
+            if r.changes
+                .changes
+                .iter()
+                .any(|c| matches!(c.op, Op::Insert(_)))
+            {
+                return Err(FrameError::Invalid("a repair frame carries an insert"));
             }
+            validate_changes(&r.changes)?;
         }
+        Frame::Changes(c) => validate_changes(c)?,
         Frame::Fragment(f) => {
             if f.count == 0 || f.index >= f.count {
                 return Err(FrameError::Invalid("fragment index out of range"));
             }
+        }
+    }
+    Ok(())
+}
+
+fn validate_changes(c: &Changes) -> Result<(), FrameError> {
+    for t in &c.tables {
+        if t.pk.is_empty() {
+            return Err(FrameError::Invalid("table without a primary key"));
+        }
+        if t.pk.iter().any(|&i| i as usize >= t.columns.len()) {
+            return Err(FrameError::Invalid("primary key index out of range"));
+        }
+    }
+    for ch in &c.changes {
+        let t = c
+            .tables
+            .get(ch.table as usize)
+            .ok_or(FrameError::Invalid("table index out of range"))?;
+        let ok = match &ch.op {
+            Op::Upsert(v) | Op::Insert(v) => v.len() == t.columns.len(),
+            Op::Delete(k) => k.len() == t.pk.len(),
+        };
+        if !ok {
+            return Err(FrameError::Invalid(
+                "value count does not match the table header",
+            ));
         }
     }
     Ok(())
@@ -796,6 +843,51 @@ mod tests {
             panic!()
         };
         assert_eq!(c.changes[0].op, big);
+    }
+
+    #[test]
+    fn repair_frames_round_trip_in_format_3_compressed_or_not() {
+        let changes = Changes {
+            origin: 9,
+            tables: vec![header()],
+            changes: vec![
+                Change {
+                    table: 0,
+                    version: 50,
+                    op: Op::Upsert(vec![Value::Integer(2), Value::Text(b"b".repeat(300))]),
+                },
+                Change {
+                    table: 0,
+                    version: 7,
+                    op: Op::Delete(vec![Value::Integer(1)]),
+                },
+            ],
+        };
+        let r = Repair {
+            changes,
+            origins: vec![3, 7],
+        };
+        let bytes = encode_repair(r.clone());
+        assert_eq!(bytes[2], REPAIR_VERSION);
+        assert_eq!(decode(&bytes), Ok(Frame::Repair(r.clone())));
+        let small = compress(bytes.clone());
+        assert!(small.len() < bytes.len());
+        assert_eq!(decode(&small), Ok(Frame::Repair(r.clone())));
+        // origins must match the changes, and a repair never carries an insert
+        let short = Repair {
+            origins: vec![3],
+            ..r.clone()
+        };
+        assert!(matches!(
+            decode(&encode_repair(short)),
+            Err(FrameError::Invalid(_))
+        ));
+        let mut insert = r;
+        insert.changes.changes[0].op = Op::Insert(vec![Value::Integer(2), Value::Null]);
+        assert!(matches!(
+            decode(&encode_repair(insert)),
+            Err(FrameError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -38,6 +38,9 @@
 //!   asking every node through NATS.
 //! - [`metrics`]: counters and lag for `/metrics`; [`health`]: the `/health` verdict;
 //!   [`http`]: the tiny server for both (`[prometheus]`, `[health_check]`).
+//! - [`verify`]: `harmonylite verify [--repair]`: the nodes' version tables compared through
+//!   NATS (digests of a 256-way tree of key-hash buckets, computed on demand by the node's
+//!   verify service) and differing rows re-announced at their own version and origin.
 //! - [`cleanup`]: `harmonylite cleanup`, removing everything HarmonyLite added to a database.
 //! - [`logging`]: the stderr logger (text or JSON lines).
 //! - [`retry`]: the one backoff, the retry policies and the shared deadlines (the shutdown
@@ -71,3 +74,4 @@ pub mod state;
 pub mod status;
 pub mod tombstones;
 pub mod transport;
+pub mod verify;

@@ -25,6 +25,11 @@ Usage:
   harmonylite status --config PATH --fleet [--node N] [--timeout-ms MS] [--json]
                                 ask every node of the stream (or node N) through NATS;
                                 answers are collected for MS (default 2000) milliseconds
+  harmonylite verify --config PATH [--repair] [--json] [--timeout-ms MS] [--settle-ms MS]
+                                compare every running node's rows through NATS (waiting
+                                up to MS, default 10000, for changes in flight to settle);
+                                --repair makes the nodes re-announce the rows that differ.
+                                Exit 0: all agree, 1: they differ or a node did not answer
   harmonylite snapshot save --config PATH
                                 save a snapshot of the database to NATS now
   harmonylite snapshot restore --config PATH
@@ -74,6 +79,11 @@ enum Command {
         node: Option<u64>,
         timeout: Duration,
         json: bool,
+    },
+    /// `verify [--repair] [--json] [--timeout-ms MS] [--settle-ms MS]`: compare the nodes.
+    Verify {
+        config: PathBuf,
+        opts: harmonylite::verify::Options,
     },
     Snapshot {
         config: PathBuf,
@@ -128,6 +138,8 @@ enum CliError {
     Refused,
     /// `status --check`: the node is not healthy; the reason goes to stdout as one line.
     Unhealthy(String),
+    /// `verify` found nodes that differ (or one that did not answer); its output says which.
+    Differ,
 }
 
 impl CliError {
@@ -143,7 +155,8 @@ impl CliError {
             | CliError::Failed(_)
             | CliError::Logged(_)
             | CliError::Refused
-            | CliError::Unhealthy(_) => 1,
+            | CliError::Unhealthy(_)
+            | CliError::Differ => 1,
         }
     }
 
@@ -156,7 +169,7 @@ impl CliError {
             CliError::Failed(msg) => eprintln!("error: {msg}"),
             CliError::Node(e) => log::error!("{e}"),
             CliError::Logged(msg) => log::error!("{msg}"),
-            CliError::Refused => {}
+            CliError::Refused | CliError::Differ => {}
             CliError::Unhealthy(why) => println!("unhealthy: {why}"),
         }
     }
@@ -193,6 +206,10 @@ fn default_config() -> Option<PathBuf> {
 /// The arguments (without the program name) as a [`Command`].
 fn parse(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
     let mut args = args.peekable();
+    if args.peek().map(String::as_str) == Some("verify") {
+        args.next();
+        return parse_verify(args);
+    }
     let mut config: Option<PathBuf> = None;
     let status = args.peek().map(String::as_str) == Some("status");
     if status {
@@ -304,6 +321,50 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
     })
 }
 
+/// The arguments after `verify`.
+fn parse_verify(args: impl Iterator<Item = String>) -> Result<Command, CliError> {
+    use harmonylite::verify::{Options, DEFAULT_SETTLE_MS};
+    let mut args = args.peekable();
+    let mut config: Option<PathBuf> = None;
+    let mut opts = Options {
+        json: false,
+        repair: false,
+        timeout: Duration::from_millis(harmonylite::fleet::DEFAULT_TIMEOUT_MS),
+        settle: Duration::from_millis(DEFAULT_SETTLE_MS),
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-c" | "--config" => match args.next() {
+                Some(p) => config = Some(p.into()),
+                None => return Err(usage("--config needs a path")),
+            },
+            s if s.starts_with("--config=") => config = Some(s["--config=".len()..].into()),
+            "--json" => opts.json = true,
+            "--repair" => opts.repair = true,
+            "--timeout-ms" | "--settle-ms" => {
+                let Some(n) = args
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|n| *n > 0)
+                else {
+                    return Err(usage(format!("{arg} needs a positive number")));
+                };
+                if arg == "--timeout-ms" {
+                    opts.timeout = Duration::from_millis(n);
+                } else {
+                    opts.settle = Duration::from_millis(n);
+                }
+            }
+            other => return Err(usage(format!("unknown argument {other:?} for verify"))),
+        }
+    }
+    let Some(config) = config else {
+        return Err(usage("verify needs --config PATH"));
+    };
+    Ok(Command::Verify { config, opts })
+}
+
 /// Runs one command; what it prints on success is its own.
 fn run(cmd: Command) -> Result<(), CliError> {
     match cmd {
@@ -343,6 +404,14 @@ fn run(cmd: Command) -> Result<(), CliError> {
             let out =
                 harmonylite::fleet::run(&cfg, node, timeout, json).map_err(CliError::Failed)?;
             print!("{out}");
+        }
+        Command::Verify { config, opts } => {
+            let cfg = Config::load(&config)?;
+            let out = harmonylite::verify::run(&cfg, &opts).map_err(CliError::Failed)?;
+            print!("{}", out.text);
+            if !out.agree {
+                return Err(CliError::Differ);
+            }
         }
         Command::SchemaAccept { config, table } => {
             let cfg = Config::load(&config)?;
@@ -593,6 +662,34 @@ mod tests {
         );
         assert_eq!(parsed(&["status", "--help"]), Ok(Command::Help));
         assert_eq!(parsed(&["-V"]), Ok(Command::Version));
+        assert_eq!(
+            parsed(&["verify", "-c", "n.toml", "--repair", "--settle-ms", "500"]),
+            Ok(Command::Verify {
+                config: c(),
+                opts: harmonylite::verify::Options {
+                    json: false,
+                    repair: true,
+                    timeout: Duration::from_millis(harmonylite::fleet::DEFAULT_TIMEOUT_MS),
+                    settle: Duration::from_millis(500),
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn verify_usage_errors_say_what_is_wrong() {
+        assert_eq!(
+            parsed(&["verify"]),
+            Err("verify needs --config PATH".into())
+        );
+        assert_eq!(
+            parsed(&["verify", "-c", "n.toml", "--fleet"]),
+            Err("unknown argument \"--fleet\" for verify".into())
+        );
+        assert_eq!(
+            parsed(&["verify", "-c", "n.toml", "--settle-ms", "soon"]),
+            Err("--settle-ms needs a positive number".into())
+        );
     }
 
     #[test]

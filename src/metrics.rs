@@ -36,10 +36,11 @@ pub enum Counter {
     NotReplicated,
     TombstonesCollected,
     FragmentsDropped,
+    VerifyReannounced,
 }
 
 /// Name (without prefix) and help of each counter, in [`Counter`] order.
-pub const COUNTERS: [(&str, &str); 21] = [
+pub const COUNTERS: [(&str, &str); 22] = [
     ("changes_captured_total", "Local row changes stamped into the outbox."),
     ("changes_published_total", "Local changes acknowledged by JetStream."),
     ("frames_published_total", "Frames acknowledged by JetStream."),
@@ -61,6 +62,7 @@ pub const COUNTERS: [(&str, &str); 21] = [
     ("changes_not_replicated_total", "Changes of tables this node does not replicate, dropped after download (the server did not filter them)."),
     ("tombstones_collected_total", "Tombstones (version rows of deleted rows) deleted once no late change could need them."),
     ("fragments_dropped_total", "Incomplete fragment sets deleted, counted in sets (one large change each): their newest piece lay 1000000 stream messages behind, so the rest was lost in a hole of the stream, which a snapshot restore repairs."),
+    ("verify_rows_reannounced_total", "Rows this node re-announced at their own version for harmonylite verify --repair."),
 ];
 
 /// Counts the statements `conn` starts in [`Counter::Statements`] (SQLite's statement trace,
@@ -271,7 +273,8 @@ pub fn render(prefix: &str, status: Result<&Status, &str>, now_ms: u64) -> Strin
     );
     let Ok(st) = status else { return o };
     let opt = |v: Option<u64>| v.map_or(f64::NAN, secs);
-    let gauges: [(&str, &str, f64); 14] = [
+    let verify = st.verify.unwrap_or_default();
+    let gauges: [(&str, &str, f64); 17] = [
         (
             "node_id",
             "This node's id.",
@@ -341,6 +344,21 @@ pub fn render(prefix: &str, status: Result<&Status, &str>, now_ms: u64) -> Strin
             "last_apply_timestamp_seconds",
             "Unix time of the last applied batch (NaN: never).",
             opt(st.last_apply_ms),
+        ),
+        (
+            "verify_last_run_timestamp",
+            "Unix time the last harmonylite verify reported its result to this node (NaN: never).",
+            opt(st.verify.map(|v| v.0)),
+        ),
+        (
+            "verify_rows_different",
+            "Rows the last harmonylite verify found different between nodes (before its repair).",
+            verify.1 as f64,
+        ),
+        (
+            "verify_rows_repaired",
+            "Rows the last harmonylite verify --repair had re-announced.",
+            verify.2 as f64,
         ),
     ];
     for (name, help, v) in gauges {

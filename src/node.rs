@@ -374,6 +374,7 @@ impl Node {
         let poll = Duration::from_millis(self.cfg.polling_interval);
         let mut db_backoff = retry::DB_STEP.backoff();
         self.stopping = stop.flag();
+        self.start_anti_entropy();
         let cutter = self.link.cutter.clone();
         stop.on_overdue(move || {
             if let Some(c) = cutter.lock().unwrap_or_else(|e| e.into_inner()).take() {

@@ -65,6 +65,12 @@ pub const STREAM_LAST_KEY: &str = "stream_last_seq";
 /// finds none (see `node/ops.rs`); written only when it changes.
 pub const DUPLICATE_KEY: &str = "duplicate_node_id";
 
+/// The last `harmonylite verify` (see `verify`): when its result reached this node (Unix ms),
+/// the rows it found different and the rows it had re-announced.
+pub const VERIFY_LAST_MS_KEY: &str = "verify_last_ms";
+pub const VERIFY_DIFFERENT_KEY: &str = "verify_different_rows";
+pub const VERIFY_REPAIRED_KEY: &str = "verify_repaired_rows";
+
 /// Snapshots (see `snapshot`): the stream sequence and time of the last restore here, the
 /// progress of one in flight (bytes), and the last snapshot this node saved.
 pub const RESTORED_SEQ_KEY: &str = "restored_seq";
@@ -179,6 +185,9 @@ mod tests {
             REFUSED_KEY,
             STREAM_LAST_KEY,
             DUPLICATE_KEY,
+            VERIFY_LAST_MS_KEY,
+            VERIFY_DIFFERENT_KEY,
+            VERIFY_REPAIRED_KEY,
         ];
         let set: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(set.len(), keys.len());

@@ -86,6 +86,9 @@ pub struct Status {
     /// The answering process's per-start token (only in the status service's answers, which
     /// is how a node tells itself from a clone).
     pub instance: Option<String>,
+    /// The last `harmonylite verify` whose result reached this node: (Unix ms, rows found
+    /// different, rows re-announced).
+    pub verify: Option<(u64, u64, u64)>,
 }
 
 /// This build's version, as `--version` and `status` show it.
@@ -196,6 +199,11 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.restored_ms = u(meta(RESTORED_MS_KEY)?);
     st.snapshot_saved_seq = u(meta(SAVED_SEQ_KEY)?);
     st.snapshot_saved_ms = u(meta(SAVED_MS_KEY)?);
+    if let Some(at) = u(meta(state::VERIFY_LAST_MS_KEY)?) {
+        let different = u(meta(state::VERIFY_DIFFERENT_KEY)?).unwrap_or(0);
+        let repaired = u(meta(state::VERIFY_REPAIRED_KEY)?).unwrap_or(0);
+        st.verify = Some((at, different, repaired));
+    }
     let now = hlc::now_ms();
     for t in &schema.tables {
         if !exists(&conn, &format!("__hl_ver_{}", t.name()))? {
@@ -518,6 +526,13 @@ impl Status {
             _ => "never (by this node)".into(),
         };
         let _ = writeln!(o, "last snapshot:    {saved}");
+        if let Some((at, different, repaired)) = self.verify {
+            let _ = writeln!(
+                o,
+                "last verify:      {}, {different} rows different, {repaired} re-announced",
+                ago(Some(at))
+            );
+        }
         o
     }
 
@@ -577,6 +592,17 @@ pub struct StatusJson<'a> {
     pub version: &'a str,
     pub duplicate_node: Option<&'a str>,
     pub instance: Option<&'a str>,
+    /// Absent until a `harmonylite verify` reported here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySeen>,
+}
+
+/// `{"last_ms":..,"different_rows":..,"repaired_rows":..}`: the last `verify` seen here.
+#[derive(Debug, Serialize)]
+pub struct VerifySeen {
+    pub last_ms: u64,
+    pub different_rows: u64,
+    pub repaired_rows: u64,
 }
 
 /// A table and why: `{"table":..,"reason":..}` (not replicated, paused).
@@ -668,6 +694,13 @@ impl<'a> From<&'a Status> for StatusJson<'a> {
             version: &s.version,
             duplicate_node: s.duplicate_node.as_deref(),
             instance: s.instance.as_deref(),
+            verify: s
+                .verify
+                .map(|(last_ms, different_rows, repaired_rows)| VerifySeen {
+                    last_ms,
+                    different_rows,
+                    repaired_rows,
+                }),
         }
     }
 }
@@ -745,6 +778,7 @@ mod tests {
             version: "0.1.0".into(),
             duplicate_node: Some("node 7 also answers from host gw2".into()),
             instance: Some("00ff".into()),
+            verify: None,
         };
         assert_eq!(
             full.to_json(),

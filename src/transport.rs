@@ -26,7 +26,7 @@ pub use snapstore::{
     discard as discard_download, download_object, state_path as download_state_path, Fetched,
     Pointer, SnapStore,
 };
-pub use status_service::{ask_fleet, probe_payload, prober, Twin};
+pub use status_service::{ask_fleet, probe_payload, prober, Asker, Publish, Twin};
 
 /// Deadline for every acknowledgement of one publish batch.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);

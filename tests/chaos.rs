@@ -10,7 +10,8 @@
 //! node, later writes carry higher versions, so the winner is some node's last operation):
 //! a private key holds exactly its owner's last write (or is absent after its last delete); a
 //! shared key holds one node's last value for it, or is absent only if some node's last
-//! operation on it was a delete.
+//! operation on it was a delete. Last, `harmonylite verify` (the nodes' own check, through
+//! NATS) must find every node in agreement.
 //!
 //! - `HL_CHAOS_SEED=N`: the seed (printed at start and on failure); default: from the clock.
 //! - `HL_SOAK_SECS=N`: how long the workload and faults run (default 100 s, about 2 minutes in
@@ -428,6 +429,21 @@ fn random_writes_and_faults_converge_to_the_model() {
         "chaos: {} keys in the final table ({shared} shared), all {} written keys agree with the model",
         finals.len(),
         last.len()
+    );
+
+    // The nodes' own check agrees: same live keys at the same (version, origin) everywhere,
+    // a tombstone and no version row alike (`harmonylite verify`, asked through NATS).
+    let out = run_bin(
+        &["verify", "--config", nodes[0].config.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("chaos: harmonylite verify:\n{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify agrees after convergence:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     for n in &nodes {

@@ -1302,3 +1302,79 @@ fn compressed_frames_apply_and_a_bad_compressed_body_is_skipped_and_counted() {
     assert_eq!(rows(&d).last(), Some(&(500, big)));
     assert_eq!(frag_rows(&d), 0);
 }
+
+/// A repair frame (`verify --repair`) from node 9 on its own subject.
+fn repair_msg(seq: u64, changes: &[(u64, u64, Op)]) -> Incoming {
+    let r = frame::Repair {
+        changes: Changes {
+            origin: 9,
+            tables: vec![header()],
+            changes: changes
+                .iter()
+                .map(|(version, _, op)| Change {
+                    table: 0,
+                    version: *version,
+                    op: op.clone(),
+                })
+                .collect(),
+        },
+        origins: changes.iter().map(|(_, o, _)| *o).collect(),
+    };
+    Incoming {
+        seq,
+        subject: "x.t.9".into(),
+        data: frame::encode_repair(r),
+    }
+}
+
+fn lww_state(d: &Db) -> Vec<(i64, i64, i64, bool)> {
+    let mut s = d
+        .conn
+        .prepare("SELECT k0, ver, node, del FROM __hl_ver_t ORDER BY k0")
+        .unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn repair_frames_apply_each_row_at_its_own_version_and_origin() {
+    let mut d = setup("repair");
+    apply(&mut d, msg(1, 7, &[(100, up(1, "a")), (110, up(3, "c"))]));
+    // node 9 re-announces a row of node 3 this node never got, a tombstone of node 7 newer
+    // than its row 1, and an older version of row 3 (stale here)
+    let m = repair_msg(
+        2,
+        &[
+            (50, 3, up(2, "b")),
+            (200, 7, del(1)),
+            (105, 4, up(3, "old")),
+        ],
+    );
+    let s = apply(&mut d, m.clone());
+    assert_eq!(
+        (s.applied, s.stale, s.pk_collisions, s.rejected),
+        (2, 1, 0, 0)
+    );
+    assert_eq!(rows(&d), vec![(2, "b".into()), (3, "c".into())]);
+    // written with the rows' origins, not the sender's
+    assert_eq!(
+        lww_state(&d),
+        vec![(1, 200, 7, true), (2, 50, 3, false), (3, 110, 7, false)]
+    );
+    // idempotent: the same repair again changes nothing
+    let again = Incoming { seq: 3, ..m };
+    let s = apply(&mut d, again);
+    assert_eq!((s.applied, s.stale), (0, 3));
+    assert_eq!(rows(&d), vec![(2, "b".into()), (3, "c".into())]);
+}
+
+#[test]
+fn a_repair_frame_of_another_node_on_this_subject_is_rejected() {
+    let mut d = setup("repair-fence");
+    let mut m = repair_msg(1, &[(50, 3, up(2, "b"))]);
+    m.subject = "x.t.8".into();
+    let s = apply(&mut d, m);
+    assert_eq!((s.applied, s.rejected), (0, 1));
+}

@@ -10,6 +10,9 @@ pub const DEFAULT_HEALTH_BIND: &str = "127.0.0.1:8090";
 pub const DEFAULT_HEALTH_PATH: &str = "/health";
 /// How long the NATS link may be down before `/health` answers 503.
 pub const DEFAULT_LINK_GRACE_MS: u64 = 30_000;
+/// The shortest `[anti_entropy] interval_secs` (each check reads every version table once
+/// on every node).
+pub const MIN_ANTI_ENTROPY_SECS: u64 = 10;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +29,16 @@ pub struct Prometheus {
     pub namespace: String,
     #[serde(default)]
     pub subsystem: String,
+}
+
+/// `[anti_entropy]`: `harmonylite verify --repair` run by the nodes themselves, by the one of
+/// lowest id that answers (off by default: nothing runs, nothing is asked).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntiEntropy {
+    /// Seconds between two checks; 0: never.
+    #[serde(default)]
+    pub interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +189,21 @@ mod tests {
             .unwrap_err()
             .starts_with("[prometheus] path and [health_check] path"));
         Config::parse(&same.replace("path = \"/x\"\n[health", "[health")).unwrap();
+    }
+
+    #[test]
+    fn anti_entropy_is_off_unless_set_and_not_too_often() {
+        let c = Config::parse("db_path = \"a\"").unwrap();
+        assert_eq!(c.anti_entropy.interval_secs, 0);
+        let c = Config::parse("db_path = \"a\"\n[anti_entropy]\ninterval_secs = 600\n").unwrap();
+        assert_eq!(c.anti_entropy.interval_secs, 600);
+        let e = Config::parse("db_path = \"a\"\n[anti_entropy]\ninterval_secs = 5\n").unwrap_err();
+        assert_eq!(
+            e,
+            "[anti_entropy] interval_secs: 5 is too short; use 0 (off) or at least 10"
+        );
+        let e = Config::parse("db_path = \"a\"\n[anti_entropy]\ninterval = 60\n").unwrap_err();
+        assert!(e.contains("interval"), "{e}");
     }
 
     #[test]

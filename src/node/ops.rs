@@ -1,5 +1,5 @@
 //! The node's hooks for operations: liveness and counters for `/metrics` and `/health`
-//! ([`crate::metrics`]), the status service over NATS, and catching another process that uses
+//! ([`crate::metrics`]), the status and verify services over NATS, and catching another process that uses
 //! this node's id (a cloned SD card).
 //!
 //! Two nodes with one id never exchange rows: each takes the other's frames for its own and
@@ -10,6 +10,7 @@
 //! nothing), so `status`, `/health` and `status --check` show it. The data path is untouched:
 //! nothing is applied or dropped because of it.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -131,6 +132,13 @@ impl Node {
             log::warn!("status service not available on this connection: {e}");
             return;
         }
+        let cfg = self.cfg.clone();
+        let verify = move |body: &[u8], max_frame: usize, publish: &crate::transport::Publish| {
+            crate::verify::answer(&cfg, node, max_frame, body, publish)
+        };
+        if let Err(e) = t.serve_verify(&self.cfg, self.node_id, verify) {
+            log::warn!("verify service not available on this connection: {e}");
+        }
         let latest = self.twins.latest.clone();
         let found = move |twins: Vec<Twin>, sent: Instant| merge(&latest, twins, sent);
         let probe = t.probe_twins(
@@ -213,6 +221,72 @@ impl Node {
         metrics::add(Counter::NotReplicated, stats.not_replicated);
         metrics::add(Counter::FragmentsDropped, stats.fragment_sets_dropped);
         metrics::observe_origins(&stats.newest);
+    }
+}
+
+/// How often the anti-entropy thread looks at the stop flag while it waits.
+const ANTI_ENTROPY_POLL: Duration = Duration::from_secs(1);
+/// How long the anti-entropy check waits for the nodes to settle (like `verify`'s default).
+const ANTI_ENTROPY_SETTLE: Duration = Duration::from_millis(crate::verify::DEFAULT_SETTLE_MS);
+
+impl Node {
+    /// `[anti_entropy] interval_secs`: a thread that runs `verify --repair` every interval when
+    /// this node is the lowest id answering status requests, so one node of the fleet checks
+    /// at a time. Nothing starts when it is 0 (the default).
+    pub(super) fn start_anti_entropy(&self) {
+        let every = self.cfg.anti_entropy.interval_secs;
+        if every == 0 {
+            return;
+        }
+        let (cfg, node, stopping) = (self.cfg.clone(), self.node_id, self.stopping.clone());
+        let spawned = std::thread::Builder::new()
+            .name("anti-entropy".into())
+            .spawn(move || loop {
+                let mut waited = Duration::ZERO;
+                while waited < Duration::from_secs(every) {
+                    if stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(ANTI_ENTROPY_POLL);
+                    waited += ANTI_ENTROPY_POLL;
+                }
+                anti_entropy_once(&cfg, node);
+            });
+        if let Err(e) = spawned {
+            log::warn!("anti-entropy not started: cannot start its thread: {e}");
+        }
+    }
+}
+
+/// One periodic check, if this node is the lowest id that answers.
+fn anti_entropy_once(cfg: &crate::config::Config, node: u64) {
+    let urls = super::snapshot_urls(cfg);
+    let timeout = Duration::from_millis(crate::fleet::DEFAULT_TIMEOUT_MS);
+    let answers =
+        crate::transport::ask_fleet(cfg, &urls, &cfg.status_subject("all"), None, timeout);
+    let ids = crate::verify::node_ids(&answers.unwrap_or_default());
+    if ids.iter().any(|id| *id < node) {
+        return;
+    }
+    let opts = crate::verify::Options {
+        json: false,
+        repair: true,
+        timeout,
+        settle: ANTI_ENTROPY_SETTLE,
+    };
+    match crate::verify::run(cfg, &opts) {
+        Ok(o) if o.report.different_rows == 0 && o.agree => log::info!(
+            "anti-entropy check rows_different=0 nodes={}",
+            o.report.nodes.len()
+        ),
+        Ok(o) => log::warn!(
+            "anti-entropy check rows_different={} rows_repaired={} agree_after_repair={} nodes={}: see harmonylite verify",
+            o.report.different_rows,
+            o.report.repaired_rows,
+            o.agree,
+            o.report.nodes.len()
+        ),
+        Err(e) => log::warn!("anti-entropy check failed: {e}"),
     }
 }
 

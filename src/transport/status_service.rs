@@ -14,8 +14,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use super::{client_options, redact_urls, Transport, TransportError};
+use nats::jetstream::PublishOptions;
+
+use super::{client_options, redact_urls, Outgoing, Transport, TransportError, ACK_TIMEOUT};
 use crate::config::Config;
+
+/// Publishes frames and waits for JetStream's acks (the verify service's repairs); returns the
+/// stream sequence of the last one (0: none sent).
+pub type Publish = dyn Fn(Vec<Outgoing>) -> Result<u64, String> + Send + Sync;
 
 /// How often the answering thread looks whether its transport is gone.
 const SERVICE_POLL: Duration = Duration::from_millis(500);
@@ -64,9 +70,55 @@ impl Transport {
         node: u64,
         reply: impl Fn(&[u8]) -> String + Send + Sync + 'static,
     ) -> Result<(), TransportError> {
+        let subjects = [node.to_string(), "all".to_string()].map(|t| cfg.status_subject(&t));
+        self.serve(subjects, "status-service", move |request| {
+            vec![reply(request)]
+        })
+    }
+
+    /// Answers `harmonylite verify` requests (`<status subject>.verify`, for `node` and `all`)
+    /// like [`Transport::serve_status`]. Nothing is computed unless asked. `reply` gets the
+    /// request's body, the largest frame the server takes, and a publisher for repair frames
+    /// (JetStream, each acknowledged within [`ACK_TIMEOUT`], with its message id); it returns
+    /// the answer's messages (a large answer is sent in several, each within `max_payload`).
+    pub fn serve_verify(
+        &self,
+        cfg: &Config,
+        node: u64,
+        reply: impl Fn(&[u8], usize, &Publish) -> Vec<String> + Send + Sync + 'static,
+    ) -> Result<(), TransportError> {
+        let suffix = crate::verify::SUBJECT_SUFFIX;
+        let subjects = [node.to_string(), "all".to_string()]
+            .map(|t| format!("{}.{suffix}", cfg.status_subject(&t)));
+        let (max_frame, js) = (self.max_frame(), self.js.clone());
+        let publish = move |frames: Vec<Outgoing>| -> Result<u64, String> {
+            let mut last = 0;
+            for f in frames {
+                let opts = PublishOptions {
+                    id: Some(f.msg_id.clone()),
+                    timeout: Some(ACK_TIMEOUT),
+                    ..Default::default()
+                };
+                let ack = js
+                    .publish_with_options(&f.subject, &f.data, &opts)
+                    .map_err(|e| format!("publish to {} not acknowledged: {e}", f.subject))?;
+                last = last.max(ack.sequence);
+            }
+            Ok(last)
+        };
+        self.serve(subjects, "verify-service", move |body| {
+            reply(body, max_frame, &publish)
+        })
+    }
+
+    fn serve(
+        &self,
+        subjects: [String; 2],
+        thread: &str,
+        reply: impl Fn(&[u8]) -> Vec<String> + Send + Sync + 'static,
+    ) -> Result<(), TransportError> {
         let reply = Arc::new(reply);
-        for target in [node.to_string(), "all".to_string()] {
-            let subject = cfg.status_subject(&target);
+        for subject in subjects {
             let sub = self
                 .nc
                 .subscribe(&subject)
@@ -76,16 +128,19 @@ impl Transport {
                 })?;
             let (live, reply) = (self.live.clone(), reply.clone());
             std::thread::Builder::new()
-                .name("status-service".into())
+                .name(thread.into())
                 .spawn(move || {
                     while live.load(Ordering::Relaxed) {
                         match sub.next_timeout(SERVICE_POLL) {
                             Ok(msg) if msg.reply.is_some() => {
-                                if let Err(e) = msg.respond(reply(&msg.data)) {
-                                    log::debug!(
-                                        "status request on {}: cannot answer: {e}",
-                                        msg.subject
-                                    );
+                                for part in reply(&msg.data) {
+                                    if let Err(e) = msg.respond(part) {
+                                        log::debug!(
+                                            "status request on {}: cannot answer: {e}",
+                                            msg.subject
+                                        );
+                                        break;
+                                    }
                                 }
                             }
                             Ok(_) => {}
@@ -95,7 +150,7 @@ impl Transport {
                     }
                 })
                 .map_err(|source| TransportError::Setup {
-                    what: "start the status service thread".into(),
+                    what: format!("start the {thread} thread"),
                     source,
                 })?;
         }
@@ -181,53 +236,94 @@ pub fn ask_fleet(
     want: Option<usize>,
     timeout: Duration,
 ) -> Result<Vec<Vec<u8>>, TransportError> {
-    let opts = client_options(&cfg.nats)?.with_name("harmonylite status --fleet");
-    let (tx, rx) = mpsc::channel();
-    let target = urls.to_string();
-    // the client's connect has no deadline of its own: a blackholed server would hold us
-    std::thread::spawn(move || {
-        let _ = tx.send(opts.connect(&target));
-    });
-    let connect_timeout = Duration::from_millis(cfg.nats.connect_timeout_ms);
-    let connect_err = |source| TransportError::Connect {
-        urls: redact_urls(urls),
-        source,
-        auth: cfg.nats.auth_methods().first().copied(),
-    };
-    let nc = match rx.recv_timeout(connect_timeout) {
-        Ok(r) => r.map_err(connect_err)?,
-        Err(_) => {
-            let msg = format!(
-                "no connection within {} ms ([nats] connect_timeout_ms)",
-                cfg.nats.connect_timeout_ms
-            );
-            return Err(connect_err(io::Error::new(io::ErrorKind::TimedOut, msg)));
-        }
-    };
-    let setup = |what: &str| {
-        let what = what.to_string();
-        move |source| TransportError::Setup { what, source }
-    };
-    let inbox = nc.new_inbox();
-    let sub = nc
-        .subscribe(&inbox)
-        .map_err(setup("subscribe to the reply inbox"))?;
-    nc.publish_request(subject, &inbox, b"")
-        .map_err(setup(&format!("send the request to {subject}")))?;
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while want.is_none_or(|n| out.len() < n) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match sub.next_timeout(left) {
-            // the server says nobody listens on the subject: no answer will come
-            Ok(msg) if msg.is_no_responders() => break,
-            Ok(msg) if !msg.data.is_empty() => out.push(msg.data),
-            Ok(_) => {}
-            Err(_) => break,
+    Asker::connect(cfg, urls)?.ask(subject, b"", want, timeout)
+}
+
+/// A client connection for requests to the fleet (`status --fleet`, `verify`): one connection
+/// for many requests.
+pub struct Asker {
+    nc: nats::Connection,
+}
+
+impl Asker {
+    /// Connects within `[nats] connect_timeout_ms`.
+    pub fn connect(cfg: &Config, urls: &str) -> Result<Asker, TransportError> {
+        let opts = client_options(&cfg.nats)?.with_name("harmonylite status --fleet");
+        let (tx, rx) = mpsc::channel();
+        let target = urls.to_string();
+        // the client's connect has no deadline of its own: a blackholed server would hold us
+        std::thread::spawn(move || {
+            let _ = tx.send(opts.connect(&target));
+        });
+        let connect_timeout = Duration::from_millis(cfg.nats.connect_timeout_ms);
+        let connect_err = |source| TransportError::Connect {
+            urls: redact_urls(urls),
+            source,
+            auth: cfg.nats.auth_methods().first().copied(),
+        };
+        match rx.recv_timeout(connect_timeout) {
+            Ok(r) => r.map(|nc| Asker { nc }).map_err(connect_err),
+            Err(_) => {
+                let msg = format!(
+                    "no connection within {} ms ([nats] connect_timeout_ms)",
+                    cfg.nats.connect_timeout_ms
+                );
+                Err(connect_err(io::Error::new(io::ErrorKind::TimedOut, msg)))
+            }
         }
     }
-    Ok(out)
+
+    /// Sends `body` to `subject` and collects the answers for `timeout` (or until `want`
+    /// answers arrived; "no responders" from the server ends the wait at once).
+    pub fn ask(
+        &self,
+        subject: &str,
+        body: &[u8],
+        want: Option<usize>,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<u8>>, TransportError> {
+        self.ask_until(subject, body, timeout, |out| {
+            want.is_some_and(|n| out.len() >= n)
+        })
+    }
+
+    /// Like [`Asker::ask`], until `done` says the answers so far are all (an answer sent in
+    /// several messages).
+    pub fn ask_until(
+        &self,
+        subject: &str,
+        body: &[u8],
+        timeout: Duration,
+        done: impl Fn(&[Vec<u8>]) -> bool,
+    ) -> Result<Vec<Vec<u8>>, TransportError> {
+        let setup = |what: &str| {
+            let what = what.to_string();
+            move |source| TransportError::Setup { what, source }
+        };
+        let inbox = self.nc.new_inbox();
+        let sub = self
+            .nc
+            .subscribe(&inbox)
+            .map_err(setup("subscribe to the reply inbox"))?;
+        self.nc
+            .publish_request(subject, &inbox, body)
+            .map_err(setup(&format!("send the request to {subject}")))?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while !done(&out) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match sub.next_timeout(left) {
+                // the server says nobody listens on the subject: no answer will come
+                Ok(msg) if msg.is_no_responders() => break,
+                Ok(msg) if !msg.data.is_empty() => out.push(msg.data),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = sub.unsubscribe();
+        Ok(out)
+    }
 }
