@@ -687,11 +687,16 @@ impl Node {
             self.node_id,
             &self.unapplied,
         )?;
+        // the publishers (the node id ending each subject; a repair frame re-announces rows of
+        // other origins, but the node that publishes it is the one whose record matters)
+        self.horizon.saw_origins(
+            self.unapplied
+                .iter()
+                .filter_map(|m| m.subject.rsplit('.').next()?.parse().ok()),
+        );
         self.unapplied.clear();
         self.own_cursor = None; // the apply moved the cursor past them
         Node::count_applied(&stats);
-        self.horizon
-            .saw_origins(stats.newest.iter().map(|&(origin, _)| origin));
         if let Some((origin, ahead)) = stats.ahead.filter(|a| a.1 > self.cfg.max_clock_drift_ms) {
             let due = self
                 .clock_reports
