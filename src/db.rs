@@ -94,6 +94,21 @@ impl<T> Context<T> for Result<T, rusqlite::Error> {
 
 /// Opens the application's existing database for the sidecar. WAL mode is switched on (it
 /// persists in the file and lets the application read while we write).
+/// A read-only connection (status, the verify service): a missing file is [`DbError::Missing`],
+/// and a writer holding the lock is waited for up to [`BUSY_TIMEOUT`].
+pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
+    if !path.exists() {
+        return Err(DbError::Missing(path.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    conn.busy_timeout(BUSY_TIMEOUT).ctx("set busy timeout")?;
+    Ok(conn)
+}
+
 pub fn open(path: &Path) -> Result<Connection, DbError> {
     if !path.exists() {
         return Err(DbError::Missing(path.to_path_buf()));

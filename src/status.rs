@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::capture;
@@ -124,18 +124,7 @@ pub fn instance() -> &'static str {
 
 pub fn read(cfg: &Config) -> Result<Status, DbError> {
     let path = &cfg.db_path;
-    if !path.exists() {
-        return Err(DbError::Missing(path.to_path_buf()));
-    }
-    let conn =
-        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
-            DbError::Open {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-    conn.busy_timeout(db::BUSY_TIMEOUT)
-        .ctx("set busy timeout")?;
+    let conn = db::open_read_only(path)?;
     let mut st = Status {
         db_path: path.display().to_string(),
         node_running: state::is_locked(path),

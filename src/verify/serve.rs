@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use super::{
     key_hash, key_text, prefix, row_hash, Answer, Request, RowEntry, TableDigest, ANSWER_ROWS,
@@ -250,20 +250,7 @@ fn check_buckets(req: &Request, depth: u8, prefixes: &[u64]) -> Result<(), Strin
 
 /// A read-only connection of the service's own.
 fn open(cfg: &Config) -> Result<Connection, DbError> {
-    let path = &cfg.db_path;
-    if !path.exists() {
-        return Err(DbError::Missing(path.to_path_buf()));
-    }
-    let conn =
-        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
-            DbError::Open {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-    conn.busy_timeout(db::BUSY_TIMEOUT)
-        .ctx("set busy timeout")?;
-    Ok(conn)
+    db::open_read_only(&cfg.db_path)
 }
 
 /// Pending outbox rows and change-log rows not yet stamped: changes not yet published.
