@@ -13,6 +13,9 @@ use crate::tombstones::{self, Fleet, Record};
 const COLLECT_BATCH: u64 = 5_000;
 /// Time spent collecting per tick (in batches of [`COLLECT_BATCH`]).
 const COLLECT_BUDGET: Duration = Duration::from_millis(50);
+/// How long publishing waits for this node's record after a connect. Past it the node
+/// publishes without one: a bucket out of reach must not stop replication.
+const JOIN_GRACE: Duration = Duration::from_secs(15);
 /// Backoff of a failed join (reading and writing the node records before publishing).
 const JOIN_RETRY_MIN: Duration = Duration::from_secs(1);
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(60);
@@ -35,6 +38,10 @@ pub(super) struct Horizon {
     joined: bool,
     /// The server refuses our record (permissions): we publish anyway, the others hold back.
     refused: bool,
+    /// The record could not be written within [`JOIN_GRACE`] of connecting (the bucket is out
+    /// of reach, e.g. behind a leaf node): we publish anyway, as for `refused`.
+    unrecorded: bool,
+    connected_at: Instant,
     last_put: Option<Instant>,
     /// Activity markers at the last write: the clock's mark and the stream position.
     put_marks: (u64, u64),
@@ -56,6 +63,8 @@ impl Horizon {
         Horizon {
             joined: false,
             refused: false,
+            unrecorded: false,
+            connected_at: now,
             last_put: None,
             put_marks: (0, 0),
             next_round: now,
@@ -71,12 +80,22 @@ impl Horizon {
     /// The link went down: the next connection writes the record again first.
     pub(super) fn disconnected(&mut self) {
         self.joined = false;
+        self.unrecorded = false;
         self.round = None;
+        self.connected_at = Instant::now();
+        self.next_join = self.connected_at;
+        self.join_backoff.reset();
     }
 
-    /// Publishing waits until the record is written on this connection.
+    /// Publishing waits until the record is written on this connection (at most
+    /// [`JOIN_GRACE`]).
     pub(super) fn may_publish(&self) -> bool {
-        self.joined || self.refused
+        self.joined || self.refused || self.unrecorded
+    }
+
+    /// Without a record of ours in the bucket, nothing is read there either.
+    fn without_record(&self) -> bool {
+        self.refused || self.unrecorded
     }
 
     pub(super) fn saw_origins(&mut self, origins: impl Iterator<Item = u64>) {
@@ -158,6 +177,7 @@ impl Node {
                 self.horizon.last_put = Some(Instant::now());
                 self.horizon.put_marks = (self.hlc.last(), db::cursor(&self.conn)?);
                 self.horizon.refused = false;
+                self.horizon.unrecorded = false;
                 Ok(true)
             }
             Err(e) => {
@@ -194,7 +214,34 @@ impl Node {
         if self.horizon.may_publish() {
             self.horizon.join_backoff.reset();
             self.horizon.next_join = now;
+        } else if now.saturating_duration_since(self.horizon.connected_at) >= JOIN_GRACE {
+            self.publish_unrecorded()?;
         }
+        Ok(())
+    }
+
+    /// Publishing without a record (the bucket did not answer within [`JOIN_GRACE`]). The
+    /// rejoin rule is applied by this node's clock instead of the others' records: outbox
+    /// changes older than `node_ttl_hours` are stamped again. The other nodes see frames from
+    /// a node without a record and keep their tombstones.
+    fn publish_unrecorded(&mut self) -> Result<(), NodeError> {
+        let now_ms = crate::hlc::now_ms();
+        let cutoff = now_ms
+            .saturating_sub(self.ttl_ms())
+            .min(crate::hlc::MAX_WALL_MS)
+            << crate::hlc::LOGICAL_BITS;
+        let n =
+            tombstones::restamp_below(&mut self.conn, &self.schema, &mut self.hlc, cutoff, now_ms)?;
+        if n > 0 {
+            self.outbox.dirty = true;
+        }
+        log::error!(
+            "node record out of reach for {} s after connecting (the key-value bucket {}-nodes does not answer; through a leaf node it may not be reachable): publishing without it; other nodes keep their tombstones while this node publishes without a record restamped={n}",
+            JOIN_GRACE.as_secs(),
+            self.cfg.nats.stream_prefix
+        );
+        self.horizon.unrecorded = true;
+        self.horizon.last_put = Some(Instant::now());
         Ok(())
     }
 
@@ -255,8 +302,9 @@ impl Node {
         }
         let now = Instant::now();
         let marks = (self.hlc.last(), db::cursor(&self.conn)?);
-        // refused: tried again at the keep-alive pace only (each try waits for a timeout)
-        let interval = if self.horizon.refused {
+        // refused or out of reach: tried again at the keep-alive pace only (each try waits for
+        // a timeout)
+        let interval = if self.horizon.without_record() {
             self.keepalive()
         } else {
             self.horizon_interval()
@@ -265,7 +313,7 @@ impl Node {
             let active = marks != self.horizon.put_marks;
             self.put_record(active)?;
         }
-        if !self.cfg.replication_log.collect_tombstones || self.horizon.refused {
+        if !self.cfg.replication_log.collect_tombstones || self.horizon.without_record() {
             return Ok(());
         }
         if let Some(mut r) = self.horizon.round {
