@@ -395,16 +395,13 @@ impl Node {
             fleet.gone
         );
         self.horizon.fleet = Some(fleet);
-        if below > tombstones::collected_below(&self.conn)?
-            || tombstones::any(&self.conn, &self.schema)?
-        {
-            self.horizon.round = Some(Round {
-                below,
-                until_seq,
-                started: now,
-                reached: false,
-            });
-        }
+        // tombstones were found above (`tombstones::any`): a round is due
+        self.horizon.round = Some(Round {
+            below,
+            until_seq,
+            started: now,
+            reached: false,
+        });
         Ok(())
     }
 }
