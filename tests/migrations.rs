@@ -259,15 +259,16 @@ fn children_of_parked_parents_wait_with_them() {
     app(&n1.db, "ALTER TABLE t ADD COLUMN extra TEXT");
     n1.wait_log("schema change adopted tables=t", T);
     // five parents with a child each; a child of the parent both nodes have; then parent 1
-    // is deleted (its child goes by cascade)
-    let mut writes = String::from("PRAGMA foreign_keys = ON; ");
+    // is deleted (its child goes by cascade); one transaction, so the capture sees parent 1
+    // and its child only as deleted (autocommitted statements could be polled in between)
+    let mut writes = String::from("PRAGMA foreign_keys = ON; BEGIN; ");
     for i in 1..=5 {
         writes += &format!(
             "INSERT INTO t VALUES ({i}, 'v{i}', {i}, 'x{i}'); INSERT INTO c VALUES ({}, {i}, 'c{i}'); ",
             1000 + i
         );
     }
-    writes += "INSERT INTO c VALUES (1100, 100, 'c100'); DELETE FROM t WHERE id = 1;";
+    writes += "INSERT INTO c VALUES (1100, 100, 'c100'); DELETE FROM t WHERE id = 1; COMMIT;";
     app(&n1.db, &writes);
     // parents 2..5 and their children wait (8 changes); parent 1 and its child travel only as
     // deletes (the capture keeps a row's last state per commit), which need only the key
