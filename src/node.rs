@@ -44,10 +44,6 @@ pub const ROUND_BYTES: usize = 8 * 1024 * 1024;
 pub use crate::retry::REPEAT_LOG_EVERY;
 /// How often the position past our own frames is written down.
 const OWN_CURSOR_EVERY: Duration = Duration::from_secs(1);
-/// How often, while connected and replicating, the stream's first sequence is compared with
-/// our position: a hole the consumer would never show (nothing new arrives after it) is
-/// found this way.
-const STREAM_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How often the outbox size is compared with its budget.
 /// How often, while a table is paused, `__hl_meta` is read to see whether `harmonylite schema
 /// accept` (another process) lifted the pause: a lifted pause resumes within a second, and the
@@ -556,13 +552,15 @@ impl Node {
         if self.filter == crate::config::ConsumerFilter::Nothing {
             return Ok(false);
         }
-        if self
-            .snap
-            .stream_check_due(Instant::now(), STREAM_CHECK_EVERY)
-        {
+        if self.snap.stream_check_due(Instant::now()) {
             let stats = self.link.transport.as_ref().and_then(|t| t.stream_state());
+            let last = stats.as_ref().map(|s| s.last_seq);
+            // quiet: nothing new in the stream since the last look and all of it applied, so
+            // no hole can open before something new arrives (which resets the pace)
+            let quiet = last.is_some_and(|l| Some(l) == self.stream_last && self.position() >= l);
+            self.snap.stream_checked(quiet);
             self.note_stream_start(stats.as_ref().map(|s| s.first_seq))?;
-            self.note_stream_end(stats.map(|s| s.last_seq))?;
+            self.note_stream_end(last)?;
             self.skip_other_tables()?;
             self.drop_stale_download();
         }
@@ -576,6 +574,7 @@ impl Node {
         match t.fetch(wait, self.max_frame) {
             Ok(msgs) if msgs.is_empty() => Ok(true), // the fetch itself waited
             Ok(msgs) => {
+                self.snap.stream_checked(false);
                 self.unapplied = msgs;
                 self.apply_unapplied()?;
                 Ok(true)

@@ -102,7 +102,18 @@ pub(super) struct Snapshots {
     pub(super) restore_backoff: Backoff,
     /// When the stream's first sequence was last compared with our position.
     pub(super) last_stream_check: Instant,
+    /// The pace of that comparison: [`STREAM_CHECK_EVERY`], doubling up to
+    /// [`STREAM_CHECK_IDLE_MAX`] while the stream stays quiet.
+    stream_check_every: Duration,
 }
+
+/// How often, while connected and replicating, the stream's first sequence is compared with
+/// our position: a hole the consumer would never show (nothing new arrives after it) is
+/// found this way.
+pub(super) const STREAM_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// The slowest pace of that check on an idle link. Each look costs about 1.1 KB of a metered
+/// link (a stream info request and its answer): every 30 s that was 3.3 MB a day per idle node.
+pub(super) const STREAM_CHECK_IDLE_MAX: Duration = Duration::from_secs(300);
 
 impl Snapshots {
     pub(super) fn new(next_save: Instant, now: Instant) -> Snapshots {
@@ -115,6 +126,7 @@ impl Snapshots {
             gap_logged: None,
             restore_backoff: crate::retry::RESTORE.backoff(),
             last_stream_check: now,
+            stream_check_every: STREAM_CHECK_EVERY,
         }
     }
 
@@ -138,12 +150,22 @@ impl Snapshots {
     }
 
     /// Whether the periodic stream check is due at `now` (and if so, it counts as done).
-    pub(super) fn stream_check_due(&mut self, now: Instant, every: Duration) -> bool {
-        let due = now.duration_since(self.last_stream_check) >= every;
+    pub(super) fn stream_check_due(&mut self, now: Instant) -> bool {
+        let due = now.duration_since(self.last_stream_check) >= self.stream_check_every;
         if due {
             self.last_stream_check = now;
         }
         due
+    }
+
+    /// Sets the pace after a look at the stream, or when messages arrive (`quiet` false): a
+    /// quiet stream is looked at half as often each time, down to [`STREAM_CHECK_IDLE_MAX`].
+    pub(super) fn stream_checked(&mut self, quiet: bool) {
+        self.stream_check_every = if quiet {
+            (self.stream_check_every * 2).min(STREAM_CHECK_IDLE_MAX)
+        } else {
+            STREAM_CHECK_EVERY
+        };
     }
 
     /// Whether an unrepaired hole is news at `now` (not reported for [`REPEAT_LOG_EVERY`]).
@@ -820,10 +842,20 @@ mod schedule_tests {
     fn stream_checks_and_gap_reports_keep_their_pace() {
         let t0 = Instant::now();
         let mut s = Snapshots::new(t0, t0);
-        let every = Duration::from_secs(30);
-        assert!(!s.stream_check_due(t0 + Duration::from_secs(29), every));
-        assert!(s.stream_check_due(t0 + every, every));
-        assert!(!s.stream_check_due(t0 + every + Duration::from_secs(1), every));
+        let every = STREAM_CHECK_EVERY;
+        assert!(!s.stream_check_due(t0 + Duration::from_secs(29)));
+        assert!(s.stream_check_due(t0 + every));
+        assert!(!s.stream_check_due(t0 + every + Duration::from_secs(1)));
+        // a quiet stream is looked at less and less often, news brings the pace back
+        let mut t = t0 + every;
+        for want in [60, 120, 240, 300, 300] {
+            s.stream_checked(true);
+            assert!(!s.stream_check_due(t + Duration::from_secs(want - 1)));
+            t += Duration::from_secs(want);
+            assert!(s.stream_check_due(t), "{want}");
+        }
+        s.stream_checked(false);
+        assert!(s.stream_check_due(t + every));
         assert!(s.gap_news(t0));
         assert!(!s.gap_news(t0 + Duration::from_secs(59)));
         assert!(s.gap_news(t0 + REPEAT_LOG_EVERY));
