@@ -61,10 +61,13 @@ impl Transport {
     /// Writes this node's record (creating the bucket if needed).
     pub fn put_node_record(&self, node: u64, value: &str, replicas: usize) -> io::Result<()> {
         let kv = self.nodes_kv(replicas).map_err(|e| self.or_refusal(e))?;
-        kv.put(&node.to_string(), value)
-            .map(|_| ())
-            .map_err(err("write this node's record"))
-            .map_err(|e| self.or_refusal(e))
+        let key = node.to_string();
+        self.kv_write(&kv, &format!("KV_{}", bucket(&self.stream)), |kv| {
+            kv.put(&key, value)
+        })
+        .map(|_| ())
+        .map_err(err("write this node's record"))
+        .map_err(|e| self.or_refusal(e))
     }
 
     /// Every node's newest record. Reads the bucket's stream with an ordered consumer that
