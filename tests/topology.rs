@@ -444,3 +444,55 @@ fn collects_tombstones_through_the_leaf(js: LeafJs) {
     }
     assert_no_panic(&nodes);
 }
+
+/// Snapshots behind the leaf: a gateway saves one (its object chunks, pointer and upload
+/// lease go to the hub's JetStream through the leaf), and a new gateway without a database
+/// starts from it.
+#[test]
+fn leaf_topology_gateway_saves_a_snapshot_and_a_new_gateway_restores_it() {
+    let dir = TestDir::new("leaf-snap");
+    let t = HubAndLeaf::start_with(&dir, LeafJs::Mapping);
+    let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
+    let mut nodes: Vec<Node> = ["h1", "g1"]
+        .iter()
+        .map(|n| {
+            app(&dir.path().join(format!("{n}.db")), schema);
+            Node::start(dir.path(), n, "", Some(&t.url_for(n)))
+        })
+        .collect();
+    for n in &mut nodes {
+        n.wait_ready();
+        n.wait_connected();
+    }
+    let refs: Vec<PathBuf> = nodes.iter().map(|n| n.db.clone()).collect();
+    app(
+        &refs[1],
+        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 50)
+         INSERT INTO t SELECT i, 'gateway ' || i FROM s;",
+    );
+    wait_converged(&[&refs[0], &refs[1]], &["t"], CONVERGE);
+    let out = run_bin(
+        &[
+            "snapshot",
+            "save",
+            "--config",
+            nodes[1].config.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("saved snapshot"),
+        "snapshot save on the gateway failed: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g2_db = dir.join("g2.db");
+    let mut g2 = Node::start(dir.path(), "g2", "", Some(&t.url_for("g2")));
+    g2.wait_log("database created from snap-", Duration::from_secs(30));
+    g2.wait_ready();
+    wait_converged(&[&refs[0], &refs[1], &g2_db], &["t"], CONVERGE);
+    assert_eq!(count(&g2_db, "t"), 50);
+    nodes.push(g2);
+    assert_no_panic(&nodes);
+}
