@@ -2,7 +2,9 @@
 //! record (key: its id) that says how old a change it may still publish and below which
 //! version it has collected tombstones (see [`crate::tombstones`]). Only the newest value per
 //! key is kept; the server stamps each with its own clock, so "seen within `node_ttl`" never
-//! depends on a node's clock.
+//! depends on a node's clock. Behind a leaf node the record is written through the hub's
+//! JetStream domain (see [`Transport::kv_write`]); reads go through the JetStream API, which
+//! the leaf already sends there.
 
 use std::io;
 use std::time::Instant;
