@@ -101,6 +101,11 @@ pub fn is_refusal(message: &str) -> bool {
     refusal(message)
 }
 
+/// The server had no subscriber for a request's subject (nats-server's 503 status).
+pub fn no_responders(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound && e.to_string().contains("no responders")
+}
+
 fn refusal(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("authorization violation")
@@ -264,6 +269,9 @@ pub struct Transport {
     /// The newest refusal the server reported on this connection (`-ERR 'Permissions
     /// Violation ...'`): it comes on its own, not as the answer to a publish.
     refused: Arc<std::sync::Mutex<Option<String>>>,
+    /// Key-value writes go through this API prefix (`$JS.<domain>.API.`) once a bare `$KV.`
+    /// write got no responders (see [`Transport::kv_write`]).
+    kv_api_prefix: std::sync::Mutex<Option<String>>,
 }
 
 struct Puller {
@@ -543,7 +551,63 @@ impl Transport {
             max_payload,
             cursor_reset,
             refused,
+            kv_api_prefix: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Runs a key-value write (`op` on `store`). Behind a leaf node whose hub runs JetStream
+    /// in its own domain, the leaf link denies `$KV.>` (nats-server adds that deny, with
+    /// `$JS.API.>` and `$OBJ.>`, on links between domains) and the write gets no responders;
+    /// the hub maps `$JS.<domain>.API.$KV.>` back to `$KV.>`. So on "no responders" the
+    /// domain is taken from the answer to `$JS.API.STREAM.INFO.<stream>` (the API itself
+    /// reaches the hub through the leaf's mapping) and the write is made again through
+    /// `$JS.<domain>.API.`; later writes on this connection go that way at once. Directly on
+    /// a JetStream server nothing changes: the bare write answers.
+    pub(crate) fn kv_write<T>(
+        &self,
+        store: &nats::kv::Store,
+        stream: &str,
+        op: impl Fn(&nats::kv::Store) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let prefix = self
+            .kv_api_prefix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let via_domain = prefix.is_some();
+        match op(&store.clone().with_api_prefix(prefix)) {
+            Err(e) if !via_domain && no_responders(&e) => {
+                let Some(prefix) = self.domain_api_prefix(stream) else {
+                    return Err(e);
+                };
+                let r = op(&store.clone().with_api_prefix(Some(prefix.clone())));
+                if r.is_ok() {
+                    log::info!("key-value writes go through {prefix}$KV.> (a leaf node between this node and the JetStream domain does not pass $KV.> itself)");
+                    *self.kv_api_prefix.lock().unwrap_or_else(|e| e.into_inner()) = Some(prefix);
+                }
+                r
+            }
+            r => r,
+        }
+    }
+
+    /// `$JS.<domain>.API.` for the JetStream domain `stream` lives in, if it has one.
+    fn domain_api_prefix(&self, stream: &str) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            domain: String,
+        }
+        let m = self
+            .nc
+            .request_timeout(&format!("$JS.API.STREAM.INFO.{stream}"), b"", API_TIMEOUT)
+            .ok()?;
+        let a: Answer = serde_json::from_slice(&m.data).ok()?;
+        let ok = !a.domain.is_empty()
+            && !a
+                .domain
+                .contains(|c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace());
+        ok.then(|| format!("$JS.{}.API.", a.domain))
     }
 
     /// A refusal the server reported for the subject of one of `frames`, if any (taken).

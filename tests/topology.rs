@@ -149,81 +149,118 @@ fn leaf_connections(s: &NatsServer) -> Option<u64> {
 
 /// The topology field gateways use: a hub nats-server with JetStream (domain `hub`) and a
 /// leafnode listener; a leaf nats-server without JetStream whose `default_js_domain` sends the
-/// JetStream API of its clients to the hub, connected to the hub through the proxy. Hub nodes
-/// h1, h2 use the hub; gateway nodes g1, g2 use the leaf.
-///
+/// JetStream API of its clients to the hub, connected to the hub through a fault-injecting
+/// proxy. Hub nodes (`h*`) use the hub; gateway nodes (`g*`) use the leaf.
+struct HubAndLeaf {
+    hub: NatsServer,
+    link: Proxy,
+    leaf: NatsServer,
+}
+
+/// How the leaf sends its clients' JetStream API to the hub's domain.
+#[derive(Clone, Copy, Debug)]
+enum LeafJs {
+    /// `default_js_domain: { "$G": "hub" }` (deprecated in nats-server 2.15; it also maps
+    /// `$KV.>` and `$OBJ.>` to the domain).
+    DefaultDomain,
+    /// `mappings = { "$JS.API.>": "$JS.hub.API.>" }`, what `boards/install.sh --with-leaf`
+    /// writes (`boards/leaf.conf.in`): only the API is mapped.
+    Mapping,
+}
+
+impl HubAndLeaf {
+    fn start(dir: &TestDir) -> HubAndLeaf {
+        HubAndLeaf::start_with(dir, LeafJs::DefaultDomain)
+    }
+
+    fn start_with(dir: &TestDir, js: LeafJs) -> HubAndLeaf {
+        let js_to_hub = match js {
+            LeafJs::DefaultDomain => "default_js_domain: { \"$G\": \"hub\" }",
+            LeafJs::Mapping => "mappings = { \"$JS.API.>\": \"$JS.hub.API.>\" }",
+        };
+        let [hub_port, hub_mon, hub_leaf_port, leaf_port, leaf_mon] = free_ports::<5>();
+        let hub_conf = dir.join("hub.conf");
+        std::fs::write(
+            &hub_conf,
+            format!(
+                "server_name: hub\n\
+                 jetstream {{ store_dir: {}, domain: hub }}\n\
+                 # no_advertise: the leaf must reach the hub only through the proxy, not at the\n\
+                 # listen address the hub would otherwise advertise to it\n\
+                 leafnodes {{ listen: \"127.0.0.1:{hub_leaf_port}\", no_advertise: true }}\n",
+                toml_str(&dir.join("hub-store").display().to_string())
+            ),
+        )
+        .unwrap();
+        let hub = NatsServer::start_custom(
+            dir.path(),
+            "hub",
+            hub_port,
+            hub_mon,
+            false,
+            &["-c".to_string(), hub_conf.display().to_string()],
+        );
+        let link = Proxy::start(loopback(hub_leaf_port));
+        let leaf_conf = dir.join("leaf.conf");
+        std::fs::write(
+            &leaf_conf,
+            format!(
+                "server_name: leaf\n\
+                 # no JetStream here: the JetStream API of this server's clients goes to the hub\n\
+                 {js_to_hub}\n\
+                 leafnodes {{ remotes = [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
+                link.port()
+            ),
+        )
+        .unwrap();
+        let leaf = NatsServer::start_custom(
+            dir.path(),
+            "leaf",
+            leaf_port,
+            leaf_mon,
+            false,
+            &["-c".to_string(), leaf_conf.display().to_string()],
+        );
+        let t = HubAndLeaf { hub, link, leaf };
+        t.leaf_up(1);
+        t
+    }
+
+    /// Waits until the leaf reports `want` leafnode connections.
+    fn leaf_up(&self, want: u64) {
+        wait_until_or(
+            &format!("the leaf reports {want} leafnode connection(s)"),
+            CONVERGE,
+            || leaf_connections(&self.leaf) == Some(want),
+            || self.leaf.log(),
+        );
+    }
+
+    /// The server a node connects to: the hub for `h*`, the leaf for gateways (`g*`).
+    fn url_for(&self, name: &str) -> String {
+        if name.starts_with('h') {
+            self.hub.url()
+        } else {
+            self.leaf.url()
+        }
+    }
+}
+
 /// Writes replicate every way; then the link is cut (reset, later blackholed): every app keeps
 /// writing, rows written on the hub side reach the other hub node during the cut, and after the
 /// link heals all four converge.
 #[test]
 fn leaf_topology_keeps_both_sides_writing_through_a_cut_link() {
     let dir = TestDir::new("leaf");
-    let [hub_port, hub_mon, hub_leaf_port, leaf_port, leaf_mon] = free_ports::<5>();
-    let hub_conf = dir.join("hub.conf");
-    std::fs::write(
-        &hub_conf,
-        format!(
-            "server_name: hub\n\
-             jetstream {{ store_dir: {}, domain: hub }}\n\
-             # no_advertise: the leaf must reach the hub only through the proxy, not at the\n\
-             # listen address the hub would otherwise advertise to it\n\
-             leafnodes {{ listen: \"127.0.0.1:{hub_leaf_port}\", no_advertise: true }}\n",
-            toml_str(&dir.join("hub-store").display().to_string())
-        ),
-    )
-    .unwrap();
-    let hub = NatsServer::start_custom(
-        dir.path(),
-        "hub",
-        hub_port,
-        hub_mon,
-        false,
-        &["-c".to_string(), hub_conf.display().to_string()],
-    );
-    let link = Proxy::start(loopback(hub_leaf_port));
-    let leaf_conf = dir.join("leaf.conf");
-    std::fs::write(
-        &leaf_conf,
-        format!(
-            "server_name: leaf\n\
-             # no JetStream here: the JetStream API of this server's clients goes to the hub\n\
-             default_js_domain: {{ \"$G\": \"hub\" }}\n\
-             leafnodes {{ remotes = [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
-            link.port()
-        ),
-    )
-    .unwrap();
-    let leaf = NatsServer::start_custom(
-        dir.path(),
-        "leaf",
-        leaf_port,
-        leaf_mon,
-        false,
-        &["-c".to_string(), leaf_conf.display().to_string()],
-    );
-    let leaf_up = |want: u64| {
-        wait_until_or(
-            &format!("the leaf reports {want} leafnode connection(s)"),
-            CONVERGE,
-            || leaf_connections(&leaf) == Some(want),
-            || leaf.log(),
-        );
-    };
-    leaf_up(1);
+    let t = HubAndLeaf::start(&dir);
+    let (link, leaf_up) = (&t.link, |want| t.leaf_up(want));
 
     let names = ["h1", "h2", "g1", "g2"];
     let dbs = make_dbs(dir.path(), &names);
     let dbs: Vec<&Path> = dbs.iter().map(PathBuf::as_path).collect();
     let mut nodes: Vec<Node> = names
         .iter()
-        .map(|n| {
-            let url = if n.starts_with('h') {
-                hub.url()
-            } else {
-                leaf.url()
-            };
-            Node::start(dir.path(), n, "", Some(&url))
-        })
+        .map(|n| Node::start(dir.path(), n, "", Some(&t.url_for(n))))
         .collect();
     for n in &mut nodes {
         n.wait_ready();
@@ -306,5 +343,156 @@ fn leaf_topology_keeps_both_sides_writing_through_a_cut_link() {
     for n in &nodes[2..] {
         assert_no_log_storm(&n.name, &n.log(), 20);
     }
+    assert_no_panic(&nodes);
+}
+
+fn tombstones(db: &Path) -> i64 {
+    query_one(db, "SELECT count(*) FROM __hl_ver_t WHERE del = 1")
+        .map_or(-1, |v| v.trim_start_matches("integer=").parse().unwrap())
+}
+
+/// Tombstone collection needs a record of every publishing node in the node registry on the
+/// hub; gateway nodes write and read theirs through the leaf. Rows inserted and deleted by a
+/// gateway app and by a hub app leave no tombstone on any of the four nodes.
+#[test]
+fn leaf_topology_collects_tombstones_on_every_node() {
+    collects_tombstones_through_the_leaf(LeafJs::Mapping);
+}
+
+/// The same with the leaf's deprecated `default_js_domain`.
+#[test]
+fn leaf_topology_with_default_js_domain_collects_tombstones_on_every_node() {
+    collects_tombstones_through_the_leaf(LeafJs::DefaultDomain);
+}
+
+fn collects_tombstones_through_the_leaf(js: LeafJs) {
+    let dir = TestDir::new("leaf-tomb");
+    let t = HubAndLeaf::start_with(&dir, js);
+    let names = ["h1", "h2", "g1", "g2"];
+    let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
+    let extra = "[replication_log]\nhorizon_interval_ms = 300\n";
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|n| {
+            app(&dir.path().join(format!("{n}.db")), schema);
+            Node::start(dir.path(), n, extra, Some(&t.url_for(n)))
+        })
+        .collect();
+    for n in &mut nodes {
+        n.wait_ready();
+        n.wait_connected();
+    }
+    let dbs: Vec<PathBuf> = nodes.iter().map(|n| n.db.clone()).collect();
+    let refs: Vec<&Path> = dbs.iter().map(PathBuf::as_path).collect();
+    let (h1, g1) = (refs[0], refs[2]);
+    app(
+        g1,
+        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100)
+         INSERT INTO t SELECT i, 'gateway ' || i FROM s;",
+    );
+    app(
+        h1,
+        "WITH RECURSIVE s(i) AS (SELECT 1001 UNION ALL SELECT i + 1 FROM s WHERE i < 1100)
+         INSERT INTO t SELECT i, 'hub ' || i FROM s;",
+    );
+    wait_until_or(
+        "every row everywhere",
+        CONVERGE,
+        || refs.iter().all(|d| count(d, "t") == 200),
+        || {
+            refs.iter()
+                .map(|d| format!("{}: {} rows", d.display(), count(d, "t")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
+    app(g1, "DELETE FROM t WHERE id <= 60;");
+    app(h1, "DELETE FROM t WHERE id > 1040;");
+    wait_converged(&refs, &["t"], CONVERGE);
+    wait_until_or(
+        "the 120 tombstones collected on every node",
+        CONVERGE,
+        || refs.iter().all(|d| tombstones(d) == 0),
+        || {
+            nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{}: {} tombstones\n{}",
+                        n.name,
+                        tombstones(&n.db),
+                        n.log()
+                            .lines()
+                            .filter(|l| l.contains("record") || l.contains("tombstone"))
+                            .take(10)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
+    for n in &nodes {
+        assert_eq!(count(&n.db, "t"), 80, "{}", n.name);
+        let log = n.log();
+        assert!(
+            !log.contains("node record out of reach") && !log.contains("keeps no node record"),
+            "{}:\n{log}",
+            n.name
+        );
+    }
+    assert_no_panic(&nodes);
+}
+
+/// Snapshots behind the leaf: a gateway saves one (its object chunks, pointer and upload
+/// lease go to the hub's JetStream through the leaf), and a new gateway without a database
+/// starts from it.
+#[test]
+fn leaf_topology_gateway_saves_a_snapshot_and_a_new_gateway_restores_it() {
+    let dir = TestDir::new("leaf-snap");
+    let t = HubAndLeaf::start_with(&dir, LeafJs::Mapping);
+    let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
+    let mut nodes: Vec<Node> = ["h1", "g1"]
+        .iter()
+        .map(|n| {
+            app(&dir.path().join(format!("{n}.db")), schema);
+            Node::start(dir.path(), n, "", Some(&t.url_for(n)))
+        })
+        .collect();
+    for n in &mut nodes {
+        n.wait_ready();
+        n.wait_connected();
+    }
+    let refs: Vec<PathBuf> = nodes.iter().map(|n| n.db.clone()).collect();
+    app(
+        &refs[1],
+        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 50)
+         INSERT INTO t SELECT i, 'gateway ' || i FROM s;",
+    );
+    wait_converged(&[&refs[0], &refs[1]], &["t"], CONVERGE);
+    let out = run_bin(
+        &[
+            "snapshot",
+            "save",
+            "--config",
+            nodes[1].config.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("saved snapshot"),
+        "snapshot save on the gateway failed: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g2_db = dir.join("g2.db");
+    let mut g2 = Node::start(dir.path(), "g2", "", Some(&t.url_for("g2")));
+    g2.wait_log("database created from snap-", Duration::from_secs(30));
+    g2.wait_ready();
+    wait_converged(&[&refs[0], &refs[1], &g2_db], &["t"], CONVERGE);
+    assert_eq!(count(&g2_db, "t"), 50);
+    nodes.push(g2);
     assert_no_panic(&nodes);
 }

@@ -39,7 +39,8 @@ pub(super) struct Horizon {
     /// The server refuses our record (permissions): we publish anyway, the others hold back.
     refused: bool,
     /// The record could not be written within [`JOIN_GRACE`] of connecting (the bucket is out
-    /// of reach, e.g. behind a leaf node): we publish anyway, as for `refused`.
+    /// of reach: no answer on `$KV.` nor through the hub's domain behind a leaf node): we
+    /// publish anyway, as for `refused`.
     unrecorded: bool,
     connected_at: Instant,
     last_put: Option<Instant>,
@@ -236,7 +237,7 @@ impl Node {
             self.outbox.dirty = true;
         }
         log::error!(
-            "node record out of reach for {} s after connecting (the key-value bucket {}-nodes does not answer; through a leaf node it may not be reachable): publishing without it; other nodes keep their tombstones while this node publishes without a record restamped={n}",
+            "node record out of reach for {} s after connecting (the key-value bucket {}-nodes does not answer, neither on $KV. nor through the JetStream domain of a hub behind a leaf node): publishing without it; other nodes keep their tombstones while this node publishes without a record restamped={n}",
             JOIN_GRACE.as_secs(),
             self.cfg.nats.stream_prefix
         );

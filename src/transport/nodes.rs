@@ -2,7 +2,9 @@
 //! record (key: its id) that says how old a change it may still publish and below which
 //! version it has collected tombstones (see [`crate::tombstones`]). Only the newest value per
 //! key is kept; the server stamps each with its own clock, so "seen within `node_ttl`" never
-//! depends on a node's clock.
+//! depends on a node's clock. Behind a leaf node the record is written through the hub's
+//! JetStream domain (see [`Transport::kv_write`]); reads go through the JetStream API, which
+//! the leaf already sends there.
 
 use std::io;
 use std::time::Instant;
@@ -61,10 +63,13 @@ impl Transport {
     /// Writes this node's record (creating the bucket if needed).
     pub fn put_node_record(&self, node: u64, value: &str, replicas: usize) -> io::Result<()> {
         let kv = self.nodes_kv(replicas).map_err(|e| self.or_refusal(e))?;
-        kv.put(&node.to_string(), value)
-            .map(|_| ())
-            .map_err(err("write this node's record"))
-            .map_err(|e| self.or_refusal(e))
+        let key = node.to_string();
+        self.kv_write(&kv, &format!("KV_{}", bucket(&self.stream)), |kv| {
+            kv.put(&key, value)
+        })
+        .map(|_| ())
+        .map_err(err("write this node's record"))
+        .map_err(|e| self.or_refusal(e))
     }
 
     /// Every node's newest record. Reads the bucket's stream with an ordered consumer that

@@ -206,7 +206,7 @@ impl SnapStore<'_> {
             .entry(LEASE_KEY)
             .map_err(nats_err("read the snapshot lease"))?;
         let result = match current {
-            None => self.kv.create(LEASE_KEY, &value),
+            None => self.kv_write(|kv| kv.create(LEASE_KEY, &value)),
             Some(e) => {
                 let text = String::from_utf8_lossy(&e.value).to_string();
                 let field = |k: &str| {
@@ -220,20 +220,36 @@ impl SnapStore<'_> {
                 if held {
                     return Ok(false);
                 }
-                self.kv.update(LEASE_KEY, &value, e.revision)
+                self.kv_write(|kv| kv.update(LEASE_KEY, &value, e.revision))
             }
         };
-        // a failed compare-and-set means another node took it first
-        Ok(result.is_ok())
+        match result {
+            Ok(_) => Ok(true),
+            // the bucket does not answer writes at all: not a lost race
+            Err(e)
+                if crate::transport::no_responders(&e) || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                Err(nats_err("take the snapshot upload lease")(e))
+            }
+            // a failed compare-and-set means another node took it first
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// A write to the snapshot key-value bucket, through the hub's domain when a leaf node
+    /// is in the way (see [`Transport::kv_write`]).
+    fn kv_write<T>(&self, op: impl Fn(&nats::kv::Store) -> io::Result<T>) -> io::Result<T> {
+        self.t
+            .kv_write(&self.kv, &format!("KV_{}", self.bucket), op)
     }
 
     /// Gives the lease back (best effort: it expires anyway).
     pub fn release(&self, node: u64) {
         if let Ok(Some(e)) = self.kv.entry(LEASE_KEY) {
             if String::from_utf8_lossy(&e.value).starts_with(&format!("node={node};")) {
-                let _ = self
-                    .kv
-                    .update(LEASE_KEY, format!("node={node};until=0"), e.revision);
+                let _ = self.kv_write(|kv| {
+                    kv.update(LEASE_KEY, format!("node={node};until=0"), e.revision)
+                });
             }
         }
     }
@@ -263,8 +279,8 @@ impl SnapStore<'_> {
                 .filter(|o| o != &object),
         };
         let stored = match &old {
-            Some((_, rev)) => self.kv.update(LATEST_KEY, pointer.encode(), *rev),
-            None => self.kv.create(LATEST_KEY, pointer.encode()),
+            Some((_, rev)) => self.kv_write(|kv| kv.update(LATEST_KEY, pointer.encode(), *rev)),
+            None => self.kv_write(|kv| kv.create(LATEST_KEY, pointer.encode())),
         };
         if let Err(e) = stored {
             // someone else published a pointer meanwhile: theirs stays, ours goes

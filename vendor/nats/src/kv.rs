@@ -322,6 +322,15 @@ pub struct Store {
 }
 
 impl Store {
+    /// HarmonyLite patch: writes (`put`, `create`, `update`, `delete`, `purge`) go to
+    /// `<api_prefix>$KV.<bucket>.<key>` (`$JS.<domain>.API.`), or to `$KV.<bucket>.<key>` when
+    /// `None`. A client behind a leaf node whose hub has another JetStream domain needs it: the
+    /// link denies `$KV.>` and the hub maps `$JS.<domain>.API.$KV.>` back to it.
+    pub fn with_api_prefix(mut self, api_prefix: Option<String>) -> Store {
+        self.domain_prefix = api_prefix;
+        self
+    }
+
     /// Returns the status of the bucket
     pub fn status(&self) -> io::Result<BucketStatus> {
         let info = self.context.stream_info(&self.stream_name)?;
