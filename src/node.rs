@@ -760,11 +760,14 @@ impl Node {
         Ok(gap::read(&self.conn)?)
     }
 
-    /// Writes the stream's last sequence for `status` ("behind"), only when it moved: an idle
-    /// node writes nothing.
+    /// Writes the stream's last sequence for `status` ("behind"), only when it moved past what
+    /// this node applied (or never written): a node that is caught up writes nothing (`status`
+    /// shows the position then), so neither an idle node nor one that just went idle writes.
     fn note_stream_end(&mut self, last: Option<u64>) -> Result<(), NodeError> {
         if let Some(last) = last.filter(|l| Some(*l) != self.stream_last) {
-            db::set_meta(&self.conn, state::STREAM_LAST_KEY, last as i64)?;
+            if last > self.position() || self.stream_last.is_none() {
+                db::set_meta(&self.conn, state::STREAM_LAST_KEY, last as i64)?;
+            }
             self.stream_last = Some(last);
         }
         Ok(())

@@ -177,7 +177,8 @@ pub fn read(cfg: &Config) -> Result<Status, DbError> {
     st.disk_full = crate::metrics::liveness().disk_full;
     st.last_pk_collision = crate::db::get_meta_text(&conn, LAST_PK_COLLISION_KEY)?;
     st.link_since_ms = meta(LINK_SINCE_KEY)?.map(|v| v as u64);
-    st.stream_last_seq = meta(state::STREAM_LAST_KEY)?.map(|v| v as u64);
+    // written only while the node is behind: a value below the position is from then
+    st.stream_last_seq = meta(state::STREAM_LAST_KEY)?.map(|v| (v as u64).max(st.stream_position));
     st.behind = st
         .stream_last_seq
         .map(|last| last.saturating_sub(st.stream_position));

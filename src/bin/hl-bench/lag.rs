@@ -189,6 +189,8 @@ pub struct Idle {
     /// Per node: bytes it caused to be written to storage over the window
     /// (`/proc/PID/io` `write_bytes`): an idle node should write nothing (SD cards wear out).
     pub write_bytes: Vec<u64>,
+    /// The most any node wrote in each tenth of the window, in order.
+    pub write_bytes_by_tenth: Vec<u64>,
 }
 
 /// `write_bytes` of `/proc/PID/io`: bytes the process caused to reach the storage layer.
@@ -211,7 +213,25 @@ pub fn idle(nodes: &[NodeProc], window: Duration) -> Result<Idle, String> {
         .map(|n| write_bytes(n.pid))
         .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
-    pause(window)?;
+    // the most any node wrote in each tenth of the window: one write right after the
+    // activity before it (a trailing record) looks different from a steady trickle
+    let mut by_tenth = Vec::with_capacity(10);
+    let mut mark = written0.clone();
+    for _ in 0..10 {
+        pause(window / 10)?;
+        let now = nodes
+            .iter()
+            .map(|n| write_bytes(n.pid))
+            .collect::<Result<Vec<_>, _>>()?;
+        by_tenth.push(
+            now.iter()
+                .zip(&mark)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .max()
+                .unwrap_or(0),
+        );
+        mark = now;
+    }
     let written1 = nodes
         .iter()
         .map(|n| write_bytes(n.pid))
@@ -249,6 +269,7 @@ pub fn idle(nodes: &[NodeProc], window: Duration) -> Result<Idle, String> {
             .zip(&written0)
             .map(|(a, b)| a.saturating_sub(*b))
             .collect(),
+        write_bytes_by_tenth: by_tenth,
     })
 }
 

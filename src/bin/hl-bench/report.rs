@@ -343,6 +343,11 @@ pub fn table(r: &Results) -> String {
     );
     row(
         &mut o,
+        "  in each tenth of the window (most of any node)",
+        format!("{:?} B", r.idle.write_bytes_by_tenth),
+    );
+    row(
+        &mut o,
         "harmonylite binary size",
         format!(
             "{} bytes ({})",
@@ -552,6 +557,10 @@ pub fn json(r: &Results) -> String {
             num(r.idle_write_bytes_per_min()),
         ),
         ("idle_window_s", num(r.idle.window_secs)),
+        (
+            "idle_write_bytes_by_tenth",
+            format!("{:?}", r.idle.write_bytes_by_tenth),
+        ),
         ("trigger_overhead_ratio", num(r.trigger_overhead_ratio())),
         (
             "empty_trigger_overhead_ratio",
