@@ -94,6 +94,7 @@ pub struct Pooled {
     pub write_samples: usize,
     pub write_p50_ms: f64,
     pub write_p99_ms: f64,
+    pub write_p999_ms: f64,
     pub write_max_ms: f64,
     pub lag_samples: usize,
     pub lag_p50_ms: f64,
@@ -108,6 +109,7 @@ impl Pooled {
             write_samples: writes.len(),
             write_p50_ms: pct(&writes, 0.50),
             write_p99_ms: pct(&writes, 0.99),
+            write_p999_ms: pct(&writes, 0.999),
             write_max_ms: pct(&writes, 1.0),
             lag_samples: lags.len(),
             lag_p50_ms: pct(&lags, 0.50),
@@ -460,13 +462,13 @@ pub fn table(v: &VerifyLoad) -> String {
     }
     let _ = writeln!(
         o,
-        "  pooled, no verify:   commit p50 {:.2} ms p99 {:.2} ms max {:.1} ms ({} commits); lag p50 {:.1} ms p99 {:.1} ms ({} samples)",
-        v.idle.write_p50_ms, v.idle.write_p99_ms, v.idle.write_max_ms, v.idle.write_samples, v.idle.lag_p50_ms, v.idle.lag_p99_ms, v.idle.lag_samples
+        "  pooled, no verify:   commit p50 {:.2} ms p99 {:.2} ms p99.9 {:.1} ms max {:.1} ms ({} commits); lag p50 {:.1} ms p99 {:.1} ms ({} samples)",
+        v.idle.write_p50_ms, v.idle.write_p99_ms, v.idle.write_p999_ms, v.idle.write_max_ms, v.idle.write_samples, v.idle.lag_p50_ms, v.idle.lag_p99_ms, v.idle.lag_samples
     );
     let _ = writeln!(
         o,
-        "  pooled, with verify: commit p50 {:.2} ms p99 {:.2} ms max {:.1} ms ({} commits); lag p50 {:.1} ms p99 {:.1} ms ({} samples)",
-        v.during.write_p50_ms, v.during.write_p99_ms, v.during.write_max_ms, v.during.write_samples, v.during.lag_p50_ms, v.during.lag_p99_ms, v.during.lag_samples
+        "  pooled, with verify: commit p50 {:.2} ms p99 {:.2} ms p99.9 {:.1} ms max {:.1} ms ({} commits); lag p50 {:.1} ms p99 {:.1} ms ({} samples)",
+        v.during.write_p50_ms, v.during.write_p99_ms, v.during.write_p999_ms, v.during.write_max_ms, v.during.write_samples, v.during.lag_p50_ms, v.during.lag_p99_ms, v.during.lag_samples
     );
     let ratio = v.write_p99_ratio();
     let _ = writeln!(
@@ -509,6 +511,10 @@ pub fn fields(v: &VerifyLoad) -> Vec<(&'static str, String)> {
         ("verify_write_p50_ms_during", f(v.during.write_p50_ms)),
         ("verify_write_p99_ms_during", f(v.during.write_p99_ms)),
         ("verify_write_p99_ratio", f(v.write_p99_ratio())),
+        ("verify_write_p999_ms_idle", f(v.idle.write_p999_ms)),
+        ("verify_write_p999_ms_during", f(v.during.write_p999_ms)),
+        ("verify_write_max_ms_idle", f(v.idle.write_max_ms)),
+        ("verify_write_max_ms_during", f(v.during.write_max_ms)),
         ("verify_write_p50_ratio", f(v.write_p50_ratio())),
         ("verify_lag_p50_ms_idle", f(v.idle.lag_p50_ms)),
         ("verify_lag_p99_ms_idle", f(v.idle.lag_p99_ms)),
@@ -516,6 +522,17 @@ pub fn fields(v: &VerifyLoad) -> Vec<(&'static str, String)> {
         ("verify_lag_p99_ms_during", f(v.during.lag_p99_ms)),
         ("verify_lag_p99_ratio", f(v.lag_p99_ratio())),
         ("verify_runs_during", v.verify_run_secs.len().to_string()),
+        (
+            "verify_app_lock_waits",
+            format!(
+                "[{}]",
+                v.phases
+                    .iter()
+                    .map(|p| p.lock_waits.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
         (
             "verify_phases_with_verify",
             format!(
