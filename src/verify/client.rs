@@ -179,6 +179,21 @@ pub fn run(cfg: &Config, opts: &Options) -> Result<Outcome, String> {
     })
 }
 
+/// Whether `answers` (the errors left out) describe a comparable point: every outbox empty,
+/// and the nodes of `receiving` (those receiving a table) at one stream position, at least
+/// `after`. A node that receives no table does not move its position.
+fn comparable(answers: &[Answer], receiving: &[u64], after: u64) -> bool {
+    let ok: Vec<&Answer> = answers.iter().filter(|a| a.error.is_none()).collect();
+    let positions: Vec<u64> = ok
+        .iter()
+        .filter(|a| receiving.contains(&a.node_id))
+        .map(|a| a.position)
+        .collect();
+    ok.iter().all(|a| a.outbox == 0)
+        && positions.windows(2).all(|w| w[0] == w[1])
+        && positions.iter().all(|p| *p >= after)
+}
+
 struct Fleet<'a> {
     cfg: &'a Config,
     asker: Asker,
@@ -279,21 +294,33 @@ impl Fleet<'_> {
                     timeout.as_millis()
                 ));
             }
-            let ok: Vec<&Answer> = answers.iter().filter(|a| a.error.is_none()).collect();
-            let receiving: Vec<u64> = ok
+            let receiving: Vec<u64> = answers
                 .iter()
-                .filter(|a| a.tables.iter().any(|t| t.replicates))
-                .map(|a| a.position)
+                .filter(|a| a.error.is_none() && a.tables.iter().any(|t| t.replicates))
+                .map(|a| a.node_id)
                 .collect();
-            let settled = ok.iter().all(|a| a.outbox == 0)
-                && receiving.windows(2).all(|w| w[0] == w[1])
-                && receiving.iter().all(|p| *p >= after);
+            let settled = comparable(&answers, &receiving, after);
             // the nodes that answered once answer again: no need to wait for the others
             want = Some(answers.len());
             if settled || Instant::now() >= deadline {
                 break (answers, settled);
             }
-            std::thread::sleep(SETTLE_POLL);
+            // Wait for a comparable point on positions and outboxes alone (an empty table
+            // list: no pass over the tables), then take the digests again; at the deadline,
+            // once more. Under steady writes the point may never come: without this, every
+            // node would read all its tables every half second until the deadline.
+            loop {
+                std::thread::sleep(SETTLE_POLL);
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let probe = Request::Digest {
+                    tables: Some(Vec::new()),
+                };
+                if comparable(&self.send("all", &probe, want, timeout), &receiving, after) {
+                    break;
+                }
+            }
         };
         let mut report = Report {
             settled,
@@ -653,4 +680,54 @@ fn render(r: &Report, lead: &str) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(node: u64, position: u64, outbox: u64) -> Answer {
+        Answer {
+            node_id: node,
+            position,
+            outbox,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn comparable_needs_empty_outboxes_and_one_position_among_the_receivers() {
+        let all = [1, 2, 3];
+        assert!(comparable(
+            &[answer(1, 9, 0), answer(2, 9, 0), answer(3, 9, 0)],
+            &all,
+            0
+        ));
+        assert!(!comparable(
+            &[answer(1, 9, 1), answer(2, 9, 0), answer(3, 9, 0)],
+            &all,
+            0
+        ));
+        assert!(!comparable(
+            &[answer(1, 9, 0), answer(2, 8, 0), answer(3, 9, 0)],
+            &all,
+            0
+        ));
+        // a node receiving nothing does not move its position
+        assert!(comparable(
+            &[answer(1, 9, 0), answer(2, 9, 0), answer(3, 2, 0)],
+            &[1, 2],
+            0
+        ));
+        // not yet past the last repair frame
+        assert!(!comparable(&[answer(1, 9, 0), answer(2, 9, 0)], &all, 10));
+        // an error answer is left out
+        let mut err = answer(3, 1, 5);
+        err.error = Some("boom".into());
+        assert!(comparable(
+            &[answer(1, 9, 0), answer(2, 9, 0), err],
+            &all,
+            0
+        ));
+    }
 }

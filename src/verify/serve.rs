@@ -620,6 +620,18 @@ mod tests {
     }
 
     #[test]
+    fn a_digest_of_no_tables_reports_position_and_outbox_only() {
+        let d = setup("none", &[(1, 10, 1, false), (2, 11, 1, false)]);
+        let conn = db::open(&d.path).unwrap();
+        conn.execute("UPDATE __hl_ver_t SET pending = 1 WHERE k0 = 2", [])
+            .unwrap();
+        let a = ask(&d, r#"{"op":"digest","tables":[]}"#);
+        assert_eq!(a.error, None);
+        assert!(a.tables.is_empty());
+        assert_eq!(a.outbox, 1);
+    }
+
+    #[test]
     fn large_answers_are_split_in_order_into_parts() {
         let rows: Vec<RowEntry> = (0..20_000u64)
             .map(|i| RowEntry {

@@ -3,7 +3,8 @@
 //! The bench is both the writing application and the observer, so commit and visibility times
 //! come from one monotonic clock: the writer notes when each single-row commit returned, one
 //! watcher thread per replica polls for new ids every millisecond and notes when each first
-//! became visible. Lag = visible − committed.
+//! became visible. Lag = visible − committed. The writer also notes how long each commit took
+//! (the application's own write latency: `execute` of the autocommit insert until it returned).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,28 @@ pub struct Lag {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The application's commit latency (one single-row autocommit insert), ms.
+    pub write_p50_ms: f64,
+    pub write_p99_ms: f64,
+    pub write_max_ms: f64,
+}
+
+/// The raw samples of one steady run, for runs whose samples are pooled.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    /// Lag of every row on every replica, ms.
+    pub lags: Vec<f64>,
+    /// Commit latency of every row on the writer, ms.
+    pub writes: Vec<f64>,
+    pub achieved_rate: f64,
+}
+
+/// The `p` quantile (0..=1, nearest rank) of `sorted` (ascending); 0 when empty.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 /// Writes single-row transactions on node a at `rate` rows/s for `secs` seconds (ids from
@@ -41,6 +64,30 @@ pub fn steady(
     first: i64,
     row_bytes: usize,
 ) -> Result<Lag, String> {
+    let mut s = steady_samples(cluster, rate, secs, first, row_bytes)?;
+    s.lags.sort_by(f64::total_cmp);
+    s.writes.sort_by(f64::total_cmp);
+    Ok(Lag {
+        target_rate: rate,
+        achieved_rate: s.achieved_rate,
+        samples: s.lags.len(),
+        p50_ms: pct(&s.lags, 0.50),
+        p99_ms: pct(&s.lags, 0.99),
+        max_ms: pct(&s.lags, 1.0),
+        write_p50_ms: pct(&s.writes, 0.50),
+        write_p99_ms: pct(&s.writes, 0.99),
+        write_max_ms: pct(&s.writes, 1.0),
+    })
+}
+
+/// [`steady`]'s samples, unsorted.
+pub fn steady_samples(
+    cluster: &Cluster,
+    rate: u32,
+    secs: u64,
+    first: i64,
+    row_bytes: usize,
+) -> Result<Samples, String> {
     let rows = rate as u64 * secs;
     let last = first + rows as i64 - 1;
     // Watchers stop once they saw `last`, or when the writer failed (then `abort` is set).
@@ -63,7 +110,7 @@ pub fn steady(
             Err(_) => return Err("a watcher thread panicked".into()),
         }
     }
-    let (committed, took) = written?;
+    let (committed, writes, took) = written?;
     let mut lags: Vec<f64> = Vec::with_capacity(committed.len() * seen_all.len());
     for seen in seen_all {
         for (id, at) in seen? {
@@ -71,27 +118,23 @@ pub fn steady(
             lags.push(at.saturating_duration_since(committed[i]).as_secs_f64() * 1000.0);
         }
     }
-    lags.sort_by(f64::total_cmp);
-    let pct = |p: f64| lags[((p * lags.len() as f64).ceil() as usize).clamp(1, lags.len()) - 1];
-    Ok(Lag {
-        target_rate: rate,
+    Ok(Samples {
+        lags,
+        writes,
         achieved_rate: rows as f64 / took.as_secs_f64(),
-        samples: lags.len(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: pct(1.0),
     })
 }
 
 /// Commits one row every 1/rate s on an absolute schedule (a late commit does not shift the
-/// next ones). Returns each row's commit time and the total time.
+/// next ones). Returns each row's commit time, how long each commit took (ms), and the total
+/// time.
 fn write_paced(
     cluster: &Cluster,
     rate: u32,
     rows: u64,
     first: i64,
     row_bytes: usize,
-) -> Result<(Vec<Instant>, Duration), String> {
+) -> Result<(Vec<Instant>, Vec<f64>, Duration), String> {
     let payloads = Payloads::new(row_bytes);
     let conn = app_conn(cluster.db(0))?;
     let mut stmt = conn
@@ -99,6 +142,7 @@ fn write_paced(
         .map_err(|e| format!("prepare: {e}"))?;
     let period = Duration::from_secs(1) / rate;
     let mut committed = Vec::with_capacity(rows as usize);
+    let mut took = Vec::with_capacity(rows as usize);
     let start = Instant::now();
     for i in 0..rows {
         if i % 64 == 0 {
@@ -110,11 +154,14 @@ fn write_paced(
             thread::sleep(due - now);
         }
         let id = first + i as i64;
+        let t0 = Instant::now();
         stmt.execute(params![id, unix_ms(), payloads.get(i)])
             .map_err(|e| format!("insert id {id}: {e}"))?;
-        committed.push(Instant::now());
+        let t1 = Instant::now();
+        committed.push(t1);
+        took.push((t1 - t0).as_secs_f64() * 1000.0);
     }
-    Ok((committed, start.elapsed()))
+    Ok((committed, took, start.elapsed()))
 }
 
 /// Polls a replica for ids in `first..=last` until it saw `last` (ids arrive in order from a

@@ -13,6 +13,7 @@
 //! - `amplification`: bytes written per captured change against a plain insert.
 //! - `churn`: the rolling-window workload: file growth and HarmonyLite's bytes per live row.
 //! - `fleet`: a hub and N gateways with per-table direction (`--fleet N`; N = 3 in every run).
+//! - `verify_load`: the app's commit latency and lag with and without `verify` (`--verify-load`).
 //! - `report`: the table and the JSON line.
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ mod lag;
 mod replication;
 mod report;
 mod snapshot;
+mod verify_load;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -45,6 +47,7 @@ Usage:
   target/release/hl-bench --snapshot [MIB] [--json]
   target/release/hl-bench --fleet N [--fleet-rows ROWS] [--json]
   target/release/hl-bench --churn [INSERTS] [--json]
+  target/release/hl-bench --verify-load [ROWS] [--verify-rate R] [--verify-secs S] [--verify-rounds N] [--json]
 
 Options:
   --quick          fewer rows and a 10 s idle window (under two minutes on 2 cores); the
@@ -58,6 +61,11 @@ Options:
   --fleet-rows R   readings written by the whole fleet in --fleet (default 100000)
   --churn [N]      only the churn figures: N inserts (default 1000000) into a rolling window of
                    10000 rows on 3 nodes; file size at each quarter, harmonylite's bytes per live row
+  --verify-load [ROWS]
+                   only the verify-load figures: 3 nodes holding a table of ROWS rows (default
+                   1000000); the app's commit latency and lag at R rows/s (default 1000) in
+                   phases of S s (default 20) without and with `harmonylite verify` running back
+                   to back, N pairs of phases (default 2); not part of --quick or the full run
 
 Needs nats-server: $NATS_SERVER, else .tools/py/bin/nats-server (bash scripts/tools.sh), else PATH.
 The nodes run target/release/harmonylite next to hl-bench, or $HL_NODE_BIN (e.g. a static build).
@@ -146,6 +154,13 @@ fn main() -> ExitCode {
     let mut fleet_n: Option<usize> = None;
     let mut fleet_rows = FLEET_ROWS;
     let mut churn_n: Option<u64> = None;
+    let mut vload = false;
+    let mut vl = verify_load::Sizes {
+        rows: 1_000_000,
+        rate: 1000,
+        secs: 20,
+        rounds: 2,
+    };
     let mut args = std::env::args().skip(1).peekable();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -164,6 +179,28 @@ fn main() -> ExitCode {
                     args.next();
                 }
                 churn_n = Some(n.unwrap_or(FULL.churn_inserts).max(1));
+            }
+            "--verify-load" => {
+                if let Some(n) = args.peek().and_then(|a| a.parse::<u64>().ok()) {
+                    args.next();
+                    vl.rows = n.max(1);
+                }
+                vload = true;
+            }
+            "--verify-rate" | "--verify-secs" | "--verify-rounds" => {
+                let Some(v) = args
+                    .next()
+                    .and_then(|a| a.parse::<u32>().ok())
+                    .filter(|&v| v > 0)
+                else {
+                    eprintln!("hl-bench: error: {arg} needs a positive number\n\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                match arg.as_str() {
+                    "--verify-rate" => vl.rate = v,
+                    "--verify-secs" => vl.secs = v as u64,
+                    _ => vl.rounds = v,
+                }
             }
             "--fleet" | "--fleet-rows" => {
                 let Some(v) = args
@@ -198,6 +235,9 @@ fn main() -> ExitCode {
             idle_secs: FLEET_IDLE_SECS,
         };
         return finish(run_fleet(sizes), json);
+    }
+    if vload {
+        return finish(run_verify_load(vl), json);
     }
     if let Some(inserts) = churn_n {
         return finish(
@@ -278,6 +318,47 @@ fn run_churn(inserts: u64) -> Result<churn::Churn, String> {
         poll_ms: DEFAULT_POLLING_INTERVAL_MS,
     };
     churn::measure(&env, inserts, ROW_BYTES)
+}
+
+/// The verify-load figures only (`--verify-load`): the table and the JSON line.
+fn run_verify_load(sizes: verify_load::Sizes) -> Result<(String, String), String> {
+    harness::watch_signals()?;
+    let node_bin = find_node_binary()?;
+    let nats_bin = find_nats_server()?;
+    let scratch = Scratch::new()?;
+    let start = Instant::now();
+    let load_start = loadavg();
+    let v = {
+        let server = Server::start(&nats_bin, scratch.path())?;
+        let env = Env {
+            node_bin: &node_bin,
+            dir: scratch.path(),
+            url: &server.url,
+            server_pid: server.pid,
+            poll_ms: DEFAULT_POLLING_INTERVAL_MS,
+        };
+        eprintln!(
+            "hl-bench: verify load: {} rows, app at {} rows/s, {} x 2 phases of {} s ({})",
+            sizes.rows, sizes.rate, sizes.rounds, sizes.secs, server.url
+        );
+        verify_load::measure(&env, sizes)?
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    let load = format!("{load_start} at the start, {} at the end", loadavg());
+    let table = format!(
+        "\nhl-bench --verify-load {} - harmonylite {}, {elapsed:.0} s\n  load average (1/5/15 min): {load}\n  node binary: {}\n{}",
+        sizes.rows,
+        env!("CARGO_PKG_VERSION"),
+        node_bin.display(),
+        verify_load::table(&v)
+    );
+    let mut fields = vec![
+        ("elapsed_s", format!("{elapsed:.1}")),
+        ("load", format!("\"{load}\"")),
+        ("poll_interval_ms", DEFAULT_POLLING_INTERVAL_MS.to_string()),
+    ];
+    fields.extend(verify_load::fields(&v));
+    Ok((table, report::json_object(&fields)))
 }
 
 /// The fleet figures only (`--fleet N`): the table and the JSON line.

@@ -66,6 +66,20 @@ impl Cluster {
         metrics: bool,
         extra: &str,
     ) -> Result<Cluster, String> {
+        Cluster::start_prepared(env, tag, n, table_sql, metrics, extra, &|_, _| Ok(()))
+    }
+
+    /// [`Cluster::start_with`], calling `prepare(k, db)` on node k's fresh database before
+    /// the node starts (e.g. to fill a table the node then finds at start).
+    pub fn start_prepared(
+        env: &Env,
+        tag: &str,
+        n: usize,
+        table_sql: &str,
+        metrics: bool,
+        extra: &str,
+        prepare: &dyn Fn(usize, &Path) -> Result<(), String>,
+    ) -> Result<Cluster, String> {
         let stream = format!("BENCH_{}", tag.to_uppercase().replace('-', "_"));
         let subject = format!("bench.{tag}");
         let mut nodes = Vec::with_capacity(n);
@@ -73,6 +87,7 @@ impl Cluster {
             let name = format!("{tag}-{}", (b'a' + k as u8) as char);
             let db: PathBuf = env.dir.join(format!("{name}.db"));
             create_db(&db, table_sql)?;
+            prepare(k, &db)?;
             let metrics_port = if metrics && k == 0 {
                 Some(free_port()?)
             } else {

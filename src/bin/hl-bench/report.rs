@@ -239,6 +239,14 @@ pub fn table(r: &Results) -> String {
                 l.p50_ms, l.p99_ms, l.max_ms
             ),
         );
+        row(
+            &mut o,
+            "  the application's commit (1-row autocommit insert)",
+            format!(
+                "p50 {:.2} ms  p99 {:.2} ms  max {:.1} ms",
+                l.write_p50_ms, l.write_p99_ms, l.write_max_ms
+            ),
+        );
     }
 
     let _ = writeln!(o, "\ncost per change");
@@ -511,6 +519,10 @@ pub fn json(r: &Results) -> String {
         ("lag_100_p50_ms", num(r.lag_100.p50_ms)),
         ("lag_100_p99_ms", num(r.lag_100.p99_ms)),
         ("lag_100_max_ms", num(r.lag_100.max_ms)),
+        ("lag_write_p50_ms", num(r.lag_1000.write_p50_ms)),
+        ("lag_write_p99_ms", num(r.lag_1000.write_p99_ms)),
+        ("lag_100_write_p50_ms", num(r.lag_100.write_p50_ms)),
+        ("lag_100_write_p99_ms", num(r.lag_100.write_p99_ms)),
         ("wire_bytes_per_row", num(r.wire_bytes_per_row())),
         ("wire_messages", r.wire.messages.to_string()),
         ("db_bytes_per_plain_row", num(a.plain_per_row())),
