@@ -37,7 +37,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const HEADER_ALLOWANCE: usize = 256;
 /// Bytes one fetch may hold in memory: a batch asks for this many bytes' worth of frames of
 /// the largest size (at least one frame, at most [`FETCH_BATCH`] frames).
-pub const FETCH_BYTES: usize = 8 * 1024 * 1024;
+pub const FETCH_BYTES: usize = 2 * 1024 * 1024;
 /// How often a wait for acks looks at the link state.
 const ACK_POLL: Duration = Duration::from_millis(100);
 /// Deadline for stream and consumer management requests.
