@@ -40,9 +40,9 @@ use schema_watch::report_skipped;
 pub use snapshots::{restore_missing, urls as snapshot_urls, Saved};
 
 /// Bytes of frames published before their acks are awaited (one publish round). 2 MiB, not 8:
-/// the writer's peak RSS in `hl-bench --quick` fell from 13-19 MiB to 10 MiB at the same
-/// throughput (the acks of a round come back within a millisecond on a LAN, and a slow link is
-/// slower than 2 MiB per round trip anyway).
+/// the writer's peak RSS in `hl-bench` fell by a few MiB at the same throughput (BENCHMARKS.md,
+/// "Full run with the shipped static binary: 2026-11-30"); the acks of a round come back
+/// within a millisecond on a LAN, and a slow link is slower than 2 MiB per round trip anyway.
 pub const ROUND_BYTES: usize = 2 * 1024 * 1024;
 pub use crate::retry::REPEAT_LOG_EVERY;
 /// How often the position past our own frames is written down.

@@ -36,8 +36,12 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// `Nats-Msg-Id` header is about 70 bytes): frames are at most `max_payload` minus this.
 pub const HEADER_ALLOWANCE: usize = 256;
 /// Bytes one fetch may hold in memory: a batch asks for this many bytes' worth of frames of
-/// the largest size (at least one frame, at most [`FETCH_BATCH`] frames).
-pub const FETCH_BYTES: usize = 2 * 1024 * 1024;
+/// the largest size (at least one frame, at most [`FETCH_BATCH`] frames). Four times a publish
+/// round ([`crate::node::ROUND_BYTES`]): a writer reads its own frames back to move its
+/// position, and a fetch no larger than a round let it fall behind its own output (frames are
+/// counted at their largest size here, compressed in the round), so a stream keeping few
+/// messages dropped them before it read them and it saw a hole (`tests/memory.rs`).
+pub const FETCH_BYTES: usize = 8 * 1024 * 1024;
 /// How often a wait for acks looks at the link state.
 const ACK_POLL: Duration = Duration::from_millis(100);
 /// Deadline for stream and consumer management requests.
