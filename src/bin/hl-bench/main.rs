@@ -322,54 +322,53 @@ fn run_churn(inserts: u64) -> Result<churn::Churn, String> {
 
 /// The verify-load figures only (`--verify-load`): the table and the JSON line.
 fn run_verify_load(sizes: verify_load::Sizes) -> Result<(String, String), String> {
-    harness::watch_signals()?;
-    let node_bin = find_node_binary()?;
-    let nats_bin = find_nats_server()?;
-    let scratch = Scratch::new()?;
-    let start = Instant::now();
-    let load_start = loadavg();
-    let v = {
-        let server = Server::start(&nats_bin, scratch.path())?;
-        let env = Env {
-            node_bin: &node_bin,
-            dir: scratch.path(),
-            url: &server.url,
-            server_pid: server.pid,
-            poll_ms: DEFAULT_POLLING_INTERVAL_MS,
-        };
-        eprintln!(
-            "hl-bench: verify load: {} rows, app at {} rows/s, {} x 2 phases of {} s ({})",
-            sizes.rows, sizes.rate, sizes.rounds, sizes.secs, server.url
-        );
-        verify_load::measure(&env, sizes)?
-    };
-    let elapsed = start.elapsed().as_secs_f64();
-    let load = format!("{load_start} at the start, {} at the end", loadavg());
-    let table = format!(
-        "\nhl-bench --verify-load {} - harmonylite {}, {elapsed:.0} s\n  load average (1/5/15 min): {load}\n  node binary: {}\n{}",
-        sizes.rows,
-        env!("CARGO_PKG_VERSION"),
-        node_bin.display(),
-        verify_load::table(&v)
-    );
-    let mut fields = vec![
-        ("elapsed_s", format!("{elapsed:.1}")),
-        ("load", format!("\"{load}\"")),
-        ("poll_interval_ms", DEFAULT_POLLING_INTERVAL_MS.to_string()),
-    ];
-    fields.extend(verify_load::fields(&v));
-    Ok((table, report::json_object(&fields)))
+    run_alone(
+        &format!("--verify-load {}", sizes.rows),
+        |url| {
+            format!(
+                "verify load: {} rows, app at {} rows/s, {} x 2 phases of {} s ({url})",
+                sizes.rows, sizes.rate, sizes.rounds, sizes.secs
+            )
+        },
+        |env| verify_load::measure(env, sizes),
+        verify_load::table,
+        verify_load::fields,
+    )
 }
 
 /// The fleet figures only (`--fleet N`): the table and the JSON line.
 fn run_fleet(sizes: FleetSizes) -> Result<(String, String), String> {
+    run_alone(
+        &format!("--fleet {}", sizes.gateways),
+        |url| {
+            format!(
+                "fleet of 1 hub + {} gateways, {} readings, {} settings changes, {} s idle window ({url})",
+                sizes.gateways, sizes.rows, sizes.settings_changes, sizes.idle_secs
+            )
+        },
+        |env| fleet::measure(env, sizes),
+        report::fleet_table,
+        report::fleet_fields,
+    )
+}
+
+/// One scenario on its own nats-server (`hl-bench <args>`): `announce(url)` says what runs,
+/// `measure` runs it; the table starts with the run's time, load and node binary, and the JSON
+/// line has those with `fields` of the result.
+fn run_alone<T>(
+    args: &str,
+    announce: impl FnOnce(&str) -> String,
+    measure: impl FnOnce(&Env) -> Result<T, String>,
+    table: impl FnOnce(&T) -> String,
+    fields: impl FnOnce(&T) -> Vec<(&'static str, String)>,
+) -> Result<(String, String), String> {
     harness::watch_signals()?;
     let node_bin = find_node_binary()?;
     let nats_bin = find_nats_server()?;
     let scratch = Scratch::new()?;
     let start = Instant::now();
     let load_start = loadavg();
-    let f = {
+    let result = {
         let server = Server::start(&nats_bin, scratch.path())?;
         let env = Env {
             node_bin: &node_bin,
@@ -378,27 +377,24 @@ fn run_fleet(sizes: FleetSizes) -> Result<(String, String), String> {
             server_pid: server.pid,
             poll_ms: DEFAULT_POLLING_INTERVAL_MS,
         };
-        eprintln!(
-            "hl-bench: fleet of 1 hub + {} gateways, {} readings, {} settings changes, {} s idle window ({})",
-            sizes.gateways, sizes.rows, sizes.settings_changes, sizes.idle_secs, server.url
-        );
-        fleet::measure(&env, sizes)?
+        eprintln!("hl-bench: {}", announce(&server.url));
+        measure(&env)?
     };
     let elapsed = start.elapsed().as_secs_f64();
     let load = format!("{load_start} at the start, {} at the end", loadavg());
-    let table = format!(
-        "\nhl-bench --fleet {} - harmonylite {}, {elapsed:.0} s\n  load average (1/5/15 min): {load}\n  node binary: {}\n{}",
-        sizes.gateways,
+    let text = format!(
+        "\nhl-bench {args} - harmonylite {}, {elapsed:.0} s\n  load average (1/5/15 min): {load}\n  node binary: {}\n{}",
         env!("CARGO_PKG_VERSION"),
         node_bin.display(),
-        report::fleet_table(&f)
+        table(&result)
     );
-    let mut fields = vec![
+    let mut all = vec![
         ("elapsed_s", format!("{elapsed:.1}")),
+        ("load", format!("\"{load}\"")),
         ("poll_interval_ms", DEFAULT_POLLING_INTERVAL_MS.to_string()),
     ];
-    fields.extend(report::fleet_fields(&f));
-    Ok((table, report::json_object(&fields)))
+    all.extend(fields(&result));
+    Ok((text, report::json_object(&all)))
 }
 
 /// Every scenario in order; each guard (scratch folder, server, cluster) stops its processes
