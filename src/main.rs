@@ -517,7 +517,7 @@ fn snapshot_command(op: SnapshotOp, mut cfg: Config, stop: &Stop) -> Result<(), 
                 );
                 true
             }
-            harmonylite::node::Saved::Skipped(why) => {
+            harmonylite::node::Saved::Skipped(why) | harmonylite::node::Saved::Current(why) => {
                 println!("no snapshot saved: {why}");
                 false
             }

@@ -514,3 +514,39 @@ fn periodic_snapshots_take_turns_and_old_ones_are_pruned() {
         "live snapshots {live:?} of {all:?}; current {current}"
     );
 }
+
+/// A node whose position has not moved since a snapshot reached it skips the periodic look
+/// (no connection, no copy of the database); a write makes it save again at the next one.
+#[test]
+fn an_idle_node_skips_snapshot_checks_until_its_position_moves() {
+    let dir = TestDir::new("snap-idle");
+    let nats = NatsServer::start(dir.path());
+    let dbs = make_dbs(dir.path(), &["n1"]);
+    let cfg = "[snapshot]\ninterval = 1000\n[logging]\nverbose = true\n";
+    let mut n1 = Node::start_ready(dir.path(), "n1", cfg, Some(&nats.url()));
+    n1.wait_connected();
+    let saves = |n: &Node| n.current_log().matches("snapshot saved object=").count();
+    let skips = |n: &Node| {
+        n.current_log()
+            .matches("no save check: nothing applied since the last one")
+            .count()
+    };
+    let looks = |n: &Node| n.current_log().matches("snapshot: no save: ").count();
+    app(&dbs[0], "INSERT INTO t VALUES (1, 'a', 1)");
+    wait_until("n1 saves a snapshot of row 1", CONVERGE, || saves(&n1) >= 1);
+    wait_until("n1 skips a look", CONVERGE, || skips(&n1) >= 1);
+    let (saved, looked, skipped) = (saves(&n1), looks(&n1), skips(&n1));
+    std::thread::sleep(Duration::from_millis(3500)); // three more intervals, idle
+    assert_eq!(
+        (saves(&n1), looks(&n1)),
+        (saved, looked),
+        "an idle node looked again:\n{}",
+        n1.current_log()
+    );
+    assert!(skips(&n1) >= skipped + 2, "{}", n1.current_log());
+    app(&dbs[0], "INSERT INTO t VALUES (2, 'b', 2)");
+    wait_until("n1 saves again after the write", CONVERGE, || {
+        saves(&n1) > saved
+    });
+    assert!(n1.stop().success());
+}

@@ -82,7 +82,10 @@ impl RestoreError {
 
 /// The background save, while one runs.
 pub(super) struct Saving {
-    handle: JoinHandle<Result<String, String>>,
+    /// Whether a snapshot now holds the saving node's position, and what happened.
+    handle: JoinHandle<Result<(bool, String), String>>,
+    /// This node's stream position when the save started.
+    position: u64,
 }
 
 /// Snapshot saves and restores, and the stream checks that call for a restore: when each is
@@ -90,6 +93,12 @@ pub(super) struct Saving {
 pub(super) struct Snapshots {
     /// The background save, while one runs.
     pub(super) saving: Option<Saving>,
+    /// This node's stream position when a save last left a snapshot holding it (uploaded, or
+    /// the current one was at it already): while the position stays there, the next save
+    /// check is skipped. Each check is a connection of its own (a TLS handshake on the link of
+    /// an idle gateway) and, once the current snapshot is older than the interval, a copy of
+    /// the whole database to find it holds nothing new: SD-card writes on an idle node.
+    saved_at: Option<u64>,
     pub(super) next_save: Instant,
     /// Look whether a restore is needed (after connecting, or on a hole in the stream).
     pub(super) restore_check: bool,
@@ -119,6 +128,7 @@ impl Snapshots {
     pub(super) fn new(next_save: Instant, now: Instant) -> Snapshots {
         Snapshots {
             saving: None,
+            saved_at: None,
             next_save,
             restore_check: false,
             next_restore: now,
@@ -184,6 +194,8 @@ impl Snapshots {
 pub enum Saved {
     Uploaded(Pointer),
     Skipped(String),
+    /// The current snapshot already holds everything this node applied (why, as text).
+    Current(String),
 }
 
 /// Logs restore progress (percent, bytes, rate) and writes it for `harmonylite status`.
@@ -250,6 +262,20 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
             )));
         }
     }
+    // the current snapshot holds everything applied here: no copy of the database to learn it
+    let position = db::open(&cfg.db_path)
+        .ok()
+        .and_then(|c| db::cursor(&c).ok())
+        .unwrap_or(0);
+    if let Some(p) = latest
+        .as_ref()
+        .filter(|p| !force && position > 0 && p.seq >= position)
+    {
+        return Ok(Saved::Current(format!(
+            "the current snapshot {} is at seq {} already",
+            p.object, p.seq
+        )));
+    }
     let out = snapshot::temp_path(&cfg.db_path, "save");
     // held until the copy is removed: a node starting meanwhile leaves the copy alone
     let _copy_lock = match lock_copy(&out) {
@@ -284,7 +310,7 @@ pub fn save(cfg: &Config, t: &Transport, node: u64, force: bool) -> Result<Saved
             ));
         }
         if let Some(p) = latest.as_ref().filter(|p| p.seq >= meta.seq && !force) {
-            return Ok(Saved::Skipped(format!(
+            return Ok(Saved::Current(format!(
                 "the current snapshot {} is at seq {} already",
                 p.object, p.seq
             )));
@@ -499,7 +525,11 @@ impl Node {
                 return;
             }
             match s.handle.join() {
-                Ok(Ok(msg)) => log::debug!("snapshot: {msg}"),
+                Ok(Ok((covered, msg))) => {
+                    // a snapshot holds this position: nothing to save until it moves
+                    self.snap.saved_at = covered.then_some(s.position);
+                    log::debug!("snapshot: {msg}");
+                }
                 Ok(Err(e)) => log::warn!("snapshot save failed: {e}"),
                 Err(_) => log::warn!("snapshot save failed: the save thread panicked"),
             }
@@ -520,6 +550,11 @@ impl Node {
         // up to 10% jitter, so nodes started together do not all look at once
         let jitter = interval.mul_f64((self.node_id % 1000) as f64 / 10_000.0);
         self.snap.next_save = Instant::now() + interval + jitter;
+        let position = self.position();
+        if self.snap.saved_at == Some(position) {
+            log::debug!("snapshot: no save check: nothing applied since the last one");
+            return;
+        }
         let (cfg, urls, node) = (self.cfg.clone(), self.link.urls.clone(), self.node_id);
         let spawned = std::thread::Builder::new()
             .name("snapshot-save".into())
@@ -529,12 +564,13 @@ impl Node {
                 let t = Transport::connect(&probe, &urls, node, 0, &ConsumerFilter::Nothing)
                     .map_err(|e| e.to_string())?;
                 match save(&cfg, &t, node, false)? {
-                    Saved::Uploaded(p) => Ok(format!("uploaded {}", p.object)),
-                    Saved::Skipped(why) => Ok(format!("no save: {why}")),
+                    Saved::Uploaded(p) => Ok((true, format!("uploaded {}", p.object))),
+                    Saved::Current(why) => Ok((true, format!("no save: {why}"))),
+                    Saved::Skipped(why) => Ok((false, format!("no save: {why}"))),
                 }
             });
         match spawned {
-            Ok(handle) => self.snap.saving = Some(Saving { handle }),
+            Ok(handle) => self.snap.saving = Some(Saving { handle, position }),
             Err(e) => log::warn!("cannot start the snapshot thread: {e}"),
         }
     }
