@@ -142,7 +142,12 @@ fn the_same_id_created_on_two_nodes_is_reported_as_a_collision_on_every_node() {
         &nodes[0].db,
         "INSERT INTO item VALUES (6, 'bolt', 10); INSERT INTO item VALUES (7, 'seed', 1)",
     );
-    std::thread::sleep(Duration::from_millis(50));
+    // a change's time is when its node stamps it (at its next poll), not the commit: n2's row
+    // is later only once n1 has stamped its own (a fixed sleep shorter than the poll was not)
+    wait_until("n1 stamped its two rows", Duration::from_secs(10), || {
+        json_scalar(&status_json(&nodes[0].config), "outbox_changes") == Some("2")
+    });
+    std::thread::sleep(Duration::from_millis(5));
     app(
         &nodes[1].db,
         "INSERT INTO item VALUES (6, 'nut', 20); INSERT INTO item VALUES (7, 'seed', 1)",
