@@ -284,9 +284,21 @@ fn an_alembic_app_upgrades_one_node_at_a_time_with_writers_running() {
             Some(&state),
         ));
         let now = rows_of(&dbs[i], names[i]);
-        wait_until(&format!("{}'s new writer writes", names[i]), T, || {
-            rows_of(&dbs[i], names[i]) >= now + 5
-        });
+        let err = writers[i].as_ref().unwrap().err.clone();
+        wait_until_or(
+            &format!("{}'s new writer writes", names[i]),
+            T,
+            || rows_of(&dbs[i], names[i]) >= now + 5,
+            || {
+                format!(
+                    "rows {} (from {now}); the writer's stderr:\n{}\n{}'s status: {}",
+                    rows_of(&dbs[i], names[i]),
+                    std::fs::read_to_string(&err).unwrap_or_default(),
+                    names[i],
+                    status_json(&nodes[i].config)
+                )
+            },
+        );
     }
     let records: Vec<Value> = writers
         .iter_mut()
